@@ -1,0 +1,31 @@
+"""Build the Cython extensions of simplew._fast against the installed picows."""
+import os
+
+import picows
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
+MODULES = ["frames", "connection", "router", "hub", "http"]
+
+extensions = [
+    Extension(
+        f"simplew._fast.{name}",
+        [f"simplew/_fast/{name}.pyx"],
+        extra_compile_args=["-O2"],
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=[PICOWS_INCLUDE],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+        },
+    ),
+)

@@ -1,0 +1,36 @@
+from picows.picows cimport WSListener, WSTransport, WSFrame
+
+
+cdef class Endpoint:
+    """A WebSocket path and what its messages go to; subclasses decide."""
+    cdef public str path
+    cdef public Py_ssize_t max_message_size
+    cdef public object server      # the SimpleWServer facade (hooks, logging)
+    cdef public object hub         # simplew._fast.hub.Hub of the server
+
+    cpdef on_message(self, WebSocketConnection conn, bint is_text, object data)
+
+
+cdef class WebSocketConnection(WSListener):
+    cdef readonly str id
+    cdef readonly object request          # simplew.request.Request of the upgrade
+    cdef readonly Endpoint endpoint
+    cdef readonly bint closed             # a CLOSE was sent or the socket is gone
+    cdef public Py_ssize_t hub_index      # slot in the hub's list, -1 when absent
+    cdef public object rooms              # set of room names, or None
+    cdef public dict state                # free per-session storage for applications
+    cdef WSTransport transport
+    cdef object _write
+    cdef object _loop
+    cdef unsigned long _thread_id
+    cdef int _msg_opcode                  # opcode of the message being reassembled, -1 if none
+    cdef list _parts
+    cdef Py_ssize_t _msg_size
+    cdef object _decoder
+    cdef object _close_timer
+
+    cdef int write_frame(self, bytes frame) except -1
+    cdef int fail(self, int code, str reason) except -1
+    cdef int _deliver(self, bint is_text, object data) except -1
+    cdef _continue(self, WSFrame frame)
+    cdef _on_close_frame(self, WSFrame frame)

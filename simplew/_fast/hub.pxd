@@ -1,0 +1,10 @@
+from simplew._fast.connection cimport WebSocketConnection
+
+
+cdef class Hub:
+    cdef list _connections
+    cdef dict _by_id
+
+    cpdef add(self, WebSocketConnection conn)
+    cpdef remove(self, WebSocketConnection conn)
+    cpdef Py_ssize_t multicast_frame(self, bytes frame) except -1

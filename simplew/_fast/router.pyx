@@ -1,0 +1,142 @@
+# cython: language_level=3
+"""Envelope parsing and route dispatch for WebSocket messages.
+
+A :class:`RouteEndpoint` receives each whole message of a client, parses the
+``{"url": ..., "body": ...}`` envelope, looks the url up in a dict built once
+at start-up and calls the controller method. Every failure is answered to the
+client with one JSON error message (see README, "Errors") and the connection
+stays open.
+"""
+import asyncio
+import inspect
+import json
+import logging
+
+from simplew._fast.connection cimport Endpoint, WebSocketConnection
+from simplew._fast.frames cimport text_frame
+
+log = logging.getLogger("simplew.websocket")
+
+cdef object _json_loads = json.loads
+cdef object _json_dumps = json.dumps
+cdef object _iscoroutine = inspect.iscoroutine
+
+
+cdef class RouteTarget:
+    """A compiled route: the controller class and its method for one url."""
+    cdef readonly object controller_class
+    cdef readonly object method
+    cdef readonly str url
+
+    def __init__(self, str url, controller_class, method):
+        self.url = url
+        self.controller_class = controller_class
+        self.method = method
+
+
+cpdef str error_message(str code, object url, str message):
+    """The JSON text sent to a client whose message could not be served."""
+    return _json_dumps({"error": code, "url": url, "message": message})
+
+
+cdef class RouteEndpoint(Endpoint):
+    """An endpoint whose messages are routed to controller methods."""
+    cdef dict _routes
+    cdef object _message_class
+    cdef object _mapping_error
+    cdef object _reply
+
+    def __init__(self, str path, Py_ssize_t max_message_size, dict routes,
+                 message_class, mapping_error, reply, server=None, hub=None):
+        Endpoint.__init__(self, path, max_message_size, server, hub)
+        self._routes = routes
+        self._message_class = message_class
+        self._mapping_error = mapping_error
+        self._reply = reply
+
+    @property
+    def routes(self):
+        return dict(self._routes)
+
+    cpdef on_message(self, WebSocketConnection conn, bint is_text, object data):
+        cdef RouteTarget target
+        cdef object envelope, url
+        try:
+            envelope = _json_loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            conn.write_frame(text_frame(error_message(
+                "bad_json", None, f"message is not valid JSON: {exc}")))
+            return
+        if type(envelope) is not dict:
+            conn.write_frame(text_frame(error_message(
+                "bad_envelope", None, "message must be a JSON object with a \"url\"")))
+            return
+        url = (<dict>envelope).get("url")
+        if type(url) is not str:
+            conn.write_frame(text_frame(error_message(
+                "missing_url", None, "message has no \"url\" string")))
+            return
+        target = self._routes.get(url)
+        if target is None:
+            conn.write_frame(text_frame(error_message(
+                "unknown_url", url, f"no WEBSOCKET route for {url}")))
+            return
+        message = self._message_class(url, (<dict>envelope).get("body"),
+                                      (<dict>envelope).get("jwt"))
+        self._call(conn, target, message)
+
+    cdef _call(self, WebSocketConnection conn, RouteTarget target, message):
+        controller = target.controller_class()
+        controller.session = conn
+        controller.request = conn.request
+        controller.server = self.server
+        try:
+            controller.on_before_method()
+            result = target.method(controller, message)
+        except Exception as exc:
+            self._failed(conn, target.url, exc)
+            return
+        if _iscoroutine(result):
+            task = asyncio.get_running_loop().create_task(result)
+            task.add_done_callback(lambda t: self._async_done(conn, target.url, t))
+        elif result is not None:
+            self._reply(conn, result)
+
+    def _async_done(self, WebSocketConnection conn, str url, task):
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failed(conn, url, exc)
+        elif task.result() is not None:
+            self._reply(conn, task.result())
+
+    cdef _failed(self, WebSocketConnection conn, str url, exc):
+        if isinstance(exc, self._mapping_error):
+            conn.write_frame(text_frame(error_message("bad_body", url, str(exc))))
+            return
+        log.exception("handler for %s raised", url, exc_info=exc)
+        conn.write_frame(text_frame(error_message(
+            "handler_error", url, f"{type(exc).__name__} in handler for {url}")))
+
+
+cdef class CallbackEndpoint(Endpoint):
+    """An endpoint that gives each whole message to ``callback(session, data)``.
+
+    ``data`` is a ``str`` for a TEXT message and ``bytes`` for BINARY.
+    """
+    cdef object _callback
+
+    def __init__(self, str path, Py_ssize_t max_message_size, callback, server=None, hub=None):
+        Endpoint.__init__(self, path, max_message_size, server, hub)
+        self._callback = callback
+
+    cpdef on_message(self, WebSocketConnection conn, bint is_text, object data):
+        try:
+            result = self._callback(conn, data)
+        except Exception:
+            log.exception("message callback of %s raised", self.path)
+            conn.fail(1011, "internal error")
+            return
+        if _iscoroutine(result):
+            asyncio.get_running_loop().create_task(result)

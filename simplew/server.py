@@ -1,0 +1,354 @@
+"""``SimpleWServer``: one port for static files and WebSocket endpoints."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Callable
+
+from simplew._fast.connection import Endpoint, WebSocketConnection
+from simplew._fast.frames import binary_frame, text_frame
+from simplew._fast.http import HttpLimits, HttpProtocol
+from simplew._fast.hub import Hub
+from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
+from simplew.controller import Controller, join_path, routes_of
+from simplew.message import BodyMappingError, WebSocketMessage
+from simplew.request import Request
+from simplew.static import StaticFiles
+
+try:
+    import uvloop
+except ImportError:  # Windows: the stdlib loop
+    uvloop = None
+
+try:
+    import aiofastnet
+except ImportError:
+    aiofastnet = None
+
+log = logging.getLogger("simplew")
+Response = tuple[int, list[tuple[str, str]], bytes]
+Session = WebSocketConnection
+
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+
+class _WebSocketSpec:
+    """What ``add_websocket_content`` asked for; compiled into an Endpoint at start."""
+
+    def __init__(self, path: str, controllers: list[type[Controller]] | None,
+                 on_message: Callable[..., Any] | None, max_message_size: int) -> None:
+        self.path = path
+        self.controllers = controllers
+        self.on_message = on_message
+        self.max_message_size = max_message_size
+
+
+class SimpleWServer:
+    """A web server serving static files, controllers and WebSockets on one port.
+
+    ``start()`` serves from a background thread and returns; ``run()`` blocks;
+    ``await serve()`` serves inside a running event loop until ``stop()``.
+    """
+
+    def __init__(self, host: str = "0.0.0.0", port: int = 2015, *,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 max_body_size: int = 1 << 20,
+                 max_header_size: int = 16384,
+                 read_buffer_size: int = 4096,
+                 handshake_timeout: float = 10.0,
+                 ping_interval: float | None = None,
+                 ping_timeout: float = 20.0,
+                 backlog: int = 4096,
+                 use_aiofastnet: bool = True) -> None:
+        self.host = host
+        self.port = port
+        self.max_message_size = max_message_size
+        self.limits = HttpLimits(max_body_size, max_header_size)
+        self.hub = Hub()
+        self._picows_options = {
+            "handshake_timeout": handshake_timeout,
+            "auto_ping": ping_interval is not None,
+            "ping_interval": ping_interval or 20.0,
+            "ping_timeout": min(ping_timeout, ping_interval or ping_timeout),
+            "read_buffer_size": read_buffer_size,
+        }
+        self._backlog = backlog
+        self._use_aiofastnet = use_aiofastnet and aiofastnet is not None
+        self._statics: list[StaticFiles] = []
+        self._ws_specs: list[_WebSocketSpec] = []
+        self._endpoints: dict[str, Endpoint] = {}
+        self._on_connect: list[Callable[[Session], Any]] = []
+        self._on_disconnect: list[Callable[[Session], Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread_id: int | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        picows_log = logging.getLogger("simplew.picows")
+        if picows_log.level == logging.NOTSET:
+            picows_log.setLevel(logging.WARNING)
+
+    # -- configuration ------------------------------------------------------
+
+    def add_static_content(self, path: str, prefix: str = "/", timeout: float | None = None) -> StaticFiles:
+        """Serve the files of directory ``path`` under URL ``prefix``."""
+        static = StaticFiles(path, prefix, timeout)
+        self._statics.append(static)
+        self._statics.sort(key=lambda s: len(s.prefix), reverse=True)
+        return static
+
+    def add_websocket_content(self, path_or_controller: str | type[Controller] = "/websocket",
+                              path: str | None = None, *,
+                              on_message: Callable[..., Any] | None = None,
+                              max_message_size: int | None = None) -> None:
+        """Open a WebSocket endpoint.
+
+        ``add_websocket_content("/websocket")`` routes messages to the WEBSOCKET
+        methods of every Controller subclass; ``add_websocket_content(Cls, "/ws")``
+        to one class; ``on_message=fn`` gives each raw message to
+        ``fn(session, data)`` instead (``str`` for TEXT, ``bytes`` for BINARY).
+        """
+        controllers = None
+        if isinstance(path_or_controller, type):
+            if not issubclass(path_or_controller, Controller):
+                raise TypeError(f"{path_or_controller.__name__} is not a Controller subclass")
+            controllers = [path_or_controller]
+            endpoint_path = path or "/websocket"
+        else:
+            endpoint_path = path_or_controller
+        endpoint_path = "/" + endpoint_path.strip("/")
+        if any(spec.path == endpoint_path for spec in self._ws_specs):
+            raise ValueError(f"a WebSocket endpoint is already at {endpoint_path}")
+        self._ws_specs.append(_WebSocketSpec(
+            endpoint_path, controllers, on_message, max_message_size or self.max_message_size))
+
+    def on_connect(self, callback: Callable[[Session], Any]) -> Callable[[Session], Any]:
+        """Call ``callback(session)`` when a WebSocket client connects (usable as a decorator)."""
+        self._on_connect.append(callback)
+        return callback
+
+    def on_disconnect(self, callback: Callable[[Session], Any]) -> Callable[[Session], Any]:
+        """Call ``callback(session)`` when a WebSocket client is gone."""
+        self._on_disconnect.append(callback)
+        return callback
+
+    # -- multicast and sessions ---------------------------------------------
+
+    def multicast_text(self, text: str) -> None:
+        """Send ``text`` to every connected WebSocket client; safe from any thread."""
+        self._multicast(text_frame(text))
+
+    def multicast_binary(self, data: bytes) -> None:
+        """Send ``data`` to every connected WebSocket client; safe from any thread."""
+        self._multicast(binary_frame(data))
+
+    def _multicast(self, frame: bytes) -> None:
+        if self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread_id:
+            self.hub.multicast_frame(frame)
+        else:
+            self._loop.call_soon_threadsafe(self.hub.multicast_frame, frame)
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The connected WebSocket sessions."""
+        return self.hub.sessions()
+
+    def find_session(self, session_id: str) -> Session | None:
+        return self.hub.find(session_id)
+
+    def disconnect_all(self, code: int = 1001, reason: str = "server going away") -> None:
+        for session in self.sessions:
+            session.close(code, reason)
+
+    # -- HTTP side (called by simplew._fast.http) ---------------------------
+
+    def endpoint_for(self, path: str) -> Endpoint | None:
+        return self._endpoints.get(path if path == "/" else path.rstrip("/"))
+
+    def http_handler(self, request: Request) -> Response:
+        try:
+            for static in self._statics:
+                if static.matches(request.path):
+                    response = static.serve(request.method, request.path, request.headers)
+                    if response is not None:
+                        return response
+            if self.endpoint_for(request.path) is not None:
+                return 426, [("Upgrade", "websocket"), ("Content-Type", "text/plain")], \
+                    b"this is a WebSocket endpoint: send an upgrade request\n"
+            if request.method not in ("GET", "HEAD") and not self._statics:
+                return 405, [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")], b"method not allowed\n"
+            return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
+        except Exception:
+            log.exception("HTTP handler failed for %s %s", request.method, request.path)
+            return 500, [("Content-Type", "text/plain")], b"internal server error\n"
+
+    def _session_opened(self, session: Session) -> None:
+        for callback in self._on_connect:
+            self._call_hook(callback, session)
+
+    def _session_closed(self, session: Session) -> None:
+        for callback in self._on_disconnect:
+            self._call_hook(callback, session)
+
+    def _call_hook(self, callback: Callable[[Session], Any], session: Session) -> None:
+        try:
+            result = callback(session)
+            if asyncio.iscoroutine(result):
+                asyncio.get_running_loop().create_task(result)
+        except Exception:
+            log.exception("connect/disconnect hook %r raised", callback)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _compile(self) -> None:
+        self._endpoints = {}
+        for spec in self._ws_specs:
+            if spec.on_message is not None:
+                endpoint = CallbackEndpoint(spec.path, spec.max_message_size, spec.on_message,
+                                            self, self.hub)
+            else:
+                routes = {}
+                for controller in spec.controllers or Controller.subclasses():
+                    for route_path, func in routes_of(controller, "WEBSOCKET"):
+                        url = join_path(spec.path, route_path)
+                        if url in routes:
+                            raise ValueError(f"two WEBSOCKET methods answer {url}")
+                        routes[url] = RouteTarget(url, controller, func)
+                endpoint = RouteEndpoint(spec.path, spec.max_message_size, routes,
+                                         WebSocketMessage, BodyMappingError, _reply, self, self.hub)
+            self._endpoints[spec.path] = endpoint
+
+    def _protocol(self) -> HttpProtocol:
+        return HttpProtocol(self, self.limits, self._picows_options)
+
+    async def listen(self) -> None:
+        """Start listening in the running loop and return once the port is bound."""
+        if self._server is not None:
+            raise RuntimeError("server is already started")
+        self._compile()
+        loop = asyncio.get_running_loop()
+        if self._use_aiofastnet:
+            server = await aiofastnet.create_server(
+                loop, self._protocol, self.host, self.port, backlog=self._backlog,
+                reuse_address=True)
+        else:
+            server = await loop.create_server(
+                self._protocol, self.host, self.port, backlog=self._backlog, reuse_address=True)
+        self._server = server
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        self._stopped = asyncio.Event()
+        if self.port == 0:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("simplew listening on http://%s:%d/", self.host, self.port)
+
+    async def serve(self) -> None:
+        """Serve in the running loop until :meth:`stop` (or cancellation)."""
+        if self._server is None:
+            await self.listen()
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for session in self.sessions:
+            session.close(1001, "server shutting down")
+        for _ in range(20):                 # up to 1 s for clients to answer
+            if not len(self.hub):
+                break
+            await asyncio.sleep(0.05)
+        for session in self.sessions:
+            session.abort()
+        self._loop = None
+        self._loop_thread_id = None
+
+    def start(self) -> None:
+        """Serve from a background thread; returns once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("server is already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            try:
+                await self.listen()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            await self.serve()
+
+        def run_thread() -> None:
+            if uvloop is not None:
+                uvloop.run(main())
+            else:
+                asyncio.run(main())
+
+        self._thread = threading.Thread(target=run_thread, name="simplew", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+
+    def stop(self) -> None:
+        """Stop serving: clients get close 1001 and the port is released."""
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None:
+            if threading.get_ident() == self._loop_thread_id:
+                stopped.set()
+            else:
+                loop.call_soon_threadsafe(stopped.set)
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+    def run(self) -> None:
+        """Serve in this thread until interrupted (Ctrl+C) or :meth:`stop`."""
+        try:
+            if uvloop is not None:
+                uvloop.run(self.serve())
+            else:
+                asyncio.run(self.serve())
+        except KeyboardInterrupt:
+            pass
+
+    @property
+    def is_started(self) -> bool:
+        return self._server is not None
+
+    # SimpleW spellings
+    AddStaticContent = add_static_content
+    AddWebSocketContent = add_websocket_content
+    MulticastText = multicast_text
+    MulticastBinary = multicast_binary
+    Start = start
+    Stop = stop
+    FindSession = find_session
+    DisconnectAll = disconnect_all
+
+    @property
+    def IsStarted(self) -> bool:
+        return self.is_started
+
+
+def _reply(session: Session, result: Any) -> None:
+    """Send a handler's return value: str as TEXT, bytes as BINARY, else JSON."""
+    import json
+    if isinstance(result, str):
+        session.send_text(result)
+    elif isinstance(result, (bytes, bytearray, memoryview)):
+        session.send_binary(result)
+    else:
+        session.send_text(json.dumps(result, default=str))
