@@ -1,0 +1,112 @@
+"""Shared fixtures: a real SimpleWServer on a loopback port, per test."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from simplew import SimpleWServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., SimpleWServer]]:
+    """``make_server(configure)`` → a started server on 127.0.0.1:<free port>.
+
+    ``configure(server)`` adds content before the start; every server made
+    is stopped at the end of the test.
+    """
+    servers: list[SimpleWServer] = []
+
+    def make(configure: Callable[[SimpleWServer], None] | None = None, **options) -> SimpleWServer:
+        server = SimpleWServer("127.0.0.1", 0, **options)
+        if configure is not None:
+            configure(server)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.fixture
+def run_example() -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
+    """``run_example("push.py", *args)`` → (process, port) of a running example program."""
+    procs: list[subprocess.Popen] = []
+
+    def run(script: str, *args: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / script), "--port", str(port), *args],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        procs.append(proc)
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            proc.kill()
+            raise RuntimeError(f"{script} did not start:\n{proc.stdout.read()}")
+        return proc, port
+
+    yield run
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def chromium_available() -> bool:
+    return os.path.exists(CHROMIUM) or shutil.which("chromium") is not None
+
+
+@pytest.fixture
+def browser():
+    """A headless Debian Chromium driven by Playwright.
+
+    Skipped when Chromium is absent, unless SIMPLEW_REQUIRE_BROWSER=1 (CI sets it).
+    """
+    if not chromium_available():
+        if os.environ.get("SIMPLEW_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required (SIMPLEW_REQUIRE_BROWSER=1) but absent")
+        pytest.skip("Chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        yield b
+        b.close()
