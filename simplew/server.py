@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 from typing import Any, Callable
 
@@ -60,6 +61,9 @@ class SimpleWServer:
                  ping_interval: float | None = None,
                  ping_timeout: float = 20.0,
                  backlog: int = 4096,
+                 reuse_port: bool = False,
+                 ssl: Any = None,
+                 shutdown_grace: float = 5.0,
                  use_aiofastnet: bool = True) -> None:
         self.host = host
         self.port = port
@@ -74,6 +78,10 @@ class SimpleWServer:
             "read_buffer_size": read_buffer_size,
         }
         self._backlog = backlog
+        self._reuse_port = reuse_port
+        self.ssl = ssl
+        self.shutdown_grace = shutdown_grace
+        self.redis_url: str | None = None
         self._use_aiofastnet = use_aiofastnet and aiofastnet is not None
         self._statics: list[StaticFiles] = []
         self._ws_specs: list[_WebSocketSpec] = []
@@ -230,13 +238,14 @@ class SimpleWServer:
             raise RuntimeError("server is already started")
         self._compile()
         loop = asyncio.get_running_loop()
+        options = {"backlog": self._backlog, "reuse_address": True, "ssl": self.ssl}
+        if self._reuse_port:
+            options["reuse_port"] = True
         if self._use_aiofastnet:
-            server = await aiofastnet.create_server(
-                loop, self._protocol, self.host, self.port, backlog=self._backlog,
-                reuse_address=True)
+            server = await aiofastnet.create_server(loop, self._protocol, self.host, self.port,
+                                                    **options)
         else:
-            server = await loop.create_server(
-                self._protocol, self.host, self.port, backlog=self._backlog, reuse_address=True)
+            server = await loop.create_server(self._protocol, self.host, self.port, **options)
         self._server = server
         self._loop = loop
         self._loop_thread_id = threading.get_ident()
@@ -259,13 +268,12 @@ class SimpleWServer:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()
+        server.close()                      # stop accepting
         for session in self.sessions:
             session.close(1001, "server shutting down")
-        for _ in range(20):                 # up to 1 s for clients to answer
-            if not len(self.hub):
-                break
-            await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + self.shutdown_grace
+        while len(self.hub) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)       # clients answer the CLOSE, buffers drain
         for session in self.sessions:
             session.abort()
         self._loop = None
@@ -312,15 +320,30 @@ class SimpleWServer:
                 loop.call_soon_threadsafe(stopped.set)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
+            thread.join(timeout=self.shutdown_grace + 5)
 
     def run(self) -> None:
-        """Serve in this thread until interrupted (Ctrl+C) or :meth:`stop`."""
+        """Serve in this thread until SIGINT/SIGTERM or :meth:`stop`, then shut down gracefully.
+
+        On a signal the server stops accepting, sends close 1001 to every client,
+        lets what was already sent drain and returns within ``shutdown_grace`` seconds.
+        """
+        async def main() -> None:
+            await self.listen()
+            loop = asyncio.get_running_loop()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    try:
+                        loop.add_signal_handler(sig, self.stop)
+                    except (NotImplementedError, RuntimeError):  # Windows
+                        pass
+            await self.serve()
+
         try:
             if uvloop is not None:
-                uvloop.run(self.serve())
+                uvloop.run(main())
             else:
-                asyncio.run(self.serve())
+                asyncio.run(main())
         except KeyboardInterrupt:
             pass
 
