@@ -56,6 +56,8 @@ class SimpleWServer:
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  max_body_size: int = 1 << 20,
                  max_header_size: int = 16384,
+                 idle_timeout: float | None = 60.0,
+                 header_timeout: float | None = 30.0,
                  read_buffer_size: int = 4096,
                  handshake_timeout: float = 10.0,
                  ping_interval: float | None = None,
@@ -68,7 +70,9 @@ class SimpleWServer:
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
-        self.limits = HttpLimits(max_body_size, max_header_size)
+        self.limits = HttpLimits(max_body_size, max_header_size,
+                                 idle_timeout=idle_timeout, header_timeout=header_timeout)
+        self._http_connections: set[HttpProtocol] = set()
         self.hub = Hub()
         self._picows_options = {
             "handshake_timeout": handshake_timeout,
@@ -186,8 +190,6 @@ class SimpleWServer:
             if self.endpoint_for(request.path) is not None:
                 return 426, [("Upgrade", "websocket"), ("Content-Type", "text/plain")], \
                     b"this is a WebSocket endpoint: send an upgrade request\n"
-            if request.method not in ("GET", "HEAD") and not self._statics:
-                return 405, [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")], b"method not allowed\n"
             return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
         except Exception:
             log.exception("HTTP handler failed for %s %s", request.method, request.path)
@@ -230,7 +232,7 @@ class SimpleWServer:
             self._endpoints[spec.path] = endpoint
 
     def _protocol(self) -> HttpProtocol:
-        return HttpProtocol(self, self.limits, self._picows_options)
+        return HttpProtocol(self, self.limits, self._picows_options, self._http_connections)
 
     async def listen(self) -> None:
         """Start listening in the running loop and return once the port is bound."""
@@ -269,6 +271,8 @@ class SimpleWServer:
         if server is None:
             return
         server.close()                      # stop accepting
+        for conn in list(self._http_connections):
+            conn.shutdown()
         for session in self.sessions:
             session.close(1001, "server shutting down")
         deadline = asyncio.get_running_loop().time() + self.shutdown_grace

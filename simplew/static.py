@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from email.utils import formatdate, parsedate_to_datetime
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 DEFAULT_DOCUMENT = "index.html"
 MIME_TYPES = {
@@ -31,11 +31,11 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 
 
 class _Entry:
-    __slots__ = ("mtime_ns", "size", "body", "etag", "last_modified", "content_type", "checked")
+    __slots__ = ("stamp", "mtime_ns", "body", "etag", "last_modified", "content_type", "checked")
 
     def __init__(self, st: os.stat_result, body: bytes, content_type: str) -> None:
+        self.stamp = _stamp(st)
         self.mtime_ns = st.st_mtime_ns
-        self.size = st.st_size
         self.body = body
         self.etag = '"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest()
         self.last_modified = formatdate(st.st_mtime, usegmt=True)
@@ -70,14 +70,21 @@ class StaticFiles:
                 or path.startswith(self.prefix + "/"))
 
     def resolve(self, path: str) -> tuple[str, bool] | None:
-        """(real file path, is a directory) for URL ``path``; None if outside the root or absent."""
+        """(real file path, is a directory) for URL ``path``; None if outside the root or absent.
+
+        ``path`` is the raw (percent-encoded) request path, its bytes decoded
+        as latin-1 (as the HTTP layer gives it), or text; once percent-decoded
+        it must be UTF-8. A path ending in ``/`` only names a directory.
+        """
         rel = path[len(self.prefix):] if self.prefix != "/" else path
-        decoded = unquote(rel, errors="strict") if "%" in rel else rel
+        decoded = _decode_path(rel)
         if "\x00" in decoded or "\\" in decoded:
             return None
         segments = [s for s in decoded.split("/") if s]
-        if any(s in (".", "..") for s in segments):
-            return None
+        for segment in segments:
+            if (segment in (".", "..") or os.path.isabs(segment)
+                    or os.path.splitdrive(segment)[0]):
+                return None
         candidate = os.path.realpath(os.path.join(self.root, *segments))
         if not self._inside(candidate):
             return None
@@ -86,16 +93,18 @@ class StaticFiles:
             if self._inside(index) and os.path.isfile(index):
                 return index, True
             return None
+        if decoded.endswith("/"):
+            return None
         return (candidate, False) if os.path.isfile(candidate) else None
 
     def _inside(self, real_path: str) -> bool:
-        return real_path == self.root or real_path.startswith(self.root + os.sep)
+        return real_path == self.root or real_path.startswith(os.path.join(self.root, ""))
 
     def serve(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
         """The response for ``path``, or None when no file answers to it."""
         try:
             found = self.resolve(path)
-        except UnicodeDecodeError:
+        except (UnicodeError, ValueError, OSError):
             return None
         if found is None:
             return None
@@ -103,7 +112,8 @@ class StaticFiles:
         if method not in ("GET", "HEAD"):
             return 405, [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")], b"method not allowed\n"
         if is_dir and not path.endswith("/"):
-            return 301, [("Location", path + "/")], b""
+            # one leading slash: "//host/dir" must not redirect to another host
+            return 301, [("Location", "/" + path.lstrip("/") + "/")], b""
         entry = self._entry(file_path)
         if entry is None:
             return None
@@ -127,7 +137,7 @@ class StaticFiles:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        if entry is not None and entry.mtime_ns == st.st_mtime_ns and entry.size == st.st_size:
+        if entry is not None and entry.stamp == _stamp(st):
             entry.checked = now
             return entry
         try:
@@ -146,6 +156,21 @@ class StaticFiles:
                 or "application/octet-stream")
 
 
+def _decode_path(rel: str) -> str:
+    """Percent-decode ``rel`` as UTF-8; raises UnicodeError when it is not."""
+    try:
+        raw = rel.encode("latin-1")             # the request's bytes, as the HTTP layer passes them
+        return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
+    except UnicodeError:
+        raw = rel.encode("utf-8")               # text that is already decoded
+        return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is written or replaced."""
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino
+
+
 def _not_modified(headers: dict[str, str], entry: _Entry) -> bool:
     inm = headers.get("if-none-match")
     if inm is not None:
@@ -154,6 +179,6 @@ def _not_modified(headers: dict[str, str], entry: _Entry) -> bool:
     if ims is not None:
         try:
             return parsedate_to_datetime(ims).timestamp() >= entry.mtime_ns // 1_000_000_000
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return False
     return False

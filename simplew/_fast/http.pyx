@@ -6,10 +6,28 @@ answered in order (keep-alive and pipelining) by the server's ``http_handler``;
 an upgrade on a WebSocket endpoint path hands the socket to picows: the
 request is re-serialised from what httptools parsed, followed by any bytes the
 client sent after it, and fed to a fresh picows ``WSProtocol``.
+
+Answers go out in request order through one queue: while the transport's
+write buffer is above its high-water mark (a client that does not read), the
+requests already parsed wait in the queue and reading is paused, so a burst of
+pipelined requests cannot make the server buffer their responses all at once.
+
+Bad input is answered with an error status and ``Connection: close``; the
+server then shuts its sending side and reads and discards what the client
+still sends for a short while (a lingering close), so the client reads the
+error instead of a connection reset.
+
+Timeouts (``HttpLimits``): a keep-alive connection with no request in
+progress is closed after ``idle_timeout``; a request whose head (request line
+and headers) is not complete ``header_timeout`` after its first byte, or whose
+body stalls for ``idle_timeout``, gets 408 and the connection closes. A
+response that makes no progress towards a client that does not read for
+``idle_timeout`` gets the connection aborted.
 """
 import asyncio
 import logging
 import time
+from collections import deque
 from email.utils import formatdate
 
 import httptools
@@ -22,16 +40,22 @@ picows_log = logging.getLogger("simplew.picows")
 
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
+cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object parse_url = httptools.parse_url
 
+cdef double INF = float("inf")
+
 REASONS = {
-    200: "OK", 101: "Switching Protocols", 204: "No Content", 206: "Partial Content",
+    100: "Continue", 101: "Switching Protocols",
+    200: "OK", 204: "No Content", 206: "Partial Content",
     301: "Moved Permanently", 302: "Found", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect",
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
     426: "Upgrade Required", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
 }
+cdef dict _REASONS = REASONS
 
 cdef double _date_second = 0
 cdef bytes _date_header = b""
@@ -46,87 +70,257 @@ cdef bytes http_date():
     return _date_header
 
 
+cdef double _seconds(value):
+    """A timeout setting as seconds; None or 0 means none (0.0)."""
+    if value is None:
+        return 0.0
+    cdef double v = float(value)
+    if v < 0:
+        raise ValueError(f"a timeout cannot be negative: {value!r}")
+    return v
+
+
 cdef class HttpLimits:
-    """Size limits of the HTTP layer, set by the server facade."""
+    """Size limits and timeouts of the HTTP layer, set by the server facade.
+
+    Sizes are bytes; timeouts are seconds, ``None`` or 0 for none.
+    ``max_header_size`` bounds the header fields, and also what a client may
+    send without completing a header line (a header that never ends).
+    """
     cdef public Py_ssize_t max_body_size
     cdef public Py_ssize_t max_header_size
     cdef public Py_ssize_t max_url_size
+    cdef double _idle_timeout
+    cdef double _header_timeout
+    cdef double _linger_timeout
 
-    def __init__(self, max_body_size=1 << 20, max_header_size=16384, max_url_size=8192):
+    def __init__(self, max_body_size=1 << 20, max_header_size=16384, max_url_size=8192,
+                 idle_timeout=60.0, header_timeout=30.0, linger_timeout=2.0):
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
         self.max_url_size = max_url_size
+        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
+        self.linger_timeout = linger_timeout
+
+    @property
+    def idle_timeout(self):
+        """Seconds a keep-alive connection may wait for its next request (or a body its next bytes)."""
+        return self._idle_timeout or None
+
+    @idle_timeout.setter
+    def idle_timeout(self, value):
+        self._idle_timeout = _seconds(value)
+
+    @property
+    def header_timeout(self):
+        """Seconds from the first byte of a request until its headers must be complete."""
+        return self._header_timeout or None
+
+    @header_timeout.setter
+    def header_timeout(self, value):
+        self._header_timeout = _seconds(value)
+
+    @property
+    def linger_timeout(self):
+        """Seconds a connection closed after an error keeps draining what the client sends."""
+        return self._linger_timeout or None
+
+    @linger_timeout.setter
+    def linger_timeout(self, value):
+        self._linger_timeout = _seconds(value)
 
 
 class _Reject(Exception):
     """Raised from a parser callback to answer with ``status`` and close."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
+
+
+# what a connection is reading
+cdef enum Phase:
+    IDLE = 0        # between requests
+    HEAD = 1        # request line and headers
+    BODY = 2        # request body
+
+# queued work, in request order
+cdef enum Work:
+    ANSWER = 0      # (ANSWER, request, keep_alive)
+    FAIL = 1        # (FAIL, status, message, headers)
+    UPGRADE = 2     # (UPGRADE, request, endpoint)
 
 
 cdef class HttpProtocol:
     """asyncio protocol for one HTTP/1.1 connection until it upgrades."""
     cdef object transport
+    cdef object loop
     cdef object parser
     cdef object app               # the server facade: http_handler, endpoint_for
     cdef HttpLimits limits
     cdef object picows_options    # dict of WSProtocol arguments
+    cdef set connections          # the server's open HTTP connections, or None
+    # the request being parsed
     cdef list _url_parts
     cdef Py_ssize_t _url_size
     cdef dict _headers
     cdef Py_ssize_t _header_size
     cdef list _body_parts
     cdef Py_ssize_t _body_size
-    cdef object _request
-    cdef bint _closing
+    cdef object _upgrade_request
+    cdef bint _upgrade_keep_alive
+    cdef Phase _phase
+    cdef bint _progress           # a parser callback ran during this feed
+    cdef Py_ssize_t _stalled      # bytes fed since the parser last reported anything
+    # answers
+    cdef object _queue            # deque of Work tuples waiting for the client to read
+    cdef bytearray _upgrade_rest  # bytes after a queued upgrade request
+    cdef bint _write_paused
+    cdef bint _read_paused
+    cdef bint _stop_parsing       # no further request is read from this connection
+    cdef bint _closing            # no further answer is written; the connection is closing
+    cdef bint _eof                # the client shut its sending side
+    # timeouts
+    cdef double _now
+    cdef double _deadline
+    cdef double _period
+    cdef double _idle
+    cdef double _head
+    cdef Py_ssize_t _sent_mark    # write buffer size at the last expiry (-1: none)
+    cdef object _timer
 
-    def __init__(self, app, HttpLimits limits, dict picows_options):
+    def __init__(self, app, HttpLimits limits, dict picows_options, set connections=None):
         self.app = app
         self.limits = limits
         self.picows_options = picows_options
+        self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
-        self._closing = False
-        self._request = None
+        self._queue = deque()
+        self._phase = IDLE
+        self._deadline = INF
+        self._period = INF
+        self._sent_mark = -1
 
     # -- asyncio ----------------------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        if self.connections is not None:
+            self.connections.add(self)
+        limits = self.limits
+        self._idle = limits._idle_timeout
+        self._head = limits._header_timeout or self._idle
+        if self._idle > 0:
+            self._period = self._idle
+        if self._head > 0 and self._head < self._period:
+            self._period = self._head
+        self._now = self.loop.time()
+        self._set_deadline(self._after(self._idle))
 
     def connection_lost(self, exc):
         self.transport = None
+        if self.connections is not None:
+            self.connections.discard(self)
+        self._closing = True
+        self._queue.clear()
+        self._upgrade_rest = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shutdown(self):
+        """Close for a server stop: what is already written goes out, queued answers do not."""
+        if self.transport is not None and not self._closing:
+            self._close(False)
 
     def eof_received(self):
-        return False
+        if self._closing or self.transport is None:
+            return False
+        self._stop_parsing = True
+        if self._queue:             # answers still to write: close once they are out
+            self._eof = True
+            return True
+        return False                # the transport closes after writing what it holds
 
     def pause_writing(self):
-        pass
+        self._write_paused = True
+        if self.transport is not None and not self._closing and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self):
-        pass
+        self._write_paused = False
+        self._sent_mark = -1
+        if self.transport is None:
+            return
+        self._now = self.loop.time()
+        if not self._closing and self._phase != HEAD:    # the client reads: not idle
+            self._set_deadline(self._after(self._idle))
+        self._drain()
+        if (self.transport is not None and self._read_paused and not self._write_paused
+                and not self._closing):
+            self._read_paused = False
+            self.transport.resume_reading()
 
     def data_received(self, data):
-        if self._closing:
+        if self._stop_parsing:
+            if self._upgrade_rest is not None:      # for the queued hand-off to picows
+                self._upgrade_rest += data
+            return                                  # else discarded: the connection is closing
+        self._now = self.loop.time()
+        self._progress = False
+        cdef object view = data
+        cdef Py_ssize_t offset
+        while True:
+            try:
+                self.parser.feed_data(view)
+                break
+            except HttpParserUpgrade as exc:
+                offset = exc.args[0]
+                if not self._upgrade(view, offset):
+                    break
+                view = memoryview(view)[offset:]    # an ignored upgrade: parse on
+            except HttpParserError as exc:
+                self._parser_failed(exc)
+                break
+        if self._stop_parsing:
             return
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as exc:
-            self._upgrade(data[exc.args[0]:])
-        except _Reject as exc:
-            self._reject(exc.status, exc.message)
-        except HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Reject):
-                self._reject(cause.status, cause.message)
-            else:
-                self._reject(400, f"malformed HTTP request: {exc}")
+        if self._progress:
+            self._stalled = 0
+        else:
+            # httptools gathers a header line before reporting it: bound what it holds
+            self._stalled += len(data)
+            if self._stalled > self.limits.max_header_size:
+                if self._phase == HEAD:
+                    self._fail(431, "a request header line is too large")
+                else:
+                    self._fail(400, "unparsable bytes in the request")
+                return
+        if self._phase == BODY:
+            self._set_deadline(self._after(self._idle))
+
+    cdef _parser_failed(self, exc):
+        if self._stop_parsing:      # bytes after the last request of the connection
+            return
+        cause = exc.__context__
+        if isinstance(cause, _Reject):
+            self._fail(cause.status, cause.message, cause.headers)
+        elif isinstance(exc, HttpParserCallbackError) and cause is not None:
+            log.error("HTTP request handling failed", exc_info=cause)
+            self._fail(500, "internal server error")
+        else:
+            self._fail(400, f"malformed HTTP request: {exc}")
 
     # -- httptools callbacks ----------------------------------------------
 
     def on_message_begin(self):
+        self._progress = True
+        self._phase = HEAD
+        self._set_deadline(self._after(self._head))
         self._url_parts = []
         self._url_size = 0
         self._headers = {}
@@ -135,12 +329,14 @@ cdef class HttpProtocol:
         self._body_size = 0
 
     def on_url(self, bytes url):
+        self._progress = True
         self._url_size += len(url)
         if self._url_size > self.limits.max_url_size:
             raise _Reject(414, "request target is too long")
         self._url_parts.append(url)
 
     def on_header(self, bytes name, bytes value):
+        self._progress = True
         self._header_size += len(name) + len(value) + 4
         if self._header_size > self.limits.max_header_size:
             raise _Reject(431, "request headers are too large")
@@ -151,21 +347,47 @@ cdef class HttpProtocol:
             self._headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self):
+        self._progress = True
+        self._phase = BODY
+        self._set_deadline(self._after(self._idle))
         length = self._headers.get("content-length")
         if length is not None:
             try:
-                if int(length) > self.limits.max_body_size:
-                    raise _Reject(413, f"request body exceeds {self.limits.max_body_size} bytes")
+                size = int(length)
             except ValueError:
                 raise _Reject(400, "invalid Content-Length")
+            if size > self.limits.max_body_size:
+                raise _Reject(413, f"request body exceeds {self.limits.max_body_size} bytes")
+        if "expect" in self._headers:
+            self._expect(length)
+
+    cdef _expect(self, length):
+        # a client waiting for "100 Continue" before it sends its body
+        if (self._headers["expect"].strip().lower() != "100-continue"
+                or self.parser.should_upgrade()
+                or self.parser.get_http_version() == "1.0"):
+            return
+        if length is None and "chunked" not in self._headers.get("transfer-encoding", ""):
+            return
+        if (self._queue or self._write_paused or self._closing or self.transport is None
+                or length == "0"):
+            return          # earlier answers are pending: the client sends its body after a delay
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, bytes body):
+        self._progress = True
         self._body_size += len(body)
         if self._body_size > self.limits.max_body_size:
             raise _Reject(413, f"request body exceeds {self.limits.max_body_size} bytes")
         self._body_parts.append(body)
 
     def on_message_complete(self):
+        self._progress = True
+        self._phase = IDLE
+        self._set_deadline(self._after(self._idle))
+        method = self.parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise _Reject(405, "CONNECT is not supported", [("Allow", "GET, HEAD")])
         raw_url = b"".join(self._url_parts)
         try:
             url = parse_url(raw_url)
@@ -173,54 +395,186 @@ cdef class HttpProtocol:
             raise _Reject(400, "invalid request target")
         path = url.path.decode("latin-1") if url.path else "/"
         query = url.query.decode("latin-1") if url.query else ""
-        method = self.parser.get_method().decode("ascii")
         body = b"".join(self._body_parts)
         self._body_parts = None
         request = Request(method, path, query, self._headers, body)
-        if self.parser.should_upgrade():
-            self._request = request        # answered in _upgrade
-            return
         keep_alive = self.parser.should_keep_alive()
-        status, headers, content = self.app.http_handler(request)
-        self._respond(status, headers, content, keep_alive, method == "HEAD")
-
-    # -- responses --------------------------------------------------------
-
-    cdef _respond(self, int status, list headers, bytes content, bint keep_alive, bint head):
-        if self.transport is None:
+        if self.parser.should_upgrade():
+            self._upgrade_request = request        # decided in _upgrade
+            self._upgrade_keep_alive = keep_alive
             return
-        cdef list out = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode()),
-                         b"Server: simplew\r\nDate: ", http_date(), b"\r\n"]
-        for name, value in headers:
-            out.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if status != 304 and status != 204:
-            out.append(b"Content-Length: %d\r\n" % len(content))
-        out.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        if not head and status != 304 and status != 204:
-            out.append(content)
-        self.transport.write(b"".join(out))
         if not keep_alive:
-            self._closing = True
-            self.transport.close()
+            self._stop_parsing = True
+        if self._queue or self._write_paused:
+            self._queue.append((ANSWER, request, keep_alive))
+        else:
+            self._answer(request, keep_alive)
 
-    cdef _reject(self, int status, str message):
+    # -- answers ----------------------------------------------------------
+
+    cdef _push(self, tuple work):
+        if self._queue or self._write_paused:
+            self._queue.append(work)
+        else:
+            self._run(work)
+
+    cdef _drain(self):
+        while self._queue and not self._write_paused and not self._closing \
+                and self.transport is not None:
+            self._run(self._queue.popleft())
+        if self._eof and not self._queue and not self._closing and self.transport is not None:
+            self._close(False)
+
+    cdef _run(self, tuple work):
+        cdef int kind = work[0]
+        if kind == ANSWER:
+            self._answer(work[1], work[2])
+        elif kind == FAIL:
+            self._reject(work[1], work[2], work[3])
+        else:
+            self._handoff(work[1], work[2])
+
+    cdef _answer(self, request, bint keep_alive):
+        if self._closing or self.transport is None:
+            return
+        cdef bint head = request.method == "HEAD"
+        cdef bint echo = False
+        if keep_alive:          # an HTTP/1.0 client asks for keep-alive and must be told it is on
+            connection = request.headers.get("connection")
+            echo = connection is not None and "keep-alive" in connection.lower()
+        try:
+            status, headers, content = self.app.http_handler(request)
+            out = _encode(status, headers, content, keep_alive, head, echo)
+        except Exception:
+            log.exception("HTTP handler failed for %s %s", request.method, request.path)
+            out = _encode(500, [("Content-Type", "text/plain")], b"internal server error\n",
+                          keep_alive, head, echo)
+        self.transport.write(out)
+        if not keep_alive:
+            self._close(False)
+
+    cdef _fail(self, int status, str message, headers=None):
+        """Answer ``status`` after the answers already due, then close."""
+        self._stop_parsing = True
+        self._push((FAIL, status, message, headers))
+
+    cdef _reject(self, int status, str message, headers):
+        if self._closing or self.transport is None:
+            return
         log.debug("rejecting request with %d: %s", status, message)
-        body = (message + "\n").encode()
-        self._respond(status, [("Content-Type", "text/plain; charset=utf-8")], body, False, False)
+        out_headers = [("Content-Type", "text/plain; charset=utf-8")]
+        if headers:
+            out_headers.extend(headers)
+        self.transport.write(_encode(status, out_headers, (message + "\n").encode(),
+                                     False, False, False))
+        self._close(True)
+
+    cdef _close(self, bint linger):
+        """Close after what is written; with ``linger``, drain the client's bytes first."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_parsing = True
+        self._queue.clear()
+        self._upgrade_rest = None
+        transport = self.transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof():
+            transport.write_eof()       # sent once the response is out
+            if self._read_paused:
+                self._read_paused = False
+                transport.resume_reading()
+        else:
+            transport.close()
+        # a client that neither reads nor closes is aborted after linger_timeout
+        self._sent_mark = -1
+        self._deadline = self._after(self.limits._linger_timeout or 2.0)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    # -- timeouts ---------------------------------------------------------
+
+    cdef inline double _after(self, double seconds):
+        return self._now + seconds if seconds > 0 else INF
+
+    cdef inline _set_deadline(self, double deadline):
+        self._deadline = deadline
+        self._sent_mark = -1
+        if self._timer is None and deadline != INF and self.loop is not None:
+            self._arm(self._now)
+
+    cdef _arm(self, double now):
+        # Every deadline set while serving is at least _period away, so a timer
+        # that fires at most _period after it was armed never fires late.
+        cdef double at = self._deadline
+        if now + self._period < at:
+            at = now + self._period
+        self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self):
+        self._timer = None
+        transport = self.transport
+        if transport is None or self._deadline == INF:
+            return
+        cdef double now = self.loop.time()
+        self._now = now
+        if now < self._deadline:
+            self._arm(now)
+            return
+        cdef Py_ssize_t pending = transport.get_write_buffer_size()
+        if pending > 0 and (self._sent_mark < 0 or pending < self._sent_mark):
+            # a response is still going out and has moved since the last look
+            self._deadline = self._after(self._idle or self.limits._linger_timeout or 2.0)
+            self._sent_mark = pending
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._closing or pending > 0 or self._queue:
+            log.debug("aborting a connection that does not read or close")
+            self._closing = True
+            transport.abort()
+        elif self._phase != IDLE:
+            self._fail(408, "the request was not received in time")
+        else:
+            self._close(False)          # an idle keep-alive connection
 
     # -- upgrade ----------------------------------------------------------
 
-    cdef _upgrade(self, bytes rest):
-        request = self._request
-        self._request = None
+    cdef bint _upgrade(self, view, Py_ssize_t offset) except -1:
+        """Act on an upgrade request; True when the connection goes on as HTTP/1.1."""
+        request = self._upgrade_request
+        self._upgrade_request = None
         if request is None:
-            self._reject(400, "upgrade without a request")
+            self._fail(400, "upgrade without a request")
+            return False
+        tokens = [t.strip() for t in request.headers.get("upgrade", "").lower().split(",")]
+        if request.method == "GET" and "websocket" in tokens:
+            self._stop_parsing = True
+            endpoint = self.app.endpoint_for(request.path)
+            if endpoint is None:
+                self._fail(404, "no WebSocket endpoint here")
+                return False
+            self._upgrade_rest = bytearray(view[offset:])
+            self._push((UPGRADE, request, endpoint))
+            return False
+        # Another protocol (h2c, …) or method: the upgrade is ignored and the
+        # request answered as HTTP/1.1. httptools skipped its body, so one with
+        # a body cannot be parsed on.
+        headers = request.headers
+        if "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0":
+            self._fail(400, "an upgrade request with a body is not supported")
+            return False
+        if not self._upgrade_keep_alive:
+            self._stop_parsing = True
+        self._push((ANSWER, request, self._upgrade_keep_alive))
+        return not self._stop_parsing
+
+    cdef _handoff(self, request, endpoint):
+        if self._closing or self.transport is None:
             return
-        endpoint = self.app.endpoint_for(request.path)
-        if endpoint is None or request.headers.get("upgrade", "").lower() != "websocket":
-            self._respond(404, [("Content-Type", "text/plain; charset=utf-8")],
-                          b"no WebSocket endpoint here\n", False, False)
-            return
+        rest = bytes(self._upgrade_rest) if self._upgrade_rest is not None else b""
+        self._upgrade_rest = None
         lines = [f"{request.method} {request.url} HTTP/1.1\r\n"]
         for name, value in request.headers.items():
             lines.append(f"{name}: {value}\r\n")
@@ -241,9 +595,42 @@ cdef class HttpProtocol:
             opts["read_buffer_size"])
         transport = self.transport
         self.transport = None
+        self._closing = True
+        if self.connections is not None:
+            self.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         _feed(protocol, head + rest)
+
+
+cdef bytes _encode(int status, list headers, content, bint keep_alive, bint head, bint echo):
+    """The bytes of a response; ``head`` leaves the body out (HEAD)."""
+    cdef bint bodiless = status < 200 or status == 204 or status == 304
+    reason = _REASONS.get(status, "Unknown")
+    cdef list out = [b"HTTP/1.1 %d %s\r\nServer: simplew\r\nDate: " % (status, reason.encode()),
+                     http_date(), b"\r\n"]
+    for name, value in headers:
+        line = f"{name}: {value}"
+        if "\r" in line or "\n" in line:
+            raise ValueError(f"line break in response header {name!r}")
+        out.append((line + "\r\n").encode("latin-1"))
+    if not bodiless:
+        out.append(b"Content-Length: %d\r\n" % len(content))
+    if not keep_alive:
+        out.append(b"Connection: close\r\n\r\n")
+    elif echo:
+        out.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        out.append(b"\r\n")
+    if not head and not bodiless:
+        out.append(content)
+    return b"".join(out)
 
 
 cdef _feed(protocol, bytes data):
