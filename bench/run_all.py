@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Run every benchmark scenario against every available peer; write RESULTS.md and a chart.
+
+    python bench/run_all.py --quick            # N=1000, 5 rounds, short rr/wrk: under 3 minutes
+    python bench/run_all.py                    # N=1000,10000, 20 rounds, 3 repeats (15-20 minutes)
+    python bench/run_all.py --peers simplew,picows --n 1000 --rounds 10 --scenarios fanout
+
+Each peer is a server from bench/servers/ in its own process (a fresh one per
+fan-out N, one for request/response, one for static files), pinned to the
+first CPU while the load generator uses the others (``--no-pin`` to disable).
+Writes bench/RESULTS.md, bench/results.png and bench/results.json (see --out,
+--chart, --json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+REFERENCES = ("picows", "websockets")
+PACKAGES = ["simplew", "picows", "aiofastnet", "uvloop", "httptools", "Cython", "websockets",
+            "aiohttp", "socketify", "cffi", "matplotlib", "psutil", "pytest-benchmark"]
+STATIC_NOTES = {
+    "picows": "Connection: close (picows answers one non-101 response per connection)",
+    "websockets": "Connection: close (process_request response; websockets closes after it)",
+}
+
+
+# ------------------------------------------------------------------ machine ---
+
+def machine_info() -> dict:
+    info = {"nproc": os.cpu_count(), "cpu_model": "?", "kernel": platform.release(),
+            "python": sys.version.split()[0], "implementation": platform.python_implementation()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            info["memory"] = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    info["nofile"] = " / ".join(str(x) for x in __import__("resource").getrlimit(
+        __import__("resource").RLIMIT_NOFILE))
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "simplew"],
+                               capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            versions["simplew"] += f" (git {out.stdout.strip()}"
+            versions["simplew"] += ", simplew/ modified)" if dirty.stdout.strip() else ")"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        wrk = subprocess.run([shutil.which("wrk") or "/usr/bin/wrk", "-v"], capture_output=True,
+                             text=True, timeout=10)
+        first = (wrk.stdout or wrk.stderr).strip().splitlines()[0]      # "wrk 4.1.0 [epoll] Copyright..."
+        versions["wrk"] = first.split(" Copyright")[0].removeprefix("wrk ").strip()
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        versions["wrk"] = "not found"
+    info["versions"] = versions
+    return info
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ----------------------------------------------------------------- results ---
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(value, ref) -> str:
+    if value is None or ref is None or not ref or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value / ref:.2f}×"
+
+
+def index(results: list[dict], scenario: str, metric: str) -> dict:
+    """{(n-or-None, case): {peer: metric}} for rows without error."""
+    table: dict = {}
+    for r in results:
+        if r["scenario"] != scenario or "error" in r or metric not in r:
+            continue
+        table.setdefault((r.get("n"), r["case"]), {})[r["peer"]] = r[metric]
+    return table
+
+
+def ordered_cases(results: list[dict], scenario: str) -> list:
+    seen = []
+    for r in results:
+        if r["scenario"] == scenario:
+            key = (r.get("n"), r["case"])
+            if key not in seen:
+                seen.append(key)
+    return seen
+
+
+def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: dict,
+                   info: dict, opts: argparse.Namespace, command: str, pinning: str,
+                   elapsed: float) -> str:
+    L: list[str] = []
+    L.append("# simplew benchmark results")
+    L.append("")
+    L.append(f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {elapsed:.0f} s, with:")
+    L.append("")
+    L.append(f"    {command}")
+    L.append("")
+    L.append("## Machine and versions")
+    L.append("")
+    L.append(f"- CPU: {info['cpu_model']}, nproc {info['nproc']}, memory {info.get('memory', '?')}")
+    L.append(f"- Kernel {info['kernel']}; open files limit (soft / hard) {info['nofile']}; loopback only")
+    L.append(f"- CPU pinning: {pinning}")
+    L.append(f"- Load average (1/5/15 min) before the run: {info.get('loadavg_start', '?')}, "
+             f"after: {info.get('loadavg_end', '?')} (the benchmark itself loads the machine; a high "
+             "value before the run means other work shared the CPUs)")
+    L.append(f"- {info['implementation']} {info['python']}")
+    L.append("- " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    L.append(f"- Peers measured: {', '.join(peers) or 'none'}")
+    for peer, why in skipped.items():
+        L.append(f"- **{peer} not measured**: {why}")
+    L.append("")
+    L.append("## Method")
+    L.append("")
+    L.append("- Server CPU = user+system time of every thread of the server process, from "
+             "`/proc/PID/task/*/schedstat` (ns) read before and after each measurement; "
+             "`/proc/PID/stat` (utime+stime, 10 ms ticks) is read over each whole fan-out case as a "
+             "cross-check (`results.json`: `case_cpu_ms_schedstat` vs `case_cpu_ms_stat`).")
+    L.append("- Ratios are the peer's server CPU per unit divided by the reference's "
+             "(below 1× = cheaper than the reference).")
+    L.append(f"- Fan-out: N clients over {opts.procs or 'auto (2, 4 above 5000)'} load-generator processes "
+             "(raw sockets + epoll); one of them (on `/ctl`) sends `BCAST <count> <size> <round> <t_ns>`, "
+             "the server sends `count` messages of `size` bytes to every client in that one callback. "
+             f"{opts.warmup} warm-up + {opts.rounds} measured rounds per case; medians over the rounds. "
+             "Latency = client receive time − trigger time (both `time.time_ns()`), p50/p99 over all "
+             "deliveries of a round. Every client must receive every message of the round, in order.")
+    L.append(f"- Request/response: `{{\"url\": \"/ws/test/echo\", \"body\": \"...\"}}` answered with the body; "
+             f"{opts.rr_window} messages in flight per connection, {opts.repeats} run(s) of {opts.rr_seconds:g} s "
+             "after a 0.5 s warm-up, medians; simplew through a Controller route, peers with json.loads + "
+             "dict dispatch. Server CPU use near 100% means the server was the bottleneck; well below, "
+             "the Python client was.")
+    L.append(f"- Static: `wrk -t1 -c{opts.wrk_conns} -d{opts.wrk_seconds:g}s` on a 13-byte and a 100 KiB file, "
+             f"{opts.repeats} run(s), medians.")
+    checks = [(r["case_cpu_ms_schedstat"], r["case_cpu_ms_stat"]) for r in results
+              if r["scenario"] == "fanout" and "case_cpu_ms_stat" in r]
+    if checks:
+        worst = max(abs(a - b) for a, b in checks)
+        L.append(f"- CPU cross-check over {len(checks)} fan-out cases: schedstat and /proc/PID/stat differ by "
+                 f"at most {worst:.1f} ms per case (stat counts 10 ms ticks).")
+    L.append("")
+
+    # -- fan-out
+    fan = ordered_cases(results, "fanout")
+    if fan:
+        cpu = index(results, "fanout", "cpu_us_per_delivery")
+        L.append("## Fan-out: server CPU µs per delivered message (median, lower is better)")
+        L.append("")
+        L.append("| N | case | " + " | ".join(peers) + " |")
+        L.append("|---:|---|" + "---:|" * len(peers))
+        for key in fan:
+            L.append(f"| {key[0]} | {key[1]} | " + " | ".join(fmt(cpu.get(key, {}).get(p)) for p in peers) + " |")
+        L.append("")
+        L.append("### Fan-out, all figures")
+        L.append("")
+        L.append("| N | case | peer | CPU µs/delivery | × picows | × websockets | p50 ms | p99 ms | round ms | delivered |")
+        L.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
+        by_key = {}
+        for r in results:
+            if r["scenario"] == "fanout":
+                by_key.setdefault((r["n"], r["case"]), {})[r["peer"]] = r
+        for key in fan:
+            refs = cpu.get(key, {})
+            for p in peers:
+                r = by_key.get(key, {}).get(p)
+                if r is None:
+                    continue
+                if "error" in r:
+                    L.append(f"| {key[0]} | {key[1]} | {p} | error: {r['error']} | | | | | | |")
+                    continue
+                ok = "all" if r["all_delivered"] else "**MISSING**"
+                L.append(f"| {key[0]} | {key[1]} | {p} | {fmt(r['cpu_us_per_delivery'])} | "
+                         f"{ratio(r['cpu_us_per_delivery'], refs.get('picows'))} | "
+                         f"{ratio(r['cpu_us_per_delivery'], refs.get('websockets'))} | "
+                         f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['round_ms'], 1)} | "
+                         f"{ok} {r['received']:,}/{r['expected']:,} |")
+        L.append("")
+
+    # -- request/response
+    rr = ordered_cases(results, "rr")
+    if rr:
+        cpu = index(results, "rr", "cpu_us_per_msg")
+        L.append("## Request/response (JSON envelope, routed)")
+        L.append("")
+        L.append("| case | peer | msg/s | CPU µs/msg | × picows | × websockets | server CPU use | errors |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---|")
+        for key in rr:
+            for p in peers:
+                r = next((x for x in results if x["scenario"] == "rr" and x["case"] == key[1]
+                          and x["peer"] == p), None)
+                if r is None:
+                    continue
+                if "error" in r:
+                    L.append(f"| {key[1]} | {p} | error: {r['error']} | | | | | |")
+                    continue
+                refs = cpu.get(key, {})
+                errs = "none" if not r["bad"] and not r["lost"] else f"bad {r['bad']}, lost {r['lost']}"
+                L.append(f"| {key[1]} | {p} | {fmt(r['msgs_per_s'], 0)} | {fmt(r['cpu_us_per_msg'])} | "
+                         f"{ratio(r['cpu_us_per_msg'], refs.get('picows'))} | "
+                         f"{ratio(r['cpu_us_per_msg'], refs.get('websockets'))} | "
+                         f"{r['server_cpu_util'] * 100:.0f}% | {errs} |")
+        L.append("")
+
+    # -- static
+    st = ordered_cases(results, "static")
+    if st:
+        cpu = index(results, "static", "cpu_us_per_req")
+        L.append("## Static files (wrk)")
+        L.append("")
+        L.append("| file | peer | req/s | CPU µs/req | × picows | × websockets | note |")
+        L.append("|---|---|---:|---:|---:|---:|---|")
+        for key in st:
+            for p in peers:
+                r = next((x for x in results if x["scenario"] == "static" and x["case"] == key[1]
+                          and x["peer"] == p), None)
+                if r is None:
+                    continue
+                if "error" in r:
+                    L.append(f"| {key[1]} | {p} | error: {r['error']} | | | | |")
+                    continue
+                refs = cpu.get(key, {})
+                note = STATIC_NOTES.get(p, "keep-alive")
+                if r.get("non_2xx"):
+                    note += f"; {r['non_2xx']} non-2xx"
+                if r.get("socket_errors"):
+                    note += f"; socket errors: {r['socket_errors']}"
+                L.append(f"| {key[1]} | {p} | {fmt(r['req_per_s'], 0)} | {fmt(r['cpu_us_per_req'], 1)} | "
+                         f"{ratio(r['cpu_us_per_req'], refs.get('picows'))} | "
+                         f"{ratio(r['cpu_us_per_req'], refs.get('websockets'))} | {note} |")
+        L.append("")
+    L.append("![server CPU per unit of work](results.png)")
+    L.append("")
+    text = "\n".join(L)
+    path.write_text(text)
+    return text
+
+
+def write_chart(path: Path, results: list[dict], peers: list[str]) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return f"no chart: {exc}"
+    panels = []
+    for n in sorted({r["n"] for r in results if r["scenario"] == "fanout"}):
+        rows = [r for r in results if r["scenario"] == "fanout" and r["n"] == n]
+        panels.append((f"fan-out, N={n}: CPU µs per delivery", rows, "cpu_us_per_delivery"))
+    for scenario, title, metric in (("rr", "request/response: CPU µs per message", "cpu_us_per_msg"),
+                                    ("static", "static files: CPU µs per request (log; picows, websockets: Connection: close)", "cpu_us_per_req")):
+        rows = [r for r in results if r["scenario"] == scenario]
+        if rows:
+            panels.append((title, rows, metric))
+    if not panels:
+        return "no chart: no results"
+    cols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(7 * cols, 4 * nrows), squeeze=False)
+    colors = {"simplew": "#d62728", "picows": "#1f77b4", "websockets": "#2ca02c",
+              "aiohttp": "#9467bd", "socketify": "#ff7f0e"}
+    for ax, (title, rows, metric) in zip(axes.flat, panels):
+        cases = []
+        for r in rows:
+            if r["case"] not in cases:
+                cases.append(r["case"])
+        width = 0.8 / max(1, len(peers))
+        for i, peer in enumerate(peers):
+            values = []
+            for case in cases:
+                r = next((x for x in rows if x["case"] == case and x["peer"] == peer), None)
+                values.append(r.get(metric, float("nan")) if r and "error" not in r else float("nan"))
+            xs = [j + (i - (len(peers) - 1) / 2) * width for j in range(len(cases))]
+            ax.bar(xs, values, width, label=peer, color=colors.get(peer))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels(cases, fontsize=8, rotation=10)
+        ax.set_ylabel("µs (lower is better)")
+        if metric == "cpu_us_per_req":
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("simplew vs peers: server CPU per unit of work (2-core loopback)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --------------------------------------------------------------------- main ---
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--peers", default=",".join(loadgen.PEERS),
+                        help="comma list of peers to measure (unavailable ones are skipped and noted)")
+    parser.add_argument("--quick", action="store_true",
+                        help="N=1000, 5 rounds, 1 warm-up, one 2 s request/response and wrk run "
+                             "per case (options given explicitly still win)")
+    parser.add_argument("--out", default=str(BENCH_DIR / "RESULTS.md"))
+    parser.add_argument("--chart", default=str(BENCH_DIR / "results.png"))
+    parser.add_argument("--json", default=str(BENCH_DIR / "results.json"))
+    loadgen.add_common_options(parser)
+    opts = parser.parse_args(argv)
+    if opts.quick:
+        given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+        if "--n" not in given:
+            opts.n = [1000]
+        if "--rounds" not in given:
+            opts.rounds = 5
+        if "--warmup" not in given:
+            opts.warmup = 1
+        if "--rr-seconds" not in given:
+            opts.rr_seconds = 2.0
+        if "--wrk-seconds" not in given:
+            opts.wrk_seconds = 2.0
+        if "--repeats" not in given:
+            opts.repeats = 1
+    loadgen.install_signal_handlers()
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0], os.getcwd())] + sys.argv[1:])
+    started = time.monotonic()
+    info = machine_info()
+    peers, skipped = [], {}
+    for peer in [p.strip() for p in opts.peers.split(",") if p.strip()]:
+        if peer not in loadgen.PEERS:
+            parser.error(f"unknown peer {peer!r}; known: {', '.join(loadgen.PEERS)}")
+        ok, why = loadgen.peer_available(peer)
+        if ok:
+            peers.append(peer)
+        else:
+            skipped[peer] = why
+            loadgen.progress(f"[{peer}] skipped: {why}", final=True)
+    layout = loadgen.cpu_layout() if opts.pin else None
+    pinning = (f"server on CPU {sorted(layout[0])}, load generator and wrk on CPU {sorted(layout[1])}"
+               if layout else "none")
+    if layout and not opts.rr_pin:
+        pinning += " (request/response unpinned: the Python client needs more than one CPU)"
+    info["loadavg_start"] = loadavg()
+    static_dir = loadgen.make_static_dir()
+    log_dir = tempfile.mkdtemp(prefix="simplew-bench-logs-")
+    results: list[dict] = []
+    try:
+        for peer in peers:
+            try:
+                results += loadgen.run_peer(peer, opts, static_dir, log_dir)
+            except RuntimeError as exc:                 # the server did not start
+                skipped[peer] = str(exc)
+                loadgen.progress(f"[{peer}] failed: {exc}", final=True)
+    finally:
+        loadgen.stop_all_servers()
+        shutil.rmtree(static_dir, ignore_errors=True)
+    measured = [p for p in peers if any(r["peer"] == p for r in results)]
+    elapsed = time.monotonic() - started
+    info["loadavg_end"] = loadavg()
+    with open(opts.json, "w") as f:
+        json.dump({"machine": info, "command": command, "pinning": pinning, "results": results,
+                   "skipped": skipped}, f, indent=1)
+    text = write_markdown(Path(opts.out), results, measured, skipped, info, opts, command,
+                          pinning, elapsed)
+    problem = write_chart(Path(opts.chart), results, measured)
+    if problem:
+        loadgen.progress(problem, final=True)
+    loadgen.progress(f"wrote {opts.out}, {opts.chart}, {opts.json}; server logs in {log_dir}; "
+                     f"{elapsed:.0f} s", final=True)
+    start = text.find("## Fan-out")
+    print(text[start:] if start >= 0 else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
