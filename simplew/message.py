@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
+import sys
 import types
 import typing
 import uuid
@@ -55,13 +57,37 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             except BodyMappingError as exc:
                 errors.append(str(exc))
         raise BodyMappingError("; ".join(errors))
-    if origin in (list, tuple, set, frozenset):
+    if origin is typing.Annotated:
+        return _convert(value, typing.get_args(tp)[0], where)
+    if origin is typing.Literal:
+        for allowed in typing.get_args(tp):
+            if value == allowed and type(value) is type(allowed):
+                return value
+        choices = ", ".join(repr(a) for a in typing.get_args(tp))
+        raise BodyMappingError(f"{where}: expected one of {choices}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise BodyMappingError(f"{where}: expected a list, got {_kind(value)}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif args == ((),):              # tuple[()]
+            args = ()
+        elif args and len(args) != len(value):
+            raise BodyMappingError(f"{where}: expected a list of {len(args)} items, got {len(value)}")
+        elif not args:
+            args = (Any,) * len(value)
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (list, set, frozenset):
         if not isinstance(value, list):
             raise BodyMappingError(f"{where}: expected a list, got {_kind(value)}")
         args = typing.get_args(tp)
         item = args[0] if args else Any
         items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return origin(items)
+        try:
+            return origin(items)
+        except TypeError as exc:         # unhashable items for a set
+            raise BodyMappingError(f"{where}: {exc}") from None
     if origin is dict:
         if not isinstance(value, dict):
             raise BodyMappingError(f"{where}: expected an object, got {_kind(value)}")
@@ -103,6 +129,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     elif tp is type(None):
         if value is None:
             return None
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in tp)
+            raise BodyMappingError(
+                f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}") from None
     elif isinstance(tp, type):
         if isinstance(value, tp):
             return value
@@ -111,19 +144,47 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise BodyMappingError(f"{where}: expected {_name(tp)}, got {_kind(value)}")
 
 
+# dataclass → (field name → (type, required)); resolving string annotations is
+# slow, and a class is mapped again for every message.
+_FIELDS: dict[type, dict[str, tuple[Any, bool]]] = {}
+
+
+def _fields_of(cls: type) -> dict[str, tuple[Any, bool]]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:                # a name some annotation uses is not resolvable
+            hints = None
+        module = sys.modules.get(cls.__module__)
+        fields = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            tp = hints[f.name] if hints is not None else f.type
+            if isinstance(tp, str):      # resolve this one alone, else accept any value
+                try:
+                    tp = eval(tp, dict(vars(module)) if module else {})
+                except Exception:
+                    tp = Any
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            fields[f.name] = (tp, required)
+        _FIELDS[cls] = fields
+    return fields
+
+
 def _to_dataclass(value: Any, cls: type, where: str) -> Any:
     if not isinstance(value, dict):
         raise BodyMappingError(f"{where}: expected an object for {cls.__name__}, got {_kind(value)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(value) - set(fields))
+    fields = _fields_of(cls)
+    unknown = sorted(k for k in value if k not in fields)
     if unknown:
         raise BodyMappingError(f"{where}: unknown field(s) for {cls.__name__}: {', '.join(unknown)}")
     kwargs = {}
-    for name, field in fields.items():
+    for name, (tp, required) in fields.items():
         if name in value:
-            kwargs[name] = _convert(value[name], hints.get(name, Any), f"{where}.{name}")
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            kwargs[name] = _convert(value[name], tp, f"{where}.{name}")
+        elif required:
             raise BodyMappingError(f"{where}: missing field {name!r} for {cls.__name__}")
     return cls(**kwargs)
 

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import enum
+import json
 import logging
 import signal
 import threading
@@ -66,6 +70,7 @@ class SimpleWServer:
                  reuse_port: bool = False,
                  ssl: Any = None,
                  shutdown_grace: float = 5.0,
+                 max_write_buffer: int = 64 << 20,
                  use_aiofastnet: bool = True) -> None:
         self.host = host
         self.port = port
@@ -85,6 +90,7 @@ class SimpleWServer:
         self._reuse_port = reuse_port
         self.ssl = ssl
         self.shutdown_grace = shutdown_grace
+        self.max_write_buffer = max_write_buffer
         self.redis_url: str | None = None
         self._use_aiofastnet = use_aiofastnet and aiofastnet is not None
         self._statics: list[StaticFiles] = []
@@ -229,6 +235,7 @@ class SimpleWServer:
                         routes[url] = RouteTarget(url, controller, func)
                 endpoint = RouteEndpoint(spec.path, spec.max_message_size, routes,
                                          WebSocketMessage, BodyMappingError, _reply, self, self.hub)
+            endpoint.max_write_buffer = self.max_write_buffer
             self._endpoints[spec.path] = endpoint
 
     def _protocol(self) -> HttpProtocol:
@@ -372,10 +379,22 @@ class SimpleWServer:
 
 def _reply(session: Session, result: Any) -> None:
     """Send a handler's return value: str as TEXT, bytes as BINARY, else JSON."""
-    import json
     if isinstance(result, str):
         session.send_text(result)
     elif isinstance(result, (bytes, bytearray, memoryview)):
         session.send_binary(result)
     else:
-        session.send_text(json.dumps(result, default=str))
+        session.send_text(json.dumps(result, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what handlers commonly return: dataclasses, UUIDs, datetimes, enums."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)

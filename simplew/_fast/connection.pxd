@@ -5,6 +5,8 @@ cdef class Endpoint:
     """A WebSocket path and what its messages go to; subclasses decide."""
     cdef public str path
     cdef public Py_ssize_t max_message_size
+    cdef public double close_timeout   # seconds to wait for the client's CLOSE answer
+    cdef public Py_ssize_t max_write_buffer  # unsent bytes a client may lag behind; 0: no limit
     cdef public object server      # the SimpleWServer facade (hooks, logging)
     cdef public object hub         # simplew._fast.hub.Hub of the server
 
@@ -28,9 +30,15 @@ cdef class WebSocketConnection(WSListener):
     cdef Py_ssize_t _msg_size
     cdef object _decoder
     cdef object _close_timer
+    cdef object _peer                     # peername, cached: transports are loop-thread only
+    cdef readonly bint write_paused       # the transport's buffer is above its high-water mark
+    cdef object _write_buffer_size        # the transport's get_write_buffer_size
 
     cdef int write_frame(self, bytes frame) except -1
+    cdef _check_write_buffer(self)
     cdef int fail(self, int code, str reason) except -1
+    cdef int _send_close(self, int code, str reason) except -1
     cdef int _deliver(self, bint is_text, object data) except -1
     cdef _continue(self, WSFrame frame)
     cdef _on_close_frame(self, WSFrame frame)
+    cdef _close_now(self, int code, str reason)

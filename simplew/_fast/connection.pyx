@@ -6,6 +6,11 @@ messages (RFC 6455 section 5.4), enforces the maximum message size and UTF-8
 validity of TEXT messages, completes the close handshake and hands each whole
 message to its :class:`Endpoint`. Every frame it sends is one complete
 ``bytes`` object written in one call, so frames never interleave.
+
+A protocol violation is answered with CLOSE (1002, 1007 or 1009) and the
+socket is dropped when the client answers, or after ``close_timeout``. A
+client that stops reading is dropped once ``max_write_buffer`` bytes wait for
+it. What a client can cause at will is logged at DEBUG or INFO, never higher.
 """
 import codecs
 import logging
@@ -20,13 +25,65 @@ from simplew._fast.frames cimport build_frame, text_frame, binary_frame, close_f
 log = logging.getLogger("simplew.websocket")
 
 cdef object _utf8_decoder = codecs.getincrementaldecoder("utf-8")
-cdef double CLOSE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 5.0
+MAX_WRITE_BUFFER = 64 << 20
+
+
+cdef inline bint _valid_close_code(int code) noexcept:
+    """A status code a peer may put in a CLOSE frame (RFC 6455 section 7.4)."""
+    return (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999)
+
+
+class _ProtocolErrorFilter(logging.Filter):
+    """Keep a client's protocol violations out of the ERROR log.
+
+    picows logs a malformed frame (unmasked, oversized, bad opcode or length,
+    bad CLOSE) at ERROR on its per-connection logger. A client can cause that
+    at will, so it is dropped there and logged at DEBUG on
+    ``simplew.websocket``, like the violations this module detects itself.
+    Real failures (exceptions with a traceback) pass unchanged.
+    """
+
+    def filter(self, record):
+        if record.levelno >= logging.ERROR and record.exc_info is None:
+            msg = record.msg
+            if type(msg) is str and (msg.startswith("WS parser error")
+                                     or msg.startswith("on_ws_frame raised WSProtocolError")):
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("client protocol error: %s", record.getMessage())
+                return False
+        return True
+
+
+cdef object _protocol_error_filter = _ProtocolErrorFilter()
+
+
+class _LostWriteFilter(logging.Filter):
+    """aiofastnet warns about every write to a socket it has begun to finalize
+    (after 5 of them). A multicast queued before a client's reset reaches
+    connection_lost writes to it harmlessly (the write is dropped), and a
+    client could reset on purpose to fill the log: log those at DEBUG."""
+
+    def filter(self, record):
+        msg = record.msg
+        if record.levelno == logging.WARNING and type(msg) is str \
+                and msg.endswith("called after connection lost."):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("aiofastnet: %s", record.getMessage())
+            return False
+        return True
+
+
+cdef object _lost_write_filter = _LostWriteFilter()
+logging.getLogger("aiofastnet").addFilter(_lost_write_filter)
 
 
 cdef class Endpoint:
     def __init__(self, str path, Py_ssize_t max_message_size, server=None, hub=None):
         self.path = path
         self.max_message_size = max_message_size
+        self.close_timeout = CLOSE_TIMEOUT
+        self.max_write_buffer = MAX_WRITE_BUFFER
         self.server = server
         self.hub = hub
 
@@ -66,6 +123,7 @@ cdef class WebSocketConnection(WSListener):
         self._msg_size = 0
         self._decoder = None
         self._close_timer = None
+        self._peer = None
 
     # -- picows callbacks -------------------------------------------------
 
@@ -75,6 +133,12 @@ cdef class WebSocketConnection(WSListener):
         self._thread_id = PyThread_get_thread_ident()
         underlying = transport.underlying_transport
         self._write = getattr(underlying, "write_nocheck", underlying.write)
+        self._peer = underlying.get_extra_info("peername")
+        self._write_buffer_size = underlying.get_write_buffer_size
+        picows_logger = transport._logger
+        if isinstance(picows_logger, logging.Logger) and \
+                _protocol_error_filter not in picows_logger.filters:
+            picows_logger.addFilter(_protocol_error_filter)
         self.endpoint.on_connect(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
@@ -87,6 +151,12 @@ cdef class WebSocketConnection(WSListener):
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType op = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            if op == WSMsgType.CLOSE:   # the client is done: no answer to wait for
+                self._close_now(1002, "reserved bits set without a negotiated extension")
+            else:
+                self.fail(1002, "reserved bits set without a negotiated extension")
+            return
         if op == WSMsgType.CLOSE:
             self._on_close_frame(frame)
             return
@@ -94,9 +164,6 @@ cdef class WebSocketConnection(WSListener):
             return                      # closing: data after our CLOSE is dropped
         if op == WSMsgType.PONG or op == WSMsgType.PING:
             return                      # picows answers pings itself
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            self.fail(1002, "reserved bits set without a negotiated extension")
-            return
         if op == WSMsgType.CONTINUATION:
             if self._msg_opcode < 0:
                 self.fail(1002, "continuation frame without a message to continue")
@@ -123,8 +190,7 @@ cdef class WebSocketConnection(WSListener):
         self._msg_opcode = <int>op
         self._msg_size = 0
         self._parts = []
-        if op == WSMsgType.TEXT:
-            self._decoder = _utf8_decoder()
+        self._decoder = _utf8_decoder() if op == WSMsgType.TEXT else None
         self._continue(frame)
 
     cdef _continue(self, WSFrame frame):
@@ -155,36 +221,84 @@ cdef class WebSocketConnection(WSListener):
         return 0
 
     cdef _on_close_frame(self, WSFrame frame):
-        if self.closed:
+        cdef int code = 1000
+        if self.closed or self.transport.is_close_frame_sent:
             # The answer to our CLOSE: the handshake is complete.
+            self.closed = True
             self.transport.disconnect()
             return
-        code = frame.get_close_code() if frame.payload_size >= 2 else 1000
-        if code == 1005:
-            code = 1000
+        if frame.payload_size >= 2:
+            code = <int>frame.get_close_code()
+            if not _valid_close_code(code):
+                self._close_now(1002, f"invalid close code {code}")
+                return
+        # Echo the code (RFC 6455 section 5.5.1), then drop TCP: the server closes first.
+        self._send_close(code, "")
+        self.transport.disconnect()
+
+    cdef _close_now(self, int code, str reason):
+        """Answer a client's malformed CLOSE with CLOSE(code) and drop TCP at once."""
+        if not self.closed and not self.transport.is_close_frame_sent:
+            log.debug("closing %s with %d: %s", self.id, code, reason)
+            self._send_close(code, reason)
         self.closed = True
-        self.write_frame(close_frame(code))
-        self.transport.is_close_frame_sent = True
         self.transport.disconnect()
 
     # -- sending ----------------------------------------------------------
 
     cdef int write_frame(self, bytes frame) except -1:
-        if self.closed or self.transport is None:
+        cdef WSTransport transport = self.transport
+        if self.closed or transport is None or transport.is_close_frame_sent \
+                or transport.is_disconnected:
             return 0
-        self._write(frame)
+        try:
+            self._write(frame)
+            if self.write_paused and self.endpoint.max_write_buffer > 0:
+                self._check_write_buffer()
+        except Exception as exc:
+            # The socket is going away (uvloop refuses writes between closing
+            # its handle and connection_lost): this client is gone, the others
+            # of a multicast must still get the frame.
+            self.closed = True
+            log.debug("write to %s failed: %r", self.id, exc)
+        return 0
+
+    cdef _check_write_buffer(self):
+        """Drop a client that lets more than ``max_write_buffer`` bytes pile up
+        unsent (it does not read): the server's memory is not its queue."""
+        cdef Py_ssize_t pending = self._write_buffer_size()
+        if pending > self.endpoint.max_write_buffer:
+            log.info("dropping %s: %d bytes unsent, over max_write_buffer %d",
+                     self.id, pending, self.endpoint.max_write_buffer)
+            self.closed = True
+            self.transport.disconnect(False)
+
+    cdef int _send_close(self, int code, str reason) except -1:
+        """Write CLOSE(code, reason) as the last frame of this connection."""
+        self.write_frame(close_frame(code, reason))
+        self.closed = True
+        self._parts = None
+        self._decoder = None
+        self._msg_opcode = -1
+        if self.transport is not None:
+            self.transport.is_close_frame_sent = True
         return 0
 
     cdef int fail(self, int code, str reason) except -1:
-        """Close for a protocol violation: send CLOSE(code) and drop the socket."""
-        if self.closed:
+        """Fail the connection (a protocol violation): send CLOSE(code), then
+        drop TCP once the client answers with its CLOSE, or after the endpoint's
+        ``close_timeout``.
+
+        Waiting for the answer (RFC 6455 section 7.1.1) rather than closing at
+        once keeps unread client data from turning the close into a TCP reset
+        that could destroy the CLOSE frame before the client reads it.
+        """
+        if self.closed or self.transport is None or self.transport.is_close_frame_sent:
             return 0
         log.debug("closing %s with %d: %s", self.id, code, reason)
-        self.write_frame(close_frame(code, reason))
-        self.closed = True
-        self.transport.is_close_frame_sent = True
-        self._parts = None
-        self.transport.disconnect()
+        self._send_close(code, reason)
+        if not self.transport.is_disconnected:
+            self._close_timer = self._loop.call_later(self.endpoint.close_timeout, self.abort)
         return 0
 
     def _on_thread(self):
@@ -213,28 +327,44 @@ cdef class WebSocketConnection(WSListener):
             self.send_frame(binary_frame(data))
 
     def close(self, int code=1000, str reason=""):
-        """Start the close handshake; the socket is dropped after the client answers."""
+        """Start the close handshake; the socket is dropped after the client answers
+        (or after the endpoint's ``close_timeout``, 5 s). Safe from any thread."""
+        if not _valid_close_code(code):
+            raise ValueError(f"{code} is not a close code an endpoint may send")
         if PyThread_get_thread_ident() != self._thread_id:
-            self._loop.call_soon_threadsafe(self.close, code, reason)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.close, code, reason)
             return
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_close_frame_sent:
             return
-        self.write_frame(close_frame(code, reason))
-        self.closed = True
-        self.transport.is_close_frame_sent = True
-        self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
+        self._send_close(code, reason)
+        if not self.transport.is_disconnected:
+            self._close_timer = self._loop.call_later(self.endpoint.close_timeout, self.abort)
 
     def abort(self):
-        """Drop the socket at once, without a close handshake."""
+        """Drop the socket at once, without a close handshake. Safe from any thread."""
+        if PyThread_get_thread_ident() != self._thread_id:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.abort)
+            return
         self.closed = True
+        self._close_timer = None
         if self.transport is not None:
             self.transport.disconnect(False)
 
+    # picows logs a WARNING on every crossing of the write-buffer watermarks
+    # unless the listener implements these; a slow reader would flood the log.
+    # While paused, each write checks the client against max_write_buffer.
+    cpdef pause_writing(self):
+        self.write_paused = True
+
+    cpdef resume_writing(self):
+        self.write_paused = False
+
     @property
     def remote_address(self):
-        if self.transport is None:
-            return None
-        return self.transport.underlying_transport.get_extra_info("peername")
+        """The client's (host, port); readable from any thread."""
+        return self._peer
 
     # SimpleW spellings
     @property

@@ -8,6 +8,7 @@ client with one JSON error message (see README, "Errors") and the connection
 stays open.
 """
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -20,6 +21,7 @@ log = logging.getLogger("simplew.websocket")
 cdef object _json_loads = json.loads
 cdef object _json_dumps = json.dumps
 cdef object _iscoroutine = inspect.iscoroutine
+cdef object _partial = functools.partial
 
 
 cdef class RouteTarget:
@@ -39,12 +41,17 @@ cpdef str error_message(str code, object url, str message):
     return _json_dumps({"error": code, "url": url, "message": message})
 
 
+cdef inline int _send_error(WebSocketConnection conn, str code, object url, str message) except -1:
+    return conn.write_frame(text_frame(error_message(code, url, message)))
+
+
 cdef class RouteEndpoint(Endpoint):
     """An endpoint whose messages are routed to controller methods."""
     cdef dict _routes
     cdef object _message_class
     cdef object _mapping_error
     cdef object _reply
+    cdef set _tasks            # running async handlers (the loop keeps only weak references)
 
     def __init__(self, str path, Py_ssize_t max_message_size, dict routes,
                  message_class, mapping_error, reply, server=None, hub=None):
@@ -53,6 +60,7 @@ cdef class RouteEndpoint(Endpoint):
         self._message_class = message_class
         self._mapping_error = mapping_error
         self._reply = reply
+        self._tasks = set()
 
     @property
     def routes(self):
@@ -63,61 +71,69 @@ cdef class RouteEndpoint(Endpoint):
         cdef object envelope, url
         try:
             envelope = _json_loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            conn.write_frame(text_frame(error_message(
-                "bad_json", None, f"message is not valid JSON: {exc}")))
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers JSONDecodeError and UnicodeDecodeError (binary
+            # data); RecursionError is what json raises for very deep nesting.
+            _send_error(conn, "bad_json", None, f"message is not valid JSON: {exc}")
             return
         if type(envelope) is not dict:
-            conn.write_frame(text_frame(error_message(
-                "bad_envelope", None, "message must be a JSON object with a \"url\"")))
+            _send_error(conn, "bad_envelope", None,
+                        "message must be a JSON object with a \"url\"")
             return
         url = (<dict>envelope).get("url")
         if type(url) is not str:
-            conn.write_frame(text_frame(error_message(
-                "missing_url", None, "message has no \"url\" string")))
+            _send_error(conn, "missing_url", None, "message has no \"url\" string")
             return
         target = self._routes.get(url)
         if target is None:
-            conn.write_frame(text_frame(error_message(
-                "unknown_url", url, f"no WEBSOCKET route for {url}")))
+            _send_error(conn, "unknown_url", url, f"no WEBSOCKET route for {url}")
             return
         message = self._message_class(url, (<dict>envelope).get("body"),
                                       (<dict>envelope).get("jwt"))
         self._call(conn, target, message)
 
     cdef _call(self, WebSocketConnection conn, RouteTarget target, message):
-        controller = target.controller_class()
-        controller.session = conn
-        controller.request = conn.request
-        controller.server = self.server
         try:
+            controller = target.controller_class()
+            controller.session = conn
+            controller.request = conn.request
+            controller.server = self.server
             controller.on_before_method()
             result = target.method(controller, message)
         except Exception as exc:
             self._failed(conn, target.url, exc)
             return
+        if result is None:
+            return
         if _iscoroutine(result):
             task = asyncio.get_running_loop().create_task(result)
-            task.add_done_callback(lambda t: self._async_done(conn, target.url, t))
-        elif result is not None:
+            self._tasks.add(task)
+            task.add_done_callback(_partial(self._async_done, conn, target.url))
+            return
+        self._send_result(conn, target.url, result)
+
+    cdef _send_result(self, WebSocketConnection conn, str url, result):
+        try:
             self._reply(conn, result)
+        except Exception as exc:
+            self._failed(conn, url, exc)
 
     def _async_done(self, WebSocketConnection conn, str url, task):
+        self._tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
             self._failed(conn, url, exc)
         elif task.result() is not None:
-            self._reply(conn, task.result())
+            self._send_result(conn, url, task.result())
 
     cdef _failed(self, WebSocketConnection conn, str url, exc):
         if isinstance(exc, self._mapping_error):
-            conn.write_frame(text_frame(error_message("bad_body", url, str(exc))))
+            _send_error(conn, "bad_body", url, str(exc))
             return
-        log.exception("handler for %s raised", url, exc_info=exc)
-        conn.write_frame(text_frame(error_message(
-            "handler_error", url, f"{type(exc).__name__} in handler for {url}")))
+        log.error("handler for %s raised", url, exc_info=exc)
+        _send_error(conn, "handler_error", url, f"{type(exc).__name__} in handler for {url}")
 
 
 cdef class CallbackEndpoint(Endpoint):
@@ -126,10 +142,12 @@ cdef class CallbackEndpoint(Endpoint):
     ``data`` is a ``str`` for a TEXT message and ``bytes`` for BINARY.
     """
     cdef object _callback
+    cdef set _tasks
 
     def __init__(self, str path, Py_ssize_t max_message_size, callback, server=None, hub=None):
         Endpoint.__init__(self, path, max_message_size, server, hub)
         self._callback = callback
+        self._tasks = set()
 
     cpdef on_message(self, WebSocketConnection conn, bint is_text, object data):
         try:
@@ -139,4 +157,13 @@ cdef class CallbackEndpoint(Endpoint):
             conn.fail(1011, "internal error")
             return
         if _iscoroutine(result):
-            asyncio.get_running_loop().create_task(result)
+            task = asyncio.get_running_loop().create_task(result)
+            self._tasks.add(task)
+            task.add_done_callback(_partial(self._async_done, conn))
+
+    def _async_done(self, WebSocketConnection conn, task):
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("message callback of %s raised", self.path, exc_info=task.exception())
+        conn.fail(1011, "internal error")

@@ -1,0 +1,163 @@
+"""WebSocketMessage: the envelope's fields and ``map_body`` onto dataclasses."""
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Literal, Optional
+
+import pytest
+
+from simplew import BodyMappingError, WebSocketMessage
+
+
+@dataclass
+class Address:
+    street: str
+    zip: Optional[str] = None
+
+
+@dataclass
+class User:
+    id: uuid.UUID | None = None
+    name: str = ""
+    creation: datetime | None = None
+    enabled: bool = False
+
+
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+@dataclass
+class Profile:
+    user: User
+    age: int
+    score: float = 0.0
+    tags: list[str] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)
+    nickname: Optional[str] = None
+    born: date | None = None
+    color: Color = Color.RED
+    mode: Literal["a", "b"] = "a"
+    pair: tuple[int, str] | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+    anything: Any = None
+
+
+def msg(body: Any = None) -> WebSocketMessage:
+    return WebSocketMessage("/websocket/x", body)
+
+
+def test_fields_and_defaults():
+    m = WebSocketMessage("/websocket/test/index", {"a": 1}, "tok")
+    assert (m.url, m.body, m.jwt) == ("/websocket/test/index", {"a": 1}, "tok")
+    m = WebSocketMessage("/u")
+    assert m.body is None and m.jwt is None
+    assert "WebSocketMessage(url='/u'" in repr(m)
+
+
+def test_map_body_guide_user():
+    user = msg({"name": "John Doe", "enabled": True}).map_body(User)
+    assert user == User(name="John Doe", enabled=True)
+    assert msg({"name": "x"}).MapBody(User).enabled is False          # SimpleW spelling
+
+
+def test_map_body_uuid_and_datetime():
+    uid = uuid.uuid4()
+    user = msg({"id": str(uid), "creation": "2024-05-06T07:08:09Z", "enabled": True}).map_body(User)
+    assert user.id == uid
+    assert user.creation == datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    user = msg({"creation": "2024-05-06T07:08:09.123+02:00"}).map_body(User)
+    assert user.creation.utcoffset() == timedelta(hours=2)
+    assert msg({"creation": "2024-05-06"}).map_body(User).creation == datetime(2024, 5, 6)
+
+
+def test_map_body_nested_optional_lists_and_defaults():
+    body = {
+        "user": {"name": "Ann", "enabled": True},
+        "age": 41,
+        "score": 3,                                   # int accepted for float
+        "tags": ["a", "b"],
+        "addresses": [{"street": "Main"}, {"street": "High", "zip": "12345"}],
+        "nickname": None,
+        "born": "1983-02-01",
+        "color": "green",
+        "mode": "b",
+        "pair": [1, "one"],
+        "extra": {"k": 2},
+        "anything": {"free": ["form"]},
+    }
+    p = msg(body).map_body(Profile)
+    assert p.user == User(name="Ann", enabled=True)
+    assert p.age == 41 and p.score == 3.0 and isinstance(p.score, float)
+    assert p.tags == ["a", "b"]
+    assert p.addresses == [Address("Main"), Address("High", "12345")]
+    assert p.nickname is None and p.born == date(1983, 2, 1)
+    assert p.color is Color.GREEN and p.mode == "b" and p.pair == (1, "one")
+    assert p.extra == {"k": 2} and p.anything == {"free": ["form"]}
+
+    minimal = msg({"user": {}, "age": 1}).map_body(Profile)
+    assert minimal == Profile(user=User(), age=1)
+    assert minimal.tags == [] and minimal.tags is not Profile(user=User(), age=1).tags
+
+
+def test_map_body_plain_types():
+    assert msg("hello").map_body(str) == "hello"
+    assert msg([1, 2]).map_body(list[int]) == [1, 2]
+    assert msg(None).map_body(Optional[int]) is None
+    assert msg({"a": 1}).map_body(dict) == {"a": 1}
+    assert msg(5).map_body(Any) == 5
+
+
+@pytest.mark.parametrize("body, cls, expected", [
+    ({"user": {}, "age": "41"}, Profile, "body.age: expected int, got a string"),
+    ({"user": {}, "age": True}, Profile, "body.age: expected int, got a boolean"),
+    ({"user": {}}, Profile, "body: missing field 'age' for Profile"),
+    ({"user": {"enabled": "yes"}, "age": 1}, Profile, "body.user.enabled: expected bool, got a string"),
+    ({"user": {"id": "not-a-uuid"}, "age": 1}, Profile, "body.user.id: expected UUID, got a string"),
+    ({"user": {"creation": "yesterday"}, "age": 1}, Profile,
+     "body.user.creation: expected datetime, got a string"),
+    ({"user": {}, "age": 1, "tags": "a,b"}, Profile, "body.tags: expected a list, got a string"),
+    ({"user": {}, "age": 1, "tags": ["a", 2]}, Profile, "body.tags[1]: expected str, got a number"),
+    ({"user": {}, "age": 1, "addresses": [{"street": "x"}, {}]}, Profile,
+     "body.addresses[1]: missing field 'street' for Address"),
+    ({"user": {}, "age": 1, "addresses": [{"street": 5}]}, Profile,
+     "body.addresses[0].street: expected str, got a number"),
+    ({"user": {}, "age": 1, "nickname": 3}, Profile, "body.nickname: expected str, got a number"),
+    ({"user": {}, "age": 1, "color": "blue"}, Profile,
+     "body.color: expected one of 'red', 'green' for Color, got 'blue'"),
+    ({"user": {}, "age": 1, "mode": "c"}, Profile, "body.mode: expected one of 'a', 'b', got 'c'"),
+    ({"user": {}, "age": 1, "pair": [1]}, Profile, "body.pair: expected a list of 2 items, got 1"),
+    ({"user": {}, "age": 1, "extra": {"k": "v"}}, Profile, "body.extra.k: expected int, got a string"),
+    ({"user": {}, "age": 1, "surname": "x"}, Profile, "body: unknown field(s) for Profile: surname"),
+    ({"user": "Ann", "age": 1}, Profile, "body.user: expected an object for User, got a string"),
+    (None, User, "body: expected an object for User, got null"),
+    ("John", User, "body: expected an object for User, got a string"),
+    ([1], User, "body: expected an object for User, got a list"),
+])
+def test_map_body_errors_name_the_field(body, cls, expected):
+    with pytest.raises(BodyMappingError) as info:
+        msg(body).map_body(cls)
+    assert str(info.value) == expected
+    assert isinstance(info.value, ValueError)
+
+
+def test_map_body_local_dataclass_with_unresolvable_annotations():
+    @dataclass
+    class Local:                      # "Inner" is not resolvable from the module globals
+        inner: Inner
+        n: int = 0
+
+    @dataclass
+    class Inner:
+        x: int
+
+    value = msg({"inner": {"x": 1}, "n": 2}).map_body(Local)
+    assert value.inner == {"x": 1} and value.n == 2    # unresolvable: passed through as is
+    with pytest.raises(BodyMappingError, match="unknown field"):
+        msg({"inner": 1, "zzz": 2}).map_body(Local)
+    with pytest.raises(BodyMappingError, match=r"body\.n: expected int"):     # still checked
+        msg({"inner": 1, "n": "2"}).map_body(Local)
