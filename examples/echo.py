@@ -20,9 +20,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=2015)
     parser.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024,
                         help="bytes; 16 MiB by default, the largest message Autobahn sends")
+    parser.add_argument("--no-compression", dest="compression", action="store_false",
+                        help="refuse permessage-deflate (negotiated by default here)")
     args = parser.parse_args()
 
-    server = SimpleWServer(args.host, args.port, max_message_size=args.max_message_size)
+    server = SimpleWServer(args.host, args.port, max_message_size=args.max_message_size,
+                           max_write_buffer=64 << 20, compression=args.compression)
     server.add_websocket_content("/", on_message=lambda session, data: session.send(data))
     server.start()
     host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host

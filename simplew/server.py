@@ -11,8 +11,7 @@ import signal
 import threading
 from typing import Any, Callable
 
-from simplew._fast.connection import Endpoint, WebSocketConnection
-from simplew._fast.frames import binary_frame, text_frame
+from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
 from simplew._fast.http import HttpLimits, HttpProtocol
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
@@ -36,17 +35,20 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 Session = WebSocketConnection
 
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+SLOW_CLIENT_POLICIES = {"close": SLOW_CLOSE, "skip": SLOW_SKIP}
 
 
 class _WebSocketSpec:
     """What ``add_websocket_content`` asked for; compiled into an Endpoint at start."""
 
     def __init__(self, path: str, controllers: list[type[Controller]] | None,
-                 on_message: Callable[..., Any] | None, max_message_size: int) -> None:
+                 on_message: Callable[..., Any] | None, max_message_size: int,
+                 compression: bool | None) -> None:
         self.path = path
         self.controllers = controllers
         self.on_message = on_message
         self.max_message_size = max_message_size
+        self.compression = compression
 
 
 class SimpleWServer:
@@ -70,7 +72,10 @@ class SimpleWServer:
                  reuse_port: bool = False,
                  ssl: Any = None,
                  shutdown_grace: float = 5.0,
-                 max_write_buffer: int = 64 << 20,
+                 max_write_buffer: int = 1 << 20,
+                 slow_client_policy: str = "close",
+                 compression: bool = False,
+                 compression_level: int = 1,
                  use_aiofastnet: bool = True) -> None:
         self.host = host
         self.port = port
@@ -91,6 +96,11 @@ class SimpleWServer:
         self.ssl = ssl
         self.shutdown_grace = shutdown_grace
         self.max_write_buffer = max_write_buffer
+        if slow_client_policy not in SLOW_CLIENT_POLICIES:
+            raise ValueError(f"slow_client_policy must be one of {sorted(SLOW_CLIENT_POLICIES)}")
+        self.slow_client_policy = slow_client_policy
+        self.compression = compression
+        self.compression_level = compression_level
         self.redis_url: str | None = None
         self._use_aiofastnet = use_aiofastnet and aiofastnet is not None
         self._statics: list[StaticFiles] = []
@@ -119,13 +129,16 @@ class SimpleWServer:
     def add_websocket_content(self, path_or_controller: str | type[Controller] = "/websocket",
                               path: str | None = None, *,
                               on_message: Callable[..., Any] | None = None,
-                              max_message_size: int | None = None) -> None:
+                              max_message_size: int | None = None,
+                              compression: bool | None = None) -> None:
         """Open a WebSocket endpoint.
 
         ``add_websocket_content("/websocket")`` routes messages to the WEBSOCKET
         methods of every Controller subclass; ``add_websocket_content(Cls, "/ws")``
         to one class; ``on_message=fn`` gives each raw message to
         ``fn(session, data)`` instead (``str`` for TEXT, ``bytes`` for BINARY).
+        ``compression`` turns permessage-deflate on or off for this endpoint
+        (default: the server's ``compression``).
         """
         controllers = None
         if isinstance(path_or_controller, type):
@@ -139,7 +152,8 @@ class SimpleWServer:
         if any(spec.path == endpoint_path for spec in self._ws_specs):
             raise ValueError(f"a WebSocket endpoint is already at {endpoint_path}")
         self._ws_specs.append(_WebSocketSpec(
-            endpoint_path, controllers, on_message, max_message_size or self.max_message_size))
+            endpoint_path, controllers, on_message, max_message_size or self.max_message_size,
+            compression))
 
     def on_connect(self, callback: Callable[[Session], Any]) -> Callable[[Session], Any]:
         """Call ``callback(session)`` when a WebSocket client connects (usable as a decorator)."""
@@ -155,19 +169,19 @@ class SimpleWServer:
 
     def multicast_text(self, text: str) -> None:
         """Send ``text`` to every connected WebSocket client; safe from any thread."""
-        self._multicast(text_frame(text))
+        self._multicast(1, text.encode("utf-8"))
 
     def multicast_binary(self, data: bytes) -> None:
         """Send ``data`` to every connected WebSocket client; safe from any thread."""
-        self._multicast(binary_frame(data))
+        self._multicast(2, bytes(data))
 
-    def _multicast(self, frame: bytes) -> None:
+    def _multicast(self, opcode: int, payload: bytes) -> None:
         if self._loop is None:
             return
         if threading.get_ident() == self._loop_thread_id:
-            self.hub.multicast_frame(frame)
+            self.hub.multicast(opcode, payload)
         else:
-            self._loop.call_soon_threadsafe(self.hub.multicast_frame, frame)
+            self._loop.call_soon_threadsafe(self.hub.multicast, opcode, payload)
 
     @property
     def sessions(self) -> list[Session]:
@@ -221,6 +235,7 @@ class SimpleWServer:
 
     def _compile(self) -> None:
         self._endpoints = {}
+        self._flusher = Flusher()
         for spec in self._ws_specs:
             if spec.on_message is not None:
                 endpoint = CallbackEndpoint(spec.path, spec.max_message_size, spec.on_message,
@@ -236,6 +251,10 @@ class SimpleWServer:
                 endpoint = RouteEndpoint(spec.path, spec.max_message_size, routes,
                                          WebSocketMessage, BodyMappingError, _reply, self, self.hub)
             endpoint.max_write_buffer = self.max_write_buffer
+            endpoint.slow_client_policy = SLOW_CLIENT_POLICIES[self.slow_client_policy]
+            endpoint.compression = self.compression if spec.compression is None else spec.compression
+            endpoint.compression_level = self.compression_level
+            endpoint.flusher = self._flusher
             self._endpoints[spec.path] = endpoint
 
     def _protocol(self) -> HttpProtocol:

@@ -960,8 +960,7 @@ def test_a_client_that_does_not_read_is_dropped(make_server, no_error_logs, use_
     clients that read are not affected."""
     server = multicast_server(make_server, use_aiofastnet=use_aiofastnet)
     endpoint = server.endpoint_for("/quiet")
-    assert endpoint.max_write_buffer == 64 << 20            # the default
-    endpoint.max_write_buffer = 1 << 20
+    assert endpoint.max_write_buffer == 1 << 20             # the default
     sleeper = RawClient(server.port, "/quiet")                # never reads
     reader = RawClient(server.port, "/echo")
     wait_until(lambda: len(server.hub) == 2)
@@ -1001,17 +1000,27 @@ def test_disconnect_all(make_server):
 
 def test_slow_reader_does_not_log_warnings(make_server, no_error_logs):
     """Filling a client's socket makes the transport pause writing; picows logs a
-    WARNING for that unless the listener handles it, which a slow reader could abuse."""
-    server = multicast_server(make_server)
+    WARNING for that unless the listener handles it, which a slow reader could abuse.
+    With slow_client_policy="skip" the client loses the messages sent while it was
+    over max_write_buffer, receives the others intact, and stays connected."""
+    server = multicast_server(make_server, max_write_buffer=2 << 20, slow_client_policy="skip")
     raw = RawClient(server.port, "/quiet")
     try:
         wait_until(lambda: len(server.hub) == 1)
+        session = server.sessions[0]
         chunk = "z" * 65536
         for _ in range(400):                               # 26 MB the client does not read yet
             server.multicast_text(chunk)
-        wait_until(lambda: server.sessions[0].write_paused)   # the buffer crossed its mark
-        for _ in range(400):
+        async def barrier():                                # every multicast above has run
+            pass
+        asyncio.run_coroutine_threadsafe(barrier(), server._loop).result(TIMEOUT)
+        assert session.write_paused                         # the buffer crossed its mark
+        assert session.dropped_messages > 0
+        for _ in range(400 - session.dropped_messages):
             assert raw.recv() == (0x1, True, chunk.encode())
-        wait_until(lambda: not server.sessions[0].write_paused)
+        wait_until(lambda: not session.write_paused)
+        assert len(server.hub) == 1
+        server.multicast_text("after")
+        assert raw.recv() == (0x1, True, b"after")
     finally:
         raw.close()

@@ -1,4 +1,15 @@
 from picows.picows cimport WSListener, WSTransport, WSFrame
+from simplew._fast.deflate cimport Inflater, Deflater
+
+cdef enum:
+    COMPRESS_MIN_SIZE_C = 0    # every message is compressed once deflate is agreed
+
+
+cdef class Flusher:
+    cdef list _dirty
+    cdef bint _scheduled
+
+    cdef int add(self, WebSocketConnection conn, object loop) except -1
 
 
 cdef class Endpoint:
@@ -7,6 +18,10 @@ cdef class Endpoint:
     cdef public Py_ssize_t max_message_size
     cdef public double close_timeout   # seconds to wait for the client's CLOSE answer
     cdef public Py_ssize_t max_write_buffer  # unsent bytes a client may lag behind; 0: no limit
+    cdef public int slow_client_policy       # SLOW_CLOSE or SLOW_SKIP
+    cdef public bint compression             # negotiate permessage-deflate
+    cdef public int compression_level        # zlib level, 1 (fast) to 9
+    cdef public Flusher flusher
     cdef public object server      # the SimpleWServer facade (hooks, logging)
     cdef public object hub         # simplew._fast.hub.Hub of the server
 
@@ -33,9 +48,24 @@ cdef class WebSocketConnection(WSListener):
     cdef object _peer                     # peername, cached: transports are loop-thread only
     cdef readonly bint write_paused       # the transport's buffer is above its high-water mark
     cdef object _write_buffer_size        # the transport's get_write_buffer_size
+    cdef object _gate                     # the WriteGate picows writes through, or None
+    cdef bytes _out_first                 # output queued this turn: first frame
+    cdef list _out_more                   # and the frames after it, or None
+    cdef Py_ssize_t _out_size             # bytes queued this turn
+    cdef Flusher _flusher
+    cdef Inflater _inflater               # permessage-deflate, when negotiated
+    cdef Deflater _deflater
+    cdef readonly int deflate_wbits       # 0 without compression
+    cdef bint _msg_compressed
+    cdef public Py_ssize_t dropped_messages
 
     cdef int write_frame(self, bytes frame) except -1
-    cdef _check_write_buffer(self)
+    cdef int _slow(self, bytes frame) except -1
+    cdef int flush_output(self) except -1
+    cdef int _write_now(self, bytes data) except -1
+    cdef int queue_message(self, int opcode, bytes payload) except -1
+    cdef int send_shared(self, bytes compressed_frame) except -1
+    cdef _deliver_compressed(self, bint is_text, WSFrame frame)
     cdef int fail(self, int code, str reason) except -1
     cdef int _send_close(self, int code, str reason) except -1
     cdef int _deliver(self, bint is_text, object data) except -1

@@ -3,9 +3,17 @@
 
 picows parses frames and answers pings; this listener turns frames into
 messages (RFC 6455 section 5.4), enforces the maximum message size and UTF-8
-validity of TEXT messages, completes the close handshake and hands each whole
-message to its :class:`Endpoint`. Every frame it sends is one complete
-``bytes`` object written in one call, so frames never interleave.
+validity of TEXT messages, inflates permessage-deflate messages, completes
+the close handshake and hands each whole message to its :class:`Endpoint`.
+
+Output is coalesced: frames sent to a client during one event-loop turn
+(multicasts, replies) wait in its queue and go out in one write when the
+turn's :class:`Flusher` runs, in the order they were sent; a CLOSE goes out
+after them. Every frame is complete ``bytes``, so frames never interleave.
+
+Slow clients: the transport's high-water mark is the endpoint's
+``max_write_buffer``. A client above it is, by ``slow_client_policy``,
+closed with 1008 ("close", the default) or skipped until it drains ("skip").
 
 A protocol violation is answered with CLOSE (1002, 1007 or 1009) and the
 socket is dropped when the client answers, or after ``close_timeout``. A
@@ -21,12 +29,19 @@ from cpython.pythread cimport PyThread_get_thread_ident
 from picows.picows cimport WSMsgType, WSCloseCode
 
 from simplew._fast.frames cimport build_frame, text_frame, binary_frame, close_frame
+from simplew._fast.deflate cimport Inflater, Deflater, DeflateSettings
+from simplew._fast.deflate import MessageTooBig, InflateError, negotiate
+from simplew._fast.gate import WriteGate
+from picows.picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
 log = logging.getLogger("simplew.websocket")
 
 cdef object _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 CLOSE_TIMEOUT = 5.0
-MAX_WRITE_BUFFER = 64 << 20
+MAX_WRITE_BUFFER = 1 << 20
+SLOW_CLOSE = 0          # slow_client_policy "close": CLOSE 1008, then drop
+SLOW_SKIP = 1           # slow_client_policy "skip": drop its messages until it drains
+COMPRESS_MIN_SIZE = COMPRESS_MIN_SIZE_C  # smaller messages go out uncompressed (always allowed)
 
 
 cdef inline bint _valid_close_code(int code) noexcept:
@@ -78,18 +93,59 @@ cdef object _lost_write_filter = _LostWriteFilter()
 logging.getLogger("aiofastnet").addFilter(_lost_write_filter)
 
 
+cdef class Flusher:
+    """Connections with queued output, written once at the end of the loop turn."""
+
+    def __init__(self):
+        self._dirty = []
+        self._scheduled = False
+
+    cdef inline int add(self, WebSocketConnection conn, object loop) except -1:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+        return 0
+
+    def flush(self):
+        cdef list dirty = self._dirty
+        cdef Py_ssize_t i
+        self._dirty = []
+        self._scheduled = False
+        for i in range(len(dirty)):
+            (<WebSocketConnection>dirty[i]).flush_output()
+
+
 cdef class Endpoint:
     def __init__(self, str path, Py_ssize_t max_message_size, server=None, hub=None):
         self.path = path
         self.max_message_size = max_message_size
         self.close_timeout = CLOSE_TIMEOUT
         self.max_write_buffer = MAX_WRITE_BUFFER
+        self.slow_client_policy = SLOW_CLOSE
+        self.compression = False
+        self.compression_level = 1
+        self.flusher = Flusher()
         self.server = server
         self.hub = hub
 
     def connect(self, request):
-        """The listener for a client upgrading on this path (picows factory)."""
-        return WebSocketConnection(self, request)
+        """The listener for a client upgrading on this path (picows factory).
+
+        Negotiates permessage-deflate when the endpoint allows compression.
+        """
+        conn = WebSocketConnection(self, request)
+        if not self.compression:
+            return conn
+        offer = request.headers.get("sec-websocket-extensions")
+        if not offer:
+            return conn
+        answer, settings = negotiate(offer)
+        if settings is None:
+            return conn
+        conn.use_deflate(settings)
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_101_response({"Sec-WebSocket-Extensions": answer}), conn)
 
     cpdef on_message(self, WebSocketConnection conn, bint is_text, object data):
         pass
@@ -124,6 +180,25 @@ cdef class WebSocketConnection(WSListener):
         self._decoder = None
         self._close_timer = None
         self._peer = None
+        self._out_first = None
+        self._out_more = None
+        self._flusher = endpoint.flusher
+        self._inflater = None
+        self._deflater = None
+        self.deflate_wbits = 0
+        self._msg_compressed = False
+        self.dropped_messages = 0
+
+    def use_deflate(self, DeflateSettings settings):
+        """Compress and inflate with the negotiated permessage-deflate ``settings``."""
+        self._inflater = Inflater(settings, self.endpoint.max_message_size)
+        self._deflater = Deflater(settings, self.endpoint.compression_level)
+        self.deflate_wbits = settings.server_max_window_bits
+
+    @property
+    def compression(self):
+        """The negotiated permessage-deflate settings, or None."""
+        return None if self._deflater is None else self._deflater.settings
 
     # -- picows callbacks -------------------------------------------------
 
@@ -132,9 +207,14 @@ cdef class WebSocketConnection(WSListener):
         self._loop = transport._loop
         self._thread_id = PyThread_get_thread_ident()
         underlying = transport.underlying_transport
+        if isinstance(underlying, WriteGate):
+            self._gate = underlying
+            underlying = self._gate.real
         self._write = getattr(underlying, "write_nocheck", underlying.write)
         self._peer = underlying.get_extra_info("peername")
         self._write_buffer_size = underlying.get_write_buffer_size
+        if self.endpoint.max_write_buffer > 0:
+            underlying.set_write_buffer_limits(high=self.endpoint.max_write_buffer)
         picows_logger = transport._logger
         if isinstance(picows_logger, logging.Logger) and \
                 _protocol_error_filter not in picows_logger.filters:
@@ -151,7 +231,8 @@ cdef class WebSocketConnection(WSListener):
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType op = frame.msg_type
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+        if frame.rsv2 or frame.rsv3 or (frame.rsv1 and (
+                self._inflater is None or (op != WSMsgType.TEXT and op != WSMsgType.BINARY))):
             if op == WSMsgType.CLOSE:   # the client is done: no answer to wait for
                 self._close_now(1002, "reserved bits set without a negotiated extension")
             else:
@@ -176,7 +257,12 @@ cdef class WebSocketConnection(WSListener):
         if frame.payload_size > self.endpoint.max_message_size:
             self.fail(1009, f"message exceeds {self.endpoint.max_message_size} bytes")
             return
-        if frame.fin:
+        if frame.rsv1:
+            self._msg_compressed = True
+            if frame.fin:
+                self._deliver_compressed(op == WSMsgType.TEXT, frame)
+                return
+        elif frame.fin:
             if op == WSMsgType.TEXT:
                 try:
                     text = frame.get_payload_as_utf8_text()
@@ -193,12 +279,36 @@ cdef class WebSocketConnection(WSListener):
         self._decoder = _utf8_decoder() if op == WSMsgType.TEXT else None
         self._continue(frame)
 
-    cdef _continue(self, WSFrame frame):
-        self._msg_size += frame.payload_size
-        if self._msg_size > self.endpoint.max_message_size:
-            self.fail(1009, f"message exceeds {self.endpoint.max_message_size} bytes")
+    cdef _deliver_compressed(self, bint is_text, WSFrame frame):
+        """A whole compressed message in one frame."""
+        self._msg_compressed = False
+        try:
+            data = self._inflater.inflate(frame.get_payload_as_memoryview(), True)
+        except (MessageTooBig, InflateError) as exc:
+            self.fail(exc.close_code, str(exc))
             return
-        chunk = frame.get_payload_as_bytes()
+        if is_text:
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.fail(1007, "invalid UTF-8 in text message")
+                return
+        self._deliver(is_text, data)
+
+    cdef _continue(self, WSFrame frame):
+        if self._msg_compressed:
+            try:
+                chunk = self._inflater.inflate(frame.get_payload_as_memoryview(), frame.fin)
+            except (MessageTooBig, InflateError) as exc:
+                self.fail(exc.close_code, str(exc))
+                return
+            self._msg_size += len(chunk)
+        else:
+            self._msg_size += frame.payload_size
+            if self._msg_size > self.endpoint.max_message_size:
+                self.fail(1009, f"message exceeds {self.endpoint.max_message_size} bytes")
+                return
+            chunk = frame.get_payload_as_bytes()
         if self._decoder is not None:
             try:
                 self._parts.append(self._decoder.decode(chunk, frame.fin))
@@ -214,6 +324,7 @@ cdef class WebSocketConnection(WSListener):
         self._msg_opcode = -1
         self._parts = None
         self._decoder = None
+        self._msg_compressed = False
         self._deliver(is_text, data)
 
     cdef int _deliver(self, bint is_text, object data) except -1:
@@ -222,6 +333,11 @@ cdef class WebSocketConnection(WSListener):
 
     cdef _on_close_frame(self, WSFrame frame):
         cdef int code = 1000
+        if self._gate is not None and self._gate.take_close():
+            # picows failed on a frame after this CLOSE (it parses one frame
+            # ahead); the client closed first, so its CLOSE gets the answer.
+            self.transport.is_close_frame_sent = False
+            self.closed = False
         if self.closed or self.transport.is_close_frame_sent:
             # The answer to our CLOSE: the handshake is complete.
             self.closed = True
@@ -247,14 +363,66 @@ cdef class WebSocketConnection(WSListener):
     # -- sending ----------------------------------------------------------
 
     cdef int write_frame(self, bytes frame) except -1:
+        """Queue a complete frame; it goes out with this turn's other frames."""
         cdef WSTransport transport = self.transport
         if self.closed or transport is None or transport.is_close_frame_sent \
                 or transport.is_disconnected:
             return 0
+        if self.write_paused:
+            return self._slow(frame)
+        if self._out_first is None:
+            self._out_first = frame
+            self._out_size = len(frame)
+            self._flusher.add(self, self._loop)
+            return 0
+        if self._out_more is None:
+            self._out_more = [frame]
+        else:
+            self._out_more.append(frame)
+        self._out_size += len(frame)
+        if self._out_size > self.endpoint.max_write_buffer > 0:
+            self.flush_output()         # a huge turn: let the transport's watermark see it
+        return 0
+
+    cdef int _slow(self, bytes frame) except -1:
+        """A frame for a client above ``max_write_buffer``: apply the policy."""
+        if self.endpoint.slow_client_policy == SLOW_SKIP:
+            self.dropped_messages += 1
+            return 0
+        log.info("closing %s with 1008: over max_write_buffer %d (client too slow)",
+                 self.id, self.endpoint.max_write_buffer)
+        self.dropped_messages += 1
+        self._out_first = None
+        self._out_more = None
+        self._write_now(close_frame(1008, "client too slow"))
+        self.closed = True
+        self.transport.is_close_frame_sent = True
+        # It does not read, so it will not answer: drop it soon, with its buffer.
+        self._close_timer = self._loop.call_later(self.endpoint.close_timeout, self.abort)
+        return 0
+
+    cdef int flush_output(self) except -1:
+        """Write the queued frames in one call (called by the Flusher)."""
+        cdef bytes first = self._out_first
+        cdef list more = self._out_more
+        cdef WSTransport transport = self.transport
+        if first is None:
+            return 0
+        self._out_first = None
+        self._out_more = None
+        self._out_size = 0
+        if transport.is_close_frame_sent or transport.is_disconnected:
+            return 0
+        if more is None:
+            self._write_now(first)
+        else:
+            more.insert(0, first)
+            self._write_now(b"".join(more))
+        return 0
+
+    cdef int _write_now(self, bytes data) except -1:
         try:
-            self._write(frame)
-            if self.write_paused and self.endpoint.max_write_buffer > 0:
-                self._check_write_buffer()
+            self._write(data)
         except Exception as exc:
             # The socket is going away (uvloop refuses writes between closing
             # its handle and connection_lost): this client is gone, the others
@@ -263,25 +431,36 @@ cdef class WebSocketConnection(WSListener):
             log.debug("write to %s failed: %r", self.id, exc)
         return 0
 
-    cdef _check_write_buffer(self):
-        """Drop a client that lets more than ``max_write_buffer`` bytes pile up
-        unsent (it does not read): the server's memory is not its queue."""
-        cdef Py_ssize_t pending = self._write_buffer_size()
-        if pending > self.endpoint.max_write_buffer:
-            log.info("dropping %s: %d bytes unsent, over max_write_buffer %d",
-                     self.id, pending, self.endpoint.max_write_buffer)
-            self.closed = True
-            self.transport.disconnect(False)
+    cdef int queue_message(self, int opcode, bytes payload) except -1:
+        """Queue one message, compressed when deflate was negotiated."""
+        cdef bytes compressed
+        if self._deflater is not None and len(payload) >= COMPRESS_MIN_SIZE_C:
+            compressed = self._deflater.deflate(payload)
+            return self.write_frame(build_frame(opcode, compressed, len(compressed), True))
+        return self.write_frame(build_frame(opcode, payload, len(payload)))
+
+    cdef int send_shared(self, bytes compressed_frame) except -1:
+        """Queue a multicast frame compressed once for many clients.
+
+        The client's inflater now holds a message this connection's deflater
+        never saw: the next message it compresses must start a fresh context.
+        """
+        self._deflater.reset()
+        return self.write_frame(compressed_frame)
 
     cdef int _send_close(self, int code, str reason) except -1:
         """Write CLOSE(code, reason) as the last frame of this connection."""
-        self.write_frame(close_frame(code, reason))
+        cdef WSTransport transport = self.transport
+        if not self.closed and transport is not None and not transport.is_close_frame_sent \
+                and not transport.is_disconnected:
+            self.flush_output()
+            self._write_now(close_frame(code, reason))
         self.closed = True
         self._parts = None
         self._decoder = None
         self._msg_opcode = -1
-        if self.transport is not None:
-            self.transport.is_close_frame_sent = True
+        if transport is not None:
+            transport.is_close_frame_sent = True
         return 0
 
     cdef int fail(self, int code, str reason) except -1:
@@ -311,20 +490,27 @@ cdef class WebSocketConnection(WSListener):
         elif self._loop is not None:
             self._loop.call_soon_threadsafe(self.send_frame, frame)
 
+    def send_message(self, int opcode, bytes payload):
+        """Send one message (opcode 1 TEXT, 2 BINARY); safe from any thread."""
+        if PyThread_get_thread_ident() == self._thread_id:
+            self.queue_message(opcode, payload)
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(self.send_message, opcode, payload)
+
     def send_text(self, str text):
-        """Send ``text`` as one TEXT message."""
-        self.send_frame(text_frame(text))
+        """Send ``text`` as one TEXT message; safe from any thread."""
+        self.send_message(1, text.encode("utf-8"))
 
     def send_binary(self, data):
-        """Send ``data`` (bytes-like) as one BINARY message."""
-        self.send_frame(binary_frame(data))
+        """Send ``data`` (bytes-like) as one BINARY message; safe from any thread."""
+        self.send_message(2, bytes(data))
 
     def send(self, data):
         """Send a ``str`` as TEXT or a bytes-like object as BINARY."""
         if isinstance(data, str):
-            self.send_frame(text_frame(data))
+            self.send_message(1, (<str>data).encode("utf-8"))
         else:
-            self.send_frame(binary_frame(data))
+            self.send_message(2, bytes(data))
 
     def close(self, int code=1000, str reason=""):
         """Start the close handshake; the socket is dropped after the client answers
@@ -360,6 +546,8 @@ cdef class WebSocketConnection(WSListener):
 
     cpdef resume_writing(self):
         self.write_paused = False
+        if self.closed and self.transport is not None and self.transport.is_close_frame_sent:
+            return
 
     @property
     def remote_address(self):

@@ -34,6 +34,7 @@ import httptools
 from picows.picows import WSProtocol, WSAutoPingStrategy
 
 from simplew.request import Request
+from simplew._fast.gate import WriteGate
 
 log = logging.getLogger("simplew.http")
 picows_log = logging.getLogger("simplew.picows")
@@ -590,7 +591,7 @@ cdef class HttpProtocol:
             opts["auto_ping"], opts["ping_interval"], opts["ping_timeout"],
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,                           # auto pong
-            endpoint.max_message_size,      # no single frame may exceed a message
+            endpoint.max_message_size + 1024,   # a compressed frame may be a bit larger
             None,
             opts["read_buffer_size"])
         transport = self.transport
@@ -605,7 +606,7 @@ cdef class HttpProtocol:
             self._read_paused = False
             transport.resume_reading()
         transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        protocol.connection_made(WriteGate(transport, asyncio.get_running_loop()))
         _feed(protocol, head + rest)
 
 

@@ -8,3 +8,4 @@ cdef class Hub:
     cpdef add(self, WebSocketConnection conn)
     cpdef remove(self, WebSocketConnection conn)
     cpdef Py_ssize_t multicast_frame(self, bytes frame) except -1
+    cpdef Py_ssize_t multicast(self, int opcode, bytes payload) except -1
