@@ -4,6 +4,7 @@ from simplew._fast.connection cimport WebSocketConnection
 cdef class Hub:
     cdef list _connections
     cdef dict _by_id
+    cdef public long long compressions   # multicast payloads compressed (once per window size)
 
     cpdef add(self, WebSocketConnection conn)
     cpdef remove(self, WebSocketConnection conn)

@@ -67,6 +67,7 @@ cdef class Hub:
                 body = deflate_standalone(payload, conn.deflate_wbits, conn.endpoint.compression_level)
                 shared = build_frame(opcode, body, len(body), True)
                 compressed[conn.deflate_wbits] = shared
+                self.compressions += 1
             conn.send_shared(shared)
         return n
 
