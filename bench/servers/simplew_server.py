@@ -10,6 +10,8 @@ Both endpoints share the server's hub, so a multicast reaches every client.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 
 import uvloop
@@ -27,7 +29,9 @@ class BenchController(Controller):
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    server = SimpleWServer(args.host, args.port)
+    # SIMPLEW_BENCH_OPTIONS: JSON keyword arguments for SimpleWServer, to compare settings.
+    options = json.loads(os.environ.get("SIMPLEW_BENCH_OPTIONS", "{}"))
+    server = SimpleWServer(args.host, args.port, **options)
     if args.static_dir:
         server.add_static_content(args.static_dir, "/static", timeout=86400)
     server.add_websocket_content(BenchController, "/ws")
