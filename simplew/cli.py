@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import traceback
 from typing import Any, Sequence
 
 from simplew.server import SimpleWServer
@@ -29,6 +30,9 @@ def _env(name: str, default: Any = None) -> Any:
     return os.environ.get("SIMPLEW_" + name.upper().replace("-", "_"), default)
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simplew", description="SimpleW's web server for Python")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="module:attribute of a SimpleWServer (env SIMPLEW_APP)")
     serve.add_argument("--host", default=_env("host"), help="address to bind (env SIMPLEW_HOST)")
     serve.add_argument("--port", type=int, default=_env("port"), help="port (env SIMPLEW_PORT)")
-    serve.add_argument("--workers", type=int, default=int(_env("workers", 1)),
+    serve.add_argument("--workers", type=int, default=_env("workers", "1"),
                        help="processes sharing the port with SO_REUSEPORT (env SIMPLEW_WORKERS)")
     serve.add_argument("--static", action="append",
                        default=[s for s in (_env("static") or "").split(",") if s],
@@ -48,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis", default=_env("redis"), help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)")
     serve.add_argument("--certfile", default=_env("certfile"), help="TLS certificate (env SIMPLEW_CERTFILE)")
     serve.add_argument("--keyfile", default=_env("keyfile"), help="TLS private key (env SIMPLEW_KEYFILE)")
-    serve.add_argument("--log-level", default=_env("log_level", "info"),
-                       choices=["debug", "info", "warning", "error", "critical"],
+    serve.add_argument("--keyfile-password", default=_env("keyfile_password"),
+                       help="password of an encrypted --keyfile (env SIMPLEW_KEYFILE_PASSWORD)")
+    serve.add_argument("--log-level", type=str.lower, default=_env("log_level", "info"),
+                       choices=LOG_LEVELS,
                        help="logging level (env SIMPLEW_LOG_LEVEL)")
-    serve.add_argument("--shutdown-grace", type=float, default=float(_env("shutdown_grace", 5.0)),
+    serve.add_argument("--shutdown-grace", type=float, default=_env("shutdown_grace", "5"),
                        help="seconds to let clients close on SIGTERM (env SIMPLEW_SHUTDOWN_GRACE)")
     return parser
 
@@ -67,12 +73,20 @@ def load_app(spec: str) -> SimpleWServer:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:          # the module itself failed: show where
+        traceback.print_exc()
+        raise UsageError(f"cannot import module {module_name!r}: "
+                         f"{type(exc).__name__}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
         raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, SimpleWServer) and callable(obj):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:
+            traceback.print_exc()
+            raise UsageError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, SimpleWServer):
         raise UsageError(f"{spec} is a {type(obj).__name__}, not a SimpleWServer")
     return obj
@@ -96,21 +110,29 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             raise UsageError(f"--static: no such directory: {directory}")
         server.add_static_content(directory, prefix or "/", timeout=86400)
     for path in args.ws:
-        server.add_websocket_content(path)
+        try:
+            server.add_websocket_content(path)
+        except ValueError as exc:
+            raise UsageError(f"--ws: {exc}") from None
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together")
     if args.certfile:
         import ssl
-        for name in (args.certfile, args.keyfile):
+        for option, name in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
             if not os.path.isfile(name):
-                raise UsageError(f"no such file: {name}")
+                raise UsageError(f"{option}: no such file: {name}")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            context.load_cert_chain(args.certfile, args.keyfile)
-        except ssl.SSLError as exc:
+            # a password callback: an encrypted key never prompts on the terminal
+            context.load_cert_chain(args.certfile, args.keyfile,
+                                    password=lambda: args.keyfile_password or "")
+        except (ssl.SSLError, OSError) as exc:
             raise UsageError(f"cannot load the certificate/key: {exc}") from exc
         server.ssl = context
     if args.redis:
+        if args.redis.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise UsageError(f"--redis must be a redis://, rediss:// or unix:// URL, "
+                             f"got {args.redis!r}")
         server.redis_url = args.redis
     server.shutdown_grace = args.shutdown_grace
     if args.workers < 1:
@@ -141,14 +163,21 @@ def _worker(argv: Sequence[str], index: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:      # from SIMPLEW_LOG_LEVEL: argparse checks only options
+        parser.error(f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                     f"got {args.log_level!r}")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         server = configure(args)
         if args.workers == 1:
             _check_port(server.host, server.port, False)
-            server.run()
+            try:
+                server.run()
+            except OSError as exc:            # lost a race for the port, or the like
+                raise UsageError(f"cannot listen on {server.host}:{server.port}: {exc}") from None
             return 0
         _check_port(server.host, server.port, True)
     except UsageError as exc:
@@ -157,8 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=_worker, args=(argv, i), name=f"simplew-worker-{i}")
                for i in range(args.workers)]
-    for w in workers:
-        w.start()
     import signal
 
     def forward(signum: int, _frame: Any) -> None:
@@ -166,8 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if w.is_alive():
                 os.kill(w.pid, signal.SIGTERM)
 
+    # before the workers start: a SIGTERM then must not kill the parent alone
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for w in workers:
+        w.start()
+    for w in workers:
         w.join()
-    return max((w.exitcode or 0) for w in workers)
+    return 0 if all(w.exitcode == 0 for w in workers) else 1

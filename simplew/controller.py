@@ -41,11 +41,18 @@ class Controller:
     During a call: ``self.session`` is the client's session (``id``,
     ``send_text``, ``send_binary``, ``close``), ``self.request`` the upgrade
     request (``path``, ``query``, ``headers``) and ``self.server`` the server.
+    For an HTTP route (``@route("GET", "/users/{id}")``, see :mod:`simplew.rest`)
+    ``self.request`` is the HTTP request (``method``, ``path``, ``query``,
+    ``headers``, ``body``) and ``self.session`` is None.
+    ``self.jwt`` is the decoded JWT of the message, or None (:mod:`simplew.auth`);
+    ``require_jwt = True`` makes every method of the class need a valid one.
     """
 
     session: Any = None
     request: Any = None
     server: Any = None
+    jwt: Any = None
+    require_jwt: bool = False
     _registry: list[type[Controller]] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -18,14 +18,20 @@ class BodyMappingError(ValueError):
 
 
 class WebSocketMessage:
-    """``{"url": ..., "body": ..., "jwt": ...}`` as received; ``body`` is decoded JSON."""
+    """``{"url": ..., "body": ..., "jwt": ...}`` as received; ``body`` is decoded JSON.
 
-    __slots__ = ("url", "body", "jwt")
+    ``claims`` holds the decoded JWT when the server has a key (``set_token``)
+    and the message came with a valid token (see :mod:`simplew.auth`), else None.
+    """
 
-    def __init__(self, url: str, body: Any = None, jwt: str | None = None) -> None:
+    __slots__ = ("url", "body", "jwt", "claims")
+
+    def __init__(self, url: str, body: Any = None, jwt: str | None = None,
+                 claims: dict[str, Any] | None = None) -> None:
         self.url = url
         self.body = body
         self.jwt = jwt
+        self.claims = claims
 
     def map_body(self, cls: type[T]) -> T:
         """The body as an instance of ``cls`` (a dataclass, or a plain type).

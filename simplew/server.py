@@ -12,13 +12,16 @@ import threading
 from typing import Any, Callable
 
 from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
-from simplew._fast.http import HttpLimits, HttpProtocol
+from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
+from simplew.auth import JwtAuth
 from simplew.controller import Controller, join_path, routes_of
 from simplew.message import BodyMappingError, WebSocketMessage
 from simplew.request import Request
+from simplew.rest import Cors, DynamicSpec, compile_router
 from simplew.static import StaticFiles
+from simplew import metrics as _metrics
 
 try:
     import uvloop
@@ -64,7 +67,7 @@ class SimpleWServer:
                  max_header_size: int = 16384,
                  idle_timeout: float | None = 60.0,
                  header_timeout: float | None = 30.0,
-                 read_buffer_size: int = 4096,
+                 read_buffer_size: int = 2048,
                  handshake_timeout: float = 10.0,
                  ping_interval: float | None = None,
                  ping_timeout: float = 20.0,
@@ -76,7 +79,11 @@ class SimpleWServer:
                  slow_client_policy: str = "close",
                  compression: bool = False,
                  compression_level: int = 1,
-                 use_aiofastnet: bool = True) -> None:
+                 use_aiofastnet: bool = False,
+                 redis_url: str | None = None,
+                 healthz: bool = True,
+                 metrics: bool = False,
+                 access_log: bool = True) -> None:
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
@@ -101,13 +108,28 @@ class SimpleWServer:
         self.slow_client_policy = slow_client_policy
         self.compression = compression
         self.compression_level = compression_level
-        self.redis_url: str | None = None
+        # Redis pub/sub backplane: multicasts reach the clients of every process
+        # sharing this URL (set before start; simplew.backplane.RedisBackplane).
+        self.redis_url: str | None = redis_url
+        self.backplane: Any = None
         self._use_aiofastnet = use_aiofastnet and aiofastnet is not None
         self._statics: list[StaticFiles] = []
         self._ws_specs: list[_WebSocketSpec] = []
         self._endpoints: dict[str, Endpoint] = {}
         self._on_connect: list[Callable[[Session], Any]] = []
         self._on_disconnect: list[Callable[[Session], Any]] = []
+        # HTTP API and operations (simplew.rest, simplew.metrics); see "REST and operations"
+        self.http_stats = HttpStats()
+        self.access_log = access_log        # one INFO line per request on "simplew.access"
+        self._dynamic: list[DynamicSpec] = []
+        self._inline_routes: list[tuple[str, str, Callable[..., Any]]] = []
+        self._router: Any = None
+        self._cors: Cors | None = None
+        self._ops: dict[str, Callable[[], Response]] = {}
+        if healthz:
+            self.enable_healthz()
+        if metrics:
+            self.enable_metrics()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._server: Any = None
@@ -140,15 +162,7 @@ class SimpleWServer:
         ``compression`` turns permessage-deflate on or off for this endpoint
         (default: the server's ``compression``).
         """
-        controllers = None
-        if isinstance(path_or_controller, type):
-            if not issubclass(path_or_controller, Controller):
-                raise TypeError(f"{path_or_controller.__name__} is not a Controller subclass")
-            controllers = [path_or_controller]
-            endpoint_path = path or "/websocket"
-        else:
-            endpoint_path = path_or_controller
-        endpoint_path = "/" + endpoint_path.strip("/")
+        controllers, endpoint_path = _controllers_and_path(path_or_controller, path, "/websocket")
         if any(spec.path == endpoint_path for spec in self._ws_specs):
             raise ValueError(f"a WebSocket endpoint is already at {endpoint_path}")
         self._ws_specs.append(_WebSocketSpec(
@@ -165,28 +179,79 @@ class SimpleWServer:
         self._on_disconnect.append(callback)
         return callback
 
+    jwt_auth: JwtAuth | None = None
+
+    def set_token(self, key: Any, *, algorithms: Any = ("HS256",), issuer: str | None = None,
+                  audience: Any = None, leeway: float = 0.0,
+                  options: dict[str, Any] | None = None) -> JwtAuth:
+        """Validate JWTs on WebSocket messages with ``key`` (SimpleW's ``SetToken``).
+
+        Routes of controllers marked ``require_jwt`` then answer only messages
+        with a valid token, and every controller sees the claims as ``self.jwt``.
+        Needs PyJWT (``pip install 'simplew[jwt]'``); see :mod:`simplew.auth`.
+        """
+        auth = JwtAuth(key, algorithms, issuer=issuer, audience=audience, leeway=leeway,
+                       options=options)
+        self.jwt_auth = auth
+        for endpoint in self._endpoints.values():
+            if hasattr(endpoint, "jwt_auth"):
+                endpoint.jwt_auth = auth
+        return auth
+
+    def SetToken(self, key: Any, issuer: str | None = None) -> JwtAuth:
+        return self.set_token(key, issuer=issuer)
+
     # -- multicast and sessions ---------------------------------------------
 
-    def multicast_text(self, text: str) -> None:
-        """Send ``text`` to every connected WebSocket client; safe from any thread."""
-        self._multicast(1, text.encode("utf-8"))
+    def multicast_text(self, text: str, room: str | None = None) -> None:
+        """Send ``text`` to every connected WebSocket client, or to the members of
+        ``room`` (``session.join(room)``); safe from any thread. With a Redis
+        backplane the clients of every other process get it too."""
+        self._multicast(1, text.encode("utf-8"), room)
 
-    def multicast_binary(self, data: bytes) -> None:
-        """Send ``data`` to every connected WebSocket client; safe from any thread."""
-        self._multicast(2, bytes(data))
+    def multicast_binary(self, data: bytes, room: str | None = None) -> None:
+        """Send ``data`` to every connected WebSocket client, or to ``room``; any thread."""
+        self._multicast(2, bytes(data), room)
 
-    def _multicast(self, opcode: int, payload: bytes) -> None:
+    def _multicast(self, opcode: int, payload: bytes, room: str | None = None) -> None:
+        if room is not None and not isinstance(room, str):
+            raise TypeError(f"room must be a str, not {type(room).__name__}")
         if self._loop is None:
             return
         if threading.get_ident() == self._loop_thread_id:
+            self._multicast_here(opcode, payload, room)
+        else:
+            self._loop.call_soon_threadsafe(self._multicast_here, opcode, payload, room)
+
+    def _multicast_here(self, opcode: int, payload: bytes, room: str | None) -> None:
+        """On the loop thread: deliver locally now, then hand it to the backplane."""
+        if room is None:
             self.hub.multicast(opcode, payload)
         else:
-            self._loop.call_soon_threadsafe(self.hub.multicast, opcode, payload)
+            self.hub.multicast_room(room, opcode, payload)
+        if self.backplane is not None:
+            self.backplane.publish(opcode, payload, room)
+
+    def _deliver_remote(self, opcode: int, payload: bytes, room: str | None) -> None:
+        """A multicast from another process (backplane, loop thread): local clients only."""
+        if room is None:
+            self.hub.multicast(opcode, payload)
+        else:
+            self.hub.multicast_room(room, opcode, payload)
 
     @property
     def sessions(self) -> list[Session]:
         """The connected WebSocket sessions."""
         return self.hub.sessions()
+
+    def room_sessions(self, room: str) -> list[Session]:
+        """The sessions of this process in ``room``."""
+        return self.hub.room_sessions(room)
+
+    @property
+    def rooms(self) -> dict[str, int]:
+        """{room: number of this process's sessions in it}, for rooms with members."""
+        return self.hub.rooms()
 
     def find_session(self, session_id: str) -> Session | None:
         return self.hub.find(session_id)
@@ -195,25 +260,111 @@ class SimpleWServer:
         for session in self.sessions:
             session.close(code, reason)
 
+    # -- REST and operations (simplew.rest, simplew.metrics) -----------------
+
+    def add_dynamic_content(self, path_or_controller: str | type[Controller] = "/",
+                            path: str | None = None) -> None:
+        """Serve REST controllers under ``path`` (SimpleW's ``AddDynamicContent``).
+
+        ``add_dynamic_content("/api")`` routes HTTP requests to the non-WEBSOCKET
+        methods (``@route("GET", "/users/{id}")``...) of every Controller subclass;
+        ``add_dynamic_content(Cls, "/api")`` to one class. See :mod:`simplew.rest`.
+        """
+        controllers, prefix = _controllers_and_path(path_or_controller, path, "/")
+        self._dynamic.append(DynamicSpec(prefix, controllers))
+        self._routes_changed()
+
+    def map(self, method: str, url: str, handler: Callable[..., Any] | None = None) -> Any:
+        """Answer ``method url`` with ``handler`` (arguments mapped like a controller's);
+        without ``handler``, a decorator."""
+        if handler is None:
+            return lambda func: self.map(method, url, func)
+        if not url.startswith("/"):
+            raise ValueError(f"url must start with '/': {url!r}")
+        self._inline_routes.append((method.upper(), "/" + url.strip("/"), handler))
+        self._routes_changed()
+        return handler
+
+    def map_get(self, url: str, handler: Callable[..., Any] | None = None) -> Any:
+        """``GET url`` → ``handler`` (SimpleW's ``MapGet``); a decorator without ``handler``."""
+        return self.map("GET", url, handler)
+
+    def map_post(self, url: str, handler: Callable[..., Any] | None = None) -> Any:
+        """``POST url`` → ``handler`` (SimpleW's ``MapPost``)."""
+        return self.map("POST", url, handler)
+
+    def map_put(self, url: str, handler: Callable[..., Any] | None = None) -> Any:
+        return self.map("PUT", url, handler)
+
+    def map_delete(self, url: str, handler: Callable[..., Any] | None = None) -> Any:
+        return self.map("DELETE", url, handler)
+
+    def map_patch(self, url: str, handler: Callable[..., Any] | None = None) -> Any:
+        return self.map("PATCH", url, handler)
+
+    def _routes_changed(self) -> None:
+        if self._server is not None:        # added while serving: recompile now
+            self._router = compile_router(self._dynamic, self._inline_routes, self, _json_default)
+
+    def add_cors(self, origin: str | list[str] = "*", methods: str | list[str] | None = None,
+                 headers: str | list[str] | None = None, credentials: bool = False,
+                 max_age: int | None = None, expose_headers: str | list[str] | None = None) -> Cors:
+        """Answer CORS preflights and add Access-Control-* headers (SimpleW's ``AddCORS``).
+
+        ``origin``: ``"*"``, one origin or a list (the request's Origin is then
+        echoed when allowed, with ``Vary: Origin``). ``methods`` / ``headers``
+        default to the usual methods / the headers the preflight asks for.
+        """
+        self._cors = Cors(origin, methods, headers, credentials, max_age, expose_headers)
+        return self._cors
+
+    def enable_healthz(self, path: str = "/healthz") -> None:
+        """``GET path`` → 200 ``{"status":"ok"}`` (on by default; ``healthz=False`` turns it off)."""
+        self._ops[path] = lambda: _metrics.HEALTHY
+
+    def enable_metrics(self, path: str = "/metrics") -> None:
+        """``GET path`` → Prometheus text metrics (also ``SimpleWServer(metrics=True)``)."""
+        self._ops[path] = lambda: _metrics.metrics_response(self)
+
     # -- HTTP side (called by simplew._fast.http) ---------------------------
 
     def endpoint_for(self, path: str) -> Endpoint | None:
         return self._endpoints.get(path if path == "/" else path.rstrip("/"))
 
-    def http_handler(self, request: Request) -> Response:
+    def http_handler(self, request: Request) -> Any:
+        """The answer to a plain HTTP request: ``(status, headers, body)``, or an
+        awaitable of it (async REST handlers; http.pyx keeps the order)."""
         try:
-            for static in self._statics:
-                if static.matches(request.path):
-                    response = static.serve(request.method, request.path, request.headers)
-                    if response is not None:
-                        return response
-            if self.endpoint_for(request.path) is not None:
-                return 426, [("Upgrade", "websocket"), ("Content-Type", "text/plain")], \
-                    b"this is a WebSocket endpoint: send an upgrade request\n"
-            return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
+            cors = self._cors
+            if cors is not None and request.method == "OPTIONS" \
+                    and "access-control-request-method" in request.headers:
+                return cors.preflight(request)
+            response = self._http_answer(request)
+            return response if cors is None else cors.apply(request, response)
         except Exception:
             log.exception("HTTP handler failed for %s %s", request.method, request.path)
             return 500, [("Content-Type", "text/plain")], b"internal server error\n"
+
+    def _http_answer(self, request: Request) -> Any:
+        op = self._ops.get(request.path)
+        if op is not None and (request.method == "GET" or request.method == "HEAD"):
+            return op()
+        router = self._router
+        if router is not None:
+            response = router.dispatch(request)
+            if response is not None:
+                return response
+        for static in self._statics:
+            if static.matches(request.path):
+                response = static.serve(request.method, request.path, request.headers)
+                if response is not None:
+                    return response
+        if self.endpoint_for(request.path) is not None:
+            return 426, [("Upgrade", "websocket"), ("Content-Type", "text/plain")], \
+                b"this is a WebSocket endpoint: send an upgrade request\n"
+        if router is not None and router.owns(request.path):
+            return router.not_found(request)
+        return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
 
     def _session_opened(self, session: Session) -> None:
         for callback in self._on_connect:
@@ -234,6 +385,7 @@ class SimpleWServer:
     # -- lifecycle ------------------------------------------------------------
 
     def _compile(self) -> None:
+        self._router = compile_router(self._dynamic, self._inline_routes, self, _json_default)
         self._endpoints = {}
         self._flusher = Flusher()
         for spec in self._ws_specs:
@@ -280,7 +432,12 @@ class SimpleWServer:
         self._stopped = asyncio.Event()
         if self.port == 0:
             self.port = server.sockets[0].getsockname()[1]
-        log.info("simplew listening on http://%s:%d/", self.host, self.port)
+        if self.redis_url:
+            from simplew.backplane import RedisBackplane
+            self.backplane = RedisBackplane(self.redis_url, self._deliver_remote)
+            self.backplane.start()          # connects in the background, retrying
+        log.info("simplew listening on %s://%s:%d/", "https" if self.ssl else "http",
+                 self.host, self.port)
 
     async def serve(self) -> None:
         """Serve in the running loop until :meth:`stop` (or cancellation)."""
@@ -306,6 +463,8 @@ class SimpleWServer:
             await asyncio.sleep(0.02)       # clients answer the CLOSE, buffers drain
         for session in self.sessions:
             session.abort()
+        if self.backplane is not None:
+            await self.backplane.close()    # its counters stay readable
         self._loop = None
         self._loop_thread_id = None
 
@@ -390,10 +549,28 @@ class SimpleWServer:
     Stop = stop
     FindSession = find_session
     DisconnectAll = disconnect_all
+    AddDynamicContent = add_dynamic_content
+    MapGet = map_get
+    MapPost = map_post
+    AddCORS = add_cors
 
     @property
     def IsStarted(self) -> bool:
         return self.is_started
+
+
+def _controllers_and_path(path_or_controller: str | type[Controller], path: str | None,
+                          default: str) -> tuple[list[type[Controller]] | None, str]:
+    """``(Cls, "/p")`` → ([Cls], "/p"); ``("/p")`` → (None: every controller, "/p")."""
+    controllers = None
+    if isinstance(path_or_controller, type):
+        if not issubclass(path_or_controller, Controller):
+            raise TypeError(f"{path_or_controller.__name__} is not a Controller subclass")
+        controllers = [path_or_controller]
+        target = path or default
+    else:
+        target = path_or_controller
+    return controllers, "/" + target.strip("/")
 
 
 def _reply(session: Session, result: Any) -> None:

@@ -24,6 +24,14 @@ cdef class Endpoint:
     cdef public Flusher flusher
     cdef public object server      # the SimpleWServer facade (hooks, logging)
     cdef public object hub         # simplew._fast.hub.Hub of the server
+    # counters for /metrics (simplew.metrics reads them on a scrape)
+    cdef public long long messages_in       # whole messages received
+    cdef public long long bytes_in          # frame payload bytes received
+    cdef public long long messages_out      # frames queued to clients (a multicast counts each client)
+    cdef public long long bytes_out         # bytes of those frames
+    cdef public long long dropped_slow_clients  # clients closed over max_write_buffer
+    cdef public long long dropped_messages  # frames skipped for slow clients (policy "skip")
+    cdef public long long handler_errors    # handlers or callbacks that raised
 
     cpdef on_message(self, WebSocketConnection conn, bint is_text, object data)
 
@@ -34,7 +42,7 @@ cdef class WebSocketConnection(WSListener):
     cdef readonly Endpoint endpoint
     cdef readonly bint closed             # a CLOSE was sent or the socket is gone
     cdef public Py_ssize_t hub_index      # slot in the hub's list, -1 when absent
-    cdef public object rooms              # set of room names, or None
+    cdef dict room_slots                  # room name -> slot in the hub's list of that room, or None
     cdef public dict state                # free per-session storage for applications
     cdef WSTransport transport
     cdef object _write

@@ -32,6 +32,7 @@ from simplew._fast.frames cimport build_frame, text_frame, binary_frame, close_f
 from simplew._fast.deflate cimport Inflater, Deflater, DeflateSettings
 from simplew._fast.deflate import MessageTooBig, InflateError, negotiate
 from simplew._fast.gate import WriteGate
+from simplew.auth import select_subprotocol
 from picows.picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
 log = logging.getLogger("simplew.websocket")
@@ -71,6 +72,7 @@ class _ProtocolErrorFilter(logging.Filter):
 
 
 cdef object _protocol_error_filter = _ProtocolErrorFilter()
+logging.getLogger("simplew.picows").addFilter(_protocol_error_filter)
 
 
 class _LostWriteFilter(logging.Filter):
@@ -132,20 +134,29 @@ cdef class Endpoint:
     def connect(self, request):
         """The listener for a client upgrading on this path (picows factory).
 
-        Negotiates permessage-deflate when the endpoint allows compression.
+        Negotiates permessage-deflate when the endpoint allows compression,
+        and selects the "bearer" subprotocol a browser offers to carry its JWT
+        when the server has a key (simplew.auth).
         """
         conn = WebSocketConnection(self, request)
-        if not self.compression:
+        extra = None
+        protocols = request.headers.get("sec-websocket-protocol")
+        if protocols and getattr(self.server, "jwt_auth", None) is not None:
+            selected = select_subprotocol(protocols)
+            if selected is not None:
+                extra = {"Sec-WebSocket-Protocol": selected}
+        if self.compression:
+            offer = request.headers.get("sec-websocket-extensions")
+            if offer:
+                answer, settings = negotiate(offer)
+                if settings is not None:
+                    conn.use_deflate(settings)
+                    if extra is None:
+                        extra = {}
+                    extra["Sec-WebSocket-Extensions"] = answer
+        if extra is None:
             return conn
-        offer = request.headers.get("sec-websocket-extensions")
-        if not offer:
-            return conn
-        answer, settings = negotiate(offer)
-        if settings is None:
-            return conn
-        conn.use_deflate(settings)
-        return WSUpgradeResponseWithListener(
-            WSUpgradeResponse.create_101_response({"Sec-WebSocket-Extensions": answer}), conn)
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
 
     cpdef on_message(self, WebSocketConnection conn, bint is_text, object data):
         pass
@@ -171,7 +182,7 @@ cdef class WebSocketConnection(WSListener):
         self.request = request
         self.id = str(uuid.uuid4())
         self.hub_index = -1
-        self.rooms = None
+        self.room_slots = None
         self.state = {}
         self.closed = False
         self._msg_opcode = -1
@@ -219,6 +230,8 @@ cdef class WebSocketConnection(WSListener):
         if isinstance(picows_logger, logging.Logger) and \
                 _protocol_error_filter not in picows_logger.filters:
             picows_logger.addFilter(_protocol_error_filter)
+        transport.request = None            # the handshake is over: free its headers
+        transport.response = None
         self.endpoint.on_connect(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
@@ -231,6 +244,7 @@ cdef class WebSocketConnection(WSListener):
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType op = frame.msg_type
+        self.endpoint.bytes_in += frame.payload_size
         if frame.rsv2 or frame.rsv3 or (frame.rsv1 and (
                 self._inflater is None or (op != WSMsgType.TEXT and op != WSMsgType.BINARY))):
             if op == WSMsgType.CLOSE:   # the client is done: no answer to wait for
@@ -328,6 +342,7 @@ cdef class WebSocketConnection(WSListener):
         self._deliver(is_text, data)
 
     cdef int _deliver(self, bint is_text, object data) except -1:
+        self.endpoint.messages_in += 1
         self.endpoint.on_message(self, is_text, data)
         return 0
 
@@ -370,6 +385,8 @@ cdef class WebSocketConnection(WSListener):
             return 0
         if self.write_paused:
             return self._slow(frame)
+        self.endpoint.messages_out += 1
+        self.endpoint.bytes_out += len(frame)
         if self._out_first is None:
             self._out_first = frame
             self._out_size = len(frame)
@@ -388,10 +405,12 @@ cdef class WebSocketConnection(WSListener):
         """A frame for a client above ``max_write_buffer``: apply the policy."""
         if self.endpoint.slow_client_policy == SLOW_SKIP:
             self.dropped_messages += 1
+            self.endpoint.dropped_messages += 1
             return 0
         log.info("closing %s with 1008: over max_write_buffer %d (client too slow)",
                  self.id, self.endpoint.max_write_buffer)
         self.dropped_messages += 1
+        self.endpoint.dropped_slow_clients += 1
         self._out_first = None
         self._out_more = None
         self._write_now(close_frame(1008, "client too slow"))
@@ -554,6 +573,33 @@ cdef class WebSocketConnection(WSListener):
         """The client's (host, port); readable from any thread."""
         return self._peer
 
+    # -- rooms --------------------------------------------------------------
+
+    def join(self, str room not None):
+        """Add this session to ``room``: ``server.multicast_text(..., room=room)``
+        reaches it. Safe from any thread (applied on the loop thread); a session
+        that is gone joins nothing. It leaves every room when it disconnects."""
+        if PyThread_get_thread_ident() != self._thread_id:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.join, room)
+            return
+        if self.endpoint.hub is not None:
+            self.endpoint.hub.join(self, room)
+
+    def leave(self, str room not None):
+        """Remove this session from ``room`` (nothing if it is not in it); any thread."""
+        if PyThread_get_thread_ident() != self._thread_id:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.leave, room)
+            return
+        if self.endpoint.hub is not None:
+            self.endpoint.hub.leave(self, room)
+
+    @property
+    def rooms(self):
+        """The rooms this session is in (a new set; empty once it is gone)."""
+        return set() if self.room_slots is None else set(self.room_slots)
+
     # SimpleW spellings
     @property
     def Id(self):
@@ -564,6 +610,16 @@ cdef class WebSocketConnection(WSListener):
 
     def SendBinary(self, data):
         self.send_binary(data)
+
+    def JoinRoom(self, str room not None):
+        self.join(room)
+
+    def LeaveRoom(self, str room not None):
+        self.leave(room)
+
+    @property
+    def Rooms(self):
+        return self.rooms
 
     def Close(self, int code=1000, str reason=""):
         self.close(code, reason)

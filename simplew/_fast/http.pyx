@@ -12,6 +12,14 @@ write buffer is above its high-water mark (a client that does not read), the
 requests already parsed wait in the queue and reading is paused, so a burst of
 pipelined requests cannot make the server buffer their responses all at once.
 
+``http_handler`` returns ``(status, headers, body)``, or an awaitable of it
+(an ``async def`` REST handler): then the connection answers nothing else
+until it resolves, and the requests pipelined behind it wait in the queue, so
+responses always leave in request order.
+
+Every answered request counts in the server's :class:`HttpStats` and, with
+``access_log``, gets one INFO line on the ``simplew.access`` logger.
+
 Bad input is answered with an error status and ``Connection: close``; the
 server then shuts its sending side and reads and discards what the client
 still sends for a short while (a lingering close), so the client reads the
@@ -25,6 +33,7 @@ response that makes no progress towards a client that does not read for
 ``idle_timeout`` gets the connection aborted.
 """
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -37,7 +46,9 @@ from simplew.request import Request
 from simplew._fast.gate import WriteGate
 
 log = logging.getLogger("simplew.http")
+access_log = logging.getLogger("simplew.access")
 picows_log = logging.getLogger("simplew.picows")
+picows_adapter = logging.LoggerAdapter(picows_log, {})
 
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
@@ -45,6 +56,12 @@ cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object parse_url = httptools.parse_url
 
 cdef double INF = float("inf")
+cdef object _perf_counter = time.perf_counter
+cdef object _ensure_future = asyncio.ensure_future
+cdef object _partial = functools.partial
+cdef tuple _SERVER_ERROR = (500, [("Content-Type", "text/plain")], b"internal server error\n")
+# requests parsed while an async answer is pending, before reading pauses
+cdef Py_ssize_t MAX_QUEUED_BEHIND = 16
 
 REASONS = {
     100: "Continue", 101: "Switching Protocols",
@@ -132,6 +149,14 @@ cdef class HttpLimits:
         self._linger_timeout = _seconds(value)
 
 
+cdef class HttpStats:
+    """Counters of the HTTP layer (one per server), read by ``/metrics``."""
+    cdef public long long requests        # requests answered, upgrades and rejections included
+    cdef public long long bytes_in        # bytes received on HTTP connections
+    cdef public long long bytes_out       # bytes of the responses written
+    cdef public long long handler_errors  # HTTP handlers that raised (counted by simplew.rest)
+
+
 class _Reject(Exception):
     """Raised from a parser callback to answer with ``status`` and close."""
 
@@ -192,9 +217,17 @@ cdef class HttpProtocol:
     cdef double _head
     cdef Py_ssize_t _sent_mark    # write buffer size at the last expiry (-1: none)
     cdef object _timer
+    # answers from async handlers, statistics and the access log
+    cdef object _pending          # future of the answer being computed, or None
+    cdef HttpStats stats
+    cdef object _access           # the simplew.access logger, or None when off
+    cdef str _client              # "host:port" of the peer, for the access log
 
     def __init__(self, app, HttpLimits limits, dict picows_options, set connections=None):
         self.app = app
+        stats = getattr(app, "http_stats", None)
+        self.stats = stats if isinstance(stats, HttpStats) else HttpStats()
+        self._access = access_log if getattr(app, "access_log", False) else None
         self.limits = limits
         self.picows_options = picows_options
         self.connections = connections
@@ -242,7 +275,7 @@ cdef class HttpProtocol:
         if self._closing or self.transport is None:
             return False
         self._stop_parsing = True
-        if self._queue:             # answers still to write: close once they are out
+        if self._queue or self._pending is not None:    # answers still to write: close after
             self._eof = True
             return True
         return False                # the transport closes after writing what it holds
@@ -268,6 +301,7 @@ cdef class HttpProtocol:
             self.transport.resume_reading()
 
     def data_received(self, data):
+        self.stats.bytes_in += len(data)
         if self._stop_parsing:
             if self._upgrade_rest is not None:      # for the queued hand-off to picows
                 self._upgrade_rest += data
@@ -370,7 +404,8 @@ cdef class HttpProtocol:
             return
         if length is None and "chunked" not in self._headers.get("transfer-encoding", ""):
             return
-        if (self._queue or self._write_paused or self._closing or self.transport is None
+        if (self._queue or self._write_paused or self._pending is not None or self._closing
+                or self.transport is None
                 or length == "0"):
             return          # earlier answers are pending: the client sends its body after a delay
         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -406,24 +441,29 @@ cdef class HttpProtocol:
             return
         if not keep_alive:
             self._stop_parsing = True
-        if self._queue or self._write_paused:
+        if self._queue or self._write_paused or self._pending is not None:
             self._queue.append((ANSWER, request, keep_alive))
+            if (self._pending is not None and len(self._queue) >= MAX_QUEUED_BEHIND
+                    and not self._read_paused and self.transport is not None):
+                self._read_paused = True        # resumed once the answers catch up
+                self.transport.pause_reading()
         else:
             self._answer(request, keep_alive)
 
     # -- answers ----------------------------------------------------------
 
     cdef _push(self, tuple work):
-        if self._queue or self._write_paused:
+        if self._queue or self._write_paused or self._pending is not None:
             self._queue.append(work)
         else:
             self._run(work)
 
     cdef _drain(self):
         while self._queue and not self._write_paused and not self._closing \
-                and self.transport is not None:
+                and self._pending is None and self.transport is not None:
             self._run(self._queue.popleft())
-        if self._eof and not self._queue and not self._closing and self.transport is not None:
+        if self._eof and not self._queue and self._pending is None and not self._closing \
+                and self.transport is not None:
             self._close(False)
 
     cdef _run(self, tuple work):
@@ -438,21 +478,88 @@ cdef class HttpProtocol:
     cdef _answer(self, request, bint keep_alive):
         if self._closing or self.transport is None:
             return
+        cdef double start = -1.0
+        if self._access is not None and self._access.isEnabledFor(20):
+            start = _perf_counter()
+        self.stats.requests += 1
+        try:
+            result = self.app.http_handler(request)
+        except Exception:
+            log.exception("HTTP handler failed for %s %s", request.method, request.path)
+            result = _SERVER_ERROR
+        if type(result) is tuple:
+            self._respond(request, keep_alive, <tuple>result, start)
+            return
+        if isinstance(result, list):            # [status, headers, body]
+            self._respond(request, keep_alive, tuple(result), start)
+            return
+        # an awaitable: nothing more is answered on this connection until it is done
+        try:
+            future = _ensure_future(result)
+        except TypeError:
+            log.error("HTTP handler returned %r for %s %s", result, request.method, request.path)
+            self._respond(request, keep_alive, _SERVER_ERROR, start)
+            return
+        self._pending = future
+        future.add_done_callback(_partial(self._async_done, request, keep_alive, start))
+
+    def _async_done(self, request, bint keep_alive, double start, future):
+        if self._pending is future:
+            self._pending = None
+        if future.cancelled():
+            result = _SERVER_ERROR
+        elif future.exception() is not None:
+            log.error("HTTP handler failed for %s %s", request.method, request.path,
+                      exc_info=future.exception())
+            result = _SERVER_ERROR
+        else:
+            result = future.result()
+            if type(result) is not tuple:
+                log.error("HTTP handler gave %r for %s %s", result, request.method, request.path)
+                result = _SERVER_ERROR
+        if self._closing or self.transport is None:
+            return
+        self._now = self.loop.time()
+        if self._phase == IDLE:
+            self._set_deadline(self._after(self._idle))
+        self._respond(request, keep_alive, <tuple>result, start)
+        self._drain()
+        if (self._read_paused and not self._write_paused and not self._closing
+                and self.transport is not None and len(self._queue) < MAX_QUEUED_BEHIND):
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    cdef _respond(self, request, bint keep_alive, tuple result, double start):
+        """Write one answer (``result`` is status, headers, body)."""
         cdef bint head = request.method == "HEAD"
         cdef bint echo = False
         if keep_alive:          # an HTTP/1.0 client asks for keep-alive and must be told it is on
             connection = request.headers.get("connection")
             echo = connection is not None and "keep-alive" in connection.lower()
         try:
-            status, headers, content = self.app.http_handler(request)
+            status, headers, content = result
             out = _encode(status, headers, content, keep_alive, head, echo)
         except Exception:
             log.exception("HTTP handler failed for %s %s", request.method, request.path)
-            out = _encode(500, [("Content-Type", "text/plain")], b"internal server error\n",
-                          keep_alive, head, echo)
+            status, headers, content = _SERVER_ERROR
+            out = _encode(500, headers, content, keep_alive, head, echo)
+        self.stats.bytes_out += len(out)
         self.transport.write(out)
+        if start >= 0:
+            self._log_access(request.method, request.url, status, 0 if head else len(content),
+                             start)
         if not keep_alive:
             self._close(False)
+
+    cdef _log_access(self, str method, str target, int status, Py_ssize_t size, double start):
+        """One INFO line on ``simplew.access`` for an answered request."""
+        cdef double ms = (_perf_counter() - start) * 1000.0
+        if self._client is None:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            self._client = _peer_text(peer)
+        self._access.info('%s "%s %s" %d %d %.2fms', self._client, method, target, status, size,
+                          ms, extra={"client": self._client, "method": method, "path": target,
+                                     "status": status, "bytes": size, "duration_ms": ms})
 
     cdef _fail(self, int status, str message, headers=None):
         """Answer ``status`` after the answers already due, then close."""
@@ -466,8 +573,13 @@ cdef class HttpProtocol:
         out_headers = [("Content-Type", "text/plain; charset=utf-8")]
         if headers:
             out_headers.extend(headers)
-        self.transport.write(_encode(status, out_headers, (message + "\n").encode(),
-                                     False, False, False))
+        content = (message + "\n").encode()
+        out = _encode(status, out_headers, content, False, False, False)
+        self.stats.requests += 1
+        self.stats.bytes_out += len(out)
+        self.transport.write(out)
+        if self._access is not None and self._access.isEnabledFor(20):
+            self._log_access("-", "-", status, len(content), _perf_counter())
         self._close(True)
 
     cdef _close(self, bint linger):
@@ -531,6 +643,14 @@ cdef class HttpProtocol:
             self._sent_mark = pending
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
+        if self._pending is not None and not self._closing and pending == 0:
+            # an async handler is still working on an answer: the client is not late
+            if self._phase != IDLE:
+                self._phase = IDLE
+                self._fail(408, "the request was not received in time")
+            self._deadline = self._after(self._idle or self._head)
+            self._arm(now)
+            return
         if self._closing or pending > 0 or self._queue:
             log.debug("aborting a connection that does not read or close")
             self._closing = True
@@ -574,6 +694,9 @@ cdef class HttpProtocol:
     cdef _handoff(self, request, endpoint):
         if self._closing or self.transport is None:
             return
+        self.stats.requests += 1
+        if self._access is not None and self._access.isEnabledFor(20):
+            self._log_access(request.method, request.url, 101, 0, _perf_counter())
         rest = bytes(self._upgrade_rest) if self._upgrade_rest is not None else b""
         self._upgrade_rest = None
         lines = [f"{request.method} {request.url} HTTP/1.1\r\n"]
@@ -585,7 +708,7 @@ cdef class HttpProtocol:
         protocol = WSProtocol(
             None, None, False,
             lambda upgrade: endpoint.connect(request),
-            picows_log,
+            picows_adapter,                 # an adapter: picows makes no Logger per connection
             True,                           # disconnect on exception
             opts["handshake_timeout"],
             opts["auto_ping"], opts["ping_interval"], opts["ping_timeout"],
@@ -608,6 +731,26 @@ cdef class HttpProtocol:
         transport.set_protocol(protocol)
         protocol.connection_made(WriteGate(transport, asyncio.get_running_loop()))
         _feed(protocol, head + rest)
+        # The transport may keep a bound method of this protocol after the
+        # switch (uvloop caches data_received): keep only a small shell alive.
+        asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self):
+        self.parser = None
+        self._queue = None
+        self._headers = None
+        self._url_parts = None
+        self._body_parts = None
+        self._upgrade_request = None
+        self.app = None
+
+
+cdef str _peer_text(peer):
+    """``host:port`` (``[host]:port`` for IPv6) of a peername, ``-`` when unknown."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer) if peer else "-"
 
 
 cdef bytes _encode(int status, list headers, content, bint keep_alive, bint head, bint echo):

@@ -4,9 +4,15 @@ from simplew._fast.connection cimport WebSocketConnection
 cdef class Hub:
     cdef list _connections
     cdef dict _by_id
+    cdef dict _rooms           # room name -> list of its connections (same swap-removal)
     cdef public long long compressions   # multicast payloads compressed (once per window size)
+    cdef public long long multicasts     # multicast calls (to all or to a room), for /metrics
 
     cpdef add(self, WebSocketConnection conn)
     cpdef remove(self, WebSocketConnection conn)
     cpdef Py_ssize_t multicast_frame(self, bytes frame) except -1
     cpdef Py_ssize_t multicast(self, int opcode, bytes payload) except -1
+    cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload) except -1
+    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload) except -1
+    cpdef bint join(self, WebSocketConnection conn, str room) except -1
+    cpdef bint leave(self, WebSocketConnection conn, str room) except -1

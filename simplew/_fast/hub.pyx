@@ -6,7 +6,9 @@ every client (each client's queue goes out in one write at the end of the
 loop turn). Clients that negotiated permessage-deflate get a frame
 compressed once per distinct window size, not once per client. Connections
 live in a list (O(1) removal by swapping the last one into the freed slot)
-so the fan-out loop is a plain C loop.
+so the fan-out loop is a plain C loop. Rooms are more such lists (room name
+to members, each member keeping its slot per room in ``room_slots``): a room
+multicast runs the same loop over the room's list.
 """
 from simplew._fast.connection cimport WebSocketConnection, COMPRESS_MIN_SIZE_C
 from simplew._fast.frames cimport build_frame, text_frame, binary_frame
@@ -17,6 +19,7 @@ cdef class Hub:
     def __init__(self):
         self._connections = []
         self._by_id = {}
+        self._rooms = {}
 
     cpdef add(self, WebSocketConnection conn):
         if conn.hub_index >= 0:
@@ -36,11 +39,76 @@ cdef class Hub:
             last.hub_index = i
         conn.hub_index = -1
         self._by_id.pop(conn.id, None)
+        if conn.room_slots is not None:
+            for room in list(conn.room_slots):
+                self.leave(conn, room)
+            conn.room_slots = None
+
+    # -- rooms ----------------------------------------------------------------
+
+    cpdef bint join(self, WebSocketConnection conn, str room) except -1:
+        """Put ``conn`` in ``room``; False if it already is, or is not in the hub
+        (gone). Loop thread only."""
+        cdef list members
+        if conn.hub_index < 0:
+            return False
+        if conn.room_slots is None:
+            conn.room_slots = {}
+        elif room in conn.room_slots:
+            return False
+        members = self._rooms.get(room)
+        if members is None:
+            members = []
+            self._rooms[room] = members
+        conn.room_slots[room] = len(members)
+        members.append(conn)
+        return True
+
+    cpdef bint leave(self, WebSocketConnection conn, str room) except -1:
+        """Take ``conn`` out of ``room`` in O(1) (the room's last member takes its
+        slot); False if it was not in it. Loop thread only."""
+        cdef list members
+        cdef WebSocketConnection last
+        cdef Py_ssize_t i
+        if conn.room_slots is None:
+            return False
+        slot = conn.room_slots.pop(room, None)
+        if slot is None:
+            return False
+        i = slot
+        members = <list>self._rooms[room]
+        last = <WebSocketConnection>members.pop()
+        if last is not conn:
+            members[i] = last
+            last.room_slots[room] = i
+        if not members:
+            del self._rooms[room]
+        return True
+
+    cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload) except -1:
+        """``multicast`` to the members of ``room`` only; returns how many."""
+        cdef list members = self._rooms.get(room)
+        if members is None:
+            return 0
+        return self._fanout(members, opcode, payload)
+
+    def room_sessions(self, str room):
+        """The connections in ``room`` (a new list)."""
+        return list(self._rooms.get(room, ()))
+
+    def room_size(self, str room):
+        cdef list members = self._rooms.get(room)
+        return 0 if members is None else len(members)
+
+    def rooms(self):
+        """{room name: member count} of the rooms with members."""
+        return {name: len(<list>members) for name, members in self._rooms.items()}
 
     cpdef Py_ssize_t multicast_frame(self, bytes frame) except -1:
         """Queue a prebuilt uncompressed ``frame`` on every client; returns how many."""
         cdef list conns = self._connections
         cdef Py_ssize_t i, n = len(conns)
+        self.multicasts += 1
         for i in range(n):
             (<WebSocketConnection>conns[i]).write_frame(frame)
         return n
@@ -48,14 +116,20 @@ cdef class Hub:
     cpdef Py_ssize_t multicast(self, int opcode, bytes payload) except -1:
         """Send one message to every client: one frame built once, plus one
         compressed frame per window size in use; returns how many clients."""
-        cdef list conns = self._connections
+        return self._fanout(self._connections, opcode, payload)
+
+    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload) except -1:
+        """The multicast loop over ``conns`` (every client, or a room)."""
         cdef Py_ssize_t i, n = len(conns)
         cdef bytes frame = build_frame(opcode, payload, len(payload))
         cdef bint compress = len(payload) >= COMPRESS_MIN_SIZE_C
         cdef dict compressed = None
+        self.multicasts += 1
         cdef WebSocketConnection conn
         cdef bytes shared, body
         for i in range(n):
+            if i >= len(conns):
+                break               # a write dropped a client synchronously: the list shrank
             conn = <WebSocketConnection>conns[i]
             if conn.deflate_wbits == 0 or not compress:
                 conn.write_frame(frame)

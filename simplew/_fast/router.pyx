@@ -15,6 +15,7 @@ import logging
 
 from simplew._fast.connection cimport Endpoint, WebSocketConnection
 from simplew._fast.frames cimport text_frame
+from simplew.auth import Unauthorized, is_protected
 
 log = logging.getLogger("simplew.websocket")
 
@@ -22,6 +23,7 @@ cdef object _json_loads = json.loads
 cdef object _json_dumps = json.dumps
 cdef object _iscoroutine = inspect.iscoroutine
 cdef object _partial = functools.partial
+cdef object _Unauthorized = Unauthorized
 
 
 cdef class RouteTarget:
@@ -29,11 +31,13 @@ cdef class RouteTarget:
     cdef readonly object controller_class
     cdef readonly object method
     cdef readonly str url
+    cdef readonly bint require_jwt   # only messages with a valid JWT (simplew.auth)
 
     def __init__(self, str url, controller_class, method):
         self.url = url
         self.controller_class = controller_class
         self.method = method
+        self.require_jwt = is_protected(controller_class, method)
 
 
 cpdef str error_message(str code, object url, str message):
@@ -52,10 +56,12 @@ cdef class RouteEndpoint(Endpoint):
     cdef object _mapping_error
     cdef object _reply
     cdef set _tasks            # running async handlers (the loop keeps only weak references)
+    cdef public object jwt_auth  # simplew.auth.JwtAuth of server.set_token, or None
 
     def __init__(self, str path, Py_ssize_t max_message_size, dict routes,
                  message_class, mapping_error, reply, server=None, hub=None):
         Endpoint.__init__(self, path, max_message_size, server, hub)
+        self.jwt_auth = getattr(server, "jwt_auth", None)
         self._routes = routes
         self._message_class = message_class
         self._mapping_error = mapping_error
@@ -88,16 +94,32 @@ cdef class RouteEndpoint(Endpoint):
         if target is None:
             _send_error(conn, "unknown_url", url, f"no WEBSOCKET route for {url}")
             return
-        message = self._message_class(url, (<dict>envelope).get("body"),
-                                      (<dict>envelope).get("jwt"))
-        self._call(conn, target, message)
+        token = (<dict>envelope).get("jwt")
+        claims = None
+        if self.jwt_auth is not None:
+            if target.require_jwt:
+                try:
+                    claims = self.jwt_auth.claims_for(token, conn.request.headers)
+                except _Unauthorized as exc:
+                    _send_error(conn, "unauthorized", url, str(exc))
+                    return
+            else:
+                claims = self.jwt_auth.optional_claims(token, conn.request.headers)
+        elif target.require_jwt:
+            _send_error(conn, "unauthorized", url,
+                        "this route requires a JWT but the server has no key (set_token)")
+            return
+        message = self._message_class(url, (<dict>envelope).get("body"), token, claims)
+        self._call(conn, target, message, claims)
 
-    cdef _call(self, WebSocketConnection conn, RouteTarget target, message):
+    cdef _call(self, WebSocketConnection conn, RouteTarget target, message, claims):
         try:
             controller = target.controller_class()
             controller.session = conn
             controller.request = conn.request
             controller.server = self.server
+            if claims is not None:          # else the class default, None
+                controller.jwt = claims
             controller.on_before_method()
             result = target.method(controller, message)
         except Exception as exc:
@@ -132,6 +154,7 @@ cdef class RouteEndpoint(Endpoint):
         if isinstance(exc, self._mapping_error):
             _send_error(conn, "bad_body", url, str(exc))
             return
+        self.handler_errors += 1
         log.error("handler for %s raised", url, exc_info=exc)
         _send_error(conn, "handler_error", url, f"{type(exc).__name__} in handler for {url}")
 
@@ -153,6 +176,7 @@ cdef class CallbackEndpoint(Endpoint):
         try:
             result = self._callback(conn, data)
         except Exception:
+            self.handler_errors += 1
             log.exception("message callback of %s raised", self.path)
             conn.fail(1011, "internal error")
             return
@@ -165,5 +189,6 @@ cdef class CallbackEndpoint(Endpoint):
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
+        self.handler_errors += 1
         log.error("message callback of %s raised", self.path, exc_info=task.exception())
         conn.fail(1011, "internal error")

@@ -1,0 +1,84 @@
+"""``GET /healthz`` and Prometheus text metrics at ``GET /metrics``.
+
+The counters live as C integers on the objects that see the events (the Hub
+for multicasts, each WebSocket Endpoint for messages, bytes, slow clients and
+handler errors, :class:`simplew._fast.http.HttpStats` for HTTP requests): the
+per-message cost is one integer increment. They are read, and summed over the
+endpoints, only when ``/metrics`` is scraped.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HEALTHY = (200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+           b'{"status":"ok"}')
+
+# name, type, help
+_METRICS = (
+    ("simplew_connections", "gauge", "Connected WebSocket sessions."),
+    ("simplew_http_connections", "gauge", "Open HTTP/1.1 connections (not yet upgraded)."),
+    ("simplew_http_requests_total", "counter", "HTTP requests answered (upgrades included)."),
+    ("simplew_messages_in_total", "counter", "WebSocket messages received."),
+    ("simplew_messages_out_total", "counter",
+     "WebSocket messages queued to clients (a multicast counts once per client)."),
+    ("simplew_bytes_in_total", "counter",
+     "Bytes received: WebSocket frame payloads, HTTP request bytes."),
+    ("simplew_bytes_out_total", "counter",
+     "Bytes sent: WebSocket frames, HTTP responses."),
+    ("simplew_multicasts_total", "counter", "Multicasts (to every client or to a room)."),
+    ("simplew_multicast_compressions_total", "counter",
+     "Multicast payloads compressed (once per window size in use)."),
+    ("simplew_dropped_slow_clients_total", "counter",
+     "WebSocket clients closed (1008) for lagging over max_write_buffer."),
+    ("simplew_dropped_messages_total", "counter",
+     "Messages not sent to slow clients (slow_client_policy 'skip', or the one that closed them)."),
+    ("simplew_handler_errors_total", "counter",
+     "HTTP and WebSocket handlers that raised."),
+)
+
+
+def collect(server: Any) -> dict[str, Any]:
+    """The current values: an int, or a dict of label value → int for ``protocol``."""
+    ws = {"messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0,
+          "dropped_slow_clients": 0, "dropped_messages": 0, "handler_errors": 0}
+    for endpoint in list(getattr(server, "_endpoints", {}).values()):
+        for key in ws:
+            ws[key] += getattr(endpoint, key, 0)
+    http = server.http_stats
+    hub = server.hub
+    return {
+        "simplew_connections": len(hub),
+        "simplew_http_connections": len(getattr(server, "_http_connections", ())),
+        "simplew_http_requests_total": http.requests,
+        "simplew_messages_in_total": ws["messages_in"],
+        "simplew_messages_out_total": ws["messages_out"],
+        "simplew_bytes_in_total": {"websocket": ws["bytes_in"], "http": http.bytes_in},
+        "simplew_bytes_out_total": {"websocket": ws["bytes_out"], "http": http.bytes_out},
+        "simplew_multicasts_total": getattr(hub, "multicasts", 0),
+        "simplew_multicast_compressions_total": getattr(hub, "compressions", 0),
+        "simplew_dropped_slow_clients_total": ws["dropped_slow_clients"],
+        "simplew_dropped_messages_total": ws["dropped_messages"],
+        "simplew_handler_errors_total": ws["handler_errors"] + http.handler_errors,
+    }
+
+
+def render(server: Any) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of :func:`collect`."""
+    values = collect(server)
+    lines = []
+    for name, kind, text in _METRICS:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        value = values[name]
+        if isinstance(value, dict):
+            for label, v in value.items():
+                lines.append(f'{name}{{protocol="{label}"}} {v}')
+        else:
+            lines.append(f"{name} {value}")
+    lines.append("")
+    return "\n".join(lines).encode("utf-8")
+
+
+def metrics_response(server: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    return 200, [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")], render(server)

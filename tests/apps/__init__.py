@@ -1,0 +1,1 @@
+"""Small applications the tests (and bench/backplane.py) serve in their own processes."""

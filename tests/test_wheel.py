@@ -1,0 +1,131 @@
+"""Packaging: the sdist and a wheel built from it, installed and run in a fresh venv.
+
+``python -m build`` (isolated: it installs build-system.requires, Cython and
+picows, from the package index) builds the sdist, then the wheel from the
+sdist, so a file missing from the sdist breaks the wheel. The wheel goes into
+a new ``python -m venv`` with its dependencies from the index, and
+tests/wheel_smoke.py serves from there. ``auditwheel show`` must report the
+wheel and the manylinux policy it could be repaired to (a wheel built here is
+a plain ``linux_*`` one; cibuildwheel builds the manylinux/musllinux ones).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+COMPILED = ["frames", "deflate", "gate", "connection", "router", "hub", "http"]
+
+
+def copy_sources(dest: Path) -> Path:
+    """What the build needs, without the in-place build products of the work tree."""
+    src = dest / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "simplew", src / "simplew",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c",
+                                                  "*.html", "build"))
+    return src
+
+
+def run(cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """(sdist, wheel) built with ``python -m build``."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = copy_sources(tmp)
+    dist = tmp / "dist"
+    env = dict(os.environ, CFLAGS="-g0")       # as cibuildwheel builds them
+    run([sys.executable, "-m", "build", "--outdir", str(dist), str(src)], cwd=tmp,
+        timeout=480, env=env)
+    sdists = list(dist.glob("simplew-*.tar.gz"))
+    wheels = list(dist.glob("simplew-*.whl"))
+    assert len(sdists) == 1 and len(wheels) == 1, list(dist.iterdir())
+    return sdists[0], wheels[0]
+
+
+def test_sdist_has_the_sources(built):
+    sdist, _ = built
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for required in ("pyproject.toml", "setup.py", "README.md", "PKG-INFO",
+                     "simplew/__init__.py", "simplew/auth.py", "simplew/cli.py"):
+        assert required in names, required
+    for module in COMPILED:
+        assert f"simplew/_fast/{module}.pyx" in names
+    for pxd in Path(ROOT / "simplew" / "_fast").glob("*.pxd"):
+        assert f"simplew/_fast/{pxd.name}" in names
+
+
+def test_wheel_contents_and_metadata(built):
+    _, wheel = built
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert wheel.name.startswith("simplew-") and f"-{tag}-{tag}-" in wheel.name
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        metadata = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = next(zf.read(n).decode() for n in names
+                            if n.endswith(".dist-info/entry_points.txt"))
+    for module in COMPILED:
+        assert any(re.fullmatch(rf"simplew/_fast/{module}\.[^/]+\.(so|pyd)", n) for n in names), \
+            module
+    assert not any(n.endswith(".c") for n in names), "generated C sources belong in the sdist only"
+    assert "simplew/auth.py" in names and "simplew/_fast/connection.pxd" in names
+    assert "Requires-Dist: picows==2.3.1" in metadata
+    assert "Provides-Extra: jwt" in metadata
+    assert "simplew = simplew.cli:main" in entry_points
+
+
+def test_wheel_installs_and_serves_in_a_fresh_venv(built, tmp_path):
+    _, wheel = built
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout=120)
+    bindir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         str(wheel)], cwd=tmp_path, timeout=300, env=env)
+    # from tmp_path, so that the installed simplew is imported, not the work tree
+    out = run([str(python), str(ROOT / "tests" / "wheel_smoke.py")], cwd=tmp_path,
+              timeout=120, env=env)
+    assert "simplew wheel smoke test passed" in out
+    assert str(venv) in out, out
+    out = run([str(bindir / "simplew"), "serve", "--help"], cwd=tmp_path, timeout=60, env=env)
+    assert "--certfile" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="auditwheel is for Linux")
+def test_auditwheel_show(built):
+    _, wheel = built
+    auditwheel = shutil.which("auditwheel", path=str(Path(sys.executable).parent)) \
+        or shutil.which("auditwheel")
+    assert auditwheel, "auditwheel is in the test extra"
+    out = run([auditwheel, "show", str(wheel)], cwd=wheel.parent, timeout=120)
+    text = " ".join(out.split())
+    assert wheel.name in text
+    # a plain linux_* wheel is fine here: auditwheel names the policy it fits
+    match = re.search(r'is consistent with the following platform tag: "((?:many|musl)linux_\d+_\d+_\w+)"',
+                      text)
+    assert match, out
+    arch = wheel.name.rsplit("linux_", 1)[1].removesuffix(".whl")
+    assert match.group(1).endswith("_" + arch), (match.group(1), wheel.name)
+    assert "system-provided shared libraries" in text and "libc.so.6" in text, out
