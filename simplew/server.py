@@ -34,6 +34,7 @@ except ImportError:
     aiofastnet = None
 
 log = logging.getLogger("simplew")
+_access_log = logging.getLogger("simplew.access")
 Response = tuple[int, list[tuple[str, str]], bytes]
 Session = WebSocketConnection
 
@@ -367,10 +368,16 @@ class SimpleWServer:
         return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
 
     def _session_opened(self, session: Session) -> None:
+        if self.access_log:
+            _access_log.info("%s WebSocket connect %s %s", _peer(session),
+                             session.endpoint.path, session.id)
         for callback in self._on_connect:
             self._call_hook(callback, session)
 
     def _session_closed(self, session: Session) -> None:
+        if self.access_log:
+            _access_log.info("%s WebSocket disconnect %s %s", _peer(session),
+                             session.endpoint.path, session.id)
         for callback in self._on_disconnect:
             self._call_hook(callback, session)
 
@@ -557,6 +564,11 @@ class SimpleWServer:
     @property
     def IsStarted(self) -> bool:
         return self.is_started
+
+
+def _peer(session: Session) -> str:
+    address = session.remote_address
+    return f"{address[0]}:{address[1]}" if address else "-"
 
 
 def _controllers_and_path(path_or_controller: str | type[Controller], path: str | None,

@@ -179,7 +179,26 @@ LINE = re.compile(r'127\.0\.0\.1:\d+ "(\S+) (\S+)" (\d{3}) (\d+) (\d+\.\d\d)ms')
 
 
 def access_lines(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "simplew.access"]
+    """The HTTP request lines of the access log."""
+    return [r for r in caplog.records
+            if r.name == "simplew.access" and "WebSocket" not in r.getMessage()]
+
+
+def test_one_access_line_per_websocket_connect_and_disconnect(make_server, caplog):
+    caplog.set_level(logging.INFO, logger="simplew.access")
+    server = make_server(lambda s: s.add_websocket_content("/echo",
+                                                           on_message=lambda c, d: c.send(d)))
+    with connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=TIMEOUT) as ws:
+        session_id = server.sessions[0].id if server.sessions else None
+        for i in range(5):
+            ws.send(str(i))
+            assert ws.recv(timeout=TIMEOUT) == str(i)
+    wait_until(lambda: len(server.hub) == 0)
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "simplew.access" and "WebSocket" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "WebSocket connect /echo" in lines[0] and "WebSocket disconnect /echo" in lines[1]
+    assert lines[0].startswith("127.0.0.1:") and session_id in lines[0]
 
 
 def test_one_access_log_line_per_http_request(make_server, caplog):
