@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ws", action="append",
                        default=[s for s in (_env("ws") or "").split(",") if s],
                        metavar="PATH", help="open a WebSocket endpoint (repeatable; env SIMPLEW_WS)")
+    serve.add_argument("--publish", default=_env("publish"), metavar="PATH",
+                       help="POST PATH[?room=R] multicasts the request body: text, or binary when "
+                            "Content-Type is application/octet-stream (env SIMPLEW_PUBLISH)")
     serve.add_argument("--redis", default=_env("redis"), help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)")
     serve.add_argument("--certfile", default=_env("certfile"), help="TLS certificate (env SIMPLEW_CERTFILE)")
     serve.add_argument("--keyfile", default=_env("keyfile"), help="TLS private key (env SIMPLEW_KEYFILE)")
@@ -114,6 +117,10 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             server.add_websocket_content(path)
         except ValueError as exc:
             raise UsageError(f"--ws: {exc}") from None
+    if args.publish:
+        if not args.publish.startswith("/"):
+            raise UsageError(f"--publish: the path must start with '/': {args.publish}")
+        server.map_post(args.publish, _publisher(server))
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together")
     if args.certfile:
@@ -140,6 +147,25 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
     if args.workers > 1:
         server._reuse_port = True
     return server
+
+
+def _publisher(server: SimpleWServer) -> Any:
+    """The handler of ``--publish``: multicast the body of a POST (to ``?room=`` if given)."""
+    from simplew.rest import HttpError
+
+    def publish(request: Any) -> dict[str, Any]:
+        room = request.query.get("room") or None
+        if request.headers.get("content-type", "").startswith("application/octet-stream"):
+            server.multicast_binary(request.body, room=room)
+        else:
+            try:
+                text = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HttpError(400, "a text message must be UTF-8") from None
+            server.multicast_text(text, room=room)
+        return {"published": len(request.body), "room": room}
+
+    return publish
 
 
 def _check_port(host: str, port: int, reuse_port: bool) -> None:

@@ -129,6 +129,29 @@ def test_serve_static_and_websocket_options(serve):
     assert f"listening on http://127.0.0.1:{served.port}/" in out
 
 
+def test_publish_option_multicasts_without_a_python_file(serve):
+    """``--publish /publish``: a backend POSTs, every client (or a room) receives."""
+    served = serve("serve", "--static", "www/push", "--ws", "/websocket", "--publish", "/publish")
+    url = f"http://127.0.0.1:{served.port}/publish"
+    with served.ws("/websocket") as a, served.ws("/websocket") as b:
+        request = urllib.request.Request(url, data="hello from a backend".encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            assert response.status == 200
+            assert json.loads(response.read()) == {"published": 20, "room": None}
+        for ws in (a, b):
+            assert ws.recv(timeout=TIMEOUT) == "hello from a backend"
+        binary = urllib.request.Request(url, data=b"\x00\x01", method="POST",
+                                        headers={"Content-Type": "application/octet-stream"})
+        urllib.request.urlopen(binary, timeout=TIMEOUT).close()
+        for ws in (a, b):
+            assert ws.recv(timeout=TIMEOUT) == b"\x00\x01"
+        bad = urllib.request.Request(url, data=b"\xff\xfe", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(bad, timeout=TIMEOUT)
+        assert error.value.code == 400
+    assert served.terminate()[0] == 0
+
+
 def test_serve_app_with_console_script(serve):
     script = shutil.which("simplew", path=str(Path(sys.executable).parent))
     command = [script] if script else SIMPLEW
