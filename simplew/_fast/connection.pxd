@@ -1,9 +1,6 @@
 from picows.picows cimport WSListener, WSTransport, WSFrame
 from simplew._fast.deflate cimport Inflater, Deflater
 
-cdef enum:
-    COMPRESS_MIN_SIZE_C = 0    # every message is compressed once deflate is agreed
-
 
 cdef class Flusher:
     cdef list _dirty

@@ -28,7 +28,7 @@ from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.pythread cimport PyThread_get_thread_ident
 from picows.picows cimport WSMsgType, WSCloseCode
 
-from simplew._fast.frames cimport build_frame, text_frame, binary_frame, close_frame
+from simplew._fast.frames cimport build_frame, close_frame
 from simplew._fast.deflate cimport Inflater, Deflater, DeflateSettings
 from simplew._fast.deflate import MessageTooBig, InflateError, negotiate
 from simplew._fast.gate import WriteGate
@@ -42,7 +42,6 @@ CLOSE_TIMEOUT = 5.0
 MAX_WRITE_BUFFER = 1 << 20
 SLOW_CLOSE = 0          # slow_client_policy "close": CLOSE 1008, then drop
 SLOW_SKIP = 1           # slow_client_policy "skip": drop its messages until it drains
-COMPRESS_MIN_SIZE = COMPRESS_MIN_SIZE_C  # smaller messages go out uncompressed (always allowed)
 
 
 cdef inline bint _valid_close_code(int code) noexcept:
@@ -50,49 +49,39 @@ cdef inline bint _valid_close_code(int code) noexcept:
     return (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999)
 
 
-class _ProtocolErrorFilter(logging.Filter):
-    """Keep a client's protocol violations out of the ERROR log.
+class _DemoteToDebug(logging.Filter):
+    """Move log records a client can cause at will down to DEBUG on
+    ``simplew.websocket`` (where this module logs the violations it detects
+    itself), so that no client can fill the log."""
 
-    picows logs a malformed frame (unmasked, oversized, bad opcode or length,
-    bad CLOSE) at ERROR on its per-connection logger. A client can cause that
-    at will, so it is dropped there and logged at DEBUG on
-    ``simplew.websocket``, like the violations this module detects itself.
-    Real failures (exceptions with a traceback) pass unchanged.
-    """
-
-    def filter(self, record):
-        if record.levelno >= logging.ERROR and record.exc_info is None:
-            msg = record.msg
-            if type(msg) is str and (msg.startswith("WS parser error")
-                                     or msg.startswith("on_ws_frame raised WSProtocolError")):
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("client protocol error: %s", record.getMessage())
-                return False
-        return True
-
-
-cdef object _protocol_error_filter = _ProtocolErrorFilter()
-logging.getLogger("simplew.picows").addFilter(_protocol_error_filter)
-
-
-class _LostWriteFilter(logging.Filter):
-    """aiofastnet warns about every write to a socket it has begun to finalize
-    (after 5 of them). A multicast queued before a client's reset reaches
-    connection_lost writes to it harmlessly (the write is dropped), and a
-    client could reset on purpose to fill the log: log those at DEBUG."""
+    def __init__(self, label, matches):
+        super().__init__()
+        self.label = label
+        self.matches = matches          # matches(record, message) -> bool
 
     def filter(self, record):
         msg = record.msg
-        if record.levelno == logging.WARNING and type(msg) is str \
-                and msg.endswith("called after connection lost."):
+        if type(msg) is str and self.matches(record, msg):
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("aiofastnet: %s", record.getMessage())
+                log.debug("%s: %s", self.label, record.getMessage())
             return False
         return True
 
 
-cdef object _lost_write_filter = _LostWriteFilter()
-logging.getLogger("aiofastnet").addFilter(_lost_write_filter)
+# picows logs a malformed frame (unmasked, oversized, bad opcode or length, bad
+# CLOSE) at ERROR; real failures (exceptions with a traceback) pass unchanged.
+logging.getLogger("simplew.picows").addFilter(_DemoteToDebug(
+    "client protocol error",
+    lambda record, msg: record.levelno >= logging.ERROR and record.exc_info is None
+    and (msg.startswith("WS parser error") or msg.startswith("on_ws_frame raised WSProtocolError"))))
+
+# aiofastnet warns about every write to a socket it has begun to finalize (after
+# 5 of them). A multicast queued before a client's reset reaches connection_lost
+# writes to it harmlessly (the write is dropped), and a client could reset on purpose.
+logging.getLogger("aiofastnet").addFilter(_DemoteToDebug(
+    "aiofastnet",
+    lambda record, msg: record.levelno == logging.WARNING
+    and msg.endswith("called after connection lost.")))
 
 
 cdef class Flusher:
@@ -226,10 +215,6 @@ cdef class WebSocketConnection(WSListener):
         self._write_buffer_size = underlying.get_write_buffer_size
         if self.endpoint.max_write_buffer > 0:
             underlying.set_write_buffer_limits(high=self.endpoint.max_write_buffer)
-        picows_logger = transport._logger
-        if isinstance(picows_logger, logging.Logger) and \
-                _protocol_error_filter not in picows_logger.filters:
-            picows_logger.addFilter(_protocol_error_filter)
         transport.request = None            # the handshake is over: free its headers
         transport.response = None
         self.endpoint.on_connect(self)
@@ -453,7 +438,7 @@ cdef class WebSocketConnection(WSListener):
     cdef int queue_message(self, int opcode, bytes payload) except -1:
         """Queue one message, compressed when deflate was negotiated."""
         cdef bytes compressed
-        if self._deflater is not None and len(payload) >= COMPRESS_MIN_SIZE_C:
+        if self._deflater is not None:
             compressed = self._deflater.deflate(payload)
             return self.write_frame(build_frame(opcode, compressed, len(compressed), True))
         return self.write_frame(build_frame(opcode, payload, len(payload)))
@@ -498,16 +483,6 @@ cdef class WebSocketConnection(WSListener):
         if not self.transport.is_disconnected:
             self._close_timer = self._loop.call_later(self.endpoint.close_timeout, self.abort)
         return 0
-
-    def _on_thread(self):
-        return PyThread_get_thread_ident() == self._thread_id
-
-    def send_frame(self, bytes frame):
-        """Write a prebuilt frame; safe from any thread."""
-        if PyThread_get_thread_ident() == self._thread_id:
-            self.write_frame(frame)
-        elif self._loop is not None:
-            self._loop.call_soon_threadsafe(self.send_frame, frame)
 
     def send_message(self, int opcode, bytes payload):
         """Send one message (opcode 1 TEXT, 2 BINARY); safe from any thread."""

@@ -10,8 +10,8 @@ so the fan-out loop is a plain C loop. Rooms are more such lists (room name
 to members, each member keeping its slot per room in ``room_slots``): a room
 multicast runs the same loop over the room's list.
 """
-from simplew._fast.connection cimport WebSocketConnection, COMPRESS_MIN_SIZE_C
-from simplew._fast.frames cimport build_frame, text_frame, binary_frame
+from simplew._fast.connection cimport WebSocketConnection
+from simplew._fast.frames cimport build_frame
 from simplew._fast.deflate cimport deflate_standalone
 
 
@@ -104,15 +104,6 @@ cdef class Hub:
         """{room name: member count} of the rooms with members."""
         return {name: len(<list>members) for name, members in self._rooms.items()}
 
-    cpdef Py_ssize_t multicast_frame(self, bytes frame) except -1:
-        """Queue a prebuilt uncompressed ``frame`` on every client; returns how many."""
-        cdef list conns = self._connections
-        cdef Py_ssize_t i, n = len(conns)
-        self.multicasts += 1
-        for i in range(n):
-            (<WebSocketConnection>conns[i]).write_frame(frame)
-        return n
-
     cpdef Py_ssize_t multicast(self, int opcode, bytes payload) except -1:
         """Send one message to every client: one frame built once, plus one
         compressed frame per window size in use; returns how many clients."""
@@ -122,7 +113,6 @@ cdef class Hub:
         """The multicast loop over ``conns`` (every client, or a room)."""
         cdef Py_ssize_t i, n = len(conns)
         cdef bytes frame = build_frame(opcode, payload, len(payload))
-        cdef bint compress = len(payload) >= COMPRESS_MIN_SIZE_C
         cdef dict compressed = None
         self.multicasts += 1
         cdef WebSocketConnection conn
@@ -131,7 +121,7 @@ cdef class Hub:
             if i >= len(conns):
                 break               # a write dropped a client synchronously: the list shrank
             conn = <WebSocketConnection>conns[i]
-            if conn.deflate_wbits == 0 or not compress:
+            if conn.deflate_wbits == 0:
                 conn.write_frame(frame)
                 continue
             if compressed is None:
