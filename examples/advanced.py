@@ -11,15 +11,13 @@ creation time, and sent back. A body that does not fit ``User`` is answered
 """
 from __future__ import annotations
 
-import argparse
-import signal
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from _serve import options, serve
 from simplew import Controller, SimpleWServer, WebSocketMessage, route
 
 WWW = Path(__file__).resolve().parent.parent / "www" / "advanced"
@@ -58,28 +56,13 @@ class UserController(Controller):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=2015)
+    parser = options(__doc__)
     args = parser.parse_args()
 
     server = SimpleWServer(args.host, args.port)
     server.add_static_content(str(WWW), "/", timeout=86400)
     server.add_websocket_content("/websocket")
-    server.start()
-    host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
-    host = f"[{host}]" if ":" in host else host
-    print(f"serving http://{host}:{server.port}/", flush=True)
-
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve(server)
 
 
 if __name__ == "__main__":

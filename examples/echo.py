@@ -7,17 +7,13 @@ by WebSocket conformance and load tools.
 """
 from __future__ import annotations
 
-import argparse
-import signal
-import threading
 
+from _serve import options, serve
 from simplew import SimpleWServer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=2015)
+    parser = options(__doc__)
     parser.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024,
                         help="bytes; 16 MiB by default, the largest message Autobahn sends")
     parser.add_argument("--no-compression", dest="compression", action="store_false",
@@ -27,20 +23,7 @@ def main() -> None:
     server = SimpleWServer(args.host, args.port, max_message_size=args.max_message_size,
                            max_write_buffer=64 << 20, compression=args.compression)
     server.add_websocket_content("/", on_message=lambda session, data: session.send(data))
-    server.start()
-    host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
-    host = f"[{host}]" if ":" in host else host
-    print(f"serving ws://{host}:{server.port}/", flush=True)
-
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve(server, "ws")
 
 
 if __name__ == "__main__":

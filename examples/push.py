@@ -9,13 +9,12 @@ line ``s`` to its stdin, and every connected client receives "hello";
 """
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
 
+from _serve import options, serve
 from simplew import SimpleWServer
 
 WWW = Path(__file__).resolve().parent.parent / "www" / "push"
@@ -47,9 +46,7 @@ def tick(server: SimpleWServer, interval: float, done: threading.Event) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=2015)
+    parser = options(__doc__)
     parser.add_argument("--interval", type=float, metavar="SECONDS",
                         help="also multicast \"hello\" every SECONDS")
     args = parser.parse_args()
@@ -57,14 +54,7 @@ def main() -> None:
     server = SimpleWServer(args.host, args.port)
     server.add_static_content(str(WWW), "/", timeout=86400)
     server.add_websocket_content("/websocket")
-    server.start()
-    host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
-    host = f"[{host}]" if ":" in host else host
-    print(f"serving http://{host}:{server.port}/ (press s to send hello to all clients)",
-          flush=True)
-
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
     if args.interval:
         threading.Thread(target=tick, args=(server, args.interval, done), daemon=True).start()
 
@@ -82,15 +72,11 @@ def main() -> None:
                 saved_mode = None
         threading.Thread(target=watch_keys, args=(server, fd, is_tty), daemon=True).start()
     try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
+        serve(server, note=" (press s to send hello to all clients)", done=done)
     finally:
         if saved_mode is not None:
             import termios
             termios.tcsetattr(fd, termios.TCSADRAIN, saved_mode)
-        server.stop()
 
 
 if __name__ == "__main__":

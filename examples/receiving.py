@@ -8,11 +8,9 @@ whose messages ``{"url": "/websocket/test/index"}`` and
 """
 from __future__ import annotations
 
-import argparse
-import signal
-import threading
 from pathlib import Path
 
+from _serve import options, serve
 from simplew import Controller, SimpleWServer, WebSocketMessage, route
 
 WWW = Path(__file__).resolve().parent.parent / "www" / "receiving"
@@ -31,28 +29,13 @@ class TestController(Controller):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=2015)
+    parser = options(__doc__)
     args = parser.parse_args()
 
     server = SimpleWServer(args.host, args.port)
     server.add_static_content(str(WWW), "/", timeout=86400)
     server.add_websocket_content("/websocket")
-    server.start()
-    host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
-    host = f"[{host}]" if ":" in host else host
-    print(f"serving http://{host}:{server.port}/", flush=True)
-
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve(server)
 
 
 if __name__ == "__main__":
