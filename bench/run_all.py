@@ -122,6 +122,15 @@ def index(results: list[dict], scenario: str, metric: str) -> dict:
     return table
 
 
+def rows_by_case(results: list[dict], scenario: str) -> dict:
+    """{(n-or-None, case): {peer: result row}}, error rows included."""
+    table: dict = {}
+    for r in results:
+        if r["scenario"] == scenario:
+            table.setdefault((r.get("n"), r["case"]), {})[r["peer"]] = r
+    return table
+
+
 def ordered_cases(results: list[dict], scenario: str) -> list:
     seen = []
     for r in results:
@@ -200,10 +209,7 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
         L.append("")
         L.append("| N | case | peer | CPU µs/delivery | × picows | × websockets | p50 ms | p99 ms | round ms | delivered |")
         L.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
-        by_key = {}
-        for r in results:
-            if r["scenario"] == "fanout":
-                by_key.setdefault((r["n"], r["case"]), {})[r["peer"]] = r
+        by_key = rows_by_case(results, "fanout")
         for key in fan:
             refs = cpu.get(key, {})
             for p in peers:
@@ -225,14 +231,14 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
     rr = ordered_cases(results, "rr")
     if rr:
         cpu = index(results, "rr", "cpu_us_per_msg")
+        by_key = rows_by_case(results, "rr")
         L.append("## Request/response (JSON envelope, routed)")
         L.append("")
         L.append("| case | peer | msg/s | CPU µs/msg | × picows | × websockets | server CPU use | errors |")
         L.append("|---|---|---:|---:|---:|---:|---:|---|")
         for key in rr:
             for p in peers:
-                r = next((x for x in results if x["scenario"] == "rr" and x["case"] == key[1]
-                          and x["peer"] == p), None)
+                r = by_key.get(key, {}).get(p)
                 if r is None:
                     continue
                 if "error" in r:
@@ -250,14 +256,14 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
     st = ordered_cases(results, "static")
     if st:
         cpu = index(results, "static", "cpu_us_per_req")
+        by_key = rows_by_case(results, "static")
         L.append("## Static files (wrk)")
         L.append("")
         L.append("| file | peer | req/s | CPU µs/req | × picows | × websockets | note |")
         L.append("|---|---|---:|---:|---:|---:|---|")
         for key in st:
             for p in peers:
-                r = next((x for x in results if x["scenario"] == "static" and x["case"] == key[1]
-                          and x["peer"] == p), None)
+                r = by_key.get(key, {}).get(p)
                 if r is None:
                     continue
                 if "error" in r:
