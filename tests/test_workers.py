@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,12 @@ def test_a_killed_worker_is_replaced_while_the_other_answers(clients, cleanup):
     assert proc.log().count("restarted as pid") == 1
 
 
+def logged_at(log: str, *parts: str) -> datetime:
+    """The time stamp of the first log line that contains all ``parts``."""
+    line = next(line for line in log.splitlines() if all(part in line for part in parts))
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
 def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
     (tmp_path / "dies_at_start.py").write_text(
         "import multiprocessing, os\n"
@@ -215,12 +222,16 @@ def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
                                  "--port", str(free_port()), "--workers", "2"],
                                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "worker0 (pid" in log.read_text() and
-                   "restarting it in 1.0 s" in log.read_text(), timeout=15,
-                   what="two quick deaths of worker0")
+        wait_until(lambda: any("worker0 (pid" in line and "restarting it in 1.0 s" in line
+                               for line in log.read_text().splitlines()),
+                   timeout=15, what="two quick deaths of worker0")
         text = log.read_text()
         assert "died with exit status 3 after " in text, text
         assert "restarting it in 0.5 s" in text and "restarting it now" not in text, text
+        # worker0's first restart came no sooner than announced
+        waited = (logged_at(text, "worker0 restarted as pid")
+                  - logged_at(text, "worker0 (pid", "restarting it in 0.5 s"))
+        assert waited.total_seconds() >= 0.49, text
         family = children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 1        # the workers' last exits were not clean
