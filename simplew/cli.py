@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("host"), help="address to bind (env SIMPLEW_HOST)")
     serve.add_argument("--port", type=int, default=_env("port"), help="port (env SIMPLEW_PORT)")
     serve.add_argument("--workers", type=int, default=_env("workers", "1"),
-                       help="processes sharing the port with SO_REUSEPORT (env SIMPLEW_WORKERS)")
+                       help="processes sharing the port with SO_REUSEPORT; one that dies is "
+                            "restarted (env SIMPLEW_WORKERS)")
     serve.add_argument("--static", action="append",
                        default=[s for s in (_env("static") or "").split(",") if s],
                        metavar="DIR[:PREFIX]", help="serve a directory (repeatable; env SIMPLEW_STATIC, comma-separated)")
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Content-Type is application/octet-stream (env SIMPLEW_PUBLISH)")
     serve.add_argument("--publish-token", default=_env("publish_token"), metavar="TOKEN",
                        help="the --publish POST must carry 'Authorization: Bearer TOKEN' "
-                            "(env SIMPLEW_PUBLISH_TOKEN, which ps does not show)")
+                            "(env SIMPLEW_PUBLISH_TOKEN keeps it off the command line)")
     serve.add_argument("--metrics", action="store_true", default=_env("metrics", "0"),
                        help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)")
     serve.add_argument("--redis", default=_env("redis"), help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)")
