@@ -8,16 +8,19 @@ variable ``SIMPLEW_<OPTION>``.
 from __future__ import annotations
 
 import argparse
+import hmac
 import importlib
+import importlib.util
+import ipaddress
 import logging
-import multiprocessing
 import os
 import socket
 import sys
 import traceback
 from typing import Any, Sequence
 
-from simplew.server import SimpleWServer
+from simplew.server import REDIS_EXTRA, SimpleWServer
+from simplew.workers import supervise
 
 log = logging.getLogger("simplew")
 
@@ -31,6 +34,8 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
+FLAGS = {"1": True, "true": True, "yes": True, "on": True,
+         "0": False, "false": False, "no": False, "off": False, "": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("host"), help="address to bind (env SIMPLEW_HOST)")
     serve.add_argument("--port", type=int, default=_env("port"), help="port (env SIMPLEW_PORT)")
     serve.add_argument("--workers", type=int, default=_env("workers", "1"),
-                       help="processes sharing the port with SO_REUSEPORT (env SIMPLEW_WORKERS)")
+                       help="processes sharing the port with SO_REUSEPORT; one that dies is "
+                            "restarted (env SIMPLEW_WORKERS)")
     serve.add_argument("--static", action="append",
                        default=[s for s in (_env("static") or "").split(",") if s],
                        metavar="DIR[:PREFIX]", help="serve a directory (repeatable; env SIMPLEW_STATIC, comma-separated)")
@@ -52,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--publish", default=_env("publish"), metavar="PATH",
                        help="POST PATH[?room=R] multicasts the request body: text, or binary when "
                             "Content-Type is application/octet-stream (env SIMPLEW_PUBLISH)")
+    serve.add_argument("--publish-token", default=_env("publish_token"), metavar="TOKEN",
+                       help="the --publish POST must carry 'Authorization: Bearer TOKEN' "
+                            "(env SIMPLEW_PUBLISH_TOKEN keeps it off the command line)")
+    serve.add_argument("--metrics", action="store_true", default=_env("metrics", "0"),
+                       help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)")
     serve.add_argument("--redis", default=_env("redis"), help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)")
     serve.add_argument("--recovery", action="store_true",
                        default=_env("recovery", "") not in ("", "0", "false", "no"),
@@ -71,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace", type=float, default=_env("shutdown_grace", "5"),
                        help="seconds to let clients close on SIGTERM (env SIMPLEW_SHUTDOWN_GRACE)")
     return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The options, with the values from environment variables checked as the options are."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:      # from SIMPLEW_LOG_LEVEL: argparse checks only options
+        parser.error(f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                     f"got {args.log_level!r}")
+    if isinstance(args.metrics, str):         # from SIMPLEW_METRICS
+        if args.metrics.lower() not in FLAGS:
+            parser.error(f"SIMPLEW_METRICS must be 1 or 0, got {args.metrics!r}")
+        args.metrics = FLAGS[args.metrics.lower()]
+    return args
 
 
 def load_app(spec: str) -> SimpleWServer:
@@ -125,10 +150,16 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             server.add_websocket_content(path)
         except ValueError as exc:
             raise UsageError(f"--ws: {exc}") from None
+    if args.publish_token is not None and not args.publish:
+        raise UsageError("--publish-token goes with --publish")
+    if args.publish_token == "":
+        raise UsageError("--publish-token must not be empty")
     if args.publish:
         if not args.publish.startswith("/"):
             raise UsageError(f"--publish: the path must start with '/': {args.publish}")
-        server.map_post(args.publish, _publisher(server))
+        server.map_post(args.publish, _publisher(server, args.publish_token))
+    if args.metrics:
+        server.enable_metrics()
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together")
     if args.certfile:
@@ -148,6 +179,8 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         if args.redis.partition("://")[0] not in ("redis", "rediss", "unix"):
             raise UsageError(f"--redis must be a redis://, rediss:// or unix:// URL, "
                              f"got {args.redis!r}")
+        if importlib.util.find_spec("redis") is None:
+            raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")
         server.redis_url = args.redis
     server.shutdown_grace = args.shutdown_grace
     if args.recovery:
@@ -163,11 +196,27 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
     return server
 
 
-def _publisher(server: SimpleWServer) -> Any:
-    """The handler of ``--publish``: multicast the body of a POST (to ``?room=`` if given)."""
-    from simplew.rest import HttpError
+def _publisher(server: SimpleWServer, token: str | None) -> Any:
+    """The handler of ``--publish``: multicast the body of a POST (to ``?room=`` if given).
 
-    def publish(request: Any) -> dict[str, Any]:
+    With a ``token``, a POST without ``Authorization: Bearer <token>`` gets 401 and
+    publishes nothing; the token is compared in constant time.
+    """
+    from simplew.rest import HttpError, Response
+
+    expected = token.encode("utf-8") if token else None
+
+    def publish(request: Any) -> Any:
+        if expected is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or \
+                    not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+                challenge = 'Bearer realm="simplew"'
+                if scheme:
+                    challenge += ', error="invalid_token"'
+                return Response(401, {"error": "unauthorized",
+                                      "message": "publishing needs 'Authorization: Bearer <token>'"},
+                                {"WWW-Authenticate": challenge})
         room = request.query.get("room") or None
         if request.headers.get("content-type", "").startswith("application/octet-stream"):
             server.multicast_binary(request.body, room=room)
@@ -194,8 +243,23 @@ def _check_port(host: str, port: int, reuse_port: bool) -> None:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_open_publish(args: argparse.Namespace, server: SimpleWServer) -> None:
+    if args.publish and not args.publish_token and not _is_loopback(server.host):
+        log.warning("--publish %s on %s without --publish-token: anyone who reaches this "
+                    "port can multicast to every client", args.publish, server.host)
+
+
 def _worker(argv: Sequence[str], index: int) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s worker{index} %(levelname)s %(name)s: %(message)s")
     configure(args).run()
@@ -203,15 +267,12 @@ def _worker(argv: Sequence[str], index: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.log_level not in LOG_LEVELS:      # from SIMPLEW_LOG_LEVEL: argparse checks only options
-        parser.error(f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
-                     f"got {args.log_level!r}")
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         server = configure(args)
+        _warn_open_publish(args, server)
         if args.workers == 1:
             _check_port(server.host, server.port, False)
             try:
@@ -223,21 +284,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"simplew: error: {exc}", file=sys.stderr)
         return 2
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(argv, i), name=f"simplew-worker-{i}")
-               for i in range(args.workers)]
-    import signal
-
-    def forward(signum: int, _frame: Any) -> None:
-        for w in workers:
-            if w.is_alive():
-                os.kill(w.pid, signal.SIGTERM)
-
-    # before the workers start: a SIGTERM then must not kill the parent alone
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return 0 if all(w.exitcode == 0 for w in workers) else 1
+    return supervise(_worker, argv, args.workers, kill_after=server.shutdown_grace + 10)

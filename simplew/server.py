@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import datetime
 import enum
+import importlib.util
 import json
 import logging
 import signal
@@ -40,6 +41,7 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 Session = WebSocketConnection
 
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+REDIS_EXTRA = "pip install 'simplew[redis]'"     # what redis_url needs that is not installed
 SLOW_CLIENT_POLICIES = {"close": SLOW_CLOSE, "skip": SLOW_SKIP}
 
 
@@ -475,6 +477,8 @@ class SimpleWServer:
         """Start listening in the running loop and return once the port is bound."""
         if self._server is not None:
             raise RuntimeError("server is already started")
+        if self.redis_url and importlib.util.find_spec("redis") is None:   # before binding
+            raise ImportError(f"redis_url needs the Redis client: {REDIS_EXTRA}")
         self._compile()
         loop = asyncio.get_running_loop()
         options = {"backlog": self._backlog, "reuse_address": True, "ssl": self.ssl}

@@ -124,6 +124,7 @@ def test_serve_static_and_websocket_options(serve):
     with served.ws("/websocket") as ws:
         reply = ask(ws, {"url": "/websocket/nothing/here"})
         assert reply["error"] == "unknown_url"
+    assert served.get("/metrics")[0] == 404          # only with --metrics
     status, out, _ = served.terminate()
     assert status == 0, out
     assert f"listening on http://127.0.0.1:{served.port}/" in out
@@ -149,7 +150,69 @@ def test_publish_option_multicasts_without_a_python_file(serve):
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(bad, timeout=TIMEOUT)
         assert error.value.code == 400
-    assert served.terminate()[0] == 0
+    status, out, _ = served.terminate()
+    assert status == 0
+    assert "--publish-token" not in out          # no warning on a loopback address
+
+
+def post(port: int, path: str, body: bytes,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                     method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def assert_refused(port: int, headers: dict[str, str], challenge: str) -> None:
+    status, response_headers, body = post(port, "/publish", b"forged", headers)
+    assert status == 401, body
+    assert response_headers["WWW-Authenticate"] == challenge
+    assert json.loads(body)["error"] == "unauthorized"
+
+
+def test_publish_token_is_required(serve):
+    served = serve("serve", "--ws", "/websocket", "--publish", "/publish",
+                   "--publish-token", "s3cret")
+    with served.ws("/websocket") as ws:
+        assert_refused(served.port, {}, 'Bearer realm="simplew"')
+        for wrong in ("Bearer wrong", "Bearer s3cret-and-more", "Bearer s3cre", "Bearer ",
+                      "Basic czNjcmV0", "s3cret"):
+            assert_refused(served.port, {"Authorization": wrong},
+                           'Bearer realm="simplew", error="invalid_token"')
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.2)                  # nothing refused was published
+        status, _, body = post(served.port, "/publish", b"signed",
+                               {"Authorization": "bearer s3cret"})
+        assert status == 200, body
+        assert ws.recv(timeout=TIMEOUT) == "signed"
+    status, out, _ = served.terminate()
+    assert status == 0 and "--publish-token" not in out
+
+
+def test_publish_token_and_metrics_from_the_environment_and_the_open_publish_warning(serve):
+    port = free_port()
+    env = clean_env(SIMPLEW_HOST="0.0.0.0", SIMPLEW_PORT=str(port), SIMPLEW_WS="/ws",
+                    SIMPLEW_PUBLISH="/publish", SIMPLEW_PUBLISH_TOKEN="from-env",
+                    SIMPLEW_METRICS="1")
+    served = serve("serve", port=port, env=env)
+    assert_refused(port, {}, 'Bearer realm="simplew"')
+    assert post(port, "/publish", b"x", {"Authorization": "Bearer from-env"})[0] == 200
+    status, metrics = served.get("/metrics")
+    assert status == 200 and b"simplew_http_requests_total" in metrics
+    status, out, _ = served.terminate()
+    assert status == 0 and "WARNING" not in out, out
+
+    # no token on an address other machines reach: served, with a WARNING at start
+    served = serve("serve", "--ws", "/ws", "--publish", "/publish", "--host", "0.0.0.0",
+                   "--port", str(port), "--metrics", port=port)
+    assert post(port, "/publish", b"open", {})[0] == 200
+    assert served.get("/metrics")[0] == 200
+    status, out, _ = served.terminate()
+    assert status == 0
+    assert "WARNING simplew: --publish /publish on 0.0.0.0 without --publish-token" in out, out
 
 
 def test_serve_app_with_console_script(serve):
@@ -224,6 +287,10 @@ ERRORS = {
                      "module 'tests.apps.cli_app' has no attribute 'nope'"),
     "not a server": (["simplew.cli:LOG_LEVELS"], "is a list, not a SimpleWServer"),
     "no attribute part": (["tests.apps.cli_app"], "APP must look like module:attribute"),
+    "token without publish": (["--ws", "/ws", "--publish-token", "t"],
+                              "--publish-token goes with --publish"),
+    "empty token": (["--ws", "/ws", "--publish", "/p", "--publish-token", ""],
+                    "--publish-token must not be empty"),
 }
 
 
@@ -274,6 +341,7 @@ def test_app_module_that_raises(tmp_path):
     ("SIMPLEW_WORKERS", "many", "invalid int value: 'many'"),
     ("SIMPLEW_SHUTDOWN_GRACE", "soon", "invalid float value: 'soon'"),
     ("SIMPLEW_LOG_LEVEL", "loud", "SIMPLEW_LOG_LEVEL must be one of"),
+    ("SIMPLEW_METRICS", "maybe", "SIMPLEW_METRICS must be 1 or 0, got 'maybe'"),
 ])
 def test_bad_environment_variables_exit_2(variable, value, message):
     status, err = run_error("serve", "--ws", "/ws", env=clean_env(**{variable: value}))

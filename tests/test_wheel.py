@@ -10,6 +10,7 @@ a plain ``linux_*`` one; cibuildwheel builds the manylinux/musllinux ones).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,8 +21,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -90,20 +93,44 @@ def test_wheel_contents_and_metadata(built):
             module
     assert not any(n.endswith(".c") for n in names), "generated C sources belong in the sdist only"
     assert "simplew/auth.py" in names and "simplew/_fast/connection.pxd" in names
-    assert "Requires-Dist: picows==2.3.1" in metadata
-    assert "Provides-Extra: jwt" in metadata
+    assert "License-Expression: MIT" in metadata
+    requires = [Requirement(line.split(":", 1)[1].strip()) for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]
+
+    def needed(extra: str = "") -> dict[str, Requirement]:
+        env = {"extra": extra, "sys_platform": "linux"}
+        return {r.name.lower(): r for r in requires
+                if r.marker is None or r.marker.evaluate(env)}
+
+    assert {name: r.specifier for name, r in needed().items()} == {
+        "picows": SpecifierSet(">=2.3.1,<2.4"), "aiofastnet": SpecifierSet(">=1.2.0,<2"),
+        "uvloop": SpecifierSet(">=0.22.1,<1"), "httptools": SpecifierSet(">=0.9.0,<1")}
+    assert needed("redis").keys() - needed().keys() == {"redis", "hiredis"}
+    assert needed("jwt").keys() - needed().keys() == {"pyjwt"}
+    assert needed("test")["simplew"].extras == {"redis", "jwt"}      # the tests need both
+    for extra in ("redis", "jwt", "test"):
+        assert f"Provides-Extra: {extra}" in metadata
     assert "simplew = simplew.cli:main" in entry_points
+
+
+def new_venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh ``python -m venv``: (its bin directory, an environment that leaves the work tree out)."""
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return venv / ("Scripts" if os.name == "nt" else "bin"), env
+
+
+def pip(bindir: Path, env: dict[str, str], *args: str) -> str:
+    return run([str(bindir / "python"), "-m", "pip", "--disable-pip-version-check", *args],
+               cwd=bindir.parent.parent, timeout=300, env=env)
 
 
 def test_wheel_installs_and_serves_in_a_fresh_venv(built, tmp_path):
     _, wheel = built
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout=120)
-    bindir = venv / ("Scripts" if os.name == "nt" else "bin")
-    python = bindir / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(wheel)], cwd=tmp_path, timeout=300, env=env)
+    bindir, env = new_venv(tmp_path)
+    venv, python = bindir.parent, bindir / "python"
+    pip(bindir, env, "install", "--quiet", str(wheel))
     # from tmp_path, so that the installed simplew is imported, not the work tree
     out = run([str(python), str(ROOT / "tests" / "wheel_smoke.py")], cwd=tmp_path,
               timeout=120, env=env)
@@ -111,6 +138,40 @@ def test_wheel_installs_and_serves_in_a_fresh_venv(built, tmp_path):
     assert str(venv) in out, out
     out = run([str(bindir / "simplew"), "serve", "--help"], cwd=tmp_path, timeout=60, env=env)
     assert "--certfile" in out
+
+    # no Redis client without the [redis] extra, and a message that names it
+    installed = {line.split("==")[0].lower() for line in pip(bindir, env, "freeze").split()}
+    assert "picows" in installed and not installed & {"redis", "hiredis"}, installed
+    proc = subprocess.run([str(bindir / "simplew"), "serve", "--ws", "/ws", "--host", "127.0.0.1",
+                           "--port", str(free_port()), "--redis", "redis://127.0.0.1:6379"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("simplew: error: --redis needs the Redis client: "
+                                   "pip install 'simplew[redis]'"), proc.stderr
+    proc = subprocess.run([str(python), "-c",
+                           "from simplew import SimpleWServer\n"
+                           "server = SimpleWServer('127.0.0.1', 0, redis_url='redis://127.0.0.1')\n"
+                           "try:\n"
+                           "    server.start()\n"
+                           "except ImportError as exc:\n"
+                           "    print('ImportError:', exc, server.is_started)\n"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == ("ImportError: redis_url needs the Redis client: "
+                                   "pip install 'simplew[redis]' False"), proc.stdout + proc.stderr
+
+
+def test_wheel_keeps_the_compatible_redis_and_uvloop_a_venv_has(built, tmp_path):
+    _, wheel = built
+    bindir, env = new_venv(tmp_path)
+    # an application's own pins, older than the ones constraints.txt tests with
+    pip(bindir, env, "install", "--quiet", "--no-deps", "redis==8.0.1", "uvloop==0.22.1")
+    report = tmp_path / "report.json"
+    pip(bindir, env, "install", "--quiet", "--dry-run", "--report", str(report),
+        f"{wheel}[redis]")
+    to_install = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                  for item in json.loads(report.read_text())["install"]}
+    assert "redis" not in to_install and "uvloop" not in to_install, to_install
+    assert {"simplew", "picows", "hiredis", "httptools", "aiofastnet"} <= to_install.keys()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="auditwheel is for Linux")

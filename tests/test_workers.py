@@ -1,14 +1,25 @@
 """``simplew serve --workers 2``: two processes accept on one port (SO_REUSEPORT);
-with ``--redis`` a multicast from either reaches the clients of both."""
+with ``--redis`` a multicast from either reaches the clients of both. The parent
+supervises them: a worker killed with SIGKILL is replaced while the other goes on
+answering, one that dies at start is restarted with a growing delay, SIGTERM to
+the parent ends them all, and no zombie is left (simplew/workers.py)."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from multiproc import (Clients, RedisServer, ServerProcess, ask, recv, recv_nothing,
                        redis_server_path, wait_backplane, wait_until)
+from conftest import free_port
 
 
 @pytest.fixture
@@ -99,3 +110,133 @@ def test_two_workers_without_redis_multicast_stays_in_its_worker(clients, cleanu
     recv_nothing(w2b)
     assert proc.stop() == 0, proc.log()
     wait_until(lambda: gone(pid1) and gone(pid2), what="workers exited")
+
+
+# -- supervision ------------------------------------------------------------------
+
+def children(parent: int) -> dict[int, str]:
+    """{pid: state letter} of the processes whose parent is ``parent``, from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rpartition(")")[2].split()[:2]
+            if int(ppid) == parent:
+                found[int(entry)] = state
+    return found
+
+
+def healthz(port: int) -> bytes:
+    """GET /healthz on a new connection (so SO_REUSEPORT picks a worker each time)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data
+
+
+def test_a_killed_worker_is_replaced_while_the_other_answers(clients, cleanup):
+    proc = ServerProcess(workers=2)
+    cleanup(proc)
+    proc.wait_ready()
+    parent = proc.proc.pid
+    victim, survivor = sorted(clients_per_worker(proc, clients, per_worker=1))
+
+    # requests one after another on new connections, the whole time. The kill happens
+    # between two of them and the next goes out once the victim is reaped: a connection
+    # in flight to it, or queued on its listening socket while the kernel tears it down,
+    # is reset with it (unless sysctl net.ipv4.tcp_migrate_req=1 moves it to the other)
+    turn = threading.Lock()
+    done = threading.Event()
+    answers: list[tuple[float, bytes]] = []
+    errors: list[str] = []
+
+    def send() -> None:
+        while not done.is_set() and len(answers) + len(errors) < 20000:
+            with turn:
+                try:
+                    answers.append((time.monotonic(), healthz(proc.port)))
+                except OSError as exc:
+                    errors.append(repr(exc))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        wait_until(lambda: len(answers) >= 20, what="requests answered")
+        with turn:
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: not os.path.exists(f"/proc/{victim}"), what="the victim reaped")
+            killed_at = time.monotonic()
+
+        def new_worker() -> int | None:
+            ws = clients.connect(proc.url)
+            pid = int(ask(ws, "pid"))
+            ws.close()
+            return pid if pid not in (victim, survivor) else None
+
+        replacement = wait_until(new_worker, timeout=2.0, what="a new worker serving")
+        serving_after = time.monotonic() - killed_at
+        wait_until(lambda: sum(at > killed_at for at, _ in answers) >= 20,
+                   what="requests answered after the kill")
+    finally:
+        done.set()
+        sender.join(timeout=10)
+    assert serving_after < 2.0
+    assert not errors, errors[:5]
+    assert all(answer.startswith(b"HTTP/1.1 200") for _, answer in answers)
+    family = children(parent)
+    assert victim not in family and "Z" not in family.values(), family
+    assert replacement in family and survivor in family
+    log = proc.log()
+    assert f"(pid {victim}) died with signal SIGKILL" in log, log
+
+    # SIGTERM to the parent alone reaches the replacement and the survivor: all exit, status 0
+    os.kill(parent, signal.SIGTERM)
+    assert proc.proc.wait(timeout=15) == 0, proc.log()
+    # the workers were reaped before the parent exited; its resource tracker follows it
+    wait_until(lambda: all(gone(pid) for pid in family), what="every child gone")
+    assert proc.log().count("restarted as pid") == 1
+
+
+def logged_at(log: str, *parts: str) -> datetime:
+    """The time stamp of the first log line that contains all ``parts``."""
+    line = next(line for line in log.splitlines() if all(part in line for part in parts))
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
+    (tmp_path / "dies_at_start.py").write_text(
+        "import multiprocessing, os\n"
+        "from simplew import SimpleWServer\n"
+        "server = SimpleWServer('127.0.0.1', 2015)\n"
+        "server.add_websocket_content('/ws')\n"
+        "if multiprocessing.parent_process() is not None:    # in a worker, not the parent\n"
+        "    os._exit(3)\n")
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "simplew", "serve", "dies_at_start:server",
+                                 "--port", str(free_port()), "--workers", "2"],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: any("worker0 (pid" in line and "restarting it in 1.0 s" in line
+                               for line in log.read_text().splitlines()),
+                   timeout=15, what="two quick deaths of worker0")
+        text = log.read_text()
+        assert "died with exit status 3 after " in text, text
+        assert "restarting it in 0.5 s" in text and "restarting it now" not in text, text
+        # worker0's first restart came no sooner than announced
+        waited = (logged_at(text, "worker0 restarted as pid")
+                  - logged_at(text, "worker0 (pid", "restarting it in 0.5 s"))
+        assert waited.total_seconds() >= 0.49, text
+        family = children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 1        # the workers' last exits were not clean
+        wait_until(lambda: all(gone(pid) for pid in family), what="every child gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
