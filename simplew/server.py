@@ -11,6 +11,7 @@ import signal
 import threading
 from typing import Any, Callable
 
+from simplew._fast.admission import Admission, OriginPolicy
 from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
 from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
 from simplew._fast.hub import Hub
@@ -70,7 +71,7 @@ class SimpleWServer:
                  header_timeout: float | None = 30.0,
                  read_buffer_size: int = 2048,
                  handshake_timeout: float = 10.0,
-                 ping_interval: float | None = None,
+                 ping_interval: float | None = 20.0,
                  ping_timeout: float = 20.0,
                  backlog: int = 4096,
                  reuse_port: bool = False,
@@ -84,12 +85,20 @@ class SimpleWServer:
                  redis_url: str | None = None,
                  healthz: bool = True,
                  metrics: bool = False,
-                 access_log: bool = True) -> None:
+                 access_log: bool = True,
+                 allowed_origins: list[str] | None = None,
+                 max_connections: int | None = None,
+                 max_connections_per_ip: int | None = None) -> None:
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
+        # connection limits and allowed WebSocket origins (see "Exposing simplew to the internet")
+        self.admission = Admission(max_connections, max_connections_per_ip, allowed_origins)
         self.limits = HttpLimits(max_body_size, max_header_size,
-                                 idle_timeout=idle_timeout, header_timeout=header_timeout)
+                                 idle_timeout=idle_timeout, header_timeout=header_timeout,
+                                 admission=self.admission)
+        if ping_interval is not None and ping_interval <= 0:
+            raise ValueError(f"ping_interval must be positive or None, not {ping_interval!r}")
         self._http_connections: set[HttpProtocol] = set()
         self.hub = Hub()
         self._picows_options = {
@@ -153,7 +162,8 @@ class SimpleWServer:
                               path: str | None = None, *,
                               on_message: Callable[..., Any] | None = None,
                               max_message_size: int | None = None,
-                              compression: bool | None = None) -> None:
+                              compression: bool | None = None,
+                              allowed_origins: list[str] | None = None) -> None:
         """Open a WebSocket endpoint.
 
         ``add_websocket_content("/websocket")`` routes messages to the WEBSOCKET
@@ -161,11 +171,14 @@ class SimpleWServer:
         to one class; ``on_message=fn`` gives each raw message to
         ``fn(session, data)`` instead (``str`` for TEXT, ``bytes`` for BINARY).
         ``compression`` turns permessage-deflate on or off for this endpoint
-        (default: the server's ``compression``).
+        (default: the server's ``compression``). ``allowed_origins`` replaces the
+        server's ``allowed_origins`` for this endpoint.
         """
         controllers, endpoint_path = _controllers_and_path(path_or_controller, path, "/websocket")
         if any(spec.path == endpoint_path for spec in self._ws_specs):
             raise ValueError(f"a WebSocket endpoint is already at {endpoint_path}")
+        if allowed_origins is not None:
+            self.admission.endpoint_origins[endpoint_path] = OriginPolicy(allowed_origins)
         self._ws_specs.append(_WebSocketSpec(
             endpoint_path, controllers, on_message, max_message_size or self.max_message_size,
             compression))
