@@ -6,7 +6,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
-MODULES = ["frames", "deflate", "gate", "connection", "router", "hub", "admission", "http"]
+MODULES = ["frames", "deflate", "gate", "connection", "router", "hub", "heartbeat", "admission", "http"]
 
 extensions = [
     Extension(

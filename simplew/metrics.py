@@ -44,6 +44,8 @@ _METRICS = (
      "Connections answered 503 for exceeding max_connections_per_ip."),
     ("simplew_rejected_origins_total", "counter",
      "WebSocket upgrades refused (403) for an Origin not allowed."),
+    ("simplew_ping_timeouts_total", "counter",
+     "WebSocket clients closed (1011) for not answering a ping within ping_timeout."),
 )
 
 
@@ -74,6 +76,7 @@ def collect(server: Any) -> dict[str, Any]:
         "simplew_rejected_connections_total": admission.rejected_total,
         "simplew_rejected_connections_per_ip_total": admission.rejected_per_ip,
         "simplew_rejected_origins_total": admission.rejected_origins,
+        "simplew_ping_timeouts_total": getattr(server.heartbeat, "dropped", 0),
     }
 
 

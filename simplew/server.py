@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from simplew._fast.admission import Admission, OriginPolicy
 from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
+from simplew._fast.heartbeat import Heartbeat
 from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
@@ -97,15 +98,15 @@ class SimpleWServer:
         self.limits = HttpLimits(max_body_size, max_header_size,
                                  idle_timeout=idle_timeout, header_timeout=header_timeout,
                                  admission=self.admission)
-        if ping_interval is not None and ping_interval <= 0:
-            raise ValueError(f"ping_interval must be positive or None, not {ping_interval!r}")
+
         self._http_connections: set[HttpProtocol] = set()
         self.hub = Hub()
+        # pings every client each ping_interval, drops those silent for ping_timeout (None: off)
+        self.heartbeat = None if ping_interval is None else \
+            Heartbeat(self.hub, ping_interval, ping_timeout)
         self._picows_options = {
             "handshake_timeout": handshake_timeout,
-            "auto_ping": ping_interval is not None,
-            "ping_interval": ping_interval or 20.0,
-            "ping_timeout": min(ping_timeout, ping_interval or ping_timeout),
+            "heartbeat": self.heartbeat,
             "read_buffer_size": read_buffer_size,
         }
         self._backlog = backlog

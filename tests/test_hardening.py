@@ -469,26 +469,46 @@ def test_limits_hold_under_a_flood_while_a_websocket_client_is_served(serve, ws_
 
 
 def test_pings_are_on_by_default_every_20_seconds():
-    options = SimpleWServer("127.0.0.1", 0)._picows_options
-    assert (options["auto_ping"], options["ping_interval"], options["ping_timeout"]) == (True, 20, 20)
-    assert SimpleWServer("127.0.0.1", 0, ping_interval=None)._picows_options["auto_ping"] is False
+    heartbeat = SimpleWServer("127.0.0.1", 0).heartbeat
+    assert (heartbeat.interval, heartbeat.timeout) == (20, 20)
+    assert SimpleWServer("127.0.0.1", 0, ping_interval=None).heartbeat is None
+    assert SimpleWServer("127.0.0.1", 0, ping_interval=5, ping_timeout=9).heartbeat.timeout == 5
+    with pytest.raises(ValueError):
+        SimpleWServer("127.0.0.1", 0, ping_interval=0)
 
 
-def test_a_peer_that_never_answers_pings_is_dropped_and_its_session_ends(serve, ws_connect):
-    gone = threading.Event()
-    server = serve(on_disconnect=lambda session: gone.set(), ping_interval=0.5, ping_timeout=0.5)
+def test_peers_that_never_answer_pings_are_dropped_and_their_sessions_end(serve, ws_connect):
+    gone = []
+    both_gone = threading.Event()
+
+    def on_disconnect(session):
+        gone.append(session.id)
+        if len(gone) == 2:
+            both_gone.set()
+
+    server = serve(on_disconnect=on_disconnect, ping_interval=0.5, ping_timeout=0.5, metrics=True)
     live = ws_connect(ws_url(server))                      # answers pings by itself
     dead = RawClient(server.port, "/ws")                    # completes the upgrade, then nothing
+    mute = RawClient(server.port, "/ws")                    # reads, but never answers a ping
     start = time.monotonic()
-    assert gone.wait(0.5 + 0.5 + 1.0), "the silent peer is still connected"
-    assert time.monotonic() - start <= 2.0
+    assert mute.recv()[0] == 0x9                            # a PING within ping_interval
+    assert mute.recv_close() == (1011, "no answer to a ping within 0.5 s")
+    mute.expect_eof()
+    assert both_gone.wait(0.5 + 0.5 + 1.0), "a silent peer is still connected"
+    assert time.monotonic() - start <= 0.5 + 0.5 + 1.0
     dead.sock.settimeout(TIMEOUT)
     with pytest.raises((EOFError, ConnectionResetError)):
-        while True:                                         # pings, maybe a CLOSE, then the end
+        while True:                                         # a PING, the CLOSE, then the end
             dead._read(len(dead.buf) + 1)
-    dead.close()
+    for raw in (dead, mute):
+        raw.close()
     assert len(server.sessions) == 1                        # the answering client stays
     live.send("alive")
     assert live.recv(timeout=TIMEOUT) == "alive"
+    assert server.heartbeat.dropped == 2
+    conn = http_conn(server.port)
+    conn.send(get("/metrics"))
+    assert "simplew_ping_timeouts_total 2\n" in conn.read_response().body.decode()
+    conn.close()
     live.close()
     wait_until(lambda: server.admission.open_connections == 0)

@@ -99,6 +99,7 @@ EXPECTED = {
     "simplew_handler_errors_total",
     "simplew_open_connections", "simplew_rejected_connections_total",
     "simplew_rejected_connections_per_ip_total", "simplew_rejected_origins_total",
+    "simplew_ping_timeouts_total",
 }
 
 

@@ -782,7 +782,7 @@ cdef class HttpProtocol:
             picows_adapter,                 # an adapter: picows makes no Logger per connection
             True,                           # disconnect on exception
             opts["handshake_timeout"],
-            opts["auto_ping"], opts["ping_interval"], opts["ping_timeout"],
+            False, 0.0, 0.0,                # picows's auto-ping: one Heartbeat pings every client
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,                           # auto pong
             endpoint.max_message_size + 1024,   # a compressed frame may be a bit larger
@@ -803,11 +803,15 @@ cdef class HttpProtocol:
             self._read_paused = False
             transport.resume_reading()
         transport.set_protocol(protocol)
-        protocol.connection_made(WriteGate(transport, asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        protocol.connection_made(WriteGate(transport, loop))
         _feed(protocol, head + rest)
+        heartbeat = opts["heartbeat"]
+        if heartbeat is not None:
+            heartbeat.wake(loop)
         # The transport may keep a bound method of this protocol after the
         # switch (uvloop caches data_received): keep only a small shell alive.
-        asyncio.get_running_loop().call_soon(self._release)
+        loop.call_soon(self._release)
 
     def _release(self):
         self.parser = None
