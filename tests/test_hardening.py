@@ -365,6 +365,11 @@ def test_counts_return_to_zero_after_every_kind_of_close(serve, use_aiofastnet):
         raw.close()
         conn = raw_upgrade(server.port)                     # upgrade, then gone before the 101 is read
         conn.close()
+        conn = http_conn(server.port)                       # picows refuses the handshake (no key)
+        conn.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert conn.read_response().status == 400
+        conn.close()
     wait_until(lambda: len(disconnected) == 120 and len(server.sessions) == 0)
     wait_until(lambda: admission.open_connections == 0)
     assert admission.open_by_host() == {}

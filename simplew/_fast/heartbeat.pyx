@@ -15,9 +15,13 @@ measurement uses the same slot; simplew does not).
 The sweep runs while the server has clients: :meth:`Heartbeat.wake` starts it
 (at each WebSocket hand-off) and it stops by itself when no client is left.
 """
+import logging
+
 from picows.picows cimport WSTransport
 
 from simplew._fast.connection cimport WebSocketConnection
+
+log = logging.getLogger("simplew.websocket")
 
 # how long after its CLOSE a silent client's socket is dropped
 cdef double DROP_DELAY = 0.01
@@ -58,7 +62,10 @@ cdef class Heartbeat:
         if self._handle is not None and self._loop is loop:
             return
         if self._handle is not None:       # left on a loop that has stopped (a server restart)
-            self._handle.cancel()
+            try:
+                self._handle.cancel()
+            except Exception:
+                pass
         self._loop = loop
         self._waiting = []
         self._handle = loop.call_later(self.interval, self._ping)
@@ -72,6 +79,7 @@ cdef class Heartbeat:
         if not sessions:
             self._handle = None             # woken again by the next client
             return
+        self._handle = self._loop.call_later(self.timeout, self._check)
         for session in sessions:
             conn = <WebSocketConnection>session
             transport = conn.transport
@@ -80,11 +88,14 @@ cdef class Heartbeat:
                 continue
             wait = _PongWait.__new__(_PongWait)
             wait.conn = conn
+            try:
+                transport.send_ping()
+            except Exception as exc:        # a socket going away; its close is under way
+                log.debug("cannot ping %s: %r", conn.id, exc)
+                continue
             transport.pong_received_at_future = wait
-            transport.send_ping()
             waiting.append(wait)
         self._waiting = waiting
-        self._handle = self._loop.call_later(self.timeout, self._check)
 
     def _check(self):
         cdef _PongWait wait
@@ -92,6 +103,7 @@ cdef class Heartbeat:
         cdef WSTransport transport
         cdef list waiting = self._waiting
         self._waiting = []
+        self._handle = self._loop.call_later(self.interval - self.timeout, self._ping)
         for item in waiting:
             wait = <_PongWait>item
             conn = wait.conn
@@ -101,6 +113,8 @@ cdef class Heartbeat:
             if wait.answered or conn.closed or transport is None or transport.is_disconnected:
                 continue
             self.dropped += 1
-            conn.close(1011, f"no answer to a ping within {self.timeout:g} s")
-            self._loop.call_later(DROP_DELAY, conn.abort)
-        self._handle = self._loop.call_later(self.interval - self.timeout, self._ping)
+            log.debug("closing %s: no answer to a ping", conn.id)
+            try:
+                conn.close(1011, f"no answer to a ping within {self.timeout:g} s")
+            finally:
+                self._loop.call_later(DROP_DELAY, conn.abort)
