@@ -25,6 +25,8 @@ log = logging.getLogger("simplew.websocket")
 
 # how long after its CLOSE a silent client's socket is dropped
 cdef double DROP_DELAY = 0.01
+# clients pinged per loop turn
+cdef Py_ssize_t SLICE = 1000
 
 
 cdef class _PongWait:
@@ -48,6 +50,7 @@ cdef class Heartbeat:
     cdef object _loop
     cdef object _handle                     # the next sweep or check, or None: not running
     cdef list _waiting                      # _PongWait of the PINGs of the last sweep
+    cdef long long _sweep                   # number of the current sweep
 
     def __init__(self, hub, double interval, double timeout):
         if interval <= 0 or timeout <= 0:
@@ -68,20 +71,31 @@ cdef class Heartbeat:
                 pass
         self._loop = loop
         self._waiting = []
+        self._sweep += 1
         self._handle = loop.call_later(self.interval, self._ping)
 
     def _ping(self):
-        cdef WebSocketConnection conn
-        cdef WSTransport transport
-        cdef _PongWait wait
-        cdef list waiting = []
         sessions = self.hub.sessions()
         if not sessions:
             self._handle = None             # woken again by the next client
             return
+        self._sweep += 1
+        self._waiting = []
         self._handle = self._loop.call_later(self.timeout, self._check)
-        for session in sessions:
-            conn = <WebSocketConnection>session
+        self._ping_slice(sessions, 0, self._sweep)
+
+    def _ping_slice(self, list sessions, Py_ssize_t start, long long sweep):
+        """Ping ``sessions[start:start + SLICE]``; the rest in later loop turns, so that a
+        sweep over many clients does not hold the loop up."""
+        cdef WebSocketConnection conn
+        cdef WSTransport transport
+        cdef _PongWait wait
+        cdef Py_ssize_t i, end = min(start + SLICE, len(sessions))
+        if sweep != self._sweep:
+            return                          # a later sweep (or a restart) took over
+        cdef list waiting = self._waiting
+        for i in range(start, end):
+            conn = <WebSocketConnection>sessions[i]
             transport = conn.transport
             if (conn.closed or transport is None or transport.is_disconnected
                     or transport.pong_received_at_future is not None):
@@ -95,7 +109,8 @@ cdef class Heartbeat:
                 continue
             transport.pong_received_at_future = wait
             waiting.append(wait)
-        self._waiting = waiting
+        if end < len(sessions):
+            self._loop.call_soon(self._ping_slice, sessions, end, sweep)
 
     def _check(self):
         cdef _PongWait wait
@@ -103,6 +118,7 @@ cdef class Heartbeat:
         cdef WSTransport transport
         cdef list waiting = self._waiting
         self._waiting = []
+        self._sweep += 1                    # slices of the sweep still to run are dropped
         self._handle = self._loop.call_later(self.interval - self.timeout, self._ping)
         for item in waiting:
             wait = <_PongWait>item
