@@ -6,7 +6,10 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
-MODULES = ["frames", "deflate", "gate", "connection", "router", "hub", "heartbeat", "admission", "http"]
+MODULES = ["frames", "deflate", "gate", "connection", "router", "hub", "http"]
+
+# who gets in (connection limits, origins) and the dead-peer pings; http cimports admission
+MODULES += ["admission", "heartbeat"]
 
 extensions = [
     Extension(

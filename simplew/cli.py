@@ -135,6 +135,16 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         if not args.publish.startswith("/"):
             raise UsageError(f"--publish: the path must start with '/': {args.publish}")
         server.map_post(args.publish, _publisher(server))
+    try:        # connection limits and WebSocket origins (per process with --workers)
+        from simplew._fast.admission import OriginPolicy
+        if args.allowed_origin:
+            server.admission.origins = OriginPolicy(args.allowed_origin)
+        if args.max_connections is not None:
+            server.admission.max_connections = args.max_connections
+        if args.max_connections_per_ip is not None:
+            server.admission.max_connections_per_ip = args.max_connections_per_ip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together")
     if args.certfile:
@@ -156,16 +166,6 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
                              f"got {args.redis!r}")
         server.redis_url = args.redis
     server.shutdown_grace = args.shutdown_grace
-    try:        # connection limits and WebSocket origins (per process with --workers)
-        from simplew._fast.admission import OriginPolicy
-        if args.allowed_origin:
-            server.admission.origins = OriginPolicy(args.allowed_origin)
-        if args.max_connections is not None:
-            server.admission.max_connections = args.max_connections
-        if args.max_connections_per_ip is not None:
-            server.admission.max_connections_per_ip = args.max_connections_per_ip
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1:

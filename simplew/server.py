@@ -98,7 +98,6 @@ class SimpleWServer:
         self.limits = HttpLimits(max_body_size, max_header_size,
                                  idle_timeout=idle_timeout, header_timeout=header_timeout,
                                  admission=self.admission)
-
         self._http_connections: set[HttpProtocol] = set()
         self.hub = Hub()
         # pings every client each ping_interval, drops those silent for ping_timeout (None: off)
