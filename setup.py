@@ -8,6 +8,9 @@ from setuptools import Extension, setup
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
 MODULES = ["frames", "deflate", "gate", "history", "connection", "router", "hub", "http"]
 
+# who gets in (connection limits, origins) and the dead-peer pings; http cimports admission
+MODULES += ["admission", "heartbeat"]
+
 extensions = [
     Extension(
         f"simplew._fast.{name}",

@@ -20,8 +20,10 @@ def main() -> None:
                         help="refuse permessage-deflate (negotiated by default here)")
     args = parser.parse_args()
 
+    # no keep-alive pings: conformance tools record an unsolicited PING as an unexpected event
     server = SimpleWServer(args.host, args.port, max_message_size=args.max_message_size,
-                           max_write_buffer=64 << 20, compression=args.compression)
+                           max_write_buffer=64 << 20, compression=args.compression,
+                           ping_interval=None)
     server.add_websocket_content("/", on_message=lambda session, data: session.send(data))
     serve(server, "ws")
 

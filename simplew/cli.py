@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="logging level (env SIMPLEW_LOG_LEVEL)")
     serve.add_argument("--shutdown-grace", type=float, default=_env("shutdown_grace", "5"),
                        help="seconds to let clients close on SIGTERM (env SIMPLEW_SHUTDOWN_GRACE)")
+    # connection limits and WebSocket origins (simplew._fast.admission)
+    serve.add_argument("--allowed-origin", action="append",
+                       default=[s.strip() for s in (_env("allowed_origin") or "").split(",")
+                                if s.strip()],
+                       metavar="ORIGIN", help="an origin allowed to open a WebSocket, like "
+                       "https://example.com or https://*.example.com (repeatable; default: any; "
+                       "env SIMPLEW_ALLOWED_ORIGIN, comma-separated)")
+    serve.add_argument("--max-connections", type=int, default=_env("max_connections"),
+                       metavar="N", help="open connections, HTTP and WebSocket, beyond which "
+                       "new ones get 503 (default: no limit; env SIMPLEW_MAX_CONNECTIONS)")
+    serve.add_argument("--max-connections-per-ip", type=int,
+                       default=_env("max_connections_per_ip"), metavar="N",
+                       help="the same limit for each client address "
+                       "(default: no limit; env SIMPLEW_MAX_CONNECTIONS_PER_IP)")
     return parser
 
 
@@ -160,6 +174,16 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         server.map_post(args.publish, _publisher(server, args.publish_token))
     if args.metrics:
         server.enable_metrics()
+    try:        # connection limits and WebSocket origins (per process with --workers)
+        from simplew._fast.admission import OriginPolicy
+        if args.allowed_origin:
+            server.admission.origins = OriginPolicy(args.allowed_origin)
+        if args.max_connections is not None:
+            server.admission.max_connections = args.max_connections
+        if args.max_connections_per_ip is not None:
+            server.admission.max_connections_per_ip = args.max_connections_per_ip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together")
     if args.certfile:

@@ -2,7 +2,8 @@
 
 The counters live as C integers on the objects that see the events (the Hub
 for multicasts, each WebSocket Endpoint for messages, bytes, slow clients and
-handler errors, :class:`simplew._fast.http.HttpStats` for HTTP requests): the
+handler errors, :class:`simplew._fast.http.HttpStats` for HTTP requests,
+:class:`simplew._fast.admission.Admission` for open and refused connections): the
 per-message cost is one integer increment. They are read, and summed over the
 endpoints, only when ``/metrics`` is scraped.
 """
@@ -35,6 +36,16 @@ _METRICS = (
      "Messages not sent to slow clients (slow_client_policy 'skip', or the one that closed them)."),
     ("simplew_handler_errors_total", "counter",
      "HTTP and WebSocket handlers that raised."),
+    ("simplew_open_connections", "gauge",
+     "Open client connections, HTTP and WebSocket, counted against max_connections."),
+    ("simplew_rejected_connections_total", "counter",
+     "Connections answered 503 for exceeding max_connections."),
+    ("simplew_rejected_connections_per_ip_total", "counter",
+     "Connections answered 503 for exceeding max_connections_per_ip."),
+    ("simplew_rejected_origins_total", "counter",
+     "WebSocket upgrades refused (403) for an Origin not allowed."),
+    ("simplew_ping_timeouts_total", "counter",
+     "WebSocket clients closed (1011) for not answering a ping within ping_timeout."),
 )
 
 
@@ -47,6 +58,7 @@ def collect(server: Any) -> dict[str, Any]:
             ws[key] += getattr(endpoint, key, 0)
     http = server.http_stats
     hub = server.hub
+    admission = server.admission
     return {
         "simplew_connections": len(hub),
         "simplew_http_connections": len(getattr(server, "_http_connections", ())),
@@ -60,6 +72,11 @@ def collect(server: Any) -> dict[str, Any]:
         "simplew_dropped_slow_clients_total": ws["dropped_slow_clients"],
         "simplew_dropped_messages_total": ws["dropped_messages"],
         "simplew_handler_errors_total": ws["handler_errors"] + http.handler_errors,
+        "simplew_open_connections": admission.open_connections,
+        "simplew_rejected_connections_total": admission.rejected_total,
+        "simplew_rejected_connections_per_ip_total": admission.rejected_per_ip,
+        "simplew_rejected_origins_total": admission.rejected_origins,
+        "simplew_ping_timeouts_total": getattr(server.heartbeat, "dropped", 0),
     }
 
 

@@ -12,7 +12,9 @@ import signal
 import threading
 from typing import Any, Callable
 
+from simplew._fast.admission import Admission, OriginPolicy
 from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
+from simplew._fast.heartbeat import Heartbeat
 from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
@@ -73,7 +75,7 @@ class SimpleWServer:
                  header_timeout: float | None = 30.0,
                  read_buffer_size: int = 2048,
                  handshake_timeout: float = 10.0,
-                 ping_interval: float | None = None,
+                 ping_interval: float | None = 20.0,
                  ping_timeout: float = 20.0,
                  backlog: int = 4096,
                  reuse_port: bool = False,
@@ -91,19 +93,26 @@ class SimpleWServer:
                  history_bytes: int = 64 << 20,
                  healthz: bool = True,
                  metrics: bool = False,
-                 access_log: bool = True) -> None:
+                 access_log: bool = True,
+                 allowed_origins: list[str] | None = None,
+                 max_connections: int | None = None,
+                 max_connections_per_ip: int | None = None) -> None:
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
+        # connection limits and allowed WebSocket origins (see "Exposing simplew to the internet")
+        self.admission = Admission(max_connections, max_connections_per_ip, allowed_origins)
         self.limits = HttpLimits(max_body_size, max_header_size,
-                                 idle_timeout=idle_timeout, header_timeout=header_timeout)
+                                 idle_timeout=idle_timeout, header_timeout=header_timeout,
+                                 admission=self.admission)
         self._http_connections: set[HttpProtocol] = set()
         self.hub = Hub()
+        # pings every client each ping_interval, drops those silent for ping_timeout (None: off)
+        self.heartbeat = None if ping_interval is None else \
+            Heartbeat(self.hub, ping_interval, ping_timeout)
         self._picows_options = {
             "handshake_timeout": handshake_timeout,
-            "auto_ping": ping_interval is not None,
-            "ping_interval": ping_interval or 20.0,
-            "ping_timeout": min(ping_timeout, ping_interval or ping_timeout),
+            "heartbeat": self.heartbeat,
             "read_buffer_size": read_buffer_size,
         }
         self._backlog = backlog
@@ -167,7 +176,8 @@ class SimpleWServer:
                               path: str | None = None, *,
                               on_message: Callable[..., Any] | None = None,
                               max_message_size: int | None = None,
-                              compression: bool | None = None) -> None:
+                              compression: bool | None = None,
+                              allowed_origins: list[str] | None = None) -> None:
         """Open a WebSocket endpoint.
 
         ``add_websocket_content("/websocket")`` routes messages to the WEBSOCKET
@@ -175,11 +185,14 @@ class SimpleWServer:
         to one class; ``on_message=fn`` gives each raw message to
         ``fn(session, data)`` instead (``str`` for TEXT, ``bytes`` for BINARY).
         ``compression`` turns permessage-deflate on or off for this endpoint
-        (default: the server's ``compression``).
+        (default: the server's ``compression``). ``allowed_origins`` replaces the
+        server's ``allowed_origins`` for this endpoint.
         """
         controllers, endpoint_path = _controllers_and_path(path_or_controller, path, "/websocket")
         if any(spec.path == endpoint_path for spec in self._ws_specs):
             raise ValueError(f"a WebSocket endpoint is already at {endpoint_path}")
+        if allowed_origins is not None:
+            self.admission.endpoint_origins[endpoint_path] = OriginPolicy(allowed_origins)
         self._ws_specs.append(_WebSocketSpec(
             endpoint_path, controllers, on_message, max_message_size or self.max_message_size,
             compression))

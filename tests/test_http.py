@@ -363,7 +363,7 @@ def test_request_bodies_with_length_and_chunked_reach_the_handler(server):
 def test_body_at_the_limit_is_accepted(server):
     Recorder(server)
     body = b"x" * 1000
-    response = exchange(server.port, b"POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + body)
+    response = exchange(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n" + body)
     assert response.status == 200 and response.body == body
 
 
@@ -443,7 +443,7 @@ def test_405_has_allow(server):
 
 def test_unknown_path_is_404_whatever_the_method(make_server):
     server = make_server(lambda s: s.add_websocket_content("/ws", on_message=lambda s, d: None))
-    response = exchange(server.port, b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    response = exchange(server.port, b"POST /x HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n")
     assert response.status == 404
 
 
@@ -454,14 +454,14 @@ def test_connect_is_refused_with_405(server):
 
 
 def test_413_by_content_length_before_any_body(server):
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413)
+    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1001\r\n\r\n", 413)
 
 
 def test_413_while_the_client_is_still_sending_its_body(server):
     # The server answers after the first bytes and drains the rest (a lingering
     # close): the client reads the 413 rather than a connection reset.
     conn = Conn(server.port, timeout=10)
-    conn.send(b"POST /echo HTTP/1.1\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000)
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000)
     response = conn.read_response()
     assert response.status == 413
     assert conn.at_eof()
@@ -471,13 +471,13 @@ def test_413_while_the_client_is_still_sending_its_body(server):
 
 def test_413_by_chunked_body(server):
     chunk = b"200\r\n" + b"y" * 0x200 + b"\r\n"
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  + chunk * 3 + b"0\r\n\r\n", 413)
 
 
 def test_413_by_chunked_body_sent_slowly(server):
     conn = Conn(server.port)
-    conn.send(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
     for _ in range(3):
         conn.send(b"190\r\n" + b"z" * 0x190 + b"\r\n")
         time.sleep(0.02)
@@ -527,7 +527,7 @@ def test_handler_exception_gives_500_and_the_connection_goes_on(server):
 
 
 def test_abrupt_disconnects_do_not_hurt_the_server(server):
-    for data in (get("/big.bin") * 4, b"GET /a.txt HT", b"POST /echo HTTP/1.1\r\nContent-Length: 900\r\n\r\nxx"):
+    for data in (get("/big.bin") * 4, b"GET /a.txt HT", b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 900\r\n\r\nxx"):
         conn = Conn(server.port)
         conn.send(data)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -616,7 +616,7 @@ def test_other_upgrades_are_ignored_and_answered_as_http11(server):
 
 def test_ignored_upgrade_with_a_body_is_refused(server):
     # Its body would otherwise be parsed as a request of its own (smuggling).
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
                                  b"Content-Length: 20\r\n\r\nGET /a.txt HTTP/1.1\r\n", 400)
 
 
@@ -683,7 +683,7 @@ def test_slowloris_headers_get_408(quick_server):
 
 def test_stalled_body_gets_408(quick_server):
     conn = Conn(quick_server.port)
-    conn.send(b"POST /a.txt HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789")
+    conn.send(b"POST /a.txt HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n0123456789")
     response = conn.read_response()
     assert response.status == 408
     assert conn.at_eof()

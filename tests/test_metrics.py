@@ -97,6 +97,9 @@ EXPECTED = {
     "simplew_multicasts_total", "simplew_multicast_compressions_total",
     "simplew_dropped_slow_clients_total", "simplew_dropped_messages_total",
     "simplew_handler_errors_total",
+    "simplew_open_connections", "simplew_rejected_connections_total",
+    "simplew_rejected_connections_per_ip_total", "simplew_rejected_origins_total",
+    "simplew_ping_timeouts_total",
 }
 
 

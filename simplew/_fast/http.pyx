@@ -31,6 +31,17 @@ and headers) is not complete ``header_timeout`` after its first byte, or whose
 body stalls for ``idle_timeout``, gets 408 and the connection closes. A
 response that makes no progress towards a client that does not read for
 ``idle_timeout`` gets the connection aborted.
+
+Admission (``HttpLimits.admission``, simplew._fast.admission): a connection
+accepted over ``max_connections`` or ``max_connections_per_ip`` gets 503 and
+``Connection: close`` for its first request (upgrade or not) and is closed; it
+has ``linger_timeout`` to send that request. A WebSocket upgrade needs
+``Sec-WebSocket-Version: 13`` (else 426 naming version 13) and, when its
+``Origin`` header is present, an origin the endpoint allows (else 403).
+
+Request heads: an HTTP/1.1 request needs exactly one ``Host`` header, and a
+request of any version at most one (RFC 9112 section 3.2), else 400; an
+HTTP/1.0 request may have none.
 """
 import asyncio
 import functools
@@ -40,10 +51,12 @@ from collections import deque
 from email.utils import formatdate
 
 import httptools
-from picows.picows import WSProtocol, WSAutoPingStrategy
+from picows.picows import WSAutoPingStrategy
 
 from simplew.request import Request
 from simplew._fast.gate import WriteGate
+from simplew._fast.admission cimport Admission, OriginPolicy
+from simplew._fast.admission import CountedWSProtocol
 
 log = logging.getLogger("simplew.http")
 access_log = logging.getLogger("simplew.access")
@@ -104,7 +117,9 @@ cdef class HttpLimits:
     Sizes are bytes; timeouts are seconds, ``None`` or 0 for none.
     ``max_header_size`` bounds the header fields, and also what a client may
     send without completing a header line (a header that never ends).
+    ``admission`` holds the connection limits and allowed origins (None: none).
     """
+    cdef public Admission admission
     cdef public Py_ssize_t max_body_size
     cdef public Py_ssize_t max_header_size
     cdef public Py_ssize_t max_url_size
@@ -113,7 +128,8 @@ cdef class HttpLimits:
     cdef double _linger_timeout
 
     def __init__(self, max_body_size=1 << 20, max_header_size=16384, max_url_size=8192,
-                 idle_timeout=60.0, header_timeout=30.0, linger_timeout=2.0):
+                 idle_timeout=60.0, header_timeout=30.0, linger_timeout=2.0, admission=None):
+        self.admission = admission
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
         self.max_url_size = max_url_size
@@ -194,6 +210,7 @@ cdef class HttpProtocol:
     cdef Py_ssize_t _url_size
     cdef dict _headers
     cdef Py_ssize_t _header_size
+    cdef int _host_count          # Host header lines
     cdef list _body_parts
     cdef Py_ssize_t _body_size
     cdef object _upgrade_request
@@ -222,6 +239,10 @@ cdef class HttpProtocol:
     cdef HttpStats stats
     cdef object _access           # the simplew.access logger, or None when off
     cdef str _client              # "host:port" of the peer, for the access log
+    # admission
+    cdef Admission _admission     # holds a slot of it until the connection closes, or None
+    cdef object _peer_host        # the host the slot is counted for (None: not per host)
+    cdef bint _over_limit         # accepted over a connection limit: answered 503
 
     def __init__(self, app, HttpLimits limits, dict picows_options, set connections=None):
         self.app = app
@@ -248,6 +269,8 @@ cdef class HttpProtocol:
         limits = self.limits
         self._idle = limits._idle_timeout
         self._head = limits._header_timeout or self._idle
+        if limits.admission is not None:
+            self._admit(limits.admission, transport)
         if self._idle > 0:
             self._period = self._idle
         if self._head > 0 and self._head < self._period:
@@ -255,8 +278,23 @@ cdef class HttpProtocol:
         self._now = self.loop.time()
         self._set_deadline(self._after(self._idle))
 
+    cdef _admit(self, Admission admission, transport):
+        host = None
+        if admission.tracks_hosts:
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if admission.admit(host):
+            self._admission = admission
+            self._peer_host = host
+        else:           # answered 503 at its first request, which must come soon
+            self._over_limit = True
+            self._idle = self._head = self.limits._linger_timeout or 2.0
+
     def connection_lost(self, exc):
         self.transport = None
+        if self._admission is not None:
+            self._admission.release(self._peer_host)
+            self._admission = None
         if self.connections is not None:
             self.connections.discard(self)
         self._closing = True
@@ -360,6 +398,7 @@ cdef class HttpProtocol:
         self._url_size = 0
         self._headers = {}
         self._header_size = 0
+        self._host_count = 0
         self._body_parts = []
         self._body_size = 0
 
@@ -376,6 +415,8 @@ cdef class HttpProtocol:
         if self._header_size > self.limits.max_header_size:
             raise _Reject(431, "request headers are too large")
         key = name.decode("latin-1").lower()
+        if key == "host":
+            self._host_count += 1
         if key in self._headers:
             self._headers[key] += ", " + value.decode("latin-1")
         else:
@@ -385,6 +426,15 @@ cdef class HttpProtocol:
         self._progress = True
         self._phase = BODY
         self._set_deadline(self._after(self._idle))
+        if self._over_limit:
+            raise _Reject(503, "too many connections, try again later")
+        if self._host_count != 1 and (self._host_count > 1
+                                      or self.parser.get_http_version() != "1.0"):
+            raise _Reject(400, "a request needs exactly one Host header")
+        coding = self._headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # "identity, chunked" and the like: framings another hop may read otherwise
+            raise _Reject(400, "the only Transfer-Encoding accepted is chunked")
         length = self._headers.get("content-length")
         if length is not None:
             try:
@@ -676,6 +726,8 @@ cdef class HttpProtocol:
             if endpoint is None:
                 self._fail(404, "no WebSocket endpoint here")
                 return False
+            if not self._upgrade_allowed(request, endpoint):
+                return False
             self._upgrade_rest = bytearray(view[offset:])
             self._push((UPGRADE, request, endpoint))
             return False
@@ -691,6 +743,25 @@ cdef class HttpProtocol:
         self._push((ANSWER, request, self._upgrade_keep_alive))
         return not self._stop_parsing
 
+    cdef bint _upgrade_allowed(self, request, endpoint) except -1:
+        """Check the WebSocket version and the Origin; False after queueing the refusal."""
+        headers = request.headers
+        version = headers.get("sec-websocket-version")
+        if version is None or version.strip() != "13":
+            self._fail(426, "this server speaks WebSocket version 13",
+                       [("Sec-WebSocket-Version", "13")])
+            return False
+        origin = headers.get("origin")
+        cdef Admission admission = self.limits.admission
+        if origin is None or admission is None:
+            return True             # no Origin: not a browser, nothing to check
+        cdef OriginPolicy policy = admission.origin_policy(endpoint.path)
+        if policy is None or policy.allows(origin):
+            return True
+        admission.rejected_origins += 1
+        self._fail(403, "this origin may not open a WebSocket here")
+        return False
+
     cdef _handoff(self, request, endpoint):
         if self._closing or self.transport is None:
             return
@@ -705,18 +776,21 @@ cdef class HttpProtocol:
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
         opts = self.picows_options
-        protocol = WSProtocol(
+        protocol = CountedWSProtocol(
             None, None, False,
             lambda upgrade: endpoint.connect(request),
             picows_adapter,                 # an adapter: picows makes no Logger per connection
             True,                           # disconnect on exception
             opts["handshake_timeout"],
-            opts["auto_ping"], opts["ping_interval"], opts["ping_timeout"],
+            False, 0.0, 0.0,                # picows's auto-ping: one Heartbeat pings every client
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,                           # auto pong
             endpoint.max_message_size + 1024,   # a compressed frame may be a bit larger
             None,
             opts["read_buffer_size"])
+        protocol.admission = self._admission        # the slot goes with the socket
+        protocol.host = self._peer_host
+        self._admission = None
         transport = self.transport
         self.transport = None
         self._closing = True
@@ -729,11 +803,15 @@ cdef class HttpProtocol:
             self._read_paused = False
             transport.resume_reading()
         transport.set_protocol(protocol)
-        protocol.connection_made(WriteGate(transport, asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        protocol.connection_made(WriteGate(transport, loop))
         _feed(protocol, head + rest)
+        heartbeat = opts["heartbeat"]
+        if heartbeat is not None:
+            heartbeat.wake(loop)
         # The transport may keep a bound method of this protocol after the
         # switch (uvloop caches data_received): keep only a small shell alive.
-        asyncio.get_running_loop().call_soon(self._release)
+        loop.call_soon(self._release)
 
     def _release(self):
         self.parser = None
