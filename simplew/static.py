@@ -174,7 +174,7 @@ class StaticFiles:
                         chosen, coding = variant, name
                         break
         if (chosen is entry and entry.prepared is not None
-                and not _CONDITIONAL.intersection(headers)):
+                and _CONDITIONAL.isdisjoint(headers)):
             return 200, entry.prepared.headers, entry.prepared       # the common case, unchanged
         out = self._headers(entry, chosen, coding)
         if _not_modified(headers, chosen):
