@@ -41,7 +41,7 @@ http {{
     default_type application/octet-stream;
     access_log off;
     sendfile on;
-    tcp_nopush on;
+    open_file_cache max=1000 inactive=60s;     # no open/fstat/close per request, like simplew's cache
     keepalive_requests 100000000;
     keepalive_timeout 75s;
     client_body_temp_path {tmp}/body;
