@@ -394,11 +394,13 @@ def static_nginx_markdown(results: list[dict], opts: argparse.Namespace) -> list
     L = ["## Static files: simplew vs nginx (wrk, side by side)", "",
          f"Both servers up at once on the server CPU, `wrk -t1 -c{opts.wrk_conns} "
          f"-d{opts.wrk_seconds:g}s` alternating between them, {opts.repeats} run(s) each, medians. "
-         "nginx 1.22 (Debian), one process, `sendfile on`, no access log; simplew "
+         "nginx 1.22 (Debian), one process, `sendfile on`, `open_file_cache`, no access log; simplew "
          "`add_static_content(..., timeout=86400)`.", "",
+         "\"CPU ratio\" = nginx CPU µs/req ÷ simplew CPU µs/req: the req/s ratio to expect when the "
+         "server CPU is the bottleneck (on a shared machine wrk may be the bottleneck instead).", "",
          "| file | simplew req/s | nginx req/s | simplew ÷ nginx | goal | simplew CPU µs/req "
-         "| nginx CPU µs/req | note |",
-         "|---|---:|---:|---:|---:|---:|---:|---|"]
+         "| nginx CPU µs/req | CPU ratio | note |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for (_, case), peers in by_key.items():
         sw, ng = peers.get("simplew", {}), peers.get("nginx", {})
         notes = [f"{p}: {r['error']}" for p, r in peers.items() if "error" in r]
@@ -406,7 +408,8 @@ def static_nginx_markdown(results: list[dict], opts: argparse.Namespace) -> list
         L.append(f"| {case} | {fmt(sw.get('req_per_s'), 0)} | {fmt(ng.get('req_per_s'), 0)} | "
                  f"{ratio(sw.get('req_per_s'), ng.get('req_per_s'))} | "
                  f"≥ {NGINX_CASE_GOALS.get(case, 0):.1f}× | {fmt(sw.get('cpu_us_per_req'), 1)} | "
-                 f"{fmt(ng.get('cpu_us_per_req'), 1)} | {'; '.join(notes)} |")
+                 f"{fmt(ng.get('cpu_us_per_req'), 1)} | "
+                 f"{ratio(ng.get('cpu_us_per_req'), sw.get('cpu_us_per_req'))} | {'; '.join(notes)} |")
     L.append("")
     return L
 
