@@ -392,3 +392,35 @@ def test_a_client_that_stops_reading_is_dropped(make_server, tmp_path):
     finally:
         sock.close()
     assert fetch(server.port, "/mid.bin", headers=b"Range: bytes=0-3\r\n").body == MID[:4]
+
+
+def test_reused_response_bytes_follow_the_request(make_server, tmp_path):
+    # a cached file's encoded 200 is reused only for a plain keep-alive GET
+    (tmp_path / "page.txt").write_bytes(b"page")
+    holder = {}
+
+    def configure(s):
+        holder["static"] = s.add_static_content(str(tmp_path), "/", timeout=60)
+    server = make_server(configure)
+    first = fetch(server.port, "/page.txt")
+    again = fetch(server.port, "/page.txt")
+    assert first.body == again.body == b"page"
+    first.headers.pop("date"), again.headers.pop("date")
+    assert first.headers == again.headers
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /page.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        data = b""
+        while not data.endswith(b"page"):
+            data += sock.recv(4096)
+        assert b"\r\nConnection: keep-alive\r\n" in data
+        sock.sendall(b"GET /page.txt HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        assert b"\r\nConnection: close\r\n" in data and data.endswith(b"\r\n\r\npage")
+    holder["static"].add_mime_type("txt", "text/x-notes")
+    assert fetch(server.port, "/page.txt").headers["content-type"] == "text/x-notes"
+    (tmp_path / "page.txt.gz").write_bytes(gzip.compress(b"page"))
+    time.sleep(1.1)                                     # the revalidation second
+    plain = fetch(server.port, "/page.txt")
+    assert plain.body == b"page" and plain.headers["vary"] == "Accept-Encoding"
