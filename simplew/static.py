@@ -34,12 +34,15 @@ MIME_TYPES = {
     ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".ico": "image/x-icon",
     ".webp": "image/webp", ".wasm": "application/wasm", ".woff2": "font/woff2",
     ".xml": "application/xml", ".pdf": "application/pdf",
+    # compressed files asked for by name: their own type, not that of what they hold
+    ".gz": "application/gzip", ".br": "application/octet-stream",
 }
 REVALIDATE_SECONDS = 1.0
 CACHE_MAX_FILE = 1 << 20            # bytes: larger files are streamed, never held in memory
 CACHE_BUDGET = 64 << 20             # bytes of file contents kept in memory in all
 MAX_ENTRIES = 10_000                # files whose metadata is remembered
-MAX_ROUTES = 4096                   # URL paths whose resolution is remembered (with a timeout)
+MAX_ROUTES = 4096                   # URL paths whose resolution is remembered
+MAX_ROUTE_LENGTH = 512              # longer URL paths are resolved every time
 # precompressed siblings, in order of preference: (content coding, file suffix)
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
 
@@ -235,9 +238,10 @@ class StaticFiles:
                 if known[0] in self._cache:
                     self._forget(known[0])
             return None
-        if len(self._routes) >= MAX_ROUTES:
-            self._routes.clear()
-        self._routes[path] = (found[0], found[1], now)
+        if len(path) <= MAX_ROUTE_LENGTH:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            self._routes[path] = (found[0], found[1], now)
         return found
 
     def _entry(self, file_path: str, now: float) -> _Entry | None:

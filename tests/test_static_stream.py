@@ -286,6 +286,9 @@ def test_precompressed_variants_have_their_own_validators_and_ranges(served):
     css = fetch(port, "/style.css", headers=b"Accept-Encoding: br, gzip\r\n")
     assert css.headers["content-encoding"] == "gzip" and gzip.decompress(css.body) == b"body{}"
     # the siblings themselves are plain files too
+    direct = fetch(port, "/app.js.gz")
+    assert gzip.decompress(direct.body) == APP_JS and "content-encoding" not in direct.headers
+    assert direct.headers["content-type"] == "application/gzip"
     assert fetch(port, "/app.js.br").body == APP_BR
 
 
