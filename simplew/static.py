@@ -192,8 +192,8 @@ class StaticFiles:
                 first, last = span
                 out.append(("Content-Range", f"bytes {first}-{last}/{chosen.size}"))
                 return 206, out, self._body(chosen, first, last + 1 - first)
-        if chosen is entry and chosen.body is not None:
-            if entry.prepared is None:
+        if chosen is entry and entry.body is not None and self._cache.get(entry.path) is entry:
+            if entry.prepared is None:           # counted in the budget while the entry is held
                 entry.prepared = entry.body = PreparedBody(out, entry.body)
                 self.cache_bytes += _held(entry) - len(entry.body)
                 self._evict()

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from conftest import ROOT, free_port, wait_for_port
+from simplew.static import WIRE_OVERHEAD
 from test_static import Conn, fetch
 
 MIB = 1 << 20
@@ -427,3 +428,22 @@ def test_reused_response_bytes_follow_the_request(make_server, tmp_path):
     time.sleep(1.1)                                     # the revalidation second
     plain = fetch(server.port, "/page.txt")
     assert plain.body == b"page" and plain.headers["vary"] == "Accept-Encoding"
+
+
+def test_a_file_that_fills_the_budget_alone_keeps_the_count_right(make_server, tmp_path):
+    (tmp_path / "whole.txt").write_bytes(b"w" * 900)
+    (tmp_path / "other.txt").write_bytes(b"o" * 10)
+    holder = {}
+
+    def configure(s):
+        holder["static"] = s.add_static_content(str(tmp_path), "/", timeout=60, cache_budget=1000)
+    server = make_server(configure)
+    static = holder["static"]
+    for _ in range(3):
+        assert fetch(server.port, "/whole.txt").body == b"w" * 900
+        assert fetch(server.port, "/other.txt").body == b"o" * 10
+        assert 0 <= static.cache_bytes <= static.cache_budget
+    assert static.cache_bytes == sum(
+        len(e.body) * (2 if e.prepared is not None else 1)
+        + (WIRE_OVERHEAD if e.prepared is not None else 0)
+        for e in static._cache.values() if e.body is not None)
