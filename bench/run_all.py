@@ -253,6 +253,8 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
                          f"{r['server_cpu_util'] * 100:.0f}% | {errs} |")
         L.append("")
 
+    L += static_nginx_markdown(results, opts)
+
     # -- static
     st = ordered_cases(results, "static")
     if st:
@@ -280,7 +282,6 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
                          f"{ratio(r['cpu_us_per_req'], refs.get('picows'))} | "
                          f"{ratio(r['cpu_us_per_req'], refs.get('websockets'))} | {note} |")
         L.append("")
-    L += static_nginx_markdown(results, opts)
     L.append("![server CPU per unit of work](results.png)")
     L.append("")
     text = "\n".join(L)
@@ -470,12 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = tempfile.mkdtemp(prefix="simplew-bench-logs-")
     results: list[dict] = []
     try:
-        for peer in peers:
-            try:
-                results += loadgen.run_peer(peer, opts, static_dir, log_dir)
-            except RuntimeError as exc:                 # the server did not start
-                skipped[peer] = str(exc)
-                loadgen.progress(f"[{peer}] failed: {exc}", final=True)
         if opts.nginx and "static" in opts.scenarios:
             ok, why = nginx_available()
             if ok:
@@ -486,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
                     loadgen.progress(f"[nginx] failed: {exc}", final=True)
             else:
                 skipped["nginx"] = why
+        for peer in peers:
+            try:
+                results += loadgen.run_peer(peer, opts, static_dir, log_dir)
+            except RuntimeError as exc:                 # the server did not start
+                skipped[peer] = str(exc)
+                loadgen.progress(f"[{peer}] failed: {exc}", final=True)
     finally:
         loadgen.stop_all_servers()
         shutil.rmtree(static_dir, ignore_errors=True)
