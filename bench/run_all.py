@@ -22,6 +22,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,8 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
                          f"{r['server_cpu_util'] * 100:.0f}% | {errs} |")
         L.append("")
 
+    L += static_nginx_markdown(results, opts)
+
     # -- static
     st = ordered_cases(results, "static")
     if st:
@@ -339,6 +342,79 @@ def write_chart(path: Path, results: list[dict], peers: list[str]) -> str | None
     return None
 
 
+# --------------------------------------------------------- static vs nginx ---
+
+NGINX_CASE_GOALS = {"small file (13 B)": 0.6, "100 KiB file": 0.4}   # simplew req/s ÷ nginx req/s
+
+
+def nginx_available() -> tuple[bool, str]:
+    if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"):
+        return True, ""
+    return False, "nginx is not installed (Debian package nginx)"
+
+
+def run_static_vs_nginx(opts: argparse.Namespace, static_dir: str, log_dir: str) -> list[dict]:
+    """simplew and nginx (bench/servers/nginx_server.py) serving the same files, both up at once
+    and pinned to the server CPU; wrk alternates between them, ``opts.repeats`` runs per case."""
+    servers = {}
+    try:
+        for peer in ("simplew", "nginx"):
+            servers[peer] = loadgen.PeerServer(peer, loadgen.free_port(), static_dir, log_dir)
+            if opts.pin:
+                loadgen.apply_pinning(servers[peer].pid)
+        rows = []
+        for case, path in loadgen.STATIC_CASES:
+            runs: dict[str, list[dict]] = {peer: [] for peer in servers}
+            for _ in range(max(1, opts.repeats)):
+                for peer, server in servers.items():
+                    runs[peer].append(loadgen.run_static(
+                        "127.0.0.1", server.port, server.pid, path, opts.wrk_seconds,
+                        opts.wrk_conns, label=f"{peer} vs nginx", case=case))
+            for peer, results in runs.items():
+                good = [r for r in results if "error" not in r]
+                row = {"scenario": "static_nginx", "case": case, "peer": peer, "path": path,
+                       "repeats": len(good), "wrk": results[0].get("wrk")}
+                if not good:
+                    row["error"] = results[0].get("error", "no run")
+                else:
+                    for key in ("req_per_s", "cpu_us_per_req", "server_cpu_util"):
+                        row[key] = statistics.median(r[key] for r in good)
+                    row["non_2xx"] = sum(r.get("non_2xx", 0) for r in good)
+                rows.append(row)
+        return rows
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def static_nginx_markdown(results: list[dict], opts: argparse.Namespace) -> list[str]:
+    """The "simplew vs nginx" section (empty when that case did not run)."""
+    by_key = rows_by_case(results, "static_nginx")
+    if not by_key:
+        return []
+    L = ["## Static files: simplew vs nginx (wrk, side by side)", "",
+         f"Both servers up at once on the server CPU, `wrk -t1 -c{opts.wrk_conns} "
+         f"-d{opts.wrk_seconds:g}s` alternating between them, {opts.repeats} run(s) each, medians. "
+         "nginx 1.22 (Debian), one process, `sendfile on`, `open_file_cache`, no access log; simplew "
+         "`add_static_content(..., timeout=86400)`.", "",
+         "\"CPU ratio\" = nginx CPU µs/req ÷ simplew CPU µs/req: the req/s ratio to expect when the "
+         "server CPU is the bottleneck (on a shared machine wrk may be the bottleneck instead).", "",
+         "| file | simplew req/s | nginx req/s | simplew ÷ nginx | goal | simplew CPU µs/req "
+         "| nginx CPU µs/req | CPU ratio | note |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for (_, case), peers in by_key.items():
+        sw, ng = peers.get("simplew", {}), peers.get("nginx", {})
+        notes = [f"{p}: {r['error']}" for p, r in peers.items() if "error" in r]
+        notes += [f"{p}: {r['non_2xx']} non-2xx" for p, r in peers.items() if r.get("non_2xx")]
+        L.append(f"| {case} | {fmt(sw.get('req_per_s'), 0)} | {fmt(ng.get('req_per_s'), 0)} | "
+                 f"{ratio(sw.get('req_per_s'), ng.get('req_per_s'))} | "
+                 f"≥ {NGINX_CASE_GOALS.get(case, 0):.1f}× | {fmt(sw.get('cpu_us_per_req'), 1)} | "
+                 f"{fmt(ng.get('cpu_us_per_req'), 1)} | "
+                 f"{ratio(ng.get('cpu_us_per_req'), sw.get('cpu_us_per_req'))} | {'; '.join(notes)} |")
+    L.append("")
+    return L
+
+
 # --------------------------------------------------------------------- main ---
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chart", default=str(BENCH_DIR / "results.png"))
     parser.add_argument("--json", default=str(BENCH_DIR / "results.json"))
     loadgen.add_common_options(parser)
+    parser.add_argument("--no-nginx", dest="nginx", action="store_false",
+                        help="skip the static-file comparison with nginx")
     opts = parser.parse_args(argv)
     if opts.quick:
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
@@ -393,6 +471,16 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = tempfile.mkdtemp(prefix="simplew-bench-logs-")
     results: list[dict] = []
     try:
+        if opts.nginx and "static" in opts.scenarios:
+            ok, why = nginx_available()
+            if ok:
+                try:
+                    results += run_static_vs_nginx(opts, static_dir, log_dir)
+                except RuntimeError as exc:             # a server did not start
+                    skipped["nginx"] = str(exc)
+                    loadgen.progress(f"[nginx] failed: {exc}", final=True)
+            else:
+                skipped["nginx"] = why
         for peer in peers:
             try:
                 results += loadgen.run_peer(peer, opts, static_dir, log_dir)

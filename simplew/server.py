@@ -165,9 +165,11 @@ class SimpleWServer:
 
     # -- configuration ------------------------------------------------------
 
-    def add_static_content(self, path: str, prefix: str = "/", timeout: float | None = None) -> StaticFiles:
-        """Serve the files of directory ``path`` under URL ``prefix``."""
-        static = StaticFiles(path, prefix, timeout)
+    def add_static_content(self, path: str, prefix: str = "/", timeout: float | None = None,
+                           **cache: int) -> StaticFiles:
+        """Serve the files of directory ``path`` under URL ``prefix``
+        (``cache``: ``cache_max_file``, ``cache_budget`` of :class:`StaticFiles`)."""
+        static = StaticFiles(path, prefix, timeout, **cache)
         self._statics.append(static)
         self._statics.sort(key=lambda s: len(s.prefix), reverse=True)
         return static

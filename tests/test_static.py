@@ -34,7 +34,7 @@ class Response:
 class Conn:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
+        self.buf = bytearray()
 
     def close(self) -> None:
         self.sock.close()
@@ -46,10 +46,18 @@ class Conn:
         self.buf += chunk
 
     def request(self, target: bytes, method: bytes = b"GET", headers: bytes = b"") -> Response:
+        self.send(target, method, headers)
+        return self.read(method)
+
+    def send(self, target: bytes, method: bytes = b"GET", headers: bytes = b"") -> None:
         self.sock.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n")
+
+    def read(self, method: bytes = b"GET") -> Response:
+        """The next response on the connection (to a request of ``method``)."""
         while b"\r\n\r\n" not in self.buf:
             self._fill()
-        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        raw, rest = bytes(self.buf).split(b"\r\n\r\n", 1)
+        self.buf = bytearray(rest)
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
         fields = {}
@@ -59,7 +67,7 @@ class Conn:
         length = 0 if method == b"HEAD" or status == 304 else int(fields["content-length"])
         while len(self.buf) < length:
             self._fill()
-        body, self.buf = self.buf[:length], self.buf[length:]
+        body, self.buf = bytes(self.buf[:length]), self.buf[length:]
         return Response(status, fields, body)
 
 

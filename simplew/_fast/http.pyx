@@ -46,6 +46,7 @@ HTTP/1.0 request may have none.
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections import deque
 from email.utils import formatdate
@@ -83,7 +84,7 @@ REASONS = {
     307: "Temporary Redirect", 308: "Permanent Redirect",
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-    426: "Upgrade Required", 431: "Request Header Fields Too Large",
+    416: "Range Not Satisfiable", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
 }
 cdef dict _REASONS = REASONS
@@ -183,6 +184,196 @@ class _Reject(Exception):
         self.headers = headers
 
 
+# -- file bodies ----------------------------------------------------------------
+
+cdef object _sendfile = os.sendfile
+cdef object _pread = os.pread
+cdef long long SENDFILE_CHUNK = 1 << 20     # bytes per sendfile call
+cdef long long SENDFILE_TURN = 4 << 20      # bytes one connection sends before the others get a turn
+cdef long long READ_CHUNK = 1 << 16         # bytes per read where sendfile cannot be used
+
+
+cdef class FileBody:
+    """A response body: ``length`` bytes of the open file ``fd`` from ``offset``.
+
+    The connection that writes it owns ``fd``: it streams the bytes under the
+    transport's flow control (``os.sendfile`` on a plain TCP socket, reads of
+    64 KiB otherwise, e.g. TLS) and closes ``fd`` when the body is out, when
+    the client goes away, or at once for HEAD. A FileBody that is never
+    written closes ``fd`` when it is freed.
+    """
+    cdef readonly int fd
+    cdef readonly long long offset
+    cdef readonly long long length
+
+    def __init__(self, int fd, long long offset, long long length):
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def read(self):
+        """The bytes of the body (for callers that want them in memory)."""
+        cdef list parts = []
+        cdef long long pos = self.offset, end = self.offset + self.length
+        while pos < end:
+            chunk = _pread(self.fd, min(end - pos, SENDFILE_CHUNK), pos)
+            if not chunk:
+                break
+            parts.append(chunk)
+            pos += len(chunk)
+        return b"".join(parts)
+
+    cpdef close(self):
+        if self.fd >= 0:
+            fd = self.fd
+            self.fd = -1
+            os.close(fd)
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class PreparedBody(bytes):
+    """The body of a 200 answer whose header list stays the same between requests.
+
+    While a handler answers with ``(200, body.headers, body)`` and that list is
+    unchanged, a keep-alive GET gets the response bytes encoded once per Date
+    second. ``headers`` is shared by every such answer: copy it to change it.
+    """
+
+    def __new__(cls, list headers, body):
+        self = bytes.__new__(cls, body)
+        self.headers = headers
+        self.nheaders = len(headers)
+        self.wire_date = None
+        self.wire = None
+        return self
+
+
+cdef class _FileStream:
+    """Writes one FileBody to a transport after the response head.
+
+    With sendfile, the bytes go to a duplicate of the socket's descriptor (a
+    transport refuses a writer on its own one) once the transport has written
+    everything it holds, so the order on the wire stays head, then body.
+    ``done(ok)`` is called once: ok is False when the body could not be
+    written in full (the connection must then be closed).
+    """
+    cdef object transport
+    cdef object loop
+    cdef FileBody body
+    cdef HttpStats stats
+    cdef object done
+    cdef long long pos
+    cdef long long end
+    cdef readonly long long sent
+    cdef int sock_fd
+    cdef bint paused
+    cdef bint finished
+
+    def __init__(self, transport, loop, FileBody body, HttpStats stats, done):
+        self.transport = transport
+        self.loop = loop
+        self.body = body
+        self.stats = stats
+        self.done = done
+        self.pos = body.offset
+        self.end = body.offset + body.length
+        self.sock_fd = -1
+
+    cdef start(self):
+        sock = None
+        if self.transport.get_extra_info("sslcontext") is None:
+            sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                self.sock_fd = os.dup(sock.fileno())
+                self.loop.add_writer(self.sock_fd, self._on_writable)
+                return
+            except Exception:
+                if self.sock_fd >= 0:
+                    os.close(self.sock_fd)
+                    self.sock_fd = -1
+        self.pump()
+
+    def _on_writable(self):
+        if self.finished:
+            return
+        if self.transport.get_write_buffer_size() > 0:
+            return                  # the head (or an earlier answer) is still going out
+        cdef long long turn = SENDFILE_TURN, n
+        while self.pos < self.end:
+            try:
+                n = _sendfile(self.sock_fd, self.body.fd, self.pos,
+                              min(self.end - self.pos, SENDFILE_CHUNK))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.finish(False)
+                return
+            if n == 0:              # the file shrank under us
+                self.finish(False)
+                return
+            self.pos += n
+            self.sent += n
+            self.stats.bytes_out += n
+            turn -= n
+            if turn <= 0:
+                return              # called again while the socket takes more
+        self.finish(True)
+
+    cdef pump(self):
+        """Read and write chunks until the transport pauses or the body is out."""
+        cdef Py_ssize_t n
+        while self.pos < self.end and not self.paused and not self.finished:
+            try:
+                chunk = _pread(self.body.fd, min(self.end - self.pos, READ_CHUNK), self.pos)
+            except OSError:
+                self.finish(False)
+                return
+            n = len(chunk)
+            if n == 0:
+                self.finish(False)
+                return
+            self.pos += n
+            self.sent += n
+            self.stats.bytes_out += n
+            self.transport.write(chunk)
+        if self.pos >= self.end and not self.finished:
+            self.finish(True)
+
+    cdef pause(self):
+        self.paused = True
+
+    cdef resume(self):
+        self.paused = False
+        if self.sock_fd < 0 and not self.finished:
+            self.pump()
+
+    cdef finish(self, bint ok):
+        if self.finished:
+            return
+        self.cancel()
+        self.done(ok)
+
+    cdef cancel(self):
+        """Stop writing and free the descriptors; ``done`` is not called."""
+        self.finished = True
+        if self.sock_fd >= 0:
+            fd = self.sock_fd
+            self.sock_fd = -1
+            try:
+                self.loop.remove_writer(fd)
+            finally:
+                os.close(fd)
+        self.body.close()
+
+
 # what a connection is reading
 cdef enum Phase:
     IDLE = 0        # between requests
@@ -236,6 +427,8 @@ cdef class HttpProtocol:
     cdef object _timer
     # answers from async handlers, statistics and the access log
     cdef object _pending          # future of the answer being computed, or None
+    cdef _FileStream _stream      # the file body being written (then _pending is it too)
+    cdef long long _stream_mark   # its bytes sent at the last timer expiry
     cdef HttpStats stats
     cdef object _access           # the simplew.access logger, or None when off
     cdef str _client              # "host:port" of the peer, for the access log
@@ -300,6 +493,7 @@ cdef class HttpProtocol:
         self._closing = True
         self._queue.clear()
         self._upgrade_rest = None
+        self._end_stream()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -320,6 +514,8 @@ cdef class HttpProtocol:
 
     def pause_writing(self):
         self._write_paused = True
+        if self._stream is not None:
+            self._stream.pause()
         if self.transport is not None and not self._closing and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
@@ -332,6 +528,8 @@ cdef class HttpProtocol:
         self._now = self.loop.time()
         if not self._closing and self._phase != HEAD:    # the client reads: not idle
             self._set_deadline(self._after(self._idle))
+        if self._stream is not None:
+            self._stream.resume()
         self._drain()
         if (self.transport is not None and self._read_paused and not self._write_paused
                 and not self._closing):
@@ -588,9 +786,20 @@ cdef class HttpProtocol:
             echo = connection is not None and "keep-alive" in connection.lower()
         try:
             status, headers, content = result
-            out = _encode(status, headers, content, keep_alive, head, echo)
+            if (type(content) is PreparedBody and keep_alive and not echo and not head
+                    and status == 200 and headers is content.headers
+                    and len(<list>headers) == content.nheaders):
+                date = http_date()
+                if content.wire_date is not date:
+                    content.wire = _encode(200, headers, content, True, False, False)
+                    content.wire_date = date
+                out = content.wire
+            else:
+                out = _encode(status, headers, content, keep_alive, head, echo)
         except Exception:
             log.exception("HTTP handler failed for %s %s", request.method, request.path)
+            if len(result) == 3 and type(result[2]) is FileBody:
+                (<FileBody>result[2]).close()
             status, headers, content = _SERVER_ERROR
             out = _encode(500, headers, content, keep_alive, head, echo)
         self.stats.bytes_out += len(out)
@@ -598,8 +807,52 @@ cdef class HttpProtocol:
         if start >= 0:
             self._log_access(request.method, request.url, status, 0 if head else len(content),
                              start)
+        if type(content) is FileBody:
+            if head or (<FileBody>content).length == 0 or _bodiless(status):
+                (<FileBody>content).close()
+            else:
+                self._stream = _FileStream(self.transport, self.loop, <FileBody>content, self.stats,
+                                           _partial(self._stream_done, keep_alive))
+                self._pending = self._stream        # answers behind it wait in the queue
+                self._stream_mark = -1
+                if self._write_paused:
+                    self._stream.pause()
+                self._stream.start()
+                return                              # the end of the stream closes if needed
         if not keep_alive:
             self._close(False)
+
+    def _stream_done(self, bint keep_alive, bint ok):
+        if self._pending is self._stream:
+            self._pending = None
+        self._stream = None
+        if self._closing or self.transport is None:
+            return
+        if not ok:                  # a body cut short: the client must see the connection end
+            log.debug("aborting a connection whose file body could not be written in full")
+            self._closing = True
+            self.transport.abort()
+            return
+        self._now = self.loop.time()
+        if self._phase == IDLE:
+            self._set_deadline(self._after(self._idle))
+        if not keep_alive:
+            self._close(False)
+            return
+        self._drain()
+        if (self._read_paused and not self._write_paused and not self._closing
+                and self.transport is not None and len(self._queue) < MAX_QUEUED_BEHIND):
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    cdef _end_stream(self):
+        """Stop a file body being written (the connection is closing)."""
+        if self._stream is not None:
+            stream = self._stream
+            self._stream = None
+            if self._pending is stream:
+                self._pending = None
+            stream.cancel()
 
     cdef _log_access(self, str method, str target, int status, Py_ssize_t size, double start):
         """One INFO line on ``simplew.access`` for an answered request."""
@@ -640,6 +893,7 @@ cdef class HttpProtocol:
         self._stop_parsing = True
         self._queue.clear()
         self._upgrade_rest = None
+        self._end_stream()
         transport = self.transport
         if transport is None:
             return
@@ -687,6 +941,17 @@ cdef class HttpProtocol:
             self._arm(now)
             return
         cdef Py_ssize_t pending = transport.get_write_buffer_size()
+        if self._stream is not None and pending == 0 and not self._closing:
+            if self._stream.sent != self._stream_mark:     # the file body still moves
+                self._stream_mark = self._stream.sent
+                self._deadline = self._after(self._idle or self.limits._linger_timeout or 2.0)
+                self._timer = self.loop.call_at(self._deadline, self._on_timer)
+                return
+            log.debug("aborting a connection that does not read its file body")
+            self._end_stream()
+            self._closing = True
+            transport.abort()
+            return
         if pending > 0 and (self._sent_mark < 0 or pending < self._sent_mark):
             # a response is still going out and has moved since the last look
             self._deadline = self._after(self._idle or self.limits._linger_timeout or 2.0)
@@ -831,9 +1096,14 @@ cdef str _peer_text(peer):
     return str(peer) if peer else "-"
 
 
+cdef inline bint _bodiless(int status):
+    return status < 200 or status == 204 or status == 304
+
+
 cdef bytes _encode(int status, list headers, content, bint keep_alive, bint head, bint echo):
-    """The bytes of a response; ``head`` leaves the body out (HEAD)."""
-    cdef bint bodiless = status < 200 or status == 204 or status == 304
+    """The bytes of a response; ``head`` leaves the body out (HEAD). A FileBody
+    ``content`` gives the Content-Length only: the caller streams it."""
+    cdef bint bodiless = _bodiless(status)
     reason = _REASONS.get(status, "Unknown")
     cdef list out = [b"HTTP/1.1 %d %s\r\nServer: simplew\r\nDate: " % (status, reason.encode()),
                      http_date(), b"\r\n"]
@@ -850,7 +1120,7 @@ cdef bytes _encode(int status, list headers, content, bint keep_alive, bint head
         out.append(b"Connection: keep-alive\r\n\r\n")
     else:
         out.append(b"\r\n")
-    if not head and not bodiless:
+    if not head and not bodiless and type(content) is not FileBody:
         out.append(content)
     return b"".join(out)
 
