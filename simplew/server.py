@@ -15,6 +15,7 @@ from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, W
 from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
+from simplew import browser as _browser
 from simplew.auth import JwtAuth
 from simplew.controller import Controller, join_path, routes_of
 from simplew.message import BodyMappingError, WebSocketMessage
@@ -395,6 +396,8 @@ class SimpleWServer:
         self._router = compile_router(self._dynamic, self._inline_routes, self, _json_default)
         self._endpoints = {}
         self._flusher = Flusher()
+        if self._ws_specs:
+            self._ops.setdefault(_browser.PATH, _browser.response)
         for spec in self._ws_specs:
             if spec.on_message is not None:
                 endpoint = CallbackEndpoint(spec.path, spec.max_message_size, spec.on_message,
