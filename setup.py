@@ -6,7 +6,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
-MODULES = ["frames", "deflate", "gate", "connection", "router", "hub", "http"]
+MODULES = ["frames", "deflate", "gate", "history", "connection", "router", "hub", "http"]
 
 extensions = [
     Extension(

@@ -19,6 +19,7 @@ from simplew import browser as _browser
 from simplew.auth import JwtAuth
 from simplew.controller import Controller, join_path, routes_of
 from simplew.message import BodyMappingError, WebSocketMessage
+from simplew.recovery import Recovery, log_id
 from simplew.request import Request
 from simplew.rest import Cors, DynamicSpec, compile_router
 from simplew.static import StaticFiles
@@ -83,6 +84,10 @@ class SimpleWServer:
                  compression_level: int = 1,
                  use_aiofastnet: bool = False,
                  redis_url: str | None = None,
+                 recovery: bool = False,
+                 recovery_window: float = 120.0,
+                 history_size: int = 10_000,
+                 history_bytes: int = 64 << 20,
                  healthz: bool = True,
                  metrics: bool = False,
                  access_log: bool = True) -> None:
@@ -114,6 +119,13 @@ class SimpleWServer:
         # sharing this URL (set before start; simplew.backplane.RedisBackplane).
         self.redis_url: str | None = redis_url
         self.backplane: Any = None
+        # simplew.v1 sessions that survive disconnects (simplew.recovery)
+        self.recovery_enabled = recovery
+        self.recovery_window = recovery_window
+        self.history_size = history_size
+        self.history_bytes = history_bytes
+        self.recovery: Recovery | None = None
+        self._on_session_end: list[Callable[[str], Any]] = []
         self._use_aiofastnet = use_aiofastnet and aiofastnet is not None
         self._statics: list[StaticFiles] = []
         self._ws_specs: list[_WebSocketSpec] = []
@@ -181,6 +193,13 @@ class SimpleWServer:
         self._on_disconnect.append(callback)
         return callback
 
+    def on_session_end(self, callback: Callable[[str], Any]) -> Callable[[str], Any]:
+        """With recovery: call ``callback(session_id)`` when a simplew.v1 session
+        ends for good, ``recovery_window`` seconds after its last connection
+        closed without a reconnect (in the process it last closed in)."""
+        self._on_session_end.append(callback)
+        return callback
+
     jwt_auth: JwtAuth | None = None
 
     def set_token(self, key: Any, *, algorithms: Any = ("HS256",), issuer: str | None = None,
@@ -227,6 +246,9 @@ class SimpleWServer:
 
     def _multicast_here(self, opcode: int, payload: bytes, room: str | None) -> None:
         """On the loop thread: deliver locally now, then hand it to the backplane."""
+        if self.recovery is not None:
+            self.recovery.publish(opcode, payload, room)     # a publication of the stream
+            return
         if room is None:
             self.hub.multicast(opcode, payload)
         else:
@@ -369,16 +391,21 @@ class SimpleWServer:
         return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
 
     def _session_opened(self, session: Session) -> None:
+        if self.jwt_auth is not None and session.user is None:
+            claims = self.jwt_auth.optional_claims(None, session.request.headers)
+            if claims is not None and isinstance(claims.get("sub"), str):
+                session.user = claims["sub"]
         if self.access_log:
-            _access_log.info("%s WebSocket connect %s %s", _peer(session),
-                             session.endpoint.path, session.id)
+            _access_log.info("%s WebSocket connect %s %s%s", _peer(session),
+                             session.endpoint.path, _log_id(session),
+                             " recovered" if session.recovered else "")
         for callback in self._on_connect:
             self._call_hook(callback, session)
 
     def _session_closed(self, session: Session) -> None:
         if self.access_log:
             _access_log.info("%s WebSocket disconnect %s %s", _peer(session),
-                             session.endpoint.path, session.id)
+                             session.endpoint.path, _log_id(session))
         for callback in self._on_disconnect:
             self._call_hook(callback, session)
 
@@ -398,6 +425,10 @@ class SimpleWServer:
         self._flusher = Flusher()
         if self._ws_specs:
             self._ops.setdefault(_browser.PATH, _browser.response)
+        if self.recovery_enabled:
+            self.recovery = Recovery(self, self.recovery_window, self.history_size,
+                                     self.history_bytes)
+            self.recovery.on_session_end = self._on_session_end
         for spec in self._ws_specs:
             if spec.on_message is not None:
                 endpoint = CallbackEndpoint(spec.path, spec.max_message_size, spec.on_message,
@@ -417,6 +448,7 @@ class SimpleWServer:
             endpoint.compression = self.compression if spec.compression is None else spec.compression
             endpoint.compression_level = self.compression_level
             endpoint.flusher = self._flusher
+            endpoint.recovery = self.recovery
             self._endpoints[spec.path] = endpoint
 
     def _protocol(self) -> HttpProtocol:
@@ -475,6 +507,8 @@ class SimpleWServer:
             session.abort()
         if self.backplane is not None:
             await self.backplane.close()    # its counters stay readable
+        if self.recovery is not None:
+            self.recovery.close()
         self._loop = None
         self._loop_thread_id = None
 
@@ -567,6 +601,11 @@ class SimpleWServer:
     @property
     def IsStarted(self) -> bool:
         return self.is_started
+
+
+def _log_id(session: Session) -> str:
+    """A simplew.v1 session id is a bearer secret: the log shows a digest of it."""
+    return log_id(session.id) if session.v1 else session.id
 
 
 def _peer(session: Session) -> str:

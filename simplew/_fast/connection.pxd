@@ -21,6 +21,7 @@ cdef class Endpoint:
     cdef public Flusher flusher
     cdef public object server      # the SimpleWServer facade (hooks, logging)
     cdef public object hub         # simplew._fast.hub.Hub of the server
+    cdef public object recovery    # simplew.recovery.Recovery: admits simplew.v1 sessions, or None
     # counters for /metrics (simplew.metrics reads them on a scrape)
     cdef public long long messages_in       # whole messages received
     cdef public long long bytes_in          # frame payload bytes received
@@ -35,6 +36,10 @@ cdef class Endpoint:
 
 cdef class WebSocketConnection(WSListener):
     cdef readonly str id
+    cdef readonly bint v1                 # speaks simplew.v1 (typed JSON messages, recovery)
+    cdef public bint recovered            # simplew.v1: this connection resumed an earlier session
+    cdef public object user               # the JWT "sub" of the upgrade request, or None
+    cdef public bint superseded           # a newer connection took this session over
     cdef readonly object request          # simplew.request.Request of the upgrade
     cdef readonly Endpoint endpoint
     cdef readonly bint closed             # a CLOSE was sent or the socket is gone
@@ -69,6 +74,7 @@ cdef class WebSocketConnection(WSListener):
     cdef int flush_output(self) except -1
     cdef int _write_now(self, bytes data) except -1
     cdef int queue_message(self, int opcode, bytes payload) except -1
+    cdef int queue_payload(self, int opcode, bytes payload) except -1
     cdef int send_shared(self, bytes compressed_frame) except -1
     cdef _deliver_compressed(self, bint is_text, WSFrame frame)
     cdef int fail(self, int code, str reason) except -1

@@ -20,7 +20,9 @@ socket is dropped when the client answers, or after ``close_timeout``. A
 client that stops reading is dropped once ``max_write_buffer`` bytes wait for
 it. What a client can cause at will is logged at DEBUG or INFO, never higher.
 """
+import base64
 import codecs
+import json
 import logging
 import uuid
 
@@ -42,6 +44,29 @@ CLOSE_TIMEOUT = 5.0
 MAX_WRITE_BUFFER = 1 << 20
 SLOW_CLOSE = 0          # slow_client_policy "close": CLOSE 1008, then drop
 SLOW_SKIP = 1           # slow_client_policy "skip": drop its messages until it drains
+PROTOCOL_V1 = "simplew.v1"
+
+cdef object _json_dumps = json.dumps
+cdef object _b64encode = base64.b64encode
+
+
+cpdef bytes v1_payload(str kind, int opcode, bytes payload, str head=""):
+    """A ``simplew.v1`` message carrying ``payload``: ``{"type": kind, <head>
+    "text": ...}`` for opcode 1 (TEXT, ``payload`` is UTF-8), ``"binary":
+    <base64>`` for opcode 2. ``head`` is inserted as is (``"offset":1,...,``)."""
+    cdef str body
+    if opcode == 1:
+        body = _json_dumps(payload.decode("utf-8"))
+        return f'{{"type":"{kind}",{head}"text":{body}}}'.encode("utf-8")
+    body = _b64encode(payload).decode("ascii")
+    return f'{{"type":"{kind}",{head}"binary":"{body}"}}'.encode("utf-8")
+
+
+cdef bint _offers_v1(str offer):
+    for item in offer.split(","):
+        if item.strip() == PROTOCOL_V1:
+            return True
+    return False
 
 
 cdef inline bint _valid_close_code(int code) noexcept:
@@ -119,6 +144,7 @@ cdef class Endpoint:
         self.flusher = Flusher()
         self.server = server
         self.hub = hub
+        self.recovery = None
 
     def connect(self, request):
         """The listener for a client upgrading on this path (picows factory).
@@ -127,10 +153,13 @@ cdef class Endpoint:
         and selects the "bearer" subprotocol a browser offers to carry its JWT
         when the server has a key (simplew.auth).
         """
-        conn = WebSocketConnection(self, request)
+        cdef WebSocketConnection conn = WebSocketConnection(self, request)
         extra = None
         protocols = request.headers.get("sec-websocket-protocol")
-        if protocols and getattr(self.server, "jwt_auth", None) is not None:
+        if protocols and self.recovery is not None and _offers_v1(protocols):
+            conn.v1 = True
+            extra = {"Sec-WebSocket-Protocol": PROTOCOL_V1}
+        elif protocols and getattr(self.server, "jwt_auth", None) is not None:
             selected = select_subprotocol(protocols)
             if selected is not None:
                 extra = {"Sec-WebSocket-Protocol": selected}
@@ -151,12 +180,18 @@ cdef class Endpoint:
         pass
 
     def on_connect(self, WebSocketConnection conn):
+        if conn.v1:
+            self.recovery.opened(conn)      # admits it now, or once Redis answered
+            return
         if self.hub is not None:
             self.hub.add(conn)
         if self.server is not None:
             self.server._session_opened(conn)
 
     def on_disconnect(self, WebSocketConnection conn):
+        if conn.v1:
+            self.recovery.closed(conn)
+            return
         if self.hub is not None:
             self.hub.remove(conn)
         if self.server is not None:
@@ -170,6 +205,10 @@ cdef class WebSocketConnection(WSListener):
         self.endpoint = endpoint
         self.request = request
         self.id = str(uuid.uuid4())
+        self.v1 = False
+        self.recovered = False
+        self.user = None
+        self.superseded = False
         self.hub_index = -1
         self.room_slots = None
         self.state = {}
@@ -436,7 +475,13 @@ cdef class WebSocketConnection(WSListener):
         return 0
 
     cdef int queue_message(self, int opcode, bytes payload) except -1:
-        """Queue one message, compressed when deflate was negotiated."""
+        """Queue one direct message (a ``msg`` on a simplew.v1 connection)."""
+        if self.v1:
+            return self.queue_payload(1, v1_payload("msg", opcode, payload))
+        return self.queue_payload(opcode, payload)
+
+    cdef int queue_payload(self, int opcode, bytes payload) except -1:
+        """Queue one message as is, compressed when deflate was negotiated."""
         cdef bytes compressed
         if self._deflater is not None:
             compressed = self._deflater.deflate(payload)
@@ -490,6 +535,18 @@ cdef class WebSocketConnection(WSListener):
             self.queue_message(opcode, payload)
         elif self._loop is not None:
             self._loop.call_soon_threadsafe(self.send_message, opcode, payload)
+
+    def send_protocol(self, bytes message):
+        """Queue one simplew.v1 protocol message (encoded JSON) as a TEXT frame,
+        unwrapped. Loop thread only (simplew.recovery uses it)."""
+        self.queue_payload(1, message)
+
+    def adopt(self, str session_id):
+        """Take the id of the session this simplew.v1 connection starts or
+        resumes. Before it is admitted to the hub only (simplew.recovery)."""
+        if self.hub_index >= 0:
+            raise RuntimeError("a connection in the hub keeps its id")
+        self.id = session_id
 
     def send_text(self, str text):
         """Send ``text`` as one TEXT message; safe from any thread."""

@@ -9,6 +9,13 @@ live in a list (O(1) removal by swapping the last one into the freed slot)
 so the fan-out loop is a plain C loop. Rooms are more such lists (room name
 to members, each member keeping its slot per room in ``room_slots``): a room
 multicast runs the same loop over the room's list.
+
+A ``simplew.v1`` client gets the publication's ``pub`` message (``v1``,
+encoded once by simplew.recovery) instead of the raw payload: a second
+shared frame, built on the first such client of the loop.
+
+The loop runs over a snapshot of the list, so a client dropped (and the
+last one swapped into its slot) while the loop writes skips nobody.
 """
 from simplew._fast.connection cimport WebSocketConnection
 from simplew._fast.frames cimport build_frame
@@ -85,12 +92,13 @@ cdef class Hub:
             del self._rooms[room]
         return True
 
-    cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload) except -1:
+    cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload,
+                                    bytes v1=None) except -1:
         """``multicast`` to the members of ``room`` only; returns how many."""
         cdef list members = self._rooms.get(room)
         if members is None:
             return 0
-        return self._fanout(members, opcode, payload)
+        return self._fanout(members, opcode, payload, v1)
 
     def room_sessions(self, str room):
         """The connections in ``room`` (a new list)."""
@@ -104,33 +112,47 @@ cdef class Hub:
         """{room name: member count} of the rooms with members."""
         return {name: len(<list>members) for name, members in self._rooms.items()}
 
-    cpdef Py_ssize_t multicast(self, int opcode, bytes payload) except -1:
+    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v1=None) except -1:
         """Send one message to every client: one frame built once, plus one
-        compressed frame per window size in use; returns how many clients."""
-        return self._fanout(self._connections, opcode, payload)
+        compressed frame per window size in use; returns how many clients.
+        ``v1``: the ``pub`` message simplew.v1 clients get instead."""
+        return self._fanout(self._connections, opcode, payload, v1)
 
-    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload) except -1:
+    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v1) except -1:
         """The multicast loop over ``conns`` (every client, or a room)."""
-        cdef Py_ssize_t i, n = len(conns)
+        cdef list snapshot = list(conns)
+        cdef Py_ssize_t i, n = len(snapshot)
         cdef bytes frame = build_frame(opcode, payload, len(payload))
+        cdef bytes v1_frame = None
         cdef dict compressed = None
+        cdef int key
         self.multicasts += 1
         cdef WebSocketConnection conn
-        cdef bytes shared, body
+        cdef bytes shared, body, source
         for i in range(n):
-            if i >= len(conns):
-                break               # a write dropped a client synchronously: the list shrank
-            conn = <WebSocketConnection>conns[i]
-            if conn.deflate_wbits == 0:
+            conn = <WebSocketConnection>snapshot[i]
+            if conn.v1:
+                if v1 is None:
+                    continue        # no offset for it: not a publication of the stream
+                if conn.deflate_wbits == 0:
+                    if v1_frame is None:
+                        v1_frame = build_frame(1, v1, len(v1))
+                    conn.write_frame(v1_frame)
+                    continue
+                key = -conn.deflate_wbits
+            elif conn.deflate_wbits == 0:
                 conn.write_frame(frame)
                 continue
+            else:
+                key = conn.deflate_wbits
             if compressed is None:
                 compressed = {}
-            shared = compressed.get(conn.deflate_wbits)
+            shared = compressed.get(key)
             if shared is None:
-                body = deflate_standalone(payload, conn.deflate_wbits, conn.endpoint.compression_level)
-                shared = build_frame(opcode, body, len(body), True)
-                compressed[conn.deflate_wbits] = shared
+                source = v1 if key < 0 else payload
+                body = deflate_standalone(source, conn.deflate_wbits, conn.endpoint.compression_level)
+                shared = build_frame(1 if key < 0 else opcode, body, len(body), True)
+                compressed[key] = shared
                 self.compressions += 1
             conn.send_shared(shared)
         return n
