@@ -1,0 +1,121 @@
+"""The live example (``examples/live.py``, ``www/live``) in Chromium: the page,
+through ``/simplew.js``, sees every offset exactly once across a restart of the
+server process, because the history lives in a real Redis.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multiproc import RedisServer, free_port, port_open, redis_server_path, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERVAL_MS = 20
+
+
+def start_live(port: int, redis_url: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "live.py"), "--host", "127.0.0.1",
+         "--port", str(port), "--redis", redis_url, "--interval", str(INTERVAL_MS)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, "live.py listening")
+    except AssertionError:
+        proc.kill()
+        raise
+    if proc.poll() is not None:
+        raise AssertionError(f"live.py exited:\n{proc.stdout.read()}")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM (close 1001 to every client), wait, and return the output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output
+
+
+@pytest.fixture
+def redis():
+    if redis_server_path() is None:
+        if os.environ.get("SIMPLEW_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is required but absent")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def stats(page) -> dict:
+    return page.evaluate("({...window.stats, offsets: undefined})")
+
+
+def status(page) -> str:
+    return page.text_content("#status")
+
+
+def open_live_page(browser, port: int, errors: list[str]):
+    page = browser.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.wait_for_function("window.stats && window.stats.received >= 25", timeout=10_000)
+    return page
+
+
+def wait_recovered_and_more(page) -> None:
+    """Wait for the "recovered" status, then for 25 live pubs more."""
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('recovered')",
+                           timeout=15_000)
+    received = stats(page)["received"]
+    page.wait_for_function(f"window.stats.received >= {received + 25}", timeout=10_000)
+
+
+def assert_every_offset_once(page, errors: list[str]) -> None:
+    final = page.evaluate("({...window.stats, offsets: [...window.stats.offsets]})")
+    offsets = final["offsets"]
+    assert errors == []
+    assert (final["gaps"], final["dups"], final["resets"]) == (0, 0, 0), final
+    assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+    assert final["received"] == len(offsets)
+    assert page.evaluate("window.client.reconnects") >= 1
+
+
+def test_live_page_recovers_a_dropped_connection(browser, run_example):
+    proc, port = run_example("live.py", "--interval", str(INTERVAL_MS))
+    errors: list[str] = []
+    page = open_live_page(browser, port, errors)
+    page.evaluate("window.client._ws.close(4001, 'dropped by the test')")   # not client.close()
+    wait_recovered_and_more(page)
+    assert_every_offset_once(page, errors)
+
+
+def test_live_page_sees_every_offset_once_across_a_server_restart(browser, redis):
+    # the history must outlive the process: the Redis stream of simplew.recovery
+    if not (ROOT / "simplew" / "stream.py").exists():
+        pytest.skip("the Redis stream (simplew/stream.py) is not in this tree yet")
+    port = free_port()
+    procs = [start_live(port, redis.url)]
+    try:
+        errors: list[str] = []
+        page = open_live_page(browser, port, errors)
+        stop(procs[0])
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('reconnecting')",
+            timeout=10_000)
+        procs.append(start_live(port, redis.url))
+        wait_recovered_and_more(page)
+        assert_every_offset_once(page, errors)
+    finally:
+        for proc in procs:
+            stop(proc)
