@@ -413,7 +413,8 @@ class Client:
         protocol = transport.response.headers.get("Sec-WebSocket-Protocol", "")
         if protocol.strip() != PROTOCOL:
             self._fail_attempt(ProtocolError(
-                f"{self.url} did not select the {PROTOCOL} subprotocol (answered {protocol!r})"))
+                f"{self.url} did not select the {PROTOCOL} subprotocol (answered {protocol!r}):"
+                " a simplew server needs recovery=True"))
             transport.disconnect(False)
             return
         self._listener = listener

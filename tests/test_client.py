@@ -16,10 +16,10 @@ import urllib.request
 from importlib import resources
 from typing import Any, AsyncIterator
 
+import jwt as pyjwt
 import pytest
-from websockets.asyncio.server import serve
 
-from simplew import Controller, WebSocketMessage, route
+from simplew import Controller, WebSocketMessage, require_jwt, route
 from simplew.client import Client, Event, NotConnected, ProtocolError
 
 TIMEOUT = 10.0
@@ -39,9 +39,21 @@ class LiveController(Controller):
         return f"joined {message.body}"
 
 
+    @require_jwt
+    @route("WEBSOCKET", "/me")
+    def me(self, message: WebSocketMessage) -> str:
+        return self.jwt["sub"]
+
+
+SECRET = "a secret of the client tests, long enough for HS256"
+
+
 def recovery_server(make_server, **options):
+    def configure(server) -> None:
+        server.add_websocket_content(LiveController, "/ws")
+        server.set_token(SECRET, algorithms=["HS256"])
     options.setdefault("recovery", True)
-    return make_server(lambda s: s.add_websocket_content(LiveController, "/ws"), **options)
+    return make_server(configure, **options)
 
 
 def url(server) -> str:
@@ -240,14 +252,37 @@ def test_reset_when_the_window_has_expired(make_server):
     run(main())
 
 
-def test_connect_refuses_a_server_without_the_subprotocol():
+def test_token_is_sent_on_every_upgrade(make_server):
+    server = recovery_server(make_server)
+    tokens = iter([pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+                   pyjwt.encode({"sub": "bob"}, SECRET, algorithm="HS256")])
+
     async def main() -> None:
-        async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0) as plain:
-            port = plain.sockets[0].getsockname()[1]
-            client = Client(f"ws://127.0.0.1:{port}/")
-            with pytest.raises(ProtocolError, match="simplew.v1"):
-                await client.connect()
-            assert not client.connected
+        client, events, _ = await connected(server, token=lambda: next(tokens),
+                                            backoff_min=0.05, jitter=False)
+        client.send("/ws/me")
+        assert (await next_event(events, "msg")).data == "alice"
+        await cut_and_recover(client, events)
+        client.send("/ws/me")                           # the function gave a fresh token
+        assert (await next_event(events, "msg")).data == "bob"
+        await client.close()
+
+        anonymous, events, _ = await connected(server)
+        anonymous.send("/ws/me")
+        assert json.loads((await next_event(events, "msg")).data)["error"] == "unauthorized"
+        await anonymous.close()
+
+    run(main())
+
+
+def test_connect_refuses_a_server_without_recovery(make_server):
+    server = recovery_server(make_server, recovery=False)   # plain WebSocket frames
+
+    async def main() -> None:
+        client = Client(url(server))
+        with pytest.raises(ProtocolError, match="recovery=True"):
+            await client.connect()
+        assert not client.connected
 
     run(main())
 

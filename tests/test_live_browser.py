@@ -1,6 +1,8 @@
-"""The live example (``examples/live.py``, ``www/live``) in Chromium: the page,
-through ``/simplew.js``, sees every offset exactly once across a restart of the
-server process, because the history lives in a real Redis.
+"""The browser client ``/simplew.js`` in Chromium: its API against a real
+server (token, direct messages, text and binary pubs, close), and the live
+example (``examples/live.py``, ``www/live``), whose page sees every offset
+exactly once across a dropped connection and across a restart of the server
+process (the history then lives in a real Redis).
 """
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import jwt as pyjwt
+
+from simplew import Controller, WebSocketMessage, require_jwt, route
 
 from multiproc import RedisServer, free_port, port_open, redis_server_path, wait_until
 
@@ -57,6 +63,60 @@ def redis():
     server.stop()
 
 
+SECRET = "a secret of the browser client tests, long enough"
+
+
+class WhoAmI(Controller):
+    @require_jwt
+    @route("WEBSOCKET", "/me")
+    def me(self, message: WebSocketMessage) -> str:
+        return self.jwt["sub"]
+
+
+def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
+    def configure(server) -> None:
+        server.add_websocket_content(WhoAmI, "/ws")
+        server.set_token(SECRET, algorithms=["HS256"])
+    server = make_server(configure, recovery=True)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")         # an origin for the import
+    opened = page.evaluate("""async (token) => {
+        const { SimplewClient, NotConnectedError } = await import("/simplew.js");
+        const client = window.client = new SimplewClient({ token });
+        const got = window.got = [];
+        let refused = false;
+        try { client.send("/ws/me"); } catch (error) { refused = error instanceof NotConnectedError; }
+        for (const type of ["open", "recovered", "reset", "msg", "pub", "close"]) {
+          client.addEventListener(type, (e) => got.push([type, e.detail.data instanceof Uint8Array
+            ? Array.from(e.detail.data) : e.detail]));
+        }
+        const welcome = await client.connect("/ws");
+        client.send("/ws/me");
+        return { welcome, refused, connected: client.connected };
+    }""", pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"))
+    welcome = opened["welcome"]
+    assert opened["refused"] and opened["connected"]
+    assert welcome["recovered"] is False and len(welcome["session"]) >= 22
+    page.wait_for_function("window.got.length >= 2")
+    server.multicast_binary(b"\x00\x01\xfe\xff")
+    server.multicast_text("héllo")
+    page.wait_for_function("window.got.length >= 4")
+    page.evaluate("window.client.close()")
+    page.wait_for_function("window.got.length >= 5")
+    got = page.evaluate("window.got")
+    assert [event[0] for event in got] == ["open", "msg", "pub", "pub", "close"]
+    assert got[1][1] == {"data": "alice"}
+    binary, text = got[2][1], got[3][1]
+    assert binary == [0, 1, 254, 255]                   # a Uint8Array, from base64
+    assert text["data"] == "héllo" and text["room"] is None
+    assert text["offset"] > welcome["offset"]
+    assert got[4][1] == {"code": 1000, "reason": "", "reconnecting": False}
+    wait_until(lambda: len(server.sessions) == 0, 5, "the session gone")
+    assert page.evaluate("window.client.connected") is False and errors == []
+
+
 def stats(page) -> dict:
     return page.evaluate("({...window.stats, offsets: undefined})")
 
@@ -100,10 +160,10 @@ def test_live_page_recovers_a_dropped_connection(browser, run_example):
     assert_every_offset_once(page, errors)
 
 
+# the history must outlive the process: the Redis stream of simplew.recovery
+@pytest.mark.skipif(not (ROOT / "simplew" / "stream.py").exists(),
+                    reason="the Redis stream (simplew/stream.py) is not in this tree yet")
 def test_live_page_sees_every_offset_once_across_a_server_restart(browser, redis):
-    # the history must outlive the process: the Redis stream of simplew.recovery
-    if not (ROOT / "simplew" / "stream.py").exists():
-        pytest.skip("the Redis stream (simplew/stream.py) is not in this tree yet")
     port = free_port()
     procs = [start_live(port, redis.url)]
     try:

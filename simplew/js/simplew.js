@@ -147,7 +147,9 @@ export class SimplewClient extends EventTarget {
     ws.onmessage = (event) => { if (this._ws === ws) this._message(ws, event.data); };
     ws.onclose = (event) => { if (this._ws === ws) this._closed(event); };
     ws.onopen = () => {
-      if (ws.protocol !== PROTOCOL) ws.close(4000, "no " + PROTOCOL + " subprotocol");
+      if (ws.protocol === PROTOCOL) return;
+      console.warn(`simplew.js: ${href} did not select ${PROTOCOL}: a simplew server needs recovery=True`);
+      ws.close(4000, "no " + PROTOCOL + " subprotocol");
     };
   }
 
