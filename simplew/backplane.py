@@ -83,8 +83,14 @@ def decode(data: bytes) -> tuple[bytes, list[tuple[int, str | None, bytes]]]:
     version, origin = HEADER.unpack_from(data)
     if version != VERSION:
         raise ValueError(f"unknown version {version}")
+    return origin, decode_records(data, HEADER.size)
+
+
+def decode_records(data: bytes, offset: int = 0) -> list[tuple[int, str | None, bytes]]:
+    """The multicasts (:func:`encode_record`) that fill ``data`` from ``offset``
+    on; ValueError if any part of them is malformed or there is none."""
     out = []
-    offset, end = HEADER.size, len(data)
+    end = len(data)
     record_size = RECORD.size
     unpack = RECORD.unpack_from
     while offset < end:
@@ -107,7 +113,25 @@ def decode(data: bytes) -> tuple[bytes, list[tuple[int, str | None, bytes]]]:
         offset += size
     if not out:
         raise ValueError("no multicast in the message")
-    return origin, out
+    return out
+
+
+def redis_client(url: str) -> Any:
+    """An asyncio Redis client for ``url`` (redis://, rediss:// or unix://) that
+    fails fast: no retries, short connect and command timeouts."""
+    try:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+    except ImportError:
+        raise ImportError("a Redis URL needs the Redis client: pip install 'simplew[redis]'") \
+            from None
+    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0),
+                               "socket_connect_timeout": CONNECT_TIMEOUT,
+                               "socket_timeout": COMMAND_TIMEOUT}
+    if not url.startswith("unix:"):
+        options["socket_keepalive"] = True      # TCP only: a Unix socket has no keepalive
+    return Redis.from_url(url, **options)
 
 
 def redact(url: str) -> str:
@@ -295,13 +319,7 @@ class RedisBackplane:
             backoff = min(backoff * 2, self.backoff_max)
 
     async def _connect(self) -> tuple[Any, Any]:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        client = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0),
-                                socket_connect_timeout=CONNECT_TIMEOUT,
-                                socket_timeout=COMMAND_TIMEOUT, socket_keepalive=True)
+        client = redis_client(self.url)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self.channel)

@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="POST PATH[?room=R] multicasts the request body: text, or binary when "
                             "Content-Type is application/octet-stream (env SIMPLEW_PUBLISH)")
     serve.add_argument("--redis", default=_env("redis"), help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)")
+    serve.add_argument("--recovery", action="store_true",
+                       default=_env("recovery", "") not in ("", "0", "false", "no"),
+                       help="simplew.v1 clients recover what they missed while away (env SIMPLEW_RECOVERY=1)")
+    serve.add_argument("--recovery-window", type=float, default=_env("recovery_window", "120"),
+                       metavar="S", help="seconds a session can be recovered after its connection "
+                       "is gone (env SIMPLEW_RECOVERY_WINDOW)")
+    serve.add_argument("--history-size", type=int, default=_env("history_size", "10000"),
+                       metavar="N", help="publications kept for recovery (env SIMPLEW_HISTORY_SIZE)")
     serve.add_argument("--certfile", default=_env("certfile"), help="TLS certificate (env SIMPLEW_CERTFILE)")
     serve.add_argument("--keyfile", default=_env("keyfile"), help="TLS private key (env SIMPLEW_KEYFILE)")
     serve.add_argument("--keyfile-password", default=_env("keyfile_password"),
@@ -142,6 +150,12 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
                              f"got {args.redis!r}")
         server.redis_url = args.redis
     server.shutdown_grace = args.shutdown_grace
+    if args.recovery:
+        if args.recovery_window < 0 or args.history_size < 0:
+            raise UsageError("--recovery-window and --history-size must be >= 0")
+        server.recovery_enabled = True
+        server.recovery_window = args.recovery_window
+        server.history_size = args.history_size
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1:

@@ -148,12 +148,12 @@ class Recovery:
         else:
             self.hub.multicast_room(room, opcode, payload, v1)
 
-    def reset_stream(self, epoch: str, top: int) -> None:
-        """The stream was lost (a new epoch): forget the history, and close the
-        simplew.v1 clients (1012) so that they come back and learn it."""
-        log.warning("stream epoch changed; simplew.v1 clients reconnect and reload their state")
+    def reset_stream(self, epoch: str) -> None:
+        """The history could not be continued (simplew.stream reloaded it): close
+        the simplew.v1 clients (1012) so that they come back and learn it."""
+        log.warning("the stream could not be continued (epoch %s); simplew.v1 clients "
+                    "reconnect and start fresh sessions", epoch)
         self.epoch = epoch
-        self.history.clear(top)
         for session in self.hub.sessions():
             if session.v1:
                 session.close(1012, "stream reset")

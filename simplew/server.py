@@ -277,6 +277,26 @@ class SimpleWServer:
         """{room: number of this process's sessions in it}, for rooms with members."""
         return self.hub.rooms()
 
+    def presence(self, room: str) -> list[str]:
+        """The ids of the sessions in ``room``, on every process sharing the Redis
+        URL (as synced there, within a second) or in this process without Redis.
+        Any thread but the loop's when Redis is used: there, ``await
+        server.presence_async(room)``."""
+        if not isinstance(self.backplane, _stream_class()):
+            return sorted(session.id for session in self.hub.room_sessions(room))
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the server is not running")
+        if threading.get_ident() == self._loop_thread_id:
+            raise RuntimeError("on the loop thread, use: await server.presence_async(room)")
+        return asyncio.run_coroutine_threadsafe(self.presence_async(room), loop).result(10)
+
+    async def presence_async(self, room: str) -> list[str]:
+        """:meth:`presence`, awaitable on the server's loop."""
+        if isinstance(self.backplane, _stream_class()):
+            return await self.backplane.presence(room)
+        return sorted(session.id for session in self.hub.room_sessions(room))
+
     def find_session(self, session_id: str) -> Session | None:
         return self.hub.find(session_id)
 
@@ -474,7 +494,12 @@ class SimpleWServer:
         self._stopped = asyncio.Event()
         if self.port == 0:
             self.port = server.sockets[0].getsockname()[1]
-        if self.redis_url:
+        if self.redis_url and self.recovery is not None:
+            from simplew.stream import RedisStream
+            self.backplane = RedisStream(self.redis_url, self.recovery)
+            self.recovery.store = self.backplane
+            self.backplane.start()          # one stream for every process sharing Redis
+        elif self.redis_url:
             from simplew.backplane import RedisBackplane
             self.backplane = RedisBackplane(self.redis_url, self._deliver_remote)
             self.backplane.start()          # connects in the background, retrying
@@ -601,6 +626,11 @@ class SimpleWServer:
     @property
     def IsStarted(self) -> bool:
         return self.is_started
+
+
+def _stream_class() -> type:
+    from simplew.stream import RedisStream
+    return RedisStream
 
 
 def _log_id(session: Session) -> str:

@@ -1,0 +1,194 @@
+"""Recovery across processes: the stream and the sessions live in a real Redis.
+
+``simplew serve tests.apps.feed:server --recovery --redis URL`` processes; a
+simplew.v1 client cut by a TCP reset, by ``kill -9`` of its worker or by a
+rolling restart comes back (to any process) and gets every offset once, in order.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from multiproc import RedisServer, ServerProcess, redis_server_path, wait_until
+from v1client import HttpPublisher, V1Client
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None,
+                                reason="redis-server is not installed (apt-get install redis-server)")
+
+APP = "tests.apps.feed:server"
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def processes():
+    started: list[ServerProcess] = []
+
+    def start(redis_url: str, *args: str, port: int | None = None, workers: int = 1,
+              ready: bool = True) -> ServerProcess:
+        proc = ServerProcess("--recovery", *args, app=APP, redis_url=redis_url, port=port,
+                             workers=workers)
+        started.append(proc)
+        return proc.wait_ready() if ready else proc
+
+    yield start
+    for proc in started:
+        proc.cleanup()
+
+
+def redis_top(redis_server) -> int:
+    import redis
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        return int(client.hget("simplew:meta", "top") or 0)
+    finally:
+        client.close()
+
+
+def offsets_for(redis_server, rooms: set[str], after: int) -> list[int]:
+    """The offsets in the Redis stream after ``after`` meant for a client in ``rooms``."""
+    import redis
+    from simplew.backplane import decode_records
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        entries = client.xrange("simplew:stream", f"{after + 1}-0", "+")
+    finally:
+        client.close()
+    out = []
+    for entry_id, fields in entries:
+        _opcode, room, _payload = decode_records(fields[b"r"])[0]
+        if room is None or room in rooms:
+            out.append(int(entry_id.split(b"-")[0]))
+    return out
+
+
+def assert_every_offset_once(client: V1Client, first: int, last: int) -> None:
+    assert client.offsets == list(range(first, last + 1)), (
+        f"missing {sorted(set(range(first, last + 1)) - set(client.offsets))[:10]}, "
+        f"{len(client.offsets) - len(set(client.offsets))} duplicates")
+
+
+def test_reset_and_resume_through_redis(redis_server, processes):
+    server = processes(redis_server.url)
+    client = V1Client()
+    welcome = client.connect(server.url)
+    assert welcome["recovered"] is False
+    assert client.request("/ws/feed/join", "r1") == "joined r1"
+    publisher = HttpPublisher([server.port], 500)
+    publisher.start()
+    client.collect(0.7)
+    assert client.offsets, "nothing published"
+    client.reset()
+    time.sleep(1.0)
+    again = client.connect(server.url)
+    assert again["recovered"] is True and again["session"] == welcome["session"]
+    assert client.request("/ws/feed/pid")["rooms"] == ["r1"]
+    client.collect(0.5)
+    publisher.stop()
+    top = redis_top(redis_server)
+    client.collect(until_offset=top)
+    client.close()
+    assert_every_offset_once(client, welcome["offset"] + 1, top)
+
+
+def test_kill_9_of_the_worker(redis_server, processes):
+    """--workers 2: the worker holding the client dies; the client comes back to
+    whichever worker answers and misses nothing, rooms included."""
+    server = processes(redis_server.url, workers=2)
+    client = V1Client()
+    welcome = client.connect(server.url)
+    for room in ("a", "b", "c"):
+        assert client.request("/ws/feed/join", room) == "joined " + room
+    pid = client.request("/ws/feed/pid")["pid"]
+    time.sleep(1.2)                     # the rooms reach Redis (synced every second)
+    publisher = HttpPublisher([server.port], 500, rooms=[None, "a", "b", "c", "d"])
+    publisher.start()
+    client.collect(0.5)
+    os.kill(pid, signal.SIGKILL)
+    client.collect(2.0)                 # returns as soon as the connection is gone
+    time.sleep(1.0)
+    again = client.connect_any([server.url], time.monotonic() + 10)
+    assert again["recovered"] is True and again["session"] == welcome["session"]
+    info = client.request("/ws/feed/pid")
+    assert info["pid"] != pid and info["rooms"] == ["a", "b", "c"] and info["recovered"]
+    client.collect(0.5)
+    publisher.stop()
+    top = redis_top(redis_server)
+    expected = offsets_for(redis_server, {"a", "b", "c"}, welcome["offset"])
+    assert expected[-1] <= top
+    client.collect(until_offset=expected[-1])
+    client.close()
+    assert all(int(text) % 5 != 4 for text in client.texts), "room d leaked"
+    assert client.offsets == expected
+
+
+def test_rolling_restart_of_every_process(redis_server, processes):
+    """Two servers behind a client that fails over between them; each is
+    restarted in turn (SIGTERM: close 1001) while 300 publications a second go out."""
+    a, b = processes(redis_server.url), processes(redis_server.url)
+    urls = [a.url, b.url]
+    client = V1Client()
+    welcome = client.connect(a.url)
+    publisher = HttpPublisher([a.port, b.port], 300)
+    publisher.start()
+    client.collect(0.5)
+    restarted = []
+    for old in (a, b, None):
+        if old is None:
+            break
+        port = old.port
+        old.stop()
+        replacement = processes(redis_server.url, port=port)
+        restarted.append(replacement)
+        # the client sees its server go away (1001) and comes back to any of them
+        client.collect(1.0)
+        client.connect_any(urls, time.monotonic() + 10)
+        assert client.welcomes[-1]["recovered"] is True, client.welcomes[-1]
+        client.collect(0.5)
+    publisher.stop()
+    top = redis_top(redis_server)
+    client.collect(until_offset=top)
+    client.close()
+    assert {w["session"] for w in client.welcomes} == {welcome["session"]}
+    assert_every_offset_once(client, welcome["offset"] + 1, top)
+
+
+def test_flushed_redis_means_not_recovered(redis_server, processes):
+    server = processes(redis_server.url)
+    client = V1Client()
+    welcome = client.connect(server.url)
+    client.request("/ws/feed/join", "x")
+    client.close()
+    import redis
+    r = redis.Redis.from_url(redis_server.url)
+    wait_until(lambda: r.keys("simplew:session:*"), 5, "the ended session kept in Redis")
+    r.flushall()
+    r.close()
+    time.sleep(0.2)
+    again = client.connect(server.url)
+    assert again["recovered"] is False and again["session"] != welcome["session"]
+    client.close()
+
+
+def test_presence_across_processes(redis_server, processes):
+    a, b = processes(redis_server.url), processes(redis_server.url)
+    one, two = V1Client(), V1Client()
+    one.connect(a.url)
+    two.connect(b.url)
+    one.request("/ws/feed/join", "lobby")
+    two.request("/ws/feed/join", "lobby")
+    expected = sorted([one.session, two.session])
+    wait_until(lambda: one.request("/ws/feed/presence", "lobby") == expected, 5,
+               "both sessions present", interval=0.2)
+    two.close()
+    wait_until(lambda: one.request("/ws/feed/presence", "lobby") == [one.session], 5,
+               "the closed session gone", interval=0.2)
+    one.close()
