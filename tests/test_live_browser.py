@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 import jwt as pyjwt
+import redis as redis_py
 
-from simplew import Controller, WebSocketMessage, require_jwt, route
+from simplew import Controller, WebSocketMessage, require_jwt, route, stream
+from simplew.recovery import digest
 
 from multiproc import RedisServer, free_port, port_open, redis_server_path, wait_until
 
@@ -148,7 +150,6 @@ def assert_every_offset_once(page, errors: list[str]) -> None:
     assert (final["gaps"], final["dups"], final["resets"]) == (0, 0, 0), final
     assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
     assert final["received"] == len(offsets)
-    assert page.evaluate("window.client.reconnects") >= 1
 
 
 def test_live_page_recovers_a_dropped_connection(browser, run_example):
@@ -158,24 +159,33 @@ def test_live_page_recovers_a_dropped_connection(browser, run_example):
     page.evaluate("window.client._ws.close(4001, 'dropped by the test')")   # not client.close()
     wait_recovered_and_more(page)
     assert_every_offset_once(page, errors)
+    assert page.evaluate("window.client.reconnects") == 1
 
 
-# the history must outlive the process: the Redis stream of simplew.recovery
-@pytest.mark.skipif(not (ROOT / "simplew" / "stream.py").exists(),
-                    reason="the Redis stream (simplew/stream.py) is not in this tree yet")
-def test_live_page_sees_every_offset_once_across_a_server_restart(browser, redis):
+def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis):
+    """A graceful restart (SIGTERM: close 1001), then a crash (SIGKILL) once
+    Redis holds the session; the history lives in Redis."""
     port = free_port()
     procs = [start_live(port, redis.url)]
+    store = redis_py.Redis.from_url(redis.url)
     try:
         errors: list[str] = []
         page = open_live_page(browser, port, errors)
-        stop(procs[0])
-        page.wait_for_function(
-            "document.getElementById('status').textContent.startsWith('reconnecting')",
-            timeout=10_000)
-        procs.append(start_live(port, redis.url))
-        wait_recovered_and_more(page)
+        for crash in (False, True):
+            if crash:
+                session = page.evaluate("window.client.session")
+                key = f"{stream.PREFIX}:session:{digest(session).hex()}"
+                wait_until(lambda: store.exists(key), 10, "the session written to Redis")
+                procs[-1].kill()
+            stop(procs[-1])
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('reconnecting')",
+                timeout=10_000)
+            procs.append(start_live(port, redis.url))
+            wait_recovered_and_more(page)
         assert_every_offset_once(page, errors)
+        assert page.evaluate("window.client.reconnects") == 2
     finally:
+        store.close()
         for proc in procs:
             stop(proc)
