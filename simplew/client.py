@@ -26,8 +26,12 @@ What callers may rely on:
   disconnected raises :class:`NotConnected`: nothing is queued, the caller
   decides whether to retry after the next ``open``.
 - Memory is bounded: no history is kept; the :meth:`Client.events` iterator
-  holds at most about ``max_pending`` events, then stops reading the socket
-  (TCP backpressure) until the consumer catches up.
+  stops reading the socket at ``max_pending`` unread events (TCP
+  backpressure) until the consumer has taken half; the frames of the read
+  that reached the limit are still queued, so the queue holds at most
+  ``max_pending`` plus one socket read (the TCP receive buffer: 6 MiB at
+  most with Linux's defaults). A server that sees the client lag then drops
+  it (``max_write_buffer``), and the reconnection recovers what it missed.
 
 The first :meth:`Client.connect` makes one attempt and raises if it fails
 (wrong URL, server down, not a ``simplew.v1`` server); reconnections after
@@ -244,6 +248,11 @@ class Client:
         return listener is not None and listener.welcomed and not self._closing
 
     @property
+    def pending(self) -> int:
+        """Events waiting in the :meth:`events` iterator (0 without one)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
     def transport(self) -> WSTransport | None:
         """The current picows transport (diagnostics), or None."""
         return self._listener.transport if self._listener is not None else None
@@ -326,7 +335,8 @@ class Client:
         """The events as an async iterator, ending after :meth:`close`. Call it
         before :meth:`connect` to get everything from the first welcome on; one
         iterator at a time. Past ``max_pending`` unread events the socket is
-        not read until the consumer has taken half of them."""
+        not read until the consumer has taken half of them (see the module
+        docstring for the bound)."""
         if self._queue is not None:
             raise RuntimeError("events() is already being iterated")
         if max_pending < 2:

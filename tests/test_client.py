@@ -74,6 +74,14 @@ async def next_event(events: AsyncIterator[Event], kind: str) -> Any:
     return await asyncio.wait_for(find(), TIMEOUT)
 
 
+async def until(predicate: Any) -> None:
+    """Poll ``predicate`` (server state, read from another thread) until it holds."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
 async def connected(server, **options: Any) -> tuple[Client, AsyncIterator[Event], Any]:
     """A client of ``server``'s /ws with its events() iterator, after its welcome."""
     client = Client(url(server), **options)
@@ -250,6 +258,48 @@ def test_reset_when_the_window_has_expired(make_server):
         assert after.room is None                       # a new session: no room
 
     run(main())
+
+
+def test_a_slow_consumer_is_bounded_and_loses_nothing(make_server):
+    """events() stops reading at max_pending; the server then drops the client
+    as slow (max_write_buffer), and the reconnection recovers the rest."""
+    server = recovery_server(make_server, max_write_buffer=256 << 10)
+    count, size, max_pending = 10000, 1000, 16
+    peak = [0]
+
+    async def main() -> None:
+        client = Client(url(server), backoff_min=0.05, jitter=False,
+                        on_pub=lambda pub: peak.__setitem__(0, max(peak[0], client.pending)))
+        events = client.events(max_pending=max_pending)
+        welcome = await client.connect()
+        endpoint = server.endpoint_for("/ws")
+        for n in range(count):
+            server.multicast_text(f"{n:<{size}}")
+        offsets, closes = [], 0
+        while len(offsets) < count:
+            event = await asyncio.wait_for(events.__anext__(), TIMEOUT)
+            if event.type == "pub":
+                assert int(event.data) == len(offsets)
+                offsets.append(event.offset)
+            closes += event.type == "close"
+            if len(offsets) == 1:                       # stop consuming until the server
+                await until(lambda: endpoint.dropped_slow_clients)  # drops this slow client
+        await client.close()
+        assert offsets == list(range(welcome.offset + 1, welcome.offset + count + 1))
+        assert closes >= 1 and client.reconnects >= 1 and client.resets == 0
+
+    run(main())
+    # the frames of the socket read that hit the limit are still delivered: at
+    # most the kernel's TCP receive buffer (its autotuning maximum)
+    assert max_pending <= peak[0] <= max_pending + tcp_receive_buffer_max() // size
+
+
+def tcp_receive_buffer_max() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+            return int(f.read().split()[2])
+    except OSError:
+        return 6 << 20                                  # Linux's default
 
 
 def test_token_is_sent_on_every_upgrade(make_server):
