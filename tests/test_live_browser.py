@@ -130,7 +130,7 @@ def status(page) -> str:
 def open_live_page(browser, port: int, errors: list[str]):
     page = browser.new_page()
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"http://127.0.0.1:{port}/")
+    page.goto(f"http://127.0.0.1:{port}/?backoffMax=1")    # a slow restart: no long waits
     page.wait_for_function("window.stats && window.stats.received >= 25", timeout=10_000)
     return page
 
@@ -138,7 +138,7 @@ def open_live_page(browser, port: int, errors: list[str]):
 def wait_recovered_and_more(page) -> None:
     """Wait for the "recovered" status, then for 25 live pubs more."""
     page.wait_for_function("document.getElementById('status').textContent.startsWith('recovered')",
-                           timeout=15_000)
+                           timeout=30_000)
     received = stats(page)["received"]
     page.wait_for_function(f"window.stats.received >= {received + 25}", timeout=10_000)
 
