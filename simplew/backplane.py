@@ -337,20 +337,7 @@ class RedisBackplane:
         return client, pubsub
 
     async def _serve(self, client: Any, pubsub: Any) -> None:
-        """Read and write until either side fails; raise that failure."""
-        reader = asyncio.ensure_future(self._read(pubsub))
-        writer = asyncio.ensure_future(self._write(client))
-        try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-        for task in done:
-            exc = task.exception()
-            if exc is not None:
-                raise exc
-        raise ConnectionError("backplane connection ended")
+        await until_either_fails(self._read(pubsub), self._write(client))
 
     async def _read(self, pubsub: Any) -> None:
         on_message = self._on_message
@@ -417,6 +404,24 @@ class RedisBackplane:
             self.batches += 1
             if self._overflowing and not pending:
                 self._overflowing = False
+
+
+async def until_either_fails(reading: Any, writing: Any) -> None:
+    """Run the reading and writing coroutines of one Redis connection until either
+    ends; cancel the other and raise the failure (ConnectionError if none)."""
+    reader = asyncio.ensure_future(reading)
+    writer = asyncio.ensure_future(writing)
+    try:
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+    for task in done:
+        exc = task.exception()
+        if exc is not None:
+            raise exc
+    raise ConnectionError("Redis connection ended")
 
 
 def _describe(exc: BaseException) -> str:

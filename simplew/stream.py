@@ -44,7 +44,8 @@ from typing import Any, Callable
 
 from simplew.backplane import (BACKOFF_MAX, BACKOFF_MIN, COMMAND_TIMEOUT, MAX_BATCH,
                                MAX_BATCH_BYTES, _close_quietly, _describe, decode_records,
-                               encode_record, redact, redis_client)
+                               encode_record, redact, redis_client,
+                               until_either_fails)
 from simplew.recovery import Ended, Recovery, Resume, digest, new_epoch, pub_message
 
 log = logging.getLogger("simplew.stream")
@@ -55,13 +56,17 @@ SYNC_INTERVAL = 1.0         # seconds between two writes of session and presence
 PRESENCE_TTL = 10.0         # a presence entry not refreshed for this long is gone
 FETCH_CHUNK = 1000          # Stream entries per XRANGE
 
-_PUBLISH = """
+# The epoch of the stream; a fresh one (and no stale entries) when the meta hash is gone.
+_EPOCH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
 end
+"""
+
+_PUBLISH = _EPOCH + """
 local n = #ARGV - 3
 local top = redis.call('HINCRBY', KEYS[1], 'top', n)
 local first = top - n + 1
@@ -74,19 +79,9 @@ redis.call('PUBLISH', ARGV[3], epoch .. '\\n' .. string.format('%d', first) .. '
 return {epoch, first}
 """
 
-_META = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
-end
+_META = _EPOCH + """
 return {epoch, redis.call('HGET', KEYS[1], 'top')}
 """
-
-
-class StreamReset(Exception):
-    """The history cannot be continued (new epoch, or trimmed past our top)."""
 
 
 class RedisStream:
@@ -249,19 +244,7 @@ class RedisStream:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _serve(self, client: Any, pubsub: Any) -> None:
-        reader = asyncio.ensure_future(self._read(client, pubsub))
-        writer = asyncio.ensure_future(self._write(client))
-        try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-        for task in done:
-            exc = task.exception()
-            if exc is not None:
-                raise exc
-        raise ConnectionError("stream connection ended")
+        await until_either_fails(self._read(client, pubsub), self._write(client))
 
     # -- reading: the channel, holes and the start -------------------------------------
 

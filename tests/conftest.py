@@ -110,3 +110,12 @@ def browser():
                   "--disable-sync"])
         yield b
         b.close()
+
+
+@pytest.fixture
+def redis_server():
+    """A throwaway ``redis-server`` on a free port (tests/multiproc.py)."""
+    from multiproc import RedisServer
+    server = RedisServer().start()
+    yield server
+    server.stop()

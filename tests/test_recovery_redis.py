@@ -12,20 +12,13 @@ import time
 
 import pytest
 
-from multiproc import RedisServer, ServerProcess, redis_server_path, wait_until
+from multiproc import ServerProcess, redis_server_path, wait_until
 from v1client import HttpPublisher, V1Client
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None,
                                 reason="redis-server is not installed (apt-get install redis-server)")
 
 APP = "tests.apps.feed:server"
-
-
-@pytest.fixture
-def redis_server():
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

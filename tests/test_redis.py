@@ -17,18 +17,11 @@ from simplew import Session, SimpleWServer
 from simplew.backplane import (CHANNEL, HEADER, RECORD, RedisBackplane, decode, encode,
                                encode_record, redact)
 
-from multiproc import (Clients, RedisServer, ServerProcess, ask, free_port, recv, recv_nothing,
+from multiproc import (Clients, ServerProcess, ask, free_port, recv, recv_nothing,
                        redis_server_path, stats, wait_backplane, wait_until)
 
 needs_redis = pytest.mark.skipif(redis_server_path() is None,
                                  reason="redis-server is not installed (apt-get install redis-server)")
-
-
-@pytest.fixture
-def redis_server():
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ it records every ``pub`` offset, can be cut with a TCP reset, and resumes.
 Also runnable, for the network-namespace test (one host per process)::
 
     python tests/v1client.py URL STATE.json SECONDS
+    python tests/v1client.py --publish PORT RATE SECONDS
 
-connects (resuming from STATE.json when it holds a session), collects pubs for
-SECONDS, and writes the session, the offsets received and the welcomes to STATE.json.
+The first connects (resuming from STATE.json when it holds a session), collects
+pubs for SECONDS, and writes the session, the offsets received and the
+welcomes to STATE.json; the second POSTs /publish RATE times a second.
 """
 from __future__ import annotations
 
@@ -182,6 +184,13 @@ class HttpPublisher(threading.Thread):
 
 
 def main() -> None:
+    if sys.argv[1] == "--publish":
+        publisher = HttpPublisher([int(sys.argv[2])], float(sys.argv[3]))
+        publisher.start()
+        time.sleep(float(sys.argv[4]))
+        publisher.stop()
+        print(f"sent {publisher.sent} failed {publisher.failed}")
+        return
     url, state_path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     client = V1Client()
     try:
