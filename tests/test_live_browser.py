@@ -6,7 +6,6 @@ process (the history then lives in a real Redis).
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import redis as redis_py
 from simplew import Controller, WebSocketMessage, require_jwt, route, stream
 from simplew.recovery import digest
 
-from multiproc import RedisServer, free_port, port_open, redis_server_path, wait_until
+from multiproc import free_port, port_open, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERVAL_MS = 20
@@ -52,17 +51,6 @@ def stop(proc: subprocess.Popen) -> str:
         proc.kill()
         output, _ = proc.communicate()
     return output
-
-
-@pytest.fixture
-def redis():
-    if redis_server_path() is None:
-        if os.environ.get("SIMPLEW_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is required but absent")
-        pytest.skip("redis-server is not installed")
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 SECRET = "a secret of the browser client tests, long enough"
@@ -162,12 +150,12 @@ def test_live_page_recovers_a_dropped_connection(browser, run_example):
     assert page.evaluate("window.client.reconnects") == 1
 
 
-def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis):
+def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis_server):
     """A graceful restart (SIGTERM: close 1001), then a crash (SIGKILL) once
     Redis holds the session; the history lives in Redis."""
     port = free_port()
-    procs = [start_live(port, redis.url)]
-    store = redis_py.Redis.from_url(redis.url)
+    procs = [start_live(port, redis_server.url)]
+    store = redis_py.Redis.from_url(redis_server.url)
     try:
         errors: list[str] = []
         page = open_live_page(browser, port, errors)
@@ -181,7 +169,7 @@ def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis)
             page.wait_for_function(
                 "document.getElementById('status').textContent.startsWith('reconnecting')",
                 timeout=10_000)
-            procs.append(start_live(port, redis.url))
+            procs.append(start_live(port, redis_server.url))
             wait_recovered_and_more(page)
         assert_every_offset_once(page, errors)
         assert page.evaluate("window.client.reconnects") == 2
