@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 import jwt as pyjwt
 import pytest
 
-from simplew import Controller, WebSocketMessage, require_jwt, route
+from simplew import Controller, SimpleWServer, WebSocketMessage, require_jwt, route
 from simplew.client import Client, Event, NotConnected, ProtocolError
 
 TIMEOUT = 10.0
@@ -300,6 +300,34 @@ def tcp_receive_buffer_max() -> int:
             return int(f.read().split()[2])
     except OSError:
         return 6 << 20                                  # Linux's default
+
+
+def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_server):
+    """A restarted server without Redis has a new stream (epoch): the client,
+    after failed attempts (connection refused), gets a reset."""
+    first = recovery_server(make_server)
+    port = first.port
+
+    async def main() -> None:
+        client, events, welcome = await connected(first, backoff_min=0.05, backoff_max=0.2)
+        await asyncio.get_running_loop().run_in_executor(None, first.stop)
+        closed = await next_event(events, "close")
+        assert (closed.code, closed.reconnecting) == (1001, True)
+        await asyncio.sleep(0.5)                        # a few refused attempts
+        second = SimpleWServer("127.0.0.1", port, recovery=True)
+        second.add_websocket_content(LiveController, "/ws")
+        second.start()
+        try:
+            reset = await next_event(events, "reset")
+            assert reset.epoch != welcome.epoch and reset.session != welcome.session
+            assert client.connected and client.resets == 1
+            second.multicast_text("on the new stream")
+            assert (await next_event(events, "pub")).data == "on the new stream"
+            await client.close()
+        finally:
+            second.stop()
+
+    run(main())
 
 
 def test_token_is_sent_on_every_upgrade(make_server):

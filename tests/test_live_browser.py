@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import jwt as pyjwt
+import pytest
 import redis as redis_py
 
 from simplew import Controller, WebSocketMessage, require_jwt, route, stream
