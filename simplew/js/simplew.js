@@ -81,6 +81,7 @@ export class SimplewClient extends EventTarget {
   // page's server). The promise resolves with the first welcome; until then and
   // afterwards the client retries by itself until close().
   connect(url) {
+    if (this.url !== null && !this._closing) throw new Error("the client is already connected");
     const target = new URL(url, globalThis.location ? globalThis.location.href : undefined);
     if (target.protocol === "http:") target.protocol = "ws:";
     if (target.protocol === "https:") target.protocol = "wss:";
