@@ -378,3 +378,4 @@ def test_simplew_js_is_served_by_servers_with_a_websocket_endpoint(make_server):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(f"http://127.0.0.1:{plain.port}/simplew.js", timeout=5)
     assert error.value.code == 404
+    error.value.close()

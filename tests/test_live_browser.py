@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 INTERVAL_MS = 20
 
 
-def start_live(port: int, redis_url: str) -> subprocess.Popen:
+def start_live(port: int, redis_url: str | None = None) -> subprocess.Popen:
+    """``examples/live.py`` on ``port``, ticking every INTERVAL_MS, listening."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "live.py"), "--host", "127.0.0.1",
-         "--port", str(port), "--redis", redis_url, "--interval", str(INTERVAL_MS)],
+         "--port", str(port), "--interval", str(INTERVAL_MS)]
+        + (["--redis", redis_url] if redis_url else []),
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     try:
@@ -139,14 +141,18 @@ def assert_every_offset_once(page, errors: list[str]) -> None:
     assert final["received"] == len(offsets)
 
 
-def test_live_page_recovers_a_dropped_connection(browser, run_example):
-    proc, port = run_example("live.py", "--interval", str(INTERVAL_MS))
-    errors: list[str] = []
-    page = open_live_page(browser, port, errors)
-    page.evaluate("window.client._ws.close(4001, 'dropped by the test')")   # not client.close()
-    wait_recovered_and_more(page)
-    assert_every_offset_once(page, errors)
-    assert page.evaluate("window.client.reconnects") == 1
+def test_live_page_recovers_a_dropped_connection(browser):
+    port = free_port()
+    proc = start_live(port)
+    try:
+        errors: list[str] = []
+        page = open_live_page(browser, port, errors)
+        page.evaluate("window.client._ws.close(4001, 'dropped by the test')")  # not client.close()
+        wait_recovered_and_more(page)
+        assert_every_offset_once(page, errors)
+        assert page.evaluate("window.client.reconnects") == 1
+    finally:
+        stop(proc)
 
 
 def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis_server):
