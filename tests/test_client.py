@@ -20,7 +20,7 @@ import jwt as pyjwt
 import pytest
 
 from simplew import Controller, SimpleWServer, WebSocketMessage, require_jwt, route
-from simplew.client import Client, Event, NotConnected, ProtocolError
+from simplew.client import Client, Event, NotConnected, ProtocolError, backoff_delay
 
 TIMEOUT = 10.0
 RATE = 500                      # multicasts per second while a connection is cut
@@ -351,6 +351,15 @@ def test_token_is_sent_on_every_upgrade(make_server):
         await anonymous.close()
 
     run(main())
+
+
+def test_backoff_is_full_jitter_doubling_to_the_cap():
+    for attempt, cap in enumerate([0.5, 1, 2, 4, 8, 16, 20, 20]):
+        delays = [backoff_delay(attempt, 0.5, 20.0) for _ in range(2000)]
+        assert all(0 <= d <= cap for d in delays)
+        assert 0.4 * cap < sum(delays) / len(delays) < 0.6 * cap   # uniform: mean cap / 2
+        assert backoff_delay(attempt, 0.5, 20.0, jitter=False) == cap
+    assert backoff_delay(10_000, 0.5, 20.0, jitter=False) == 20.0
 
 
 def test_connect_refuses_a_server_without_recovery(make_server):

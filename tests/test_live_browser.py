@@ -106,6 +106,15 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
     assert got[4][1] == {"code": 1000, "reason": "", "reconnecting": False}
     wait_until(lambda: len(server.sessions) == 0, 5, "the session gone")
     assert page.evaluate("window.client.connected") is False and errors == []
+    # the reconnection delays: uniform in [0, min(20, 0.5 * 2**attempt)]
+    delays = page.evaluate("""async () => {
+        const { backoffDelay } = await import("/simplew.js");
+        return [0, 1, 2, 3, 4, 5, 6, 7].map((attempt) =>
+          Array.from({ length: 2000 }, () => backoffDelay(attempt, 0.5, 20)));
+    }""")
+    for samples, cap in zip(delays, [0.5, 1, 2, 4, 8, 16, 20, 20]):
+        assert all(0 <= d <= cap for d in samples)
+        assert 0.4 * cap < sum(samples) / len(samples) < 0.6 * cap
 
 
 def stats(page) -> dict:
