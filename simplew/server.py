@@ -18,6 +18,7 @@ from simplew._fast.heartbeat import Heartbeat
 from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
+from simplew import browser as _browser
 from simplew.auth import JwtAuth
 from simplew.controller import Controller, join_path, routes_of
 from simplew.message import BodyMappingError, WebSocketMessage
@@ -459,6 +460,8 @@ class SimpleWServer:
         self._router = compile_router(self._dynamic, self._inline_routes, self, _json_default)
         self._endpoints = {}
         self._flusher = Flusher()
+        if self._ws_specs:
+            self._ops.setdefault(_browser.PATH, _browser.response)
         if self.recovery_enabled:
             self.recovery = Recovery(self, self.recovery_window, self.history_size,
                                      self.history_bytes)

@@ -1,0 +1,556 @@
+"""``Client``: an asyncio client of the ``simplew.v1`` protocol that reconnects by
+itself and resumes its multicast stream where it left off.
+
+::
+
+    client = Client("ws://localhost:2015/websocket", on_pub=lambda pub: print(pub.offset, pub.data))
+    await client.connect()              # returns after the server's first welcome
+    client.send("/websocket/chat/join", {"room": "red"})
+    ...
+    await client.close()
+
+What callers may rely on:
+
+- Every multicast (``pub``) reaches the client at most once and in increasing
+  ``offset`` order: a pub whose offset is not above the last one seen is
+  dropped (counted in ``duplicates``).
+- After a lost connection (anything but :meth:`Client.close`) the client
+  reconnects after ``uniform(0, min(backoff_max, backoff_min * 2**attempt))``
+  seconds ("full jitter"; ``attempt`` counts the failures since the last
+  welcome) and asks for the pubs it missed with ``?session=&epoch=&offset=``.
+  The server answers with a welcome: ``recovered`` true (event ``recovered``;
+  the ``missed`` pubs follow, then live ones) or false (event ``reset``: the
+  missed pubs are lost and the session, its rooms and the offsets are new; the
+  application must reload its state).
+- Direct messages (``msg``) are never recovered. :meth:`Client.send` while
+  disconnected raises :class:`NotConnected`: nothing is queued, the caller
+  decides whether to retry after the next ``open``.
+- Memory is bounded: no history is kept; the :meth:`Client.events` iterator
+  stops reading the socket at ``max_pending`` unread events (TCP
+  backpressure) until the consumer has taken half; the frames of the read
+  that reached the limit are still queued, so the queue holds at most
+  ``max_pending`` plus one socket read (the TCP receive buffer: 6 MiB at
+  most with Linux's defaults). A server that sees the client lag then drops
+  it (``max_write_buffer``), and the reconnection recovers what it missed.
+
+The first :meth:`Client.connect` makes one attempt and raises if it fails
+(wrong URL, server down, not a ``simplew.v1`` server); reconnections after
+that are automatic. Callbacks run on the event loop, in the order the frames
+arrive; a callback returning a coroutine has it scheduled as a task. The
+client is not thread-safe: call it from its loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Union
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
+
+log = logging.getLogger("simplew.client")
+
+PROTOCOL = "simplew.v1"
+RESUME_PARAMS = ("session", "epoch", "offset")
+
+
+class NotConnected(ConnectionError):
+    """:meth:`Client.send` while there is no connection with a welcome (direct
+    messages are not queued)."""
+
+
+class ProtocolError(ConnectionError):
+    """The server did not speak ``simplew.v1`` (no subprotocol, bad welcome)."""
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """A connection's welcome, given to ``open`` and then to ``recovered`` or ``reset``.
+
+    ``offset`` is where the stream resumes: the pubs after it follow.
+    ``missed`` pubs follow at once when ``recovered``.
+    """
+    type: str           # "open", "recovered" or "reset"
+    session: str
+    epoch: str
+    offset: int
+    recovered: bool
+    missed: int
+
+
+@dataclass(frozen=True)
+class Pub:
+    """A multicast: ``data`` is ``str`` (TEXT) or ``bytes`` (binary); ``room`` None
+    for a multicast to every client."""
+    offset: int
+    room: str | None
+    data: str | bytes
+    type: str = "pub"
+
+
+@dataclass(frozen=True)
+class Msg:
+    """A direct message (a handler's reply, ``session.send_text``, an error reply)."""
+    data: str | bytes
+    type: str = "msg"
+
+
+@dataclass(frozen=True)
+class Closed:
+    """A connection that had its welcome ended. ``reconnecting`` is False only
+    after :meth:`Client.close`. ``code`` is 1006 when no CLOSE frame came."""
+    code: int
+    reason: str
+    reconnecting: bool
+    type: str = "close"
+
+
+Event = Union[Welcome, Pub, Msg, Closed]
+Callback = Callable[[Any], Any]
+
+
+def backoff_delay(attempt: int, backoff_min: float, backoff_max: float,
+                  jitter: bool = True) -> float:
+    """Seconds to wait before reconnection attempt ``attempt`` (0, 1, 2...):
+    uniform in [0, min(backoff_max, backoff_min * 2**attempt)], or that cap without jitter."""
+    cap = min(backoff_max, backoff_min * 2.0 ** min(attempt, 62))
+    return random.uniform(0.0, cap) if jitter else cap
+
+
+def _decode(message: dict[str, Any]) -> str | bytes:
+    if "binary" in message:
+        return base64.b64decode(message["binary"], validate=True)
+    text = message["text"]
+    if not isinstance(text, str):
+        raise ValueError("text is not a string")
+    return text
+
+
+class _Listener(WSListener):
+    """One connection's frames, handed to its Client."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+        self.transport: WSTransport | None = None
+        self.welcomed = False
+        self.fragments: list[bytes] | None = None
+        self.fragments_size = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.client._connected(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT and frame.fin:
+            self.client._message(self, frame.get_payload_as_bytes())
+        elif kind == WSMsgType.TEXT or kind == WSMsgType.CONTINUATION:
+            self._fragment(transport, frame)
+        elif kind == WSMsgType.CLOSE:
+            if not transport.is_close_frame_sent:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+        # BINARY frames are not part of simplew.v1: ignored
+
+    def _fragment(self, transport: WSTransport, frame: Any) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            self.fragments, self.fragments_size = [], 0
+        elif self.fragments is None:
+            return                      # the rest of a BINARY message
+        chunk = frame.get_payload_as_bytes()
+        self.fragments_size += len(chunk)
+        if self.fragments_size > self.client.max_message_size:
+            transport.send_close(WSCloseCode.MESSAGE_TOO_BIG)
+            transport.disconnect()
+            return
+        self.fragments.append(chunk)
+        if frame.fin:
+            payload, self.fragments = b"".join(self.fragments), None
+            self.client._message(self, payload)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.client._disconnected(self)
+
+
+class Client:
+    """A ``simplew.v1`` client of the WebSocket endpoint at ``url`` (``ws://`` or ``wss://``).
+
+    Callbacks (each optional, called with one event object): ``on_open(Welcome)``
+    after every welcome, then ``on_recovered(Welcome)`` or ``on_reset(Welcome)``
+    when the connection asked for recovery; ``on_pub(Pub)``, ``on_msg(Msg)``,
+    ``on_close(Closed)``. ``token``: a JWT (or a function returning the current
+    one) sent as ``Authorization: Bearer`` on every upgrade. ``jitter=False``
+    waits the full backoff cap (tests, a single client). ``ping_interval``:
+    seconds of silence before the client pings, and then waits as long for the
+    pong (None: never; a dead network is then noticed only by TCP).
+    """
+
+    def __init__(self, url: str, *, on_pub: Callback | None = None,
+                 on_msg: Callback | None = None, on_open: Callback | None = None,
+                 on_recovered: Callback | None = None, on_reset: Callback | None = None,
+                 on_close: Callback | None = None,
+                 token: str | Callable[[], str] | None = None,
+                 backoff_min: float = 0.5, backoff_max: float = 20.0, jitter: bool = True,
+                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
+                 max_message_size: int = 16 << 20, ssl_context: Any = None) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("ws", "wss"):
+            raise ValueError(f"url must be ws:// or wss://, not {url!r}")
+        if backoff_min <= 0 or backoff_max < backoff_min:
+            raise ValueError("need 0 < backoff_min <= backoff_max")
+        self.url = url
+        self.callbacks: dict[str, Callback | None] = {
+            "open": on_open, "recovered": on_recovered, "reset": on_reset,
+            "pub": on_pub, "msg": on_msg, "close": on_close}
+        self.token = token
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.jitter = jitter
+        self.open_timeout = open_timeout
+        self.ping_interval = ping_interval
+        self.max_message_size = max_message_size
+        self.ssl_context = ssl_context
+        # resume state: what the last welcome and pubs said
+        self.session: str | None = None
+        self.epoch: str | None = None
+        self.offset: int | None = None
+        # counters
+        self.duplicates = 0         # pubs dropped: offset not above the last one
+        self.reconnects = 0         # welcomes after the first
+        self.resets = 0
+        self._listener: _Listener | None = None
+        self._asked_recovery = False
+        self._welcome_waiter: asyncio.Future[Welcome] | None = None
+        self._gone: asyncio.Future[None] | None = None      # the current connection ended
+        self._wakeup: asyncio.Event | None = None           # close() during a backoff sleep
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._opened_once = False
+        # the events() iterator's queue and flow control
+        self._queue: collections.deque[Event] | None = None
+        self._max_pending = 0
+        self._queue_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._finished = False
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True from a welcome until that connection ends."""
+        listener = self._listener
+        return listener is not None and listener.welcomed and not self._closing
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in the :meth:`events` iterator (0 without one)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
+    def transport(self) -> WSTransport | None:
+        """The current picows transport (diagnostics), or None."""
+        return self._listener.transport if self._listener is not None else None
+
+    def _resume_url(self) -> str:
+        """``url`` with ``session``, ``epoch``, ``offset`` set when there is state to resume."""
+        parts = urlsplit(self.url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k not in RESUME_PARAMS]
+        self._asked_recovery = self.session is not None and self.offset is not None
+        if self._asked_recovery:
+            query += [("session", self.session), ("epoch", self.epoch),
+                      ("offset", str(self.offset))]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    # -- public API ---------------------------------------------------------
+
+    async def connect(self) -> Welcome:
+        """Open the connection and return its welcome; afterwards the client
+        reconnects by itself until :meth:`close`. Raises (``OSError``,
+        ``ProtocolError``, a picows handshake error, ``TimeoutError``) if this
+        first attempt fails."""
+        if self._task is not None:
+            raise RuntimeError("the client is already connected")
+        self._closing = False
+        self._finished = False
+        self._wakeup = asyncio.Event()
+        welcome = await self._attempt()
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+        return welcome
+
+    def send(self, url: str, body: Any = None, *, jwt: str | None = None) -> None:
+        """Send the envelope ``{"url": url, "body": body}`` (plus ``"jwt"`` if given)
+        to a routed endpoint. Raises :class:`NotConnected` while disconnected."""
+        envelope: dict[str, Any] = {"url": url, "body": body}
+        if jwt is not None:
+            envelope["jwt"] = jwt
+        self.send_text(json.dumps(envelope, separators=(",", ":")))
+
+    def send_text(self, text: str) -> None:
+        """Send one raw TEXT message (for ``on_message`` endpoints)."""
+        self._current().send(WSMsgType.TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes) -> None:
+        """Send one raw BINARY message (for ``on_message`` endpoints)."""
+        self._current().send(WSMsgType.BINARY, bytes(data))
+
+    def _current(self) -> WSTransport:
+        listener = self._listener
+        if listener is None or not listener.welcomed or self._closing \
+                or listener.transport is None:
+            raise NotConnected("not connected: direct messages are not queued; "
+                               "send again after the next open event")
+        return listener.transport
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Close the connection (1000) and stop reconnecting; ends :meth:`events`."""
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        listener = self._listener
+        if listener is not None and listener.transport is not None \
+                and not listener.transport.is_disconnected:
+            transport = listener.transport
+            if not transport.is_close_frame_sent:
+                transport.send_close(WSCloseCode.OK)
+            try:
+                await asyncio.wait_for(transport.wait_disconnected(), timeout)
+            except (asyncio.TimeoutError, Exception):
+                transport.disconnect(False)
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._finish()
+
+    def events(self, max_pending: int = 1024) -> AsyncIterator[Event]:
+        """The events as an async iterator, ending after :meth:`close`. Call it
+        before :meth:`connect` to get everything from the first welcome on; one
+        iterator at a time. Past ``max_pending`` unread events the socket is
+        not read until the consumer has taken half of them (see the module
+        docstring for the bound)."""
+        if self._queue is not None:
+            raise RuntimeError("events() is already being iterated")
+        if max_pending < 2:
+            raise ValueError("max_pending must be at least 2")
+        self._queue = collections.deque()
+        self._max_pending = max_pending
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        queue = self._queue
+        assert queue is not None
+        try:
+            while True:
+                while not queue:
+                    if self._finished:
+                        return
+                    self._queue_waiter = asyncio.get_running_loop().create_future()
+                    await self._queue_waiter
+                event = queue.popleft()
+                if self._reading_paused and len(queue) <= self._max_pending // 2:
+                    self._flow(False)
+                yield event
+        finally:
+            self._queue = None
+            self._flow(False)
+
+    # -- connection lifecycle -------------------------------------------------
+
+    async def _attempt(self) -> Welcome:
+        """One connection attempt, up to its welcome."""
+        loop = asyncio.get_running_loop()
+        self._welcome_waiter = loop.create_future()
+        self._gone = loop.create_future()
+        headers = [("Sec-WebSocket-Protocol", PROTOCOL)]
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            headers.append(("Authorization", f"Bearer {token}"))
+        transport, _ = await ws_connect(
+            lambda: _Listener(self), self._resume_url(), extra_headers=headers,
+            ssl_context=self.ssl_context, websocket_handshake_timeout=self.open_timeout,
+            enable_auto_ping=self.ping_interval is not None,
+            auto_ping_idle_timeout=self.ping_interval or 10,
+            auto_ping_reply_timeout=self.ping_interval or 10,
+            max_frame_size=self.max_message_size, logger_name="simplew.client.picows")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._welcome_waiter),
+                                          self.open_timeout)
+        except BaseException:
+            transport.disconnect(False)
+            raise
+
+    async def _supervise(self) -> None:
+        """Wait for the connection to end, then reconnect with backoff, until close()."""
+        assert self._wakeup is not None
+        attempt = 0
+        while not self._closing:
+            assert self._gone is not None
+            await self._gone
+            while not self._closing:
+                delay = backoff_delay(attempt, self.backoff_min, self.backoff_max, self.jitter)
+                attempt += 1
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                if self._closing:
+                    break
+                try:
+                    await self._attempt()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.debug("reconnection attempt %d to %s failed: %r", attempt, self.url, exc)
+                    continue
+                attempt = 0
+                break
+
+    def _connected(self, listener: _Listener) -> None:
+        transport = listener.transport
+        assert transport is not None
+        if self._closing:
+            transport.disconnect(False)
+            return
+        protocol = transport.response.headers.get("Sec-WebSocket-Protocol", "")
+        if protocol.strip() != PROTOCOL:
+            self._fail_attempt(ProtocolError(
+                f"{self.url} did not select the {PROTOCOL} subprotocol (answered {protocol!r}):"
+                " a simplew server needs recovery=True"))
+            transport.disconnect(False)
+            return
+        self._listener = listener
+        if self._reading_paused:
+            transport.underlying_transport.pause_reading()
+
+    def _fail_attempt(self, exc: Exception) -> None:
+        waiter = self._welcome_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+            waiter.exception()          # retrieved: no "never retrieved" warning
+
+    def _disconnected(self, listener: _Listener) -> None:
+        if listener is not self._listener:
+            return                      # refused in _connected
+        transport = listener.transport
+        assert transport is not None
+        code, reason = 1006, ""
+        handshake = transport.close_handshake
+        if handshake is not None and handshake.recv is not None:
+            received = handshake.recv.code
+            code = int(getattr(received, "value", received))
+            reason = handshake.recv.reason or ""
+        self._fail_attempt(ConnectionError(f"connection closed before the welcome ({code})"))
+        if listener.welcomed:
+            listener.welcomed = False
+            self._emit(Closed(code, reason, reconnecting=not self._closing))
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._wake_iterator()
+
+    # -- messages -------------------------------------------------------------
+
+    def _message(self, listener: _Listener, payload: bytes) -> None:
+        if listener is not self._listener:
+            return
+        try:
+            message = json.loads(payload)
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "pub":
+                if listener.welcomed:
+                    self._pub(message)
+            elif kind == "msg":
+                if listener.welcomed:
+                    self._emit(Msg(_decode(message)))
+            elif kind == "welcome":
+                self._welcome(listener, message)
+            # other types: ignored (forward compatibility)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            log.warning("malformed simplew.v1 message from %s dropped: %s", self.url, exc)
+            if not listener.welcomed:
+                self._fail_attempt(ProtocolError(f"bad welcome: {exc}"))
+                if listener.transport is not None:
+                    listener.transport.disconnect(False)
+
+    def _pub(self, message: dict[str, Any]) -> None:
+        offset = message["offset"]
+        if not isinstance(offset, int):
+            raise TypeError("pub offset is not an integer")
+        if self.offset is not None and offset <= self.offset:
+            self.duplicates += 1
+            return
+        room = message.get("room")
+        self.offset = offset
+        self._emit(Pub(offset, room if isinstance(room, str) else None, _decode(message)))
+
+    def _welcome(self, listener: _Listener, message: dict[str, Any]) -> None:
+        session, epoch, offset = message["session"], message["epoch"], message["offset"]
+        if not isinstance(session, str) or not isinstance(epoch, str) \
+                or not isinstance(offset, int) or offset < 0:
+            raise ValueError("welcome needs session, epoch (strings) and offset (int >= 0)")
+        if listener.welcomed:
+            raise ValueError("a second welcome on one connection")
+        recovered = message.get("recovered") is True
+        missed = message.get("missed", 0) if recovered else 0
+        self.session, self.epoch, self.offset = session, epoch, offset
+        listener.welcomed = True
+        if self._opened_once:
+            self.reconnects += 1
+        self._opened_once = True
+        welcome = Welcome("open", session, epoch, offset, recovered, missed)
+        waiter = self._welcome_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(welcome)
+        self._emit(welcome)
+        if self._asked_recovery:
+            if recovered:
+                self._emit(Welcome("recovered", session, epoch, offset, True, missed))
+            else:
+                self.resets += 1
+                self._emit(Welcome("reset", session, epoch, offset, False, 0))
+
+    def _emit(self, event: Event) -> None:
+        callback = self.callbacks[event.type]
+        if callback is not None:
+            try:
+                result = callback(event)
+                if asyncio.iscoroutine(result):
+                    asyncio.get_running_loop().create_task(result)
+            except Exception:
+                log.exception("%s callback of the simplew client raised", event.type)
+        queue = self._queue
+        if queue is not None:
+            queue.append(event)
+            self._wake_iterator()
+            if not self._reading_paused and len(queue) >= self._max_pending:
+                self._flow(True)
+
+    def _wake_iterator(self) -> None:
+        waiter = self._queue_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _flow(self, pause: bool) -> None:
+        """Pause or resume reading the socket for the events() consumer."""
+        if self._reading_paused == pause:
+            return
+        self._reading_paused = pause
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        underlying = transport.underlying_transport
+        if pause:
+            underlying.pause_reading()
+        else:
+            underlying.resume_reading()

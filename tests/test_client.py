@@ -1,0 +1,390 @@
+"""The Python ``simplew.v1`` client (``simplew.client.Client``) against a real
+server with recovery on: welcome, direct messages, pubs in order, a connection
+cut with a TCP RST during a 500 msg/s multicast and recovered without a loss or
+a duplicate, rooms kept across the reconnection, reset after the recovery
+window, and ``/simplew.js`` served to browsers.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import threading
+import urllib.error
+import urllib.request
+from importlib import resources
+from typing import Any, AsyncIterator
+
+import jwt as pyjwt
+import pytest
+
+from simplew import Controller, SimpleWServer, WebSocketMessage, require_jwt, route
+from simplew.client import Client, Event, NotConnected, ProtocolError, backoff_delay
+
+TIMEOUT = 10.0
+RATE = 500                      # multicasts per second while a connection is cut
+
+
+class LiveController(Controller):
+    """The routed handlers the client talks to."""
+
+    @route("WEBSOCKET", "/echo")
+    def echo(self, message: WebSocketMessage) -> Any:
+        return {"echo": message.body}
+
+    @route("WEBSOCKET", "/join")
+    def join(self, message: WebSocketMessage) -> str:
+        self.session.join(message.body)
+        return f"joined {message.body}"
+
+
+    @require_jwt
+    @route("WEBSOCKET", "/me")
+    def me(self, message: WebSocketMessage) -> str:
+        return self.jwt["sub"]
+
+
+SECRET = "a secret of the client tests, long enough for HS256"
+
+
+def recovery_server(make_server, **options):
+    def configure(server) -> None:
+        server.add_websocket_content(LiveController, "/ws")
+        server.set_token(SECRET, algorithms=["HS256"])
+    options.setdefault("recovery", True)
+    return make_server(configure, **options)
+
+
+def url(server) -> str:
+    return f"ws://127.0.0.1:{server.port}/ws"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def next_event(events: AsyncIterator[Event], kind: str) -> Any:
+    """The next event of type ``kind`` (others are skipped)."""
+    async def find() -> Any:
+        async for event in events:
+            if event.type == kind:
+                return event
+        raise AssertionError(f"events ended before a {kind!r} event")
+    return await asyncio.wait_for(find(), TIMEOUT)
+
+
+async def until(predicate: Any) -> None:
+    """Poll ``predicate`` (server state, read from another thread) until it holds."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def connected(server, **options: Any) -> tuple[Client, AsyncIterator[Event], Any]:
+    """A client of ``server``'s /ws with its events() iterator, after its welcome."""
+    client = Client(url(server), **options)
+    events = client.events(max_pending=100_000)
+    return client, events, await client.connect()
+
+
+def cut_with_rst(client: Client) -> None:
+    """Drop the client's TCP connection as a dead network would: RST, no CLOSE."""
+    transport = client.transport
+    assert transport is not None
+    sock = transport.underlying_transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.disconnect(graceful=False)
+
+
+async def cut_and_recover(client: Client, events: AsyncIterator[Event]) -> Any:
+    """Cut with RST, check the client's state while it is away, return the
+    ``recovered`` welcome of its reconnection (same session)."""
+    session = client.session
+    cut_with_rst(client)
+    assert (await next_event(events, "close")).code == 1006
+    assert not client.connected
+    with pytest.raises(NotConnected):
+        client.send("/ws/echo", "while disconnected")
+    recovered = await next_event(events, "recovered")
+    assert recovered.session == session == client.session and recovered.recovered
+    return recovered
+
+
+class Ticker:
+    """Multicasts ``tick N`` (to every client, or round-robin over ``rooms``) at
+    about ``RATE`` per second from its own thread, until ``stop()``."""
+
+    def __init__(self, server, rooms: list[str | None] | None = None) -> None:
+        self.server = server
+        self.rooms = rooms or [None]
+        self.sent = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(1 / RATE):
+            room = self.rooms[self.sent % len(self.rooms)]
+            self.server.multicast_text(f"tick {self.sent} {room}", room=room)
+            self.sent += 1
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+# -- tests --------------------------------------------------------------------------
+
+def test_welcome_direct_messages_and_pubs_in_order(make_server):
+    server = recovery_server(make_server)
+
+    async def main() -> None:
+        client = Client(url(server))
+        events = client.events()
+        assert not client.connected
+        with pytest.raises(NotConnected):
+            client.send("/ws/echo", 1)
+        welcome = await client.connect()
+        assert welcome.type == "open" and welcome.recovered is False and welcome.missed == 0
+        assert len(welcome.session) >= 22 and isinstance(welcome.epoch, str)
+        assert (client.session, client.epoch, client.offset) == \
+            (welcome.session, welcome.epoch, welcome.offset)
+        assert client.connected
+        assert (await next_event(events, "open")) == welcome
+
+        client.send("/ws/echo", {"a": [1, "é"]})
+        assert json.loads((await next_event(events, "msg")).data) == {"echo": {"a": [1, "é"]}}
+        client.send("/ws/nowhere", None)
+        error = json.loads((await next_event(events, "msg")).data)
+        assert (error["error"], error["url"]) == ("unknown_url", "/ws/nowhere")
+
+        for n in range(20):
+            server.multicast_text(f"text {n}")
+        server.multicast_binary(b"\x00\xffbinary")
+        pubs = [await next_event(events, "pub") for _ in range(21)]
+        assert [p.data for p in pubs] == [f"text {n}" for n in range(20)] + [b"\x00\xffbinary"]
+        offsets = [p.offset for p in pubs]
+        assert offsets == sorted(set(offsets)) and offsets[0] > welcome.offset
+        assert all(p.room is None for p in pubs)
+        assert client.offset == offsets[-1]
+
+        await client.close()
+        closed = await next_event(events, "close")
+        assert closed.code == 1000 and closed.reconnecting is False
+        assert [event async for event in events] == []     # the iterator ends
+        assert not client.connected
+        with pytest.raises(NotConnected):
+            client.send("/ws/echo", 1)
+
+    run(main())
+
+
+def test_rst_during_multicast_every_offset_exactly_once_in_order(make_server):
+    server = recovery_server(make_server)
+
+    async def main() -> None:
+        # no jitter: the reconnection comes 1 s after the cut, ~500 multicasts later
+        client, events, welcome = await connected(server, backoff_min=1.0, jitter=False)
+        ticker = Ticker(server)
+        try:
+            seen = [(await next_event(events, "pub")).offset for _ in range(100)]
+            recovered = await cut_and_recover(client, events)
+            assert recovered.missed >= RATE // 4       # the second without a connection
+            cut_at = recovered.offset
+            while True:
+                pub = await next_event(events, "pub")
+                seen.append(pub.offset)
+                if pub.offset > cut_at + recovered.missed + 100:
+                    break                               # recovered ones, then live ones
+        finally:
+            ticker.stop()
+        await client.close()
+        assert seen == list(range(welcome.offset + 1, seen[-1] + 1))
+        assert client.reconnects == 1 and client.resets == 0
+
+    run(main())
+
+
+def test_rooms_joined_by_a_handler_are_restored_after_reconnect(make_server):
+    server = recovery_server(make_server)
+
+    async def main() -> None:
+        client, events, _ = await connected(server, backoff_min=0.3, jitter=False)
+        client.send("/ws/join", "red")
+        assert (await next_event(events, "msg")).data == "joined red"
+        ticker = Ticker(server, rooms=["red", "blue", None])
+        try:
+            before = [await next_event(events, "pub") for _ in range(30)]
+            recovered = await cut_and_recover(client, events)
+            missed = [await next_event(events, "pub") for _ in range(recovered.missed)]
+            live = [await next_event(events, "pub") for _ in range(40)]
+        finally:
+            ticker.stop()
+        await client.close()
+        for pubs in (before, missed, live):             # never "blue"
+            assert {p.room for p in pubs} == {"red", None}
+        pubs = before + missed + live
+        assert all(p.data.endswith(f" {p.room}") for p in pubs)
+        offsets = [p.offset for p in pubs]
+        assert offsets == sorted(set(offsets))
+
+    run(main())
+
+
+def test_reset_when_the_window_has_expired(make_server):
+    server = recovery_server(make_server, recovery_window=0.2)
+
+    async def main() -> None:
+        client, events, welcome = await connected(server, backoff_min=1.0, jitter=False)
+        client.send("/ws/join", "red")
+        assert (await next_event(events, "msg")).data == "joined red"
+        server.multicast_text("before")
+        before = await next_event(events, "pub")
+        cut_with_rst(client)
+        await next_event(events, "close")
+        ticker = Ticker(server, rooms=[None, "red"])
+        try:
+            opened = await next_event(events, "open")
+            reset = await next_event(events, "reset")
+            assert opened.recovered is False and reset.session != welcome.session
+            assert client.session == reset.session and client.resets == 1
+            after = await next_event(events, "pub")
+        finally:
+            ticker.stop()
+        await client.close()
+        assert after.offset > before.offset
+        assert after.room is None                       # a new session: no room
+
+    run(main())
+
+
+def test_a_slow_consumer_is_bounded_and_loses_nothing(make_server):
+    """events() stops reading at max_pending; the server then drops the client
+    as slow (max_write_buffer), and the reconnection recovers the rest."""
+    server = recovery_server(make_server, max_write_buffer=256 << 10)
+    count, size, max_pending = 10000, 1000, 16
+    peak = [0]
+
+    async def main() -> None:
+        client = Client(url(server), backoff_min=0.05, jitter=False,
+                        on_pub=lambda pub: peak.__setitem__(0, max(peak[0], client.pending)))
+        events = client.events(max_pending=max_pending)
+        welcome = await client.connect()
+        endpoint = server.endpoint_for("/ws")
+        for n in range(count):
+            server.multicast_text(f"{n:<{size}}")
+        offsets, closes = [], 0
+        while len(offsets) < count:
+            event = await asyncio.wait_for(events.__anext__(), TIMEOUT)
+            if event.type == "pub":
+                assert int(event.data) == len(offsets)
+                offsets.append(event.offset)
+            closes += event.type == "close"
+            if len(offsets) == 1:                       # stop consuming until the server
+                await until(lambda: endpoint.dropped_slow_clients)  # drops this slow client
+        await client.close()
+        assert offsets == list(range(welcome.offset + 1, welcome.offset + count + 1))
+        assert closes >= 1 and client.reconnects >= 1 and client.resets == 0
+
+    run(main())
+    # the frames of the socket read that hit the limit are still delivered: at
+    # most the kernel's TCP receive buffer (its autotuning maximum)
+    assert max_pending <= peak[0] <= max_pending + tcp_receive_buffer_max() // size
+
+
+def tcp_receive_buffer_max() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+            return int(f.read().split()[2])
+    except OSError:
+        return 6 << 20                                  # Linux's default
+
+
+def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_server):
+    """A restarted server without Redis has a new stream (epoch): the client,
+    after failed attempts (connection refused), gets a reset."""
+    first = recovery_server(make_server)
+    port = first.port
+
+    async def main() -> None:
+        client, events, welcome = await connected(first, backoff_min=0.05, backoff_max=0.2)
+        await asyncio.get_running_loop().run_in_executor(None, first.stop)
+        closed = await next_event(events, "close")
+        assert (closed.code, closed.reconnecting) == (1001, True)
+        await asyncio.sleep(0.5)                        # a few refused attempts
+        second = SimpleWServer("127.0.0.1", port, recovery=True)
+        second.add_websocket_content(LiveController, "/ws")
+        second.start()
+        try:
+            reset = await next_event(events, "reset")
+            assert reset.epoch != welcome.epoch and reset.session != welcome.session
+            assert client.connected and client.resets == 1
+            second.multicast_text("on the new stream")
+            assert (await next_event(events, "pub")).data == "on the new stream"
+            await client.close()
+        finally:
+            second.stop()
+
+    run(main())
+
+
+def test_token_is_sent_on_every_upgrade(make_server):
+    server = recovery_server(make_server)
+    tokens = iter([pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+                   pyjwt.encode({"sub": "bob"}, SECRET, algorithm="HS256")])
+
+    async def main() -> None:
+        client, events, _ = await connected(server, token=lambda: next(tokens),
+                                            backoff_min=0.05, jitter=False)
+        client.send("/ws/me")
+        assert (await next_event(events, "msg")).data == "alice"
+        await cut_and_recover(client, events)
+        client.send("/ws/me")                           # the function gave a fresh token
+        assert (await next_event(events, "msg")).data == "bob"
+        await client.close()
+
+        anonymous, events, _ = await connected(server)
+        anonymous.send("/ws/me")
+        assert json.loads((await next_event(events, "msg")).data)["error"] == "unauthorized"
+        await anonymous.close()
+
+    run(main())
+
+
+def test_backoff_is_full_jitter_doubling_to_the_cap():
+    for attempt, cap in enumerate([0.5, 1, 2, 4, 8, 16, 20, 20]):
+        delays = [backoff_delay(attempt, 0.5, 20.0) for _ in range(2000)]
+        assert all(0 <= d <= cap for d in delays)
+        assert 0.4 * cap < sum(delays) / len(delays) < 0.6 * cap   # uniform: mean cap / 2
+        assert backoff_delay(attempt, 0.5, 20.0, jitter=False) == cap
+    assert backoff_delay(10_000, 0.5, 20.0, jitter=False) == 20.0
+
+
+def test_connect_refuses_a_server_without_recovery(make_server):
+    server = recovery_server(make_server, recovery=False)   # plain WebSocket frames
+
+    async def main() -> None:
+        client = Client(url(server))
+        with pytest.raises(ProtocolError, match="recovery=True"):
+            await client.connect()
+        assert not client.connected
+
+    run(main())
+
+
+def test_simplew_js_is_served_by_servers_with_a_websocket_endpoint(make_server):
+    server = recovery_server(make_server)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/simplew.js", timeout=5) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/javascript")
+        body = r.read()
+    assert body == resources.files("simplew").joinpath("js/simplew.js").read_bytes()
+    assert b"export class SimplewClient" in body
+
+    plain = make_server()                               # no WebSocket endpoint
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"http://127.0.0.1:{plain.port}/simplew.js", timeout=5)
+    assert error.value.code == 404
+    error.value.close()

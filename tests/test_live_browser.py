@@ -1,0 +1,193 @@
+"""The browser client ``/simplew.js`` in Chromium: its API against a real
+server (token, direct messages, text and binary pubs, close), and the live
+example (``examples/live.py``, ``www/live``), whose page sees every offset
+exactly once across a dropped connection and across a restart of the server
+process (the history then lives in a real Redis).
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt as pyjwt
+import pytest
+import redis as redis_py
+
+from simplew import Controller, WebSocketMessage, require_jwt, route, stream
+from simplew.recovery import digest
+
+from multiproc import free_port, port_open, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERVAL_MS = 20
+
+
+def start_live(port: int, redis_url: str | None = None) -> subprocess.Popen:
+    """``examples/live.py`` on ``port``, ticking every INTERVAL_MS, listening."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "live.py"), "--host", "127.0.0.1",
+         "--port", str(port), "--interval", str(INTERVAL_MS)]
+        + (["--redis", redis_url] if redis_url else []),
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, "live.py listening")
+    except AssertionError:
+        proc.kill()
+        raise
+    if proc.poll() is not None:
+        raise AssertionError(f"live.py exited:\n{proc.stdout.read()}")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM (close 1001 to every client), wait, and return the output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output
+
+
+SECRET = "a secret of the browser client tests, long enough"
+
+
+class WhoAmI(Controller):
+    @require_jwt
+    @route("WEBSOCKET", "/me")
+    def me(self, message: WebSocketMessage) -> str:
+        return self.jwt["sub"]
+
+
+def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
+    def configure(server) -> None:
+        server.add_websocket_content(WhoAmI, "/ws")
+        server.set_token(SECRET, algorithms=["HS256"])
+    server = make_server(configure, recovery=True)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")         # an origin for the import
+    opened = page.evaluate("""async (token) => {
+        const { SimplewClient, NotConnectedError } = await import("/simplew.js");
+        const client = window.client = new SimplewClient({ token });
+        const got = window.got = [];
+        let refused = false;
+        try { client.send("/ws/me"); } catch (error) { refused = error instanceof NotConnectedError; }
+        for (const type of ["open", "recovered", "reset", "msg", "pub", "close"]) {
+          client.addEventListener(type, (e) => got.push([type, e.detail.data instanceof Uint8Array
+            ? Array.from(e.detail.data) : e.detail]));
+        }
+        const welcome = await client.connect("/ws");
+        client.send("/ws/me");
+        return { welcome, refused, connected: client.connected };
+    }""", pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"))
+    welcome = opened["welcome"]
+    assert opened["refused"] and opened["connected"]
+    assert welcome["recovered"] is False and len(welcome["session"]) >= 22
+    page.wait_for_function("window.got.length >= 2")
+    server.multicast_binary(b"\x00\x01\xfe\xff")
+    server.multicast_text("héllo")
+    page.wait_for_function("window.got.length >= 4")
+    page.evaluate("window.client.close()")
+    page.wait_for_function("window.got.length >= 5")
+    got = page.evaluate("window.got")
+    assert [event[0] for event in got] == ["open", "msg", "pub", "pub", "close"]
+    assert got[1][1] == {"data": "alice"}
+    binary, text = got[2][1], got[3][1]
+    assert binary == [0, 1, 254, 255]                   # a Uint8Array, from base64
+    assert text["data"] == "héllo" and text["room"] is None
+    assert text["offset"] > welcome["offset"]
+    assert got[4][1] == {"code": 1000, "reason": "", "reconnecting": False}
+    wait_until(lambda: len(server.sessions) == 0, 5, "the session gone")
+    assert page.evaluate("window.client.connected") is False and errors == []
+    # the reconnection delays: uniform in [0, min(20, 0.5 * 2**attempt)]
+    delays = page.evaluate("""async () => {
+        const { backoffDelay } = await import("/simplew.js");
+        return [0, 1, 2, 3, 4, 5, 6, 7].map((attempt) =>
+          Array.from({ length: 2000 }, () => backoffDelay(attempt, 0.5, 20)));
+    }""")
+    for samples, cap in zip(delays, [0.5, 1, 2, 4, 8, 16, 20, 20]):
+        assert all(0 <= d <= cap for d in samples)
+        assert 0.4 * cap < sum(samples) / len(samples) < 0.6 * cap
+
+
+def stats(page) -> dict:
+    return page.evaluate("({...window.stats, offsets: undefined})")
+
+
+def status(page) -> str:
+    return page.text_content("#status")
+
+
+def open_live_page(browser, port: int, errors: list[str]):
+    page = browser.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{port}/?backoffMax=1")    # a slow restart: no long waits
+    page.wait_for_function("window.stats && window.stats.received >= 25", timeout=10_000)
+    return page
+
+
+def wait_recovered_and_more(page) -> None:
+    """Wait for the "recovered" status, then for 25 live pubs more."""
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('recovered')",
+                           timeout=30_000)
+    received = stats(page)["received"]
+    page.wait_for_function(f"window.stats.received >= {received + 25}", timeout=10_000)
+
+
+def assert_every_offset_once(page, errors: list[str]) -> None:
+    final = page.evaluate("({...window.stats, offsets: [...window.stats.offsets]})")
+    offsets = final["offsets"]
+    assert errors == []
+    assert (final["gaps"], final["dups"], final["resets"]) == (0, 0, 0), final
+    assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+    assert final["received"] == len(offsets)
+
+
+def test_live_page_recovers_a_dropped_connection(browser):
+    port = free_port()
+    proc = start_live(port)
+    try:
+        errors: list[str] = []
+        page = open_live_page(browser, port, errors)
+        page.evaluate("window.client._ws.close(4001, 'dropped by the test')")  # not client.close()
+        wait_recovered_and_more(page)
+        assert_every_offset_once(page, errors)
+        assert page.evaluate("window.client.reconnects") == 1
+    finally:
+        stop(proc)
+
+
+def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis_server):
+    """A graceful restart (SIGTERM: close 1001), then a crash (SIGKILL) once
+    Redis holds the session; the history lives in Redis."""
+    port = free_port()
+    procs = [start_live(port, redis_server.url)]
+    store = redis_py.Redis.from_url(redis_server.url)
+    try:
+        errors: list[str] = []
+        page = open_live_page(browser, port, errors)
+        for crash in (False, True):
+            if crash:
+                session = page.evaluate("window.client.session")
+                key = f"{stream.PREFIX}:session:{digest(session).hex()}"
+                wait_until(lambda: store.exists(key), 10, "the session written to Redis")
+                procs[-1].kill()
+            stop(procs[-1])
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('reconnecting')",
+                timeout=10_000)
+            procs.append(start_live(port, redis_server.url))
+            wait_recovered_and_more(page)
+        assert_every_offset_once(page, errors)
+        assert page.evaluate("window.client.reconnects") == 2
+    finally:
+        store.close()
+        for proc in procs:
+            stop(proc)
