@@ -46,6 +46,14 @@ _METRICS = (
      "WebSocket upgrades refused (403) for an Origin not allowed."),
     ("simplew_ping_timeouts_total", "counter",
      "WebSocket clients closed (1011) for not answering a ping within ping_timeout."),
+    ("simplew_stream_offset", "gauge", "The last offset of the publication stream (recovery)."),
+    ("simplew_history_publications", "gauge", "Publications held for recovery."),
+    ("simplew_history_bytes", "gauge", "Bytes of the publications held for recovery."),
+    ("simplew_sessions_recovered_total", "counter", "simplew.v1 sessions resumed."),
+    ("simplew_sessions_reset_total", "counter",
+     "simplew.v1 clients that asked to resume and got a fresh session."),
+    ("simplew_sessions_expired_total", "counter",
+     "simplew.v1 sessions ended for good (the recovery window passed; without Redis)."),
 )
 
 
@@ -59,6 +67,7 @@ def collect(server: Any) -> dict[str, Any]:
     http = server.http_stats
     hub = server.hub
     admission = server.admission
+    recovery = getattr(server, "recovery", None)
     return {
         "simplew_connections": len(hub),
         "simplew_http_connections": len(getattr(server, "_http_connections", ())),
@@ -77,6 +86,12 @@ def collect(server: Any) -> dict[str, Any]:
         "simplew_rejected_connections_per_ip_total": admission.rejected_per_ip,
         "simplew_rejected_origins_total": admission.rejected_origins,
         "simplew_ping_timeouts_total": getattr(server.heartbeat, "dropped", 0),
+        "simplew_stream_offset": 0 if recovery is None else recovery.history.top,
+        "simplew_history_publications": 0 if recovery is None else recovery.history.count,
+        "simplew_history_bytes": 0 if recovery is None else recovery.history.bytes,
+        "simplew_sessions_recovered_total": 0 if recovery is None else recovery.sessions_recovered,
+        "simplew_sessions_reset_total": 0 if recovery is None else recovery.sessions_reset,
+        "simplew_sessions_expired_total": 0 if recovery is None else recovery.sessions_expired,
     }
 
 

@@ -224,6 +224,8 @@ class Recovery:
         self.hub.add(conn)
         for room in rooms:
             self.hub.join(conn, room)
+        if self.store is not None and self.window > 0:
+            self.store.session_admitted(conn)
         self.server._session_opened(conn)
 
     def closed(self, conn: Any) -> None:

@@ -148,6 +148,17 @@ class RedisStream:
         self._waiters.append((conn, resume, asked, admit))
         self._wakeup.set()
 
+    def session_admitted(self, session: Any) -> None:
+        """Record a session (and its rooms) in Redis at once, so that a crash of this
+        process right after it connected does not lose it."""
+        rooms = frozenset(session.rooms)
+        self._session_record(session.id, rooms, session.user)
+        expiry = str(time.time() + PRESENCE_TTL)
+        for room in rooms:
+            self._commands.append(("HSET", (self._presence_key(room), session.id, expiry)))
+        self._written[session.id] = (rooms, time.monotonic())
+        self._wakeup.set()
+
     def session_ended(self, session_id: str, rooms: Any, user: Any) -> None:
         """Keep a session's rooms for the recovery window, for any process."""
         self._written.pop(session_id, None)

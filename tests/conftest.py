@@ -42,13 +42,13 @@ def make_server() -> Iterator[Callable[..., SimpleWServer]]:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))              # free on every address: examples bind 0.0.0.0
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -62,7 +62,7 @@ def run_example() -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
     """``run_example("push.py", *args)`` → (process, port) of a running example program."""
     procs: list[subprocess.Popen] = []
 
-    def run(script: str, *args: str) -> tuple[subprocess.Popen, int]:
+    def run(script: str, *args: str, attempts: int = 3) -> tuple[subprocess.Popen, int]:
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "examples" / script), "--port", str(port), *args],
@@ -70,10 +70,13 @@ def run_example() -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
             text=True)
         procs.append(proc)
         try:
-            wait_for_port(port)
+            wait_for_port(port, proc=proc)
         except TimeoutError:
             proc.kill()
-            raise RuntimeError(f"{script} did not start:\n{proc.stdout.read()}")
+            output = proc.stdout.read()
+            if "address already in use" in output and attempts > 1:
+                return run(script, *args, attempts=attempts - 1)   # lost a race for the port
+            raise RuntimeError(f"{script} did not start:\n{output}")
         return proc, port
 
     yield run

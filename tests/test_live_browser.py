@@ -57,6 +57,7 @@ def stop(proc: subprocess.Popen) -> str:
 SECRET = "a secret of the browser client tests, long enough"
 
 
+@route("/browser")
 class WhoAmI(Controller):
     @require_jwt
     @route("WEBSOCKET", "/me")
@@ -78,13 +79,13 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
         const client = window.client = new SimplewClient({ token });
         const got = window.got = [];
         let refused = false;
-        try { client.send("/ws/me"); } catch (error) { refused = error instanceof NotConnectedError; }
+        try { client.send("/ws/browser/me"); } catch (error) { refused = error instanceof NotConnectedError; }
         for (const type of ["open", "recovered", "reset", "msg", "pub", "close"]) {
           client.addEventListener(type, (e) => got.push([type, e.detail.data instanceof Uint8Array
             ? Array.from(e.detail.data) : e.detail]));
         }
         const welcome = await client.connect("/ws");
-        client.send("/ws/me");
+        client.send("/ws/browser/me");
         return { welcome, refused, connected: client.connected };
     }""", pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"))
     welcome = opened["welcome"]

@@ -100,6 +100,9 @@ EXPECTED = {
     "simplew_open_connections", "simplew_rejected_connections_total",
     "simplew_rejected_connections_per_ip_total", "simplew_rejected_origins_total",
     "simplew_ping_timeouts_total",
+    "simplew_stream_offset", "simplew_history_publications", "simplew_history_bytes",
+    "simplew_sessions_recovered_total", "simplew_sessions_reset_total",
+    "simplew_sessions_expired_total",
 }
 
 

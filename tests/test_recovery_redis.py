@@ -159,9 +159,12 @@ def test_flushed_redis_means_not_recovered(redis_server, processes):
     client = V1Client()
     welcome = client.connect(server.url)
     client.request("/ws/feed/join", "x")
-    client.close()
     import redis
     r = redis.Redis.from_url(redis_server.url)
+    wait_until(lambda: r.hgetall("simplew:presence:x"), 5, "the session present")
+    client.close()
+    # the server saw the close once the session left the room's presence
+    wait_until(lambda: not r.hgetall("simplew:presence:x"), 5, "the session ended")
     wait_until(lambda: r.keys("simplew:session:*"), 5, "the ended session kept in Redis")
     r.flushall()
     r.close()
