@@ -7,9 +7,8 @@ at start-up and calls the controller method. Every failure is answered to the
 client with one JSON error message (see README, "Errors") and the connection
 stays open.
 
-The envelope is decoded by msgspec's C decoder; when msgspec refuses a message
-(its grammar is stricter: NaN, lone surrogates, huge exponents...) ``json.loads``
-decides, so what is accepted and every error text stay those of the stdlib.
+The envelope is decoded by :func:`simplew.message.decode_json` (msgspec's C
+decoder, with ``json.loads`` deciding what msgspec refuses).
 """
 import asyncio
 import functools
@@ -17,32 +16,21 @@ import inspect
 import json
 import logging
 
-import msgspec
-
 from simplew._fast.connection cimport Endpoint, WebSocketConnection
 from simplew._fast.frames cimport text_frame
 from simplew.auth import Unauthorized, is_protected
 from simplew.controller import Controller
+from simplew.message import decode_json
 
 log = logging.getLogger("simplew.websocket")
 
-cdef object _json_loads = json.loads
 cdef object _json_dumps = json.dumps
 cdef object _iscoroutine = inspect.iscoroutine
 cdef object _partial = functools.partial
 cdef object _Unauthorized = Unauthorized
-cdef object _fast_loads = msgspec.json.Decoder().decode
-cdef object _MsgspecError = msgspec.MsgspecError
+cdef object _loads = decode_json
 cdef object _default_before = Controller.on_before_method
 cdef object _default_before_simplew = Controller.OnBeforeMethod
-
-
-cdef object _loads(object data):
-    """``data`` decoded as json.loads would, or json.loads's exception."""
-    try:
-        return _fast_loads(data)
-    except _MsgspecError:
-        return _json_loads(data)
 
 
 cdef bint _has_hook(controller_class):
