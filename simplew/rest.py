@@ -301,7 +301,8 @@ def _plain(value: Any, depth: int = 0) -> bool:
 class Target:
     """One compiled route: what to call for one method and path."""
 
-    __slots__ = ("method", "path", "func", "controller", "params", "is_async", "protected", "name")
+    __slots__ = ("method", "path", "func", "controller", "params", "is_async", "protected", "name",
+                 "bare")
 
     def __init__(self, method: str, path: str, func: Callable[..., Any],
                  controller: type[Controller] | None) -> None:
@@ -314,6 +315,8 @@ class Target:
         self.is_async = inspect.iscoroutinefunction(func)
         self.protected = _is_protected(controller, func) if controller is not None else False
         self.name = f"{method} {path}"
+        # an inline handler without parameters: called as func(), nothing to bind
+        self.bare = controller is None and not self.params
 
 
 def _is_protected(controller: type, func: Callable[..., Any]) -> bool:
@@ -399,12 +402,25 @@ class Router:
 
     def dispatch(self, request: Request) -> Any:
         """The response for ``request``: a tuple, a coroutine giving one, or None (no route)."""
-        found = self.match(request.path)
-        if found is None:
-            return None
-        methods, path_args = found
+        methods = self.exact.get(request.path)
+        if methods is not None:
+            path_args = None
+        else:
+            found = self.match(request.path)
+            if found is None:
+                return None
+            methods, path_args = found
         method = request.method
         target = methods.get(method)
+        if target is not None and target.bare:
+            # the common inline case in one frame: func() returning a plain dict
+            try:
+                result = target.func()
+            except Exception as exc:
+                return self.failure(target, request, exc)
+            if type(result) is dict and _plain(result):
+                return 200, [("Content-Type", JSON_TYPE)], _fast_encode(result)
+            return self.finish(target, request, result)
         if target is None and method == "HEAD":
             target = methods.get("GET")
         if target is None:
@@ -438,6 +454,10 @@ class Router:
                 result = target.func(**kwargs)
         except Exception as exc:
             return self.failure(target, request, exc)
+        return self.finish(target, request, result)
+
+    def finish(self, target: Target, request: Request, result: Any) -> Any:
+        """The response to what ``target``'s handler returned (awaited if awaitable)."""
         if type(result) not in _RESULTS and inspect.isawaitable(result):
             return self._finish(target, request, result)
         try:
