@@ -503,9 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(BENCH_DIR / "results.json"))
     parser.add_argument("--no-floors", dest="floors", action="store_false",
                         help="skip the floor comparisons (routed WebSocket vs raw picows, REST "
-                             "vs raw httptools and uvicorn + Starlette)")
+                             "vs raw httptools and uvicorn + Starlette); they run by default, and "
+                             "with --scenarios only when it names 'floors'")
     loadgen.add_common_options(parser)
     opts = parser.parse_args(argv)
+    named = any(a.split("=")[0] == "--scenarios" for a in (argv if argv is not None else sys.argv[1:]))
+    opts.floors = opts.floors and ("floors" in opts.scenarios or not named)
     if opts.quick:
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         if "--n" not in given:
