@@ -1,13 +1,17 @@
-"""``WebSocketMessage``: the envelope a client sends, and mapping its body."""
+"""``WebSocketMessage``: the envelope a client sends, and mapping its body.
+
+Also the JSON decoding of envelopes and REST bodies (:func:`decode_json`) and
+the body converter REST parameters share (:func:`convert`).
+"""
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import enum
+import json
 import sys
 import types
 import typing
-import json
 import uuid
 from typing import Any, Callable, TypeVar
 
