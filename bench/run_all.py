@@ -282,11 +282,159 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
                          f"{ratio(r['cpu_us_per_req'], refs.get('picows'))} | "
                          f"{ratio(r['cpu_us_per_req'], refs.get('websockets'))} | {note} |")
         L.append("")
+    L += floor_markdown(results, opts)
     L.append("![server CPU per unit of work](results.png)")
     L.append("")
     text = "\n".join(L)
     path.write_text(text)
     return text
+
+
+# ------------------------------------------------------------------ floors ---
+# The per-request paths of simplew against the floor of the stack they run on,
+# side by side in one run (issue 10): a routed WebSocket request/response against
+# raw picows, and a REST JSON route against raw uvloop + httptools, with uvicorn +
+# Starlette as the common Python reference. Servers pinned to the first CPU, the
+# client (load generator, wrk) on the other.
+
+FLOOR_WS_PEERS = ("simplew", "picows")
+FLOOR_WS_CONNS = 100
+FLOOR_WS_WINDOWS = (1, 32)
+FLOOR_HTTP_PEERS = ("simplew", "httptools", "starlette")
+FLOOR_HTTP_MODULES = {"simplew": "simplew", "httptools": "httptools",
+                      "starlette": "uvicorn, starlette"}
+
+
+def run_floors(opts: argparse.Namespace, log_dir: str) -> tuple[list[dict], dict]:
+    """Rows of scenario ``floor_ws`` and ``floor_rest``, and the peers skipped (name → why)."""
+    rows: list[dict] = []
+    skipped: dict = {}
+    for peer in FLOOR_HTTP_PEERS:
+        proc = subprocess.run([sys.executable, "-c", f"import {FLOOR_HTTP_MODULES[peer]}"],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            skipped[f"{peer} (floors)"] = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+    # each peer measured in turn for every case, so that load from outside the
+    # benchmark hits them alike; repeats interleave the peers again
+    for rep in range(max(1, opts.repeats)):
+        for window in FLOOR_WS_WINDOWS:
+            for peer in FLOOR_WS_PEERS:
+                rows += _floor_case(peer, "floor_ws", f"{FLOOR_WS_CONNS} conn x{window} in flight",
+                                    lambda server, label: loadgen.run_rr(
+                                        "127.0.0.1", server.port, server.pid, FLOOR_WS_CONNS,
+                                        window, opts.rr_seconds, procs=1, label=label),
+                                    opts, log_dir)
+        for peer in FLOOR_HTTP_PEERS:
+            if f"{peer} (floors)" in skipped:
+                continue
+            rows += _floor_case(peer, "floor_rest", "GET /json (a dict)",
+                                lambda server, label: loadgen.run_static(
+                                    "127.0.0.1", server.port, server.pid, "/json",
+                                    opts.wrk_seconds, opts.wrk_conns, label=label,
+                                    case="GET /json"),
+                                opts, log_dir)
+    return _floor_medians(rows), skipped
+
+
+def _floor_case(peer: str, scenario: str, case: str, measure, opts: argparse.Namespace,
+                log_dir: str) -> list[dict]:
+    label = f"{peer}, {scenario}"
+    try:
+        server = loadgen.PeerServer(peer, loadgen.free_port(), None, log_dir)
+    except RuntimeError as exc:
+        loadgen.progress(f"[{label}] failed: {exc}", final=True)
+        return [{"scenario": scenario, "case": case, "peer": peer, "error": str(exc)}]
+    try:
+        if opts.pin:
+            loadgen.apply_pinning(server.pid)
+        row = dict(measure(server, label))
+    except Exception as exc:                            # noqa: BLE001 - keep the run going
+        loadgen.progress(f"[{label}] failed: {exc!r}", final=True)
+        row = {"error": repr(exc)}
+    finally:
+        server.stop()
+        loadgen.unpin(None)
+    row.update(scenario=scenario, case=case, peer=peer)
+    return [row]
+
+
+def _floor_medians(rows: list[dict]) -> list[dict]:
+    """One row per (scenario, case, peer): the medians of the repeats."""
+    import statistics
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["case"], r["peer"]), []).append(r)
+    out = []
+    for (scenario, case, peer), runs in groups.items():
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            out.append(runs[-1])
+            continue
+        row = dict(good[-1])
+        for metric in ("msgs_per_s", "cpu_us_per_msg", "server_cpu_util", "req_per_s",
+                       "cpu_us_per_req"):
+            if all(metric in r for r in good):
+                row[metric] = statistics.median(r[metric] for r in good)
+        row["repeats"] = len(good)
+        out.append(row)
+    return out
+
+
+def floor_markdown(results: list[dict], opts: argparse.Namespace) -> list[str]:
+    """The "Floors" section of RESULTS.md (empty without floor rows)."""
+    ws = rows_by_case(results, "floor_ws")
+    rest = rows_by_case(results, "floor_rest")
+    if not ws and not rest:
+        return []
+    L = ["## Floors: the per-request paths against the stack they run on", ""]
+    L.append(f"Servers pinned to the first CPU, the client on the other; {opts.repeats} run(s) per case, "
+             "peers interleaved, medians. Ratios are simplew's figure over the peer's, from the same run.")
+    L.append("")
+    if ws:
+        L.append(f"Routed WebSocket request/response: {FLOOR_WS_CONNS} connections, each with the "
+                 "given number of `{\"url\": \"/ws/test/echo\", \"body\": ...}` messages in flight "
+                 f"(one load-generator process, {opts.rr_seconds:g} s after a 0.5 s warm-up). simplew: "
+                 "envelope → Controller method → its return value sent; raw picows: json.loads + dict "
+                 "dispatch + `transport.send`. Goal: simplew ≤ 1.1 × picows server CPU per message.")
+        L.append("")
+        L.append("| case | peer | msg/s | server CPU µs/msg | simplew ÷ peer (CPU/msg) | server CPU use |")
+        L.append("|---|---|---:|---:|---:|---:|")
+        for key, by_peer in ws.items():
+            ours = by_peer.get("simplew", {}).get("cpu_us_per_msg")
+            for peer, r in by_peer.items():
+                if "error" in r:
+                    L.append(f"| {key[1]} | {peer} | error: {r['error']} | | | |")
+                    continue
+                rel = "" if peer == "simplew" else ratio(ours, r["cpu_us_per_msg"])
+                L.append(f"| {key[1]} | {peer} | {fmt(r['msgs_per_s'], 0)} | {fmt(r['cpu_us_per_msg'])} "
+                         f"| {rel} | {r['server_cpu_util'] * 100:.0f}% |")
+        L.append("")
+    if rest:
+        L.append(f"REST JSON route: `wrk -t1 -c{opts.wrk_conns} -d{opts.wrk_seconds:g}s` on `GET /json`. "
+                 "simplew: `server.map_get(\"/json\", lambda: {...})`; raw httptools: an asyncio "
+                 "protocol feeding `httptools.HttpRequestParser` and writing one pre-built response; "
+                 "Starlette: `JSONResponse` under uvicorn (httptools, uvloop). Goals: simplew ≥ 0.7 × "
+                 "httptools and ≥ 3 × Starlette in req/s.")
+        L.append("")
+        L.append("| case | peer | req/s | simplew ÷ peer (req/s) | server CPU µs/req | "
+                 "peer ÷ simplew (CPU/req) | note |")
+        L.append("|---|---|---:|---:|---:|---:|---|")
+        for key, by_peer in rest.items():
+            ours = by_peer.get("simplew", {})
+            for peer, r in by_peer.items():
+                if "error" in r:
+                    L.append(f"| {key[1]} | {peer} | error: {r['error']} | | | | |")
+                    continue
+                note = f"{r['non_2xx']} non-2xx" if r.get("non_2xx") else ""
+                if peer == "simplew":
+                    L.append(f"| {key[1]} | {peer} | {fmt(r['req_per_s'], 0)} | | "
+                             f"{fmt(r['cpu_us_per_req'], 1)} | | {note} |")
+                    continue
+                L.append(f"| {key[1]} | {peer} | {fmt(r['req_per_s'], 0)} | "
+                         f"{ratio(ours.get('req_per_s'), r['req_per_s'])} | {fmt(r['cpu_us_per_req'], 1)} | "
+                         f"{ratio(r['cpu_us_per_req'], ours.get('cpu_us_per_req'))} | {note} |")
+        L.append("")
+    return L
 
 
 def write_chart(path: Path, results: list[dict], peers: list[str]) -> str | None:
@@ -429,10 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH_DIR / "RESULTS.md"))
     parser.add_argument("--chart", default=str(BENCH_DIR / "results.png"))
     parser.add_argument("--json", default=str(BENCH_DIR / "results.json"))
+    parser.add_argument("--no-floors", dest="floors", action="store_false",
+                        help="skip the floor comparisons (routed WebSocket vs raw picows, REST "
+                             "vs raw httptools and uvicorn + Starlette); they run by default, and "
+                             "with --scenarios only when it names 'floors'")
     loadgen.add_common_options(parser)
     parser.add_argument("--no-nginx", dest="nginx", action="store_false",
                         help="skip the static-file comparison with nginx")
     opts = parser.parse_args(argv)
+    named = any(a.split("=")[0] == "--scenarios" for a in (argv if argv is not None else sys.argv[1:]))
+    opts.floors = opts.floors and ("floors" in opts.scenarios or not named)
     if opts.quick:
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         if "--n" not in given:
@@ -487,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as exc:                 # the server did not start
                 skipped[peer] = str(exc)
                 loadgen.progress(f"[{peer}] failed: {exc}", final=True)
+        if opts.floors:
+            floor_rows, floor_skipped = run_floors(opts, log_dir)
+            results += floor_rows
+            skipped.update(floor_skipped)
     finally:
         loadgen.stop_all_servers()
         shutil.rmtree(static_dir, ignore_errors=True)

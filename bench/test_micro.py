@@ -210,3 +210,58 @@ def test_envelope_unknown_url(benchmark, impl):
     else:
         benchmark(py_on_message, py_session, data)
     assert not calls
+
+
+# ------------------------------------------------------------- map_body ---
+
+def _order_types():
+    import datetime
+    import enum
+    import uuid
+    from dataclasses import dataclass, field
+    from typing import Optional
+
+    class Status(enum.Enum):
+        OPEN = "open"
+        PAID = "paid"
+
+    @dataclass
+    class Order:                    # the 6-field dataclass of the map_body figures
+        id: uuid.UUID
+        customer: str
+        amount: float
+        status: Status
+        created: datetime.datetime
+        tags: list[str] = field(default_factory=list)
+
+    @dataclass
+    class Plain:                    # 6 fields of JSON-native types
+        id: int
+        customer: str
+        amount: float
+        paid: bool
+        tags: list[str] = field(default_factory=list)
+        note: Optional[str] = None
+
+    return {
+        "uuid-datetime-enum": (Order, {"id": "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f", "customer": "Ann",
+                                       "amount": 12, "status": "paid", "created": "2024-05-06T07:08:09Z",
+                                       "tags": ["a", "b"]}),
+        "json-native": (Plain, {"id": 7, "customer": "Ann", "amount": 12.5, "paid": True,
+                                "tags": ["a", "b"], "note": "x"}),
+    }
+
+
+@pytest.mark.parametrize("impl", ["compiled", "general"])
+@pytest.mark.parametrize("shape", ["uuid-datetime-enum", "json-native"])
+def test_map_body(benchmark, impl, shape):
+    """WebSocketMessage.map_body (compiled converter) vs the general walk it falls back to."""
+    from simplew.message import WebSocketMessage, _convert
+    cls, body = _order_types()[shape]
+    message = WebSocketMessage("/ws/orders/add", body)
+    assert message.map_body(cls) == _convert(body, cls, "body")
+    benchmark.group = f"map_body, 6-field dataclass ({shape})"
+    if impl == "compiled":
+        benchmark(message.map_body, cls)
+    else:
+        benchmark(_convert, body, cls, "body")

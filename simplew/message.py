@@ -1,16 +1,38 @@
-"""``WebSocketMessage``: the envelope a client sends, and mapping its body."""
+"""``WebSocketMessage``: the envelope a client sends, and mapping its body.
+
+Also the JSON decoding of envelopes and REST bodies (:func:`decode_json`) and
+the body converter REST parameters share (:func:`convert`).
+"""
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import enum
+import json
 import sys
 import types
 import typing
 import uuid
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
+
+import msgspec
 
 T = TypeVar("T")
+
+_fast_loads = msgspec.json.Decoder().decode
+
+
+def decode_json(data: str | bytes) -> Any:
+    """``data`` decoded exactly as ``json.loads`` would, or its exception.
+
+    msgspec's C decoder answers first; what it refuses (its grammar is stricter:
+    NaN, lone surrogates, huge exponents, UTF-16 bytes...) ``json.loads`` decides,
+    so what is accepted and every error text stay the stdlib's.
+    """
+    try:
+        return _fast_loads(data)
+    except msgspec.MsgspecError:
+        return json.loads(data)
 
 
 class BodyMappingError(ValueError):
@@ -38,7 +60,7 @@ class WebSocketMessage:
 
         Raises :class:`BodyMappingError` naming the field that does not fit.
         """
-        return _convert(self.body, cls, "body")
+        return convert(self.body, cls, "body")
 
     MapBody = map_body
 
@@ -46,7 +68,26 @@ class WebSocketMessage:
         return f"WebSocketMessage(url={self.url!r}, body={self.body!r})"
 
 
+def convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` (decoded JSON) as ``tp``; :class:`BodyMappingError` naming ``where`` if it does not fit.
+
+    A converter compiled once per type handles values that fit; on the first
+    thing it does not take, the value is converted again by the general
+    walk, which gives the error (or the value, for the rare cases the compiled
+    converter leaves to it). Results and errors are those of the general walk.
+    """
+    try:
+        fast = _COMPILED[tp]
+    except (KeyError, TypeError):       # first use, or an unhashable annotation
+        fast = _compile(tp)
+    result = fast(value)
+    if result is _NO:
+        return _convert(value, tp, where)
+    return result
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
+    """The general walk: every type, every error message."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -193,6 +234,203 @@ def _to_dataclass(value: Any, cls: type, where: str) -> Any:
         elif required:
             raise BodyMappingError(f"{where}: missing field {name!r} for {cls.__name__}")
     return cls(**kwargs)
+
+
+# -- compiled converters ------------------------------------------------------
+# ``_COMPILED[tp](value)`` is the converted value, or ``_NO`` when the value
+# does not fit or is a case left to the general walk. No ``where`` strings are
+# built and nothing is raised on that path: errors come from ``_convert``.
+
+_NO: Any = object()
+_COMPILED: dict[Any, Callable[[Any], Any]] = {}
+
+
+def _compile(tp: Any) -> Callable[[Any], Any]:
+    try:
+        fast = _COMPILED.get(tp)
+    except TypeError:               # an unhashable annotation: not cached
+        return _general(tp)
+    if fast is None:
+        fast = _build(tp)
+        _COMPILED[tp] = fast
+    return fast
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _exact(kind: type) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        return value if type(value) is kind else _NO
+    return check
+
+
+def _to_float(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int:
+        return float(value)
+    return _NO
+
+
+def _to_none(value: Any) -> Any:
+    return None if value is None else _NO
+
+
+def _parser(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if type(value) is not str:
+            return _NO
+        try:
+            return parse(value)
+        except ValueError:
+            return _NO
+    return check
+
+
+def _datetime(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+_LEAVES: dict[Any, Callable[[Any], Any]] = {
+    Any: _identity, bool: _exact(bool), int: _exact(int), float: _to_float, str: _exact(str),
+    type(None): _to_none, uuid.UUID: _parser(uuid.UUID), datetime.datetime: _parser(_datetime),
+    datetime.date: _parser(datetime.date.fromisoformat),
+}
+
+
+def _general(tp: Any) -> Callable[[Any], Any]:
+    """The general walk behind the compiled interface (types not compiled)."""
+    def walk(value: Any) -> Any:
+        try:
+            return _convert(value, tp, "")
+        except BodyMappingError:
+            return _NO
+    return walk
+
+
+def _build(tp: Any) -> Callable[[Any], Any]:
+    leaf = _LEAVES.get(tp)
+    if leaf is not None:
+        return leaf
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return _build_union(args)
+    if origin is typing.Annotated:
+        return _compile(args[0])
+    if origin in (list, set, frozenset):
+        return _build_list(origin, args[0] if args else Any)
+    if origin is dict:
+        return _build_dict(args[1] if len(args) == 2 else Any)
+    if origin is None and dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build_dataclass(tp)
+    if origin is None and isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _build_enum(tp)
+    if origin is None and isinstance(tp, type) and tp not in (bytes, bytearray) \
+            and not issubclass(tp, (datetime.date, uuid.UUID)):
+        def instance(value: Any) -> Any:
+            return value if isinstance(value, tp) else _NO
+        return instance
+    return _general(tp)             # Literal, tuple, and what the walk alone knows
+
+
+def _build_union(args: tuple[Any, ...]) -> Callable[[Any], Any]:
+    nullable = type(None) in args
+    choices = [_compile(a) for a in args if a is not type(None)]
+
+    def union(value: Any) -> Any:
+        if value is None and nullable:
+            return None
+        for choice in choices:
+            result = choice(value)
+            if result is not _NO:
+                return result
+        return _NO
+    return union
+
+
+def _build_list(origin: type, item_type: Any) -> Callable[[Any], Any]:
+    item = _compile(item_type)
+
+    def items(value: Any) -> Any:
+        if type(value) is not list:
+            return _NO
+        out = []
+        append = out.append
+        for v in value:
+            v = item(v)
+            if v is _NO:
+                return _NO
+            append(v)
+        if origin is list:
+            return out
+        try:
+            return origin(out)
+        except TypeError:           # unhashable items: the walk names them
+            return _NO
+    return items
+
+
+def _build_dict(value_type: Any) -> Callable[[Any], Any]:
+    convert_value = _compile(value_type)
+
+    def mapping(value: Any) -> Any:
+        if type(value) is not dict:
+            return _NO
+        out = {}
+        for k, v in value.items():
+            v = convert_value(v)
+            if v is _NO:
+                return _NO
+            out[k] = v
+        return out
+    return mapping
+
+
+def _build_enum(tp: type[enum.Enum]) -> Callable[[Any], Any]:
+    def member(value: Any) -> Any:
+        try:
+            return tp(value)
+        except ValueError:
+            return _NO
+    return member
+
+
+def _build_dataclass(cls: type) -> Callable[[Any], Any]:
+    fields: list[tuple[str, Callable[[Any], Any], bool]] = []
+    names = frozenset()
+    ready = False
+
+    def instance(value: Any) -> Any:
+        if not ready:
+            prepare()
+        if type(value) is not dict or not names.issuperset(value):
+            return _NO
+        kwargs = {}
+        for name, field, required in fields:
+            v = value.get(name, _NO)
+            if v is _NO:
+                if required:
+                    return _NO
+                continue
+            v = field(v)
+            if v is _NO:
+                return _NO
+            kwargs[name] = v
+        return cls(**kwargs)
+
+    def prepare() -> None:
+        # field converters are compiled on first use, so that a dataclass
+        # may refer to itself (its converter is in the cache by then)
+        nonlocal names, ready
+        spec = _fields_of(cls)
+        fields[:] = [(name, _compile(tp), required) for name, (tp, required) in spec.items()]
+        names = frozenset(spec)
+        ready = True
+    return instance
 
 
 def _name(tp: Any) -> str:

@@ -33,8 +33,10 @@ import typing
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote
 
+import msgspec
+
 from simplew.controller import CLASS_ROUTE_ATTR, ROUTES_ATTR, Controller, join_path
-from simplew.message import BodyMappingError, _convert
+from simplew.message import BodyMappingError, _convert, convert, decode_json
 from simplew.request import Request
 
 log = logging.getLogger("simplew.rest")
@@ -47,6 +49,7 @@ BINARY_TYPE = "application/octet-stream"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MISSING = object()
+_RESULTS = frozenset((dict, list, str, bytes, type(None)))   # results that are not awaitable
 
 
 class Response:
@@ -251,15 +254,45 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
                 raise _BadRequest("bad_body", "a JSON request body is required", p.name)
             if body is _MISSING:
                 try:
-                    body = json.loads(request.body)
+                    body = decode_json(request.body)
                 except (ValueError, RecursionError) as exc:
                     raise _BadRequest("bad_json", f"the request body is not valid JSON: {exc}",
                                       p.name) from None
             try:
-                kwargs[p.name] = _convert(body, p.type, "body")
+                kwargs[p.name] = convert(body, p.type, "body")
             except BodyMappingError as exc:
                 raise _BadRequest("bad_body", str(exc), p.name) from None
     return kwargs
+
+
+# -- JSON responses -------------------------------------------------------------
+
+_fast_encode = msgspec.json.Encoder().encode
+_SCALARS = frozenset((str, int, bool, type(None)))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether msgspec writes ``value`` byte for byte as the stdlib encoder does:
+    dicts with str keys, lists, str, int, bool, None, and floats that both print
+    without an exponent (finite, 1e-4 <= |x| < 1e16, or 0)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        return -1e16 < value < 1e16 and (value >= 1e-4 or value <= -1e-4 or value == 0)
+    if depth > 32:
+        return False
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str or not _plain(v, depth + 1):
+                return False
+        return True
+    if kind is list:
+        for v in value:
+            if not _plain(v, depth + 1):
+                return False
+        return True
+    return False
 
 
 # -- compiled routes ----------------------------------------------------------
@@ -268,7 +301,8 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
 class Target:
     """One compiled route: what to call for one method and path."""
 
-    __slots__ = ("method", "path", "func", "controller", "params", "is_async", "protected", "name")
+    __slots__ = ("method", "path", "func", "controller", "params", "is_async", "protected", "name",
+                 "bare")
 
     def __init__(self, method: str, path: str, func: Callable[..., Any],
                  controller: type[Controller] | None) -> None:
@@ -281,6 +315,8 @@ class Target:
         self.is_async = inspect.iscoroutinefunction(func)
         self.protected = _is_protected(controller, func) if controller is not None else False
         self.name = f"{method} {path}"
+        # an inline handler without parameters: called as func(), nothing to bind
+        self.bare = controller is None and not self.params
 
 
 def _is_protected(controller: type, func: Callable[..., Any]) -> bool:
@@ -366,12 +402,25 @@ class Router:
 
     def dispatch(self, request: Request) -> Any:
         """The response for ``request``: a tuple, a coroutine giving one, or None (no route)."""
-        found = self.match(request.path)
-        if found is None:
-            return None
-        methods, path_args = found
+        methods = self.exact.get(request.path)
+        if methods is not None:
+            path_args = None
+        else:
+            found = self.match(request.path)
+            if found is None:
+                return None
+            methods, path_args = found
         method = request.method
         target = methods.get(method)
+        if target is not None and target.bare:
+            # the common inline case in one frame: func() returning a plain dict
+            try:
+                result = target.func()
+            except Exception as exc:
+                return self.failure(target, request, exc)
+            if type(result) is dict and _plain(result):
+                return 200, [("Content-Type", JSON_TYPE)], _fast_encode(result)
+            return self.finish(target, request, result)
         if target is None and method == "HEAD":
             target = methods.get("GET")
         if target is None:
@@ -383,9 +432,16 @@ class Router:
                  "allowed": allow.split(", ")}).encode()
         return self.call(target, request, path_args)
 
+    def json_body(self, value: Any) -> bytes:
+        """``value`` as UTF-8 JSON, compact, non-ASCII kept; the server's ``json_default``
+        for other types. msgspec writes the plain values it writes identically."""
+        if _plain(value):
+            return _fast_encode(value)
+        return self._dumps(value).encode("utf-8")
+
     def call(self, target: Target, request: Request, path_args: dict[str, str] | None) -> Any:
         try:
-            kwargs = _bind(target.params, request, path_args)
+            kwargs = _bind(target.params, request, path_args) if target.params else {}
             controller = target.controller
             if controller is not None:
                 instance = controller()
@@ -398,7 +454,11 @@ class Router:
                 result = target.func(**kwargs)
         except Exception as exc:
             return self.failure(target, request, exc)
-        if inspect.isawaitable(result):
+        return self.finish(target, request, result)
+
+    def finish(self, target: Target, request: Request, result: Any) -> Any:
+        """The response to what ``target``'s handler returned (awaited if awaitable)."""
+        if type(result) not in _RESULTS and inspect.isawaitable(result):
             return self._finish(target, request, result)
         try:
             return self.response(result)
@@ -427,6 +487,8 @@ class Router:
 
     def response(self, result: Any) -> HttpResponse:
         """A handler's return value as (status, headers, body)."""
+        if type(result) is dict:
+            return 200, [("Content-Type", JSON_TYPE)], self.json_body(result)
         if result is None:
             return 204, [], b""
         if isinstance(result, Response):
@@ -447,7 +509,7 @@ class Router:
             return status, [("Content-Type", TEXT_TYPE)], value.encode("utf-8")
         if isinstance(value, (bytes, bytearray, memoryview)):
             return status, [("Content-Type", BINARY_TYPE)], bytes(value)
-        return status, [("Content-Type", JSON_TYPE)], self._dumps(value).encode("utf-8")
+        return status, [("Content-Type", JSON_TYPE)], self.json_body(value)
 
     def failure(self, target: Target | None, request: Request, exc: BaseException) -> HttpResponse:
         """The JSON error answering ``exc``."""
@@ -469,7 +531,7 @@ class Router:
                                 "message": f"{type(exc).__name__} in handler for {name}"})
 
     def error(self, status: int, payload: dict[str, Any]) -> HttpResponse:
-        return status, [("Content-Type", JSON_TYPE)], self._dumps(payload).encode("utf-8")
+        return status, [("Content-Type", JSON_TYPE)], self.json_body(payload)
 
     def not_found(self, request: Request) -> HttpResponse:
         return self.error(404, {"error": "not_found", "path": request.path,

@@ -161,3 +161,55 @@ def test_map_body_local_dataclass_with_unresolvable_annotations():
         msg({"inner": 1, "zzz": 2}).map_body(Local)
     with pytest.raises(BodyMappingError, match=r"body\.n: expected int"):     # still checked
         msg({"inner": 1, "n": "2"}).map_body(Local)
+
+
+# -- the compiled converter against the general walk ----------------------------
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+@dataclass
+class Node:                         # refers to itself
+    name: str
+    children: list[Node] = field(default_factory=list)
+
+
+class Text(str):
+    pass
+
+
+AGREEMENT_VALUES = [
+    None, True, False, 0, 1, -7, 2 ** 70, 1.5, -0.0, float("nan"), "", "x", Text("sub"),
+    "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f", "{6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f}",
+    "2024-05-06T07:08:09Z", "2024-05-06", "2024-05-06T07:08:09+02:00", "red", "green", "a",
+    [], [1, 2], ["a", 2], [[1]], [{"name": "n"}], {}, {"a": 1}, {"k": "v"}, {1: 2},
+    {"name": "root", "children": [{"name": "leaf"}]}, {"name": "r", "children": [{"nom": 1}]},
+    {"user": {}, "age": 1}, {"user": {"id": "bad"}, "age": 1}, {"user": {}, "age": 1, "x": 0},
+    {"user": {}, "age": 1, "pair": [1, "one"], "extra": {"k": 2}, "color": "green"},
+    {"user": {}, "age": 1, "tags": ["a", Text("b")]}, {"street": "s", "zip": None},
+]
+AGREEMENT_TYPES = [
+    Any, bool, int, float, str, type(None), uuid.UUID, datetime, date, Color, Level,
+    Optional[int], int | str, str | int, float | None, list[int], list[str], set[int],
+    frozenset[str], tuple[int, ...], tuple[int, str], dict[str, int], dict, list, Literal["a", 1],
+    list[Address], Optional[list[Address]], Address, User, Profile, Node, list[Node],
+    dict[str, list[int]], bytes, Text,
+]
+
+
+def _outcome(func, value, tp):
+    try:
+        result = func(value, tp, "body")
+    except Exception as exc:                # noqa: BLE001 - the exception is the outcome
+        return ("raised", type(exc), str(exc))
+    return ("value", type(result), repr(result))
+
+
+@pytest.mark.parametrize("tp", AGREEMENT_TYPES, ids=repr)
+def test_compiled_converter_gives_the_general_walks_values_and_errors(tp):
+    from simplew.message import _convert, convert
+    for value in AGREEMENT_VALUES:
+        for _ in range(2):                  # the second call uses the cached converter
+            assert _outcome(convert, value, tp) == _outcome(_convert, value, tp), (value, tp)

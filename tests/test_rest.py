@@ -686,3 +686,30 @@ def test_require_jwt_on_rest_routes(make_server):
     r = call(server.port, "GET", "/api/rest-secure/closed", headers={"Authorization": "Bearer x"})
     assert r.status == 401
     assert call(server.port, "GET", "/api/rest-secure/closed", headers=bearer).json() == {"sub": "ann"}
+
+
+def test_json_bodies_are_the_stdlib_encoding_byte_for_byte():
+    """msgspec writes plain values; the rest goes through json with the server's default."""
+    import datetime as dt
+    from simplew.rest import compile_router
+    from simplew.server import _json_default
+
+    router = compile_router([], [("GET", "/x", lambda: None)], None, _json_default)
+    stdlib = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    deep: Any = 1
+    for _ in range(40):                             # deeper than msgspec is trusted with
+        deep = [deep]
+    values = [
+        {"message": "Hello, World!"}, {"é": "ü\u2028\x00\"\\"}, [1, -2, 2 ** 70, True, None],
+        {"f": [0.0, -0.0, 0.1, 1e-4, 9.999e15, 1e16, 1e-5, 1.5e-7, 1e300, float("nan"),
+               float("inf")]},
+        {1: "int key"}, {True: 1}, {None: 2}, {1.5: 3}, (1, 2), {"t": (1, 2)}, {"s": {3}},
+        {"when": dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)}, {"d": dt.date(2024, 1, 2)},
+        {"u": uuid.UUID(int=7)}, {"e": Color.RED},
+        {"deep": deep},
+        "text", 5, 1e20, None, [],
+    ]
+    for value in values:
+        assert router.json_body(value) == stdlib.encode(value).encode("utf-8"), value
+    with pytest.raises(UnicodeEncodeError):         # as before: the handler's failure, a 500
+        router.json_body({"bad": "\ud800"})

@@ -12,6 +12,10 @@ ASCII: ``B`` + round (8 digits) + index (4 digits) + trigger time (19 digits,
 
 Request/response: ``{"url": "/ws/test/echo", "body": ...}`` is answered with the
 body (a ``str`` body as is, anything else as JSON).
+
+REST: ``GET /json`` is answered ``200`` with ``JSON_BODY`` (the simplew and
+Starlette peers encode the dict per request; the raw httptools peer writes it
+pre-built).
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import time
 
 HEADER_SIZE = 32
 ECHO_URL = "/ws/test/echo"
+# what ``GET /json`` answers on every HTTP peer (the REST case: a dict encoded per request)
+JSON_PATH = "/json"
+JSON_BODY = b'{"message":"Hello, World!"}'
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -47,6 +54,19 @@ def bcast_payloads(text: str) -> list[str]:
 
 def reply_text(body) -> str:
     return body if isinstance(body, str) else json.dumps(body)
+
+
+async def serve_until_signal(server) -> None:
+    """Announce ``server`` (an asyncio server) as ready, run until SIGTERM/SIGINT, close it."""
+    import asyncio
+    import signal
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready(server.sockets[0].getsockname()[1])
+    await stop.wait()
+    server.close()
 
 
 def ready(port: int) -> None:

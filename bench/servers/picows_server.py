@@ -10,17 +10,15 @@ picows has no HTTP keep-alive).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import mimetypes
 import os
-import signal
 
 import uvloop
 from picows import (WSListener, WSMsgType, WSTransport, WSUpgradeRequest,
                     WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server)
 
-from _common import ECHO_URL, bcast_payloads, parse_args, ready, reply_text
+from _common import ECHO_URL, bcast_payloads, parse_args, reply_text, serve_until_signal
 
 CLIENTS: set[WSTransport] = set()
 
@@ -82,14 +80,8 @@ def main() -> None:
         return Listener()
 
     async def serve() -> None:
-        server = await ws_create_server(factory, args.host, args.port, backlog=4096)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        ready(server.sockets[0].getsockname()[1])
-        await stop.wait()
-        server.close()
+        await serve_until_signal(await ws_create_server(factory, args.host, args.port,
+                                                        backlog=4096))
 
     uvloop.run(serve())
 

@@ -4,7 +4,8 @@
 
 ``/ws`` is a routed endpoint (``{"url": "/ws/test/echo", "body": ...}`` reaches
 ``BenchController.echo``); ``/ctl`` gives raw messages to a callback that answers
-``BCAST <count> <size> ...`` with ``count`` calls of ``server.multicast_text``.
+``BCAST <count> <size> ...`` with ``count`` calls of ``server.multicast_text``;
+``GET /json`` is a ``map_get`` handler returning a dict (the REST case).
 Both endpoints share the server's hub, so a multicast reaches every client.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 
 import uvloop
 
-from _common import bcast_payloads, parse_args, ready
+from _common import JSON_PATH, bcast_payloads, parse_args, ready
 from simplew import Controller, SimpleWServer, WebSocketMessage, route
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     if args.static_dir:
         server.add_static_content(args.static_dir, "/static", timeout=86400)
     server.add_websocket_content(BenchController, "/ws")
+    server.map_get(JSON_PATH, lambda: {"message": "Hello, World!"})   # the REST case
 
     def on_control(session, data) -> None:
         if isinstance(data, str) and data.startswith("BCAST"):

@@ -6,6 +6,8 @@ class RouteTarget:
     url: str
     controller_class: type
     method: Callable[..., Any]
+    require_jwt: bool
+    before_hook: bool
     def __init__(self, url: str, controller_class: type, method: Callable[..., Any]) -> None: ...
 
 def error_message(code: str, url: str | None, message: str) -> str: ...

@@ -6,6 +6,9 @@ A :class:`RouteEndpoint` receives each whole message of a client, parses the
 at start-up and calls the controller method. Every failure is answered to the
 client with one JSON error message (see README, "Errors") and the connection
 stays open.
+
+The envelope is decoded by :func:`simplew.message.decode_json` (msgspec's C
+decoder, with ``json.loads`` deciding what msgspec refuses).
 """
 import asyncio
 import functools
@@ -16,14 +19,24 @@ import logging
 from simplew._fast.connection cimport Endpoint, WebSocketConnection
 from simplew._fast.frames cimport text_frame
 from simplew.auth import Unauthorized, is_protected
+from simplew.controller import Controller
+from simplew.message import decode_json
 
 log = logging.getLogger("simplew.websocket")
 
-cdef object _json_loads = json.loads
 cdef object _json_dumps = json.dumps
 cdef object _iscoroutine = inspect.iscoroutine
 cdef object _partial = functools.partial
 cdef object _Unauthorized = Unauthorized
+cdef object _loads = decode_json
+cdef object _default_before = Controller.on_before_method
+cdef object _default_before_simplew = Controller.OnBeforeMethod
+
+
+cdef bint _has_hook(controller_class):
+    """Whether the class overrides on_before_method or OnBeforeMethod."""
+    return (getattr(controller_class, "on_before_method", None) is not _default_before
+            or getattr(controller_class, "OnBeforeMethod", None) is not _default_before_simplew)
 
 
 cdef class RouteTarget:
@@ -32,12 +45,14 @@ cdef class RouteTarget:
     cdef readonly object method
     cdef readonly str url
     cdef readonly bint require_jwt   # only messages with a valid JWT (simplew.auth)
+    cdef readonly bint before_hook   # the class overrides on_before_method / OnBeforeMethod
 
     def __init__(self, str url, controller_class, method):
         self.url = url
         self.controller_class = controller_class
         self.method = method
         self.require_jwt = is_protected(controller_class, method)
+        self.before_hook = _has_hook(controller_class)
 
 
 cpdef str error_message(str code, object url, str message):
@@ -78,7 +93,7 @@ cdef class RouteEndpoint(Endpoint):
         cdef RouteTarget target
         cdef object envelope, url
         try:
-            envelope = _json_loads(data)
+            envelope = _loads(data)
         except (ValueError, RecursionError) as exc:
             # ValueError covers JSONDecodeError and UnicodeDecodeError (binary
             # data); RecursionError is what json raises for very deep nesting.
@@ -122,7 +137,8 @@ cdef class RouteEndpoint(Endpoint):
             controller.server = self.server
             if claims is not None:          # else the class default, None
                 controller.jwt = claims
-            controller.on_before_method()
+            if target.before_hook:          # Controller's own hook does nothing
+                controller.on_before_method()
             result = target.method(controller, message)
         except Exception as exc:
             self._failed(conn, target.url, exc)
@@ -137,8 +153,15 @@ cdef class RouteEndpoint(Endpoint):
         self._send_result(conn, target.url, result)
 
     cdef _send_result(self, WebSocketConnection conn, str url, result):
+        # str and bytes are sent as they are (what the server's reply does with
+        # them, without its Python call); anything else goes through the reply
         try:
-            self._reply(conn, result)
+            if type(result) is str:
+                conn.queue_message(1, (<str>result).encode("utf-8"))
+            elif type(result) is bytes:
+                conn.queue_message(2, <bytes>result)
+            else:
+                self._reply(conn, result)
         except Exception as exc:
             self._failed(conn, url, exc)
 
