@@ -6,6 +6,7 @@ Routed messages (``{"url": ..., "body": ...}``):
 
     /ws/feed/join   body: room   -> joins it, answers "joined <room>"
     /ws/feed/pid                 -> {"pid": process id, "recovered": bool, "rooms": [...]}
+    /ws/feed/burst  body: n      -> n multicasts of 64 bytes, in one callback
     /ws/feed/stats               -> the stream's counters
     /ws/feed/presence body: room -> the session ids in the room, on every process
 
@@ -30,6 +31,11 @@ class FeedController(Controller):
     def pid(self, message: WebSocketMessage) -> dict[str, Any]:
         return {"pid": os.getpid(), "recovered": self.session.recovered,
                 "rooms": sorted(self.session.rooms)}
+
+    @route("WEBSOCKET", "/burst")
+    def burst(self, message: WebSocketMessage) -> None:
+        for i in range(int(message.body)):
+            server.multicast_text(f"b{i}:" + "x" * 60)
 
     @route("WEBSOCKET", "/stats")
     def stats(self, message: WebSocketMessage) -> dict[str, Any]:

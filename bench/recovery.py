@@ -1,0 +1,329 @@
+"""What recovery costs: fan-out CPU, Redis throughput, history memory.
+
+    python bench/recovery.py fanout [--n 1000 --rounds 300 --repeats 3]
+    python bench/recovery.py redis  [--publications 20000]
+    python bench/recovery.py memory [--history-size 10000 --size 1024]
+
+``fanout``: server CPU per delivered message of one 64-byte multicast to N
+clients, for three servers measured in the same run, interleaved: recovery
+off with plain clients (the reference), recovery on with plain clients, and
+recovery on with simplew.v1 clients (who get the ``pub`` JSON message). The
+server is pinned to CPU 0, the clients (raw sockets, epoll, two processes) to
+CPU 1. CPU is read from ``/proc/PID/task/*/schedstat``.
+
+``redis``: publications per second through one Redis with ``--workers 2``,
+recovery's stream (offsets from a Lua script) against the plain pub/sub
+backplane, each measured by a client on each worker receiving every
+publication (bursts of 100 multicasts, alternately from each worker).
+
+``memory``: server RSS growth when the history fills (``history_size``
+publications of ``--size`` bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import multiprocessing
+import os
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+PAYLOAD = "x" * 64
+
+SERVE = """
+import sys
+from simplew import SimpleWServer
+recovery = sys.argv[2] == "1"
+server = SimpleWServer("127.0.0.1", int(sys.argv[1]), recovery=recovery, access_log=False,
+                       ping_interval=None, history_size=int(sys.argv[3]), metrics=True)
+server.add_websocket_content("/ws", on_message=lambda session, data: None)
+def bcast(request):
+    n = int(request.query.get("n", "1"))
+    size = int(request.query.get("size", "64"))
+    for i in range(n):
+        server.multicast_text("x" * size)
+    return {"n": n}
+server.map_post("/bcast", bcast)
+server.run()
+"""
+
+
+def post(port: int, path: str) -> None:
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", data=b"", method="POST"), timeout=30) as r:
+        r.read()
+
+
+def schedstat_ns(pid: int) -> int:
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_server(recovery: bool, history_size: int = 10000) -> tuple[subprocess.Popen, int]:
+    from multiproc import free_port, wait_until, port_open
+    port = free_port()
+    argv = [sys.executable, "-c", SERVE, str(port), "1" if recovery else "0", str(history_size)]
+    if sys.platform == "linux":
+        argv = ["taskset", "-c", "0", *argv]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: port_open(port), 15, "server")
+    return proc, port
+
+
+# -- clients: raw sockets counting frames ----------------------------------------
+
+
+def fanout_case(recovery: bool, v1: bool, n: int, rounds: int) -> float:
+    """Server CPU µs per delivered message."""
+    proc, port = start_server(recovery)
+    ctx = multiprocessing.get_context("fork")
+    counters = [ctx.Value("q", 0) for _ in range(2)]
+    ready = ctx.Value("q", 0)
+    procs = []
+    try:
+        for i in range(2):
+            p = ctx.Process(target=_client_main, args=(port, n // 2, v1, counters[i], ready))
+            p.start()
+            procs.append(p)
+        deadline = time.monotonic() + 60
+        while ready.value < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if v1:
+            expected = n                    # the welcome of each client
+            while sum(c.value for c in counters) < expected:
+                time.sleep(0.01)
+        else:
+            expected = 0
+        for _ in range(5):                  # warm-up rounds
+            expected += n
+            post(port, "/bcast?n=1")
+            while sum(c.value for c in counters) < expected:
+                time.sleep(0.0005)
+        cpu0 = schedstat_ns(proc.pid)
+        for _ in range(rounds):
+            expected += n
+            post(port, "/bcast?n=1")
+            while sum(c.value for c in counters) < expected:
+                time.sleep(0.0005)
+        cpu = schedstat_ns(proc.pid) - cpu0
+        return cpu / 1000 / (rounds * n)
+    finally:
+        for p in procs:
+            p.kill()
+        proc.kill()
+        proc.wait()
+
+
+def _client_main(port, count, v1, counter, ready) -> None:
+    """A client process: ``count`` sockets; ``counter`` = frames received so far."""
+    if sys.platform == "linux":
+        os.sched_setaffinity(0, {1 % os.cpu_count()})
+    socks = {}
+    extra = "Sec-WebSocket-Protocol: simplew.v1\r\n" if v1 else ""
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise SystemExit(f"no upgrade: {head[:80]!r}")
+        s.setblocking(False)
+        socks[s.fileno()] = [s, head.split(b"\r\n\r\n", 1)[1]]
+    ep = select.epoll()
+    for fd in socks:
+        ep.register(fd, select.EPOLLIN)
+    with ready.get_lock():
+        ready.value += count
+    frames = 0
+    for entry in socks.values():
+        frames += _count_frames(entry)
+    counter.value = frames
+    while True:
+        for fd, _ in ep.poll(1.0):
+            entry = socks[fd]
+            try:
+                data = entry[0].recv(65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            entry[1] += data
+            frames += _count_frames(entry)
+        counter.value = frames
+
+
+def _count_frames(entry: list) -> int:
+    buf = entry[1]
+    pos = frames = 0
+    while len(buf) - pos >= 2:
+        length = buf[pos + 1] & 0x7F
+        start = pos + 2
+        if length == 126:
+            if len(buf) - pos < 4:
+                break
+            length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            start = pos + 4
+        elif length == 127:
+            if len(buf) - pos < 10:
+                break
+            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            start = pos + 10
+        if len(buf) < start + length:
+            break
+        pos = start + length
+        frames += 1
+    entry[1] = buf[pos:]
+    return frames
+
+
+def fanout(args: argparse.Namespace) -> dict:
+    cases = {"off, plain clients": (False, False), "on, plain clients": (True, False),
+             "on, simplew.v1 clients": (True, True)}
+    figures: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, (recovery, v1) in cases.items():
+            figures[name].append(fanout_case(recovery, v1, args.n, args.rounds))
+    base = statistics.median(figures["off, plain clients"])
+    return {name: {"us_per_delivery": round(statistics.median(values), 3),
+                   "runs": [round(v, 3) for v in values],
+                   "ratio_vs_off": round(statistics.median(values) / base, 3)}
+            for name, values in figures.items()}
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+
+def redis_case(recovery: bool, publications: int) -> dict:
+    from multiproc import RedisServer, ServerProcess
+    from websockets.sync.client import connect
+    redis = RedisServer().start()
+    args = ["--recovery"] if recovery else []
+    app = "tests.apps.feed:server" if recovery else "tests.apps.relay:server"
+    server = ServerProcess(*args, app=app, redis_url=redis.url, workers=2).wait_ready()
+    try:
+        pids, clients = set(), []
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:   # one client on each worker
+            ws = connect(server.url, subprotocols=["simplew.v1"] if recovery else None, legacy=True,
+                         compression=None, max_size=None, proxy=None)
+            pid = _pid_of(ws, recovery)
+            if pid in pids:
+                ws.close()
+                continue
+            pids.add(pid)
+            clients.append(ws)
+        time.sleep(1.5)                     # both workers caught up with the stream
+        start = time.monotonic()
+        burst = 100
+        for i in range(publications // burst):
+            _burst(clients[i % 2], recovery, burst)
+        counts = []
+        for ws in clients:
+            got = 0
+            while got < publications:
+                message = ws.recv(timeout=30)
+                if recovery:
+                    if json.loads(message)["type"] == "pub":
+                        got += 1
+                elif message[:1].isdigit():       # the relay burst: "<i>:xxx"
+                    got += 1
+            counts.append(got)
+        elapsed = time.monotonic() - start
+        for ws in clients:
+            ws.close()
+        return {"publications": publications, "seconds": round(elapsed, 2),
+                "per_second": round(publications / elapsed)}
+    finally:
+        server.cleanup()
+        redis.stop()
+
+
+def _pid_of(ws, recovery: bool) -> int:
+    if recovery:
+        json.loads(ws.recv(timeout=10))     # welcome
+        ws.send(json.dumps({"url": "/ws/feed/pid"}))
+        while True:
+            message = json.loads(ws.recv(timeout=10))
+            if message["type"] == "msg":
+                return json.loads(message["text"])["pid"]
+    ws.send("pid")
+    return int(ws.recv(timeout=10).split()[1])
+
+
+def _burst(ws, recovery: bool, count: int) -> None:
+    if recovery:
+        ws.send(json.dumps({"url": "/ws/feed/burst", "body": count}))
+    else:
+        ws.send(f"burst {count} 64")
+
+
+def redis(args: argparse.Namespace) -> dict:
+    return {"recovery stream (Lua, Redis Stream)": redis_case(True, args.publications),
+            "pub/sub backplane (no recovery)": redis_case(False, args.publications)}
+
+
+# -- memory -----------------------------------------------------------------------------
+
+
+def memory(args: argparse.Namespace) -> dict:
+    proc, port = start_server(True, args.history_size)
+    try:
+        time.sleep(0.5)
+        before = rss_kib(proc.pid)
+        for _ in range(args.history_size // 1000):
+            post(port, f"/bcast?n=1000&size={args.size}")
+        time.sleep(0.5)
+        after = rss_kib(proc.pid)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+            metrics = {line.split()[0]: line.split()[1] for line in r.read().decode().splitlines()
+                       if line.startswith("simplew_history")}
+        return {"history_size": args.history_size, "payload_bytes": args.size,
+                "rss_before_kib": before, "rss_after_kib": after,
+                "growth_mib": round((after - before) / 1024, 1), **metrics}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["fanout", "redis", "memory"])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--publications", type=int, default=20000)
+    parser.add_argument("--history-size", type=int, default=10000)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args()
+    result = {"fanout": fanout, "redis": redis, "memory": memory}[args.part](args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
