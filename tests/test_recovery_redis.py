@@ -188,3 +188,38 @@ def test_presence_across_processes(redis_server, processes):
     wait_until(lambda: one.request("/ws/feed/presence", "lobby") == [one.session], 5,
                "the closed session gone", interval=0.2)
     one.close()
+
+
+def test_rolling_restart_of_the_workers(redis_server, processes):
+    """--workers 2: each worker in turn gets SIGTERM (close 1001 to its clients)
+    and the parent starts a new one; the client follows, misses nothing."""
+    import psutil
+    server = processes(redis_server.url, workers=2)
+    parent = psutil.Process(server.proc.pid)
+
+    def workers() -> list[int]:
+        return sorted(child.pid for child in parent.children()
+                      if child.status() != psutil.STATUS_ZOMBIE
+                      and "spawn_main" in " ".join(child.cmdline()))
+
+    wait_until(lambda: len(workers()) == 2, 10, "two workers")
+    client = V1Client()
+    welcome = client.connect(server.url)
+    publisher = HttpPublisher([server.port], 300)
+    publisher.start()
+    client.collect(0.5)
+    for old in workers():
+        os.kill(old, signal.SIGTERM)
+        wait_until(lambda: old not in workers() and len(workers()) == 2, 15,
+                   "the worker replaced")
+        if not client.collect(1.0):     # its connection was on the stopped worker
+            client.connect_any([server.url], time.monotonic() + 10)
+            assert client.welcomes[-1]["recovered"] is True, client.welcomes[-1]
+        client.collect(0.3)
+    publisher.stop()
+    top = redis_top(redis_server)
+    client.collect(until_offset=top)
+    client.close()
+    assert len(client.welcomes) >= 2, "the client's worker was never restarted"
+    assert {w["session"] for w in client.welcomes} == {welcome["session"]}
+    assert_every_offset_once(client, welcome["offset"] + 1, top)

@@ -104,7 +104,8 @@ def test_wheel_contents_and_metadata(built):
 
     assert {name: r.specifier for name, r in needed().items()} == {
         "picows": SpecifierSet(">=2.3.1,<2.4"), "aiofastnet": SpecifierSet(">=1.2.0,<2"),
-        "uvloop": SpecifierSet(">=0.22.1,<1"), "httptools": SpecifierSet(">=0.9.0,<1")}
+        "uvloop": SpecifierSet(">=0.22.1,<1"), "httptools": SpecifierSet(">=0.9.0,<1"),
+        "msgspec": SpecifierSet(">=0.19,<1")}
     assert needed("redis").keys() - needed().keys() == {"redis", "hiredis"}
     assert needed("jwt").keys() - needed().keys() == {"pyjwt"}
     assert needed("test")["simplew"].extras == {"redis", "jwt"}      # the tests need both
