@@ -1,0 +1,622 @@
+"""Shared machinery of the atheris harnesses in this folder.
+
+* :func:`instrumented_simplew` imports simplew under atheris's bytecode
+  instrumentation (Python modules only: the Cython extensions in
+  ``simplew._fast`` are compiled C and give the fuzzer no coverage feedback).
+* :class:`Loop` is an asyncio loop with a virtual clock, so a harness can
+  let 60 s of timeouts pass in microseconds.
+* :class:`FakeTransport` is the socket as the protocols see it: it records
+  what is written, models a write buffer (the client may stop reading) and
+  reports the close as asyncio does (``connection_lost`` on the next turn).
+* :class:`Client` drives one accepted connection of a real
+  :class:`~simplew.SimpleWServer` (``server._protocol()``) through it.
+* :class:`LogGuard` turns every ERROR record of ``simplew.*``, every log
+  message that fails to format, and every exception the loop catches in a
+  callback into a finding.
+* Parsers for what the server writes (HTTP responses, WebSocket frames) and a
+  builder for masked client frames.
+
+Every harness exposes ``test_one_input(data: bytes)`` (usable by
+``atheris.Setup``), ``seeds()`` (the committed seed corpus: name -> bytes) and
+``stats`` (a Counter of what the run reached, printed by ``run.py``).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import re
+import selectors
+import socket
+import struct
+import sys
+import tempfile
+import time
+
+import atheris
+
+SECRET = b"FUZZ-SECRET-OUTSIDE-THE-STATIC-ROOT"
+
+
+def instrumented_simplew() -> None:
+    """Import simplew's Python modules with atheris coverage instrumentation.
+
+    Must run before anything else imports simplew.
+    """
+    if "simplew" in sys.modules:
+        return
+    with atheris.instrument_imports(include=["simplew"]):
+        import simplew  # noqa: F401
+        import simplew.auth  # noqa: F401
+        import simplew.message  # noqa: F401
+        import simplew.metrics  # noqa: F401
+        import simplew.rest  # noqa: F401
+        import simplew.server  # noqa: F401
+        import simplew.static  # noqa: F401
+
+
+# -- findings from logs and loop callbacks ------------------------------------
+
+class LogGuard(logging.Handler):
+    """Collects what counts as a finding: ERROR records on ``simplew.*``,
+    records whose message does not format, exceptions caught by the loop."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.problems: list[str] = []
+        self.allowed: list[re.Pattern[str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception as exc:        # a bad format string or arguments
+            self.problems.append(f"log record does not format: {record.msg!r} {exc!r}")
+            return
+        if record.levelno >= logging.ERROR and not any(p.search(text) for p in self.allowed):
+            detail = ""
+            if record.exc_info and record.exc_info[1] is not None:
+                import traceback
+                detail = "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self.problems.append(f"{record.name} {record.levelname}: {text}{detail}")
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        import traceback
+        detail = "".join(traceback.format_exception(exc)) if exc is not None else ""
+        self.problems.append(f"loop caught: {context.get('message')}\n{detail}")
+
+    def check(self) -> None:
+        """Raise (a finding) if anything was collected since the last check."""
+        if self.problems:
+            problems, self.problems = self.problems, []
+            raise AssertionError("\n".join(problems))
+
+
+GUARD = LogGuard()
+
+
+def install_guard() -> LogGuard:
+    root = logging.getLogger("simplew")
+    if GUARD not in root.handlers:
+        root.addHandler(GUARD)
+        root.propagate = False
+        root.setLevel(logging.DEBUG)     # every message is formatted: a bad one is a finding
+    return GUARD
+
+
+# -- the event loop -------------------------------------------------------------
+
+class Loop(asyncio.SelectorEventLoop):
+    """A selector loop whose clock moves only when :meth:`advance` says so."""
+
+    def __init__(self) -> None:
+        super().__init__(selectors.SelectSelector())
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def busy(self) -> bool:
+        """Callbacks are ready to run this turn."""
+        return bool(self._ready)
+
+    def timers(self) -> int:
+        return sum(1 for h in self._scheduled if not h.cancelled())
+
+
+_LOOP: Loop | None = None
+
+
+def loop() -> Loop:
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = Loop()
+        asyncio.set_event_loop(_LOOP)
+        _LOOP.set_exception_handler(GUARD.loop_exception)
+    return _LOOP
+
+
+async def settle(turns: int = 200) -> None:
+    """Run the loop until nothing is ready (at most ``turns`` turns)."""
+    lp = asyncio.get_running_loop()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+        if not lp.busy():       # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+            if not lp.busy():   # type: ignore[attr-defined]
+                return
+
+
+# -- the transport ----------------------------------------------------------------
+
+_SOCKET = None
+
+
+def _socket() -> socket.socket:
+    """A real (never connected) TCP socket: picows sets options on it."""
+    global _SOCKET
+    if _SOCKET is None:
+        _SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    return _SOCKET
+
+
+class FakeTransport(asyncio.Transport):
+    """An in-process stand-in for an accepted TCP socket.
+
+    ``out`` holds every byte written. ``buffered`` models the kernel/loop
+    write buffer: it grows with writes until the client reads
+    (:meth:`client_reads`); crossing the high-water mark calls the
+    protocol's ``pause_writing`` as asyncio does.
+    """
+
+    def __init__(self, lp: Loop, high_water: int = 1 << 16) -> None:
+        super().__init__()
+        self._loop = lp
+        self.protocol = None
+        self.out = bytearray()
+        self.buffered = 0
+        self.high = high_water
+        self.low = high_water // 4
+        self.write_paused = False
+        self.reading_paused = False
+        self.closing = False
+        self.lost = False
+        self.eof_written = False
+        self.aborted = False
+        self.writes = 0
+
+    # asyncio.Transport
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
+
+    def get_extra_info(self, name, default=None):
+        if name == "socket":
+            return _socket()
+        if name == "peername":
+            return ("127.0.0.1", 40000)
+        if name == "sockname":
+            return ("127.0.0.1", 2015)
+        return default
+
+    def write(self, data) -> None:
+        if self.lost:
+            raise AssertionError("write after connection_lost")
+        if self.closing or self.eof_written:
+            return                  # asyncio drops (and warns about) such writes
+        self.writes += 1
+        self.out += data
+        self.buffered += len(data)
+        self._check_high()
+
+    def writelines(self, chunks) -> None:
+        self.write(b"".join(chunks))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self._loop.call_soon(self._lose)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self.high = 1 << 16 if high is None else high
+        self.low = self.high // 4 if low is None else low
+        self._check_high()
+
+    def get_write_buffer_limits(self):
+        return self.low, self.high
+
+    # the model
+    def _check_high(self) -> None:
+        if not self.write_paused and self.high > 0 and self.buffered > self.high:
+            self.write_paused = True
+            self.protocol.pause_writing()
+
+    def client_reads(self) -> None:
+        """The client drained everything written so far."""
+        self.buffered = 0
+        if self.write_paused and not self.lost:
+            self.write_paused = False
+            self.protocol.resume_writing()
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self.protocol.connection_lost(None)
+
+    def deliver(self, data: bytes) -> None:
+        """The client's bytes arrive (plain or buffered protocol)."""
+        if self.lost or self.closing or not data:
+            return
+        get_buffer = getattr(self.protocol, "get_buffer", None)
+        if get_buffer is None:
+            self.protocol.data_received(data)
+            return
+        pos = 0
+        while pos < len(data) and not self.lost and not self.closing:
+            buf = get_buffer(len(data) - pos)
+            n = min(len(buf), len(data) - pos)
+            if n <= 0:
+                raise AssertionError("a buffered protocol offered an empty buffer")
+            buf[:n] = data[pos:pos + n]
+            self.protocol.buffer_updated(n)
+            pos += n
+
+    def client_eof(self) -> None:
+        """The client shut its sending side."""
+        if self.lost or self.closing:
+            return
+        if not self.protocol.eof_received():
+            self.close()
+
+
+class Client:
+    """One accepted connection of ``server``, driven from a harness."""
+
+    def __init__(self, server, high_water: int = 1 << 16) -> None:
+        self.server = server
+        self.transport = FakeTransport(loop(), high_water)
+        protocol = server._protocol()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+
+    async def send(self, data: bytes) -> None:
+        """Deliver ``data`` once the server reads, letting the client read while it waits."""
+        t = self.transport
+        for _ in range(8):
+            if not t.reading_paused or t.lost:
+                break
+            t.client_reads()
+            await settle()
+        t.deliver(data)
+        await settle()
+
+    async def finish(self) -> None:
+        """Client EOF, then let time pass until the server lets go: a connection
+        the server never releases is a finding (a hang)."""
+        t = self.transport
+        t.client_reads()
+        await settle()
+        t.client_eof()
+        await settle()
+        lp = loop()
+        for _ in range(6):
+            if t.lost:
+                return
+            lp.advance(61.0)
+            t.client_reads()
+            await settle()
+            t.client_eof()
+            await settle()
+        raise AssertionError("the server never released the connection "
+                             f"(closing={t.closing}, eof_written={t.eof_written})")
+
+
+def run(coro) -> None:
+    lp = loop()
+    lp.run_until_complete(coro)
+    GUARD.check()
+
+
+# -- the server under test ---------------------------------------------------------
+
+_STATIC_ROOT: str | None = None
+
+
+def static_root() -> str:
+    """A small static tree, with a symlink to a file outside it (which must
+    never be served)."""
+    global _STATIC_ROOT
+    if _STATIC_ROOT is None:
+        base = tempfile.mkdtemp(prefix="simplew-fuzz-")
+        root = os.path.join(base, "www")
+        os.makedirs(os.path.join(root, "sub"))
+        with open(os.path.join(base, "secret.txt"), "wb") as f:
+            f.write(SECRET)
+        for name, body in (("index.html", b"<h1>hello</h1>\n"), ("a.txt", b"a" * 300),
+                           ("sub/b.css", b"body{}\n"), ("sub/index.html", b"<p>sub</p>")):
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(body)
+        os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "leak.txt"))
+        _STATIC_ROOT = root
+    return _STATIC_ROOT
+
+
+UPGRADE_HEAD = (b"Host: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+def upgrade_request(path: str = "/ws", extra: bytes = b"") -> bytes:
+    return b"GET " + path.encode() + b" HTTP/1.1\r\n" + UPGRADE_HEAD + extra + b"\r\n"
+
+
+# -- parsing what the server writes ------------------------------------------------
+
+_STATUS = re.compile(rb"HTTP/1\.1 ([1-5]\d\d) [^\r\n]+\r\n")
+_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+): ?([^\r\n]*)\r\n")
+
+
+class Response(tuple):
+    """(status, headers dict with lower-case names, body)."""
+
+    @property
+    def status(self) -> int:
+        return self[0]
+
+    @property
+    def headers(self) -> dict:
+        return self[1]
+
+    @property
+    def body(self) -> bytes:
+        return self[2]
+
+
+def parse_responses(out: bytes, head_flags: list[bool]) -> tuple[list[Response], int]:
+    """Split ``out`` into HTTP/1.1 responses; raise AssertionError on anything
+    malformed. ``head_flags[i]``: the i-th answer by the handler was to a HEAD
+    request (its body is left out); answers past the list are rejections.
+    Returns the responses and the offset where the bytes after a
+    ``101 Switching Protocols`` start (``len(out)`` without one)."""
+    responses: list[Response] = []
+    pos = 0
+    answered = 0
+    while pos < len(out):
+        m = _STATUS.match(out, pos)
+        if m is None:
+            raise AssertionError(f"not an HTTP status line at {pos}: {bytes(out[pos:pos + 80])!r}")
+        status = int(m.group(1))
+        pos = m.end()
+        headers: dict[bytes, bytes] = {}
+        while not out.startswith(b"\r\n", pos):
+            h = _HEADER.match(out, pos)
+            if h is None:
+                raise AssertionError(f"malformed header line: {bytes(out[pos:pos + 80])!r}")
+            name = h.group(1).lower().decode()
+            if name in headers and name not in ("vary", "allow"):
+                raise AssertionError(f"header {name} twice in one response")
+            headers[name] = h.group(2).decode("latin-1")
+            pos = h.end()
+        pos += 2
+        if status == 101:
+            responses.append(Response((status, headers, b"")))
+            return responses, pos
+        if status == 100:
+            if headers:
+                raise AssertionError("100 Continue with headers")
+            responses.append(Response((status, headers, b"")))
+            continue
+        is_head = head_flags[answered] if answered < len(head_flags) else False
+        answered += 1
+        bodiless = status in (204, 304)
+        length = headers.get("content-length")
+        if bodiless:
+            if length is not None:
+                raise AssertionError(f"{status} with a Content-Length")
+            body = b""
+        else:
+            if length is None or not length.isdigit():
+                raise AssertionError(f"{status} without a valid Content-Length: {headers}")
+            n = 0 if is_head else int(length)
+            body = bytes(out[pos:pos + n])
+            if len(body) != n:
+                raise AssertionError(f"{status} body shorter than its Content-Length")
+            pos += n
+        responses.append(Response((status, headers, body)))
+        if headers.get("connection", "").lower() == "close" and pos != len(out):
+            raise AssertionError(f"bytes after a Connection: close response: {bytes(out[pos:pos + 80])!r}")
+    return responses, pos
+
+
+class Frame(tuple):
+    """(fin, rsv1, opcode, payload) of a server frame."""
+
+
+def parse_server_frames(data: bytes) -> list[Frame]:
+    """Frames the server sent; raise AssertionError on anything a client must
+    reject (masked, rsv2/3, unknown opcode, fragmented control frame, a
+    non-minimal length, bytes cut short, anything after a CLOSE)."""
+    frames = []
+    pos = 0
+    closed = False
+    while pos < len(data):
+        if closed:
+            raise AssertionError(f"bytes after the server's CLOSE: {bytes(data[pos:pos + 40])!r}")
+        if len(data) - pos < 2:
+            raise AssertionError("truncated frame header")
+        b0, b1 = data[pos], data[pos + 1]
+        fin, rsv1, rsv23, opcode = b0 >> 7, (b0 >> 6) & 1, (b0 >> 4) & 3, b0 & 15
+        if rsv23:
+            raise AssertionError("server frame with RSV2/RSV3")
+        if b1 & 0x80:
+            raise AssertionError("masked server frame")
+        if opcode not in (0, 1, 2, 8, 9, 10):
+            raise AssertionError(f"server frame with opcode {opcode}")
+        n = b1 & 127
+        pos += 2
+        if n == 126:
+            n = struct.unpack_from("!H", data, pos)[0]
+            pos += 2
+            if n < 126:
+                raise AssertionError("non-minimal 16-bit length")
+        elif n == 127:
+            n = struct.unpack_from("!Q", data, pos)[0]
+            pos += 8
+            if n < 65536:
+                raise AssertionError("non-minimal 64-bit length")
+        if opcode >= 8 and (n > 125 or not fin):
+            raise AssertionError("bad control frame from the server")
+        payload = bytes(data[pos:pos + n])
+        if len(payload) != n:
+            raise AssertionError("frame payload cut short")
+        pos += n
+        if opcode == 8:
+            closed = True
+            if n == 1:
+                raise AssertionError("CLOSE with a one-byte payload")
+            if n >= 2:
+                code = struct.unpack("!H", payload[:2])[0]
+                if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+                    raise AssertionError(f"server sent close code {code}")
+                payload[2:].decode("utf-8")
+        frames.append(Frame((fin, rsv1, opcode, payload)))
+    return frames
+
+
+def close_code(frame: Frame) -> int | None:
+    payload = frame[3]
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+# -- building client frames ----------------------------------------------------------
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
+                 mask: bytes | None = b"\x11\x22\x33\x44", length_form: int = 0) -> bytes:
+    """One client frame. ``length_form``: 0 minimal, 1 16-bit, 2 64-bit
+    (non-minimal forms are a protocol error); ``mask=None`` leaves it unmasked."""
+    b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 15)
+    n = len(payload)
+    mbit = 0x80 if mask is not None else 0
+    if length_form == 0 and n < 126:
+        head = bytes((b0, mbit | n))
+    elif length_form <= 1 and n < 65536:
+        head = bytes((b0, mbit | 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((b0, mbit | 127)) + struct.pack("!Q", n)
+    if mask is None:
+        return head + payload
+    masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+class Reader:
+    """Reads a fuzzer input front to back (simpler to write seeds for than
+    atheris.FuzzedDataProvider); past the end every read gives zeros/empty."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            return 0
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def int_in(self, lo: int, hi: int) -> int:
+        """An int in [lo, hi], from 1 byte (a span under 256) or 2 big-endian bytes."""
+        span = hi - lo + 1
+        raw = self.byte() if span <= 256 else (self.byte() << 8) | self.byte()
+        return lo + raw % span
+
+    def flag(self) -> bool:
+        return bool(self.byte() & 1)
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def split_points(data: bytes, seed: int, count: int) -> list[bytes]:
+    """``data`` cut into at most ``count + 1`` pieces at positions drawn from ``seed``."""
+    if count <= 0 or len(data) < 2:
+        return [data]
+    cuts = set()
+    x = seed or 1
+    for _ in range(count):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        cuts.add(1 + x % (len(data) - 1))
+    out, prev = [], 0
+    for c in sorted(cuts):
+        out.append(data[prev:c])
+        prev = c
+    out.append(data[prev:])
+    return out
+
+
+stats: collections.Counter = collections.Counter()
+_stats_written = [0.0]
+
+
+def dump_stats(force: bool = False) -> None:
+    """Write ``stats`` (plus the number of inputs run) as JSON to the file named by
+    $SIMPLEW_FUZZ_STATS, at most twice a second: libFuzzer exits without
+    running Python's atexit handlers."""
+    path = os.environ.get("SIMPLEW_FUZZ_STATS")
+    if not path:
+        return
+    now = time.monotonic()
+    if not force and now - _stats_written[0] < 0.5:
+        return
+    _stats_written[0] = now
+    with open(path + ".tmp", "w") as f:
+        json.dump(dict(stats), f)
+    os.replace(path + ".tmp", path)
+
+
+def main(test_one_input) -> None:
+    """``python harness.py [libFuzzer flags] [corpus dirs or files]``."""
+    def one(data: bytes) -> None:
+        stats["inputs"] += 1
+        try:
+            test_one_input(data)
+        finally:
+            dump_stats()
+
+    atheris.Setup(sys.argv, one)
+    atheris.Fuzz()

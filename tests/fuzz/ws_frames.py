@@ -1,0 +1,199 @@
+"""Harness 2: WebSocket frame reassembly and the close handshake.
+
+A client upgrades through the real HTTP front (so http.pyx hands the socket
+to picows as in production) on one of three endpoints - routed ``/ws``, the
+echo callback ``/raw``, or ``/wsz`` with permessage-deflate negotiated from
+one of several offers - and then sends frames the fuzzer composes: any
+fin/rsv/opcode byte, masked or not, minimal or non-minimal lengths, CLOSE
+frames with any code and reason, fragmented messages with control frames in
+between, compressed messages (valid deflate of fuzzer bytes, fragmented),
+oversized frames; the byte stream is cut at fuzzer-chosen points, and the
+client may stop reading or let time pass.
+
+Invariants: no exception escapes, nothing logged at ERROR (picows logs an
+exception raised by our listener at ERROR); the server's bytes are a 101
+then well-formed frames (unmasked, no RSV2/3, RSV1 only with deflate,
+minimal lengths, control frames short and final, at most one CLOSE with a
+valid code, nothing after it); on ``/raw`` the messages echoed back are, in
+order, exactly the messages the client sent (truncated to 200 as the
+callback does) while the client's frames are ones this harness models; the
+connection is always released and leaves no session in the hub.
+"""
+from __future__ import annotations
+
+import zlib
+
+import support
+from support import Client, Reader, client_frame, close_code, parse_responses, parse_server_frames
+from targets import check_released, server
+
+stats = support.stats
+PATHS = ("/ws", "/raw", "/wsz")
+# (offer, client window bits, client keeps its context, server keeps its context)
+OFFERS = (
+    (b"permessage-deflate", 15, True, True),
+    (b"permessage-deflate; client_no_context_takeover; server_no_context_takeover", 15, False, False),
+    (b"permessage-deflate; client_max_window_bits=9", 9, True, True),
+    (b"x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=10; client_max_window_bits",
+     15, True, True),
+)
+HIGH_WATER = (1 << 16, 256, 4096, 1)
+MASKS = (b"\x00\x00\x00\x00", b"\x11\x22\x33\x44", b"\xff\x80\x01\x7f")
+
+
+class Session:
+    """What the client did, for the echo oracle."""
+
+    def __init__(self, offer) -> None:
+        self.sent: list[object] = []        # messages, str or bytes, in order
+        self.exact = True                   # every frame sent is one this harness models
+        self.offer = offer
+        self.compressor = None
+
+    def compress(self, data: bytes) -> bytes:
+        _, bits, keep, _ = self.offer
+        if self.compressor is None or not keep:
+            self.compressor = zlib.compressobj(6, zlib.DEFLATED, -bits)
+        out = self.compressor.compress(data) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert out.endswith(b"\x00\x00\xff\xff")
+        return out[:-4] or b"\x00"
+
+
+def _message(fdp: Reader, text: bool, n: int) -> tuple[int, bytes]:
+    data = fdp.take(n)
+    if text:
+        return 1, data.decode("utf-8", "replace").encode("utf-8")
+    return 2, data
+
+
+def compose(fdp: Reader, session: Session, wire: list) -> None:
+    """Append the client's actions to ``wire``: bytes, or ("flush", seconds)."""
+    op = fdp.int_in(0, 9)
+    mask = MASKS[fdp.int_in(0, 2)]
+    if op <= 2:                                     # any single frame
+        b0 = fdp.byte()
+        form = fdp.int_in(0, 3)
+        payload = fdp.take(fdp.int_in(0, 140))
+        fin, rsv, opcode = b0 >> 7, (b0 >> 4) & 7, b0 & 15
+        wire.append(client_frame(opcode, payload, bool(fin), rsv, None if form == 3 else mask,
+                                 form if form < 3 else 0))
+        if opcode in (1, 2) and fin and not rsv and form == 0:
+            session.sent.append(payload.decode("utf-8", "replace") if opcode == 1 else payload)
+        elif opcode in (0, 1, 2) or form != 0 or rsv:
+            session.exact = False
+    elif op == 3:                                   # CLOSE
+        code = fdp.int_in(0, 5000) if fdp.flag() else 1000
+        reason = fdp.take(fdp.int_in(0, 130))
+        body = b"" if fdp.int_in(0, 5) == 0 else code.to_bytes(2, "big") + reason
+        wire.append(client_frame(8, body, True, 0, mask))
+    elif op == 4:                                   # PING / PONG
+        wire.append(client_frame(9 if fdp.flag() else 10,
+                                 fdp.take(fdp.int_in(0, 130)), True, 0, mask))
+    elif op in (5, 6):                              # a fragmented message, maybe compressed
+        text = fdp.flag()
+        opcode, data = _message(fdp, text, fdp.int_in(0, 300))
+        compressed = op == 6 and session.offer is not None
+        payload = session.compress(data) if compressed else data
+        parts = fdp.int_in(1, 4)
+        step = max(1, len(payload) // parts)
+        chunks = [payload[i:i + step] for i in range(0, len(payload), step)] or [b""]
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            wire.append(client_frame(opcode if i == 0 else 0, chunk, last,
+                                     4 if compressed and i == 0 else 0, mask))
+            if not last and fdp.int_in(0, 3) == 0:
+                wire.append(client_frame(9, b"between", True, 0, mask))
+        session.sent.append(data.decode("utf-8") if text else data)
+    elif op == 7:                                   # oversized
+        n = fdp.int_in(4097, 70000)
+        wire.append(client_frame(2, b"x" * n, fdp.flag(), 0, mask))
+        session.sent.append(None)                   # over max_message_size: never echoed
+    else:                                           # deliver now; time may pass
+        wire.append(("flush", (0.0, 1.0, 6.0, 30.0)[fdp.int_in(0, 3)]))
+
+
+def test_one_input(data: bytes) -> None:
+    fdp = Reader(data)
+    cfg = fdp.byte()
+    path = PATHS[(cfg & 3) % 3]
+    offer = OFFERS[(cfg >> 2) & 3] if path == "/wsz" else None
+    session = Session(offer)
+    wire: list = []
+    for _ in range(64):
+        if fdp.remaining() == 0:
+            break
+        compose(fdp, session, wire)
+    s = server()
+    s.head_flags = []
+    extra = b"Sec-WebSocket-Extensions: " + offer[0] + b"\r\n" if offer else b""
+    support.run(_drive(s, support.upgrade_request(path, extra), wire, session,
+                       HIGH_WATER[(cfg >> 4) & 3], (cfg >> 6) & 3))
+
+
+async def _drive(s, head: bytes, wire: list, session: Session, high: int, cuts: int) -> None:
+    client = Client(s, high)
+    t = client.transport
+    pending = [head]
+    for item in wire + [("flush", 0.0)]:
+        if isinstance(item, tuple):
+            for piece in support.split_points(b"".join(pending), len(pending) * 31 + cuts, cuts):
+                await client.send(piece)
+            pending = []
+            if item[1]:
+                support.loop().advance(item[1])
+                await support.settle()
+        else:
+            pending.append(item)
+    await client.finish()
+    out = bytes(t.out)
+    responses, rest = parse_responses(out, s.head_flags)
+    assert responses and responses[0].status == 101, responses[:1]
+    frames = parse_server_frames(out[rest:])
+    decompressor = None
+    echoed: list[object] = []
+    for fin, rsv1, opcode, payload in frames:
+        if opcode == 8:
+            stats[f"close {close_code((fin, rsv1, opcode, payload))}"] += 1
+            continue
+        if opcode in (9, 10):
+            stats[f"control {opcode}"] += 1
+            continue
+        assert fin, "the server fragments nothing"
+        if rsv1:
+            assert session.offer is not None, "RSV1 without negotiated deflate"
+            if decompressor is None or not session.offer[3]:
+                decompressor = zlib.decompressobj(-15)
+            payload = decompressor.decompress(payload + b"\x00\x00\xff\xff")
+        stats[f"data {opcode}"] += 1
+        echoed.append(payload.decode("utf-8") if opcode == 1 else payload)
+    if s.endpoint_for("/raw") is not None and head.startswith(b"GET /raw ") and session.exact:
+        expected = [m[:200] if m is not None else None for m in session.sent[:len(echoed)]]
+        assert echoed == expected, f"echo mismatch: {echoed[:3]!r} vs {expected[:3]!r}"
+        if echoed:
+            stats["echo verified"] += 1
+    check_released(s)
+
+
+def seeds() -> dict[str, bytes]:
+    """Reader streams: config byte, then per action: op, mask, operands."""
+    echo = b'{"url":"/ws/app/echo","body":[1,2]}'
+    zecho = b'{"url":"/wsz/app/echo","body":"compress compress compress compress!"}'
+    return {
+        "raw_text": bytes((1, 0, 1, 0x81, 0, 5)) + b"hello",
+        "raw_fragmented": bytes((0x41, 5, 1, 1, 0, 20)) + b"fragmented message!!" + bytes((3, 1, 0)),
+        "ws_envelope_close": bytes((0, 0, 1, 0x81, 0, len(echo))) + echo
+                             + bytes((3, 1, 1, 0x03, 0xE8, 2)) + b"ok" + bytes((1,)),
+        "wsz_compressed": bytes((2, 6, 1, 1, 0, len(zecho))) + zecho + bytes((2, 1)),
+        "wsz_no_takeover": bytes((6, 6, 1, 0, 0, 30)) + b"abcabcabcabcabcabcabcabcabcabc" + bytes((0,))
+                           + bytes((6, 1, 0, 0, 30)) + b"abcabcabcabcabcabcabcabcabcabc" + bytes((0,)),
+        "wsz_small_window": bytes((10, 6, 1, 1, 0, len(zecho))) + zecho + bytes((1,)),
+        "oversized": bytes((1, 7, 1, 0, 200, 1)),
+        "ping_then_close": bytes((1, 4, 1, 1, 4)) + b"ping" + bytes((3, 1, 0, 0, 0)),
+        "unmasked": bytes((1, 0, 0, 0x81, 3, 2)) + b"hi",
+        "bad_close_code": bytes((1, 3, 1, 1, 0x03, 0xED, 0, 1)),
+        "stalled_fragment": bytes((0, 0, 1, 0x01, 0, 3)) + b"abc" + bytes((9, 0, 3)),
+    }
+
+
+if __name__ == "__main__":
+    support.main(test_one_input)
