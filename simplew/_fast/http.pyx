@@ -676,6 +676,10 @@ cdef class HttpProtocol:
             if endpoint is None:
                 self._fail(404, "no WebSocket endpoint here")
                 return False
+            if request.headers.get("sec-websocket-version", "").strip(" \t") not in ("13", "8", "7"):
+                # RFC 6455 4.4 (picows's own answer fails on a non-ASCII version)
+                self._fail(426, "unsupported WebSocket version", [("Sec-WebSocket-Version", "13")])
+                return False
             self._upgrade_rest = bytearray(view[offset:])
             self._push((UPGRADE, request, endpoint))
             return False
