@@ -34,9 +34,11 @@ import struct
 import sys
 import tempfile
 import time
+import zlib
 
 import atheris
 
+stats: collections.Counter = collections.Counter()   # outcomes reached (run.py prints them)
 SECRET = b"FUZZ-SECRET-OUTSIDE-THE-STATIC-ROOT"
 
 
@@ -57,6 +59,39 @@ def instrumented_simplew() -> None:
         import simplew.static  # noqa: F401
 
 
+# -- outcome feedback -------------------------------------------------------------
+#
+# atheris sees coverage of Python code only; most of the paths worth reaching
+# are in the Cython extensions. What the server did (a status, a close code,
+# a log message template of the extensions) is turned into coverage here: each
+# outcome is hashed to one of 256 leaves of an instrumented decision tree, so
+# an input that makes the server do something new (or something more often)
+# is kept in the corpus like one that reaches new Python lines.
+
+def _tree(depth: int, prefix: int, indent: str) -> list[str]:
+    if depth == 8:
+        return [f"{indent}return {prefix}"]
+    bit = 1 << (7 - depth)
+    return ([f"{indent}if h & {bit}:"] + _tree(depth + 1, prefix | bit, indent + "    ")
+            + [f"{indent}else:"] + _tree(depth + 1, prefix, indent + "    "))
+
+
+def _make_feedback():
+    namespace: dict = {}
+    source = "\n".join(["def outcome_leaf(h):"] + _tree(0, 0, "    "))
+    exec(compile(source, "<outcome feedback>", "exec"), namespace)
+    return atheris.instrument_func(namespace["outcome_leaf"])
+
+
+_outcome_leaf = _make_feedback()
+
+
+def note(outcome: str) -> None:
+    """Count ``outcome`` in ``stats`` and report it to the fuzzer as coverage."""
+    stats[outcome] += 1
+    _outcome_leaf(zlib.crc32(outcome.encode("utf-8", "replace")) & 255)
+
+
 # -- findings from logs and loop callbacks ------------------------------------
 
 class LogGuard(logging.Handler):
@@ -74,6 +109,8 @@ class LogGuard(logging.Handler):
         except Exception as exc:        # a bad format string or arguments
             self.problems.append(f"log record does not format: {record.msg!r} {exc!r}")
             return
+        ints = [a for a in record.args if isinstance(a, int)] if isinstance(record.args, tuple) else []
+        _outcome_leaf(zlib.crc32(f"{record.msg} {ints}".encode("utf-8", "replace")) & 255)
         if record.levelno >= logging.ERROR and not any(p.search(text) for p in self.allowed):
             detail = ""
             if record.exc_info and record.exc_info[1] is not None:
@@ -189,6 +226,7 @@ class FakeTransport(asyncio.Transport):
         self.eof_written = False
         self.aborted = False
         self.writes = 0
+        self.inbox: collections.deque = collections.deque()
 
     # asyncio.Transport
     def set_protocol(self, protocol) -> None:
@@ -240,9 +278,6 @@ class FakeTransport(asyncio.Transport):
     def pause_reading(self) -> None:
         self.reading_paused = True
 
-    def resume_reading(self) -> None:
-        self.reading_paused = False
-
     def is_reading(self) -> bool:
         return not self.reading_paused
 
@@ -276,9 +311,7 @@ class FakeTransport(asyncio.Transport):
             self.protocol.connection_lost(None)
 
     def deliver(self, data: bytes) -> None:
-        """The client's bytes arrive (plain or buffered protocol)."""
-        if self.lost or self.closing or not data:
-            return
+        """Bytes reach the protocol now (plain or buffered protocol)."""
         get_buffer = getattr(self.protocol, "get_buffer", None)
         if get_buffer is None:
             self.protocol.data_received(data)
@@ -293,54 +326,84 @@ class FakeTransport(asyncio.Transport):
             self.protocol.buffer_updated(n)
             pos += n
 
+    # the client's side of the stream: what it sent waits while the server
+    # does not read (pause_reading), as it would in the socket buffers
+    def client_send(self, data: bytes) -> None:
+        if data:
+            self.inbox.append(data)
+            self._pump()
+
     def client_eof(self) -> None:
-        """The client shut its sending side."""
-        if self.lost or self.closing:
-            return
-        if not self.protocol.eof_received():
-            self.close()
+        """The client shuts its sending side (after what it sent before)."""
+        self.inbox.append(EOF)
+        self._pump()
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        if self.inbox:
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        while self.inbox and not self.reading_paused and not self.closing and not self.lost:
+            item = self.inbox.popleft()
+            if item is EOF:
+                if not self.protocol.eof_received():
+                    self.close()
+            else:
+                self.deliver(item)
+
+
+EOF = object()
 
 
 class Client:
-    """One accepted connection of ``server``, driven from a harness."""
+    """One accepted connection of ``server``, driven from a harness.
 
-    def __init__(self, server, high_water: int = 1 << 16) -> None:
+    ``reads``: the client reads what the server writes as soon as it is
+    written; without it, the client reads only in :meth:`finish`.
+    """
+
+    def __init__(self, server, high_water: int = 1 << 16, reads: bool = True) -> None:
         self.server = server
+        self.reads = reads
         self.transport = FakeTransport(loop(), high_water)
         protocol = server._protocol()
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
 
     async def send(self, data: bytes) -> None:
-        """Deliver ``data`` once the server reads, letting the client read while it waits."""
         t = self.transport
-        for _ in range(8):
-            if not t.reading_paused or t.lost:
-                break
+        t.client_send(data)
+        await settle()
+        if self.reads:
             t.client_reads()
             await settle()
-        t.deliver(data)
-        await settle()
 
     async def finish(self) -> None:
-        """Client EOF, then let time pass until the server lets go: a connection
-        the server never releases is a finding (a hang)."""
+        """Client EOF, then it reads everything and lets time pass until the
+        server lets go: a connection the server keeps although nothing moves
+        is a finding (a hang)."""
         t = self.transport
-        t.client_reads()
-        await settle()
         t.client_eof()
-        await settle()
         lp = loop()
-        for _ in range(6):
-            if t.lost:
-                return
-            lp.advance(61.0)
+        idle_rounds = 0
+        for _ in range(1000):
+            before = (len(t.out), len(t.inbox))
             t.client_reads()
             await settle()
-            t.client_eof()
-            await settle()
+            if t.lost:
+                return
+            if (len(t.out), len(t.inbox)) == before:
+                idle_rounds += 1
+                if idle_rounds > 6:
+                    break
+                lp.advance(61.0)
+                await settle()
+            else:
+                idle_rounds = 0
         raise AssertionError("the server never released the connection "
-                             f"(closing={t.closing}, eof_written={t.eof_written})")
+                             f"(closing={t.closing}, eof_written={t.eof_written}, "
+                             f"unread input={len(t.inbox)}, reading paused={t.reading_paused})")
 
 
 def run(coro) -> None:
@@ -589,7 +652,6 @@ def split_points(data: bytes, seed: int, count: int) -> list[bytes]:
     return out
 
 
-stats: collections.Counter = collections.Counter()
 _stats_written = [0.0]
 
 
