@@ -231,6 +231,12 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
                 continue
             tp = _strip_optional(p.type)
             args = typing.get_args(tp)
+            if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+                if len(values) != len(args):    # tuple[int, str]: one value per item type
+                    raise _BadRequest("bad_parameter", f"parameter {p.name!r}: expected "
+                                      f"{len(args)} values, got {len(values)}", p.name)
+                kwargs[p.name] = tuple(_from_string(v, a, p.name) for v, a in zip(values, args))
+                continue
             item = args[0] if args else Any
             converted = [_from_string(v, item, p.name) for v in values]
             kwargs[p.name] = typing.get_origin(tp)(converted)
