@@ -599,8 +599,10 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
         head = bytes((b0, mbit | 127)) + struct.pack("!Q", n)
     if mask is None:
         return head + payload
-    masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-    return head + mask + masked
+    if not n:
+        return head + mask
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 class Reader:
