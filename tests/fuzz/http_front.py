@@ -11,7 +11,8 @@ server writes is a sequence of well-formed HTTP/1.1 responses (status line,
 headers without line breaks, a Content-Length that matches the body; nothing
 after ``Connection: close``), optionally followed after a 101 by well-formed
 WebSocket frames; no 500; no file from outside the static root; the
-connection is always released.
+connection is always released; while the transport is paused (the client
+does not read) the server writes at most one more answer.
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: 
         support.note(f"status {r.status}")
         assert r.status != 500, f"500 for client input: {r.body[:200]!r}"
         assert r.status < 500 or r.status == 503, r
+    if rest == len(out):
+        # back-pressure: once paused, at most the answer already computed goes out
+        assert t.most_paused_writes <= 1, f"{t.most_paused_writes} writes in one pause"
     if rest < len(out):
         frames = parse_server_frames(out[rest:])
         support.note("upgraded")

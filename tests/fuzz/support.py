@@ -227,6 +227,8 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.writes = 0
         self.inbox: collections.deque = collections.deque()
+        self.paused_writes = 0              # writes since the last pause_writing
+        self.most_paused_writes = 0         # the most of them in one pause
 
     # asyncio.Transport
     def set_protocol(self, protocol) -> None:
@@ -250,6 +252,9 @@ class FakeTransport(asyncio.Transport):
         if self.closing or self.eof_written:
             return                  # asyncio drops (and warns about) such writes
         self.writes += 1
+        if self.write_paused:               # the protocol was told to stop writing
+            self.paused_writes += 1
+            self.most_paused_writes = max(self.most_paused_writes, self.paused_writes)
         self.out += data
         self.buffered += len(data)
         self._check_high()
@@ -303,6 +308,7 @@ class FakeTransport(asyncio.Transport):
         self.buffered = 0
         if self.write_paused and not self.lost:
             self.write_paused = False
+            self.paused_writes = 0
             self.protocol.resume_writing()
 
     def _lose(self) -> None:
