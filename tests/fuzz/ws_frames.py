@@ -153,7 +153,8 @@ async def _drive(s, head: bytes, wire: list, session: Session, high: int, cuts: 
     echoed: list[object] = []
     for fin, rsv1, opcode, payload in frames:
         if opcode == 8:
-            support.note(f"close {close_code((fin, rsv1, opcode, payload))}")
+            code = close_code((fin, rsv1, opcode, payload))
+            support.note(f"close {'3000-4999' if code and code >= 3000 else code}")
             continue
         if opcode in (9, 10):
             support.note(f"control {opcode}")
