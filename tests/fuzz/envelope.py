@@ -13,7 +13,8 @@ exactly one answer before the client closes, which is either the handler's
 result or ``{"error", "url", "message"}`` with a documented error code -
 never ``handler_error`` (the handlers raise only when a mapped value does not
 have its declared type); the connection stays open (no CLOSE from the
-server); the session leaves no trace once it is gone.
+server); the session leaves no trace once it is gone. A JSON-aware custom mutator
+(json_mutator.py) keeps most inputs valid JSON so the typed mapping is reached.
 """
 from __future__ import annotations
 
@@ -114,5 +115,12 @@ def seeds() -> dict[str, bytes]:
     }
 
 
+FIELDS = ("url", "body", "jwt", "name", "age", "tags", "email", "role", "address", "scores",
+          "born", "seen", "id", "pair", "flags", "level", "extra", "street", "zip", "a", "b")
+URLS = tuple(f"/ws/app/{name}" for name in
+             ("echo", "user", "int", "str", "list", "optional", "enum", "async", "room", "secure"))
+
 if __name__ == "__main__":
-    support.main(test_one_input)
+    from json_mutator import make_mutator
+    support.main(test_one_input, make_mutator(
+        lambda d: (d[:2], d[2:]) if d[:1] == b"\x00" else (b"", d), FIELDS, URLS))

@@ -11,7 +11,8 @@ Invariants: no exception escapes, nothing logged at ERROR; the answer is a
 201, 204, 304, 400, 401, 403, 404, 405, 409, 426), never 500 (the handlers
 raise AssertionError when a bound argument lacks its declared type); header
 names and values hold no line break; every 4xx from the router is a JSON
-object with an ``error`` string.
+object with an ``error`` string. JSON bodies are mutated structurally
+(json_mutator.py) as well as byte by byte.
 """
 from __future__ import annotations
 
@@ -85,5 +86,12 @@ def seeds() -> dict[str, bytes]:
     }
 
 
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    head, newline, body = data.partition(b"\n")
+    return head + newline, body
+
+
 if __name__ == "__main__":
-    support.main(test_one_input)
+    from json_mutator import make_mutator
+    support.main(test_one_input, make_mutator(
+        _split, ("name", "age", "role", "address", "street", "zip", "pair", "flags", "born", "x")))

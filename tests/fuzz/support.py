@@ -679,7 +679,7 @@ def dump_stats(force: bool = False) -> None:
     os.replace(path + ".tmp", path)
 
 
-def main(test_one_input) -> None:
+def main(test_one_input, custom_mutator=None) -> None:
     """``python harness.py [libFuzzer flags] [corpus dirs or files]``."""
     def one(data: bytes) -> None:
         stats["inputs"] += 1
@@ -688,5 +688,8 @@ def main(test_one_input) -> None:
         finally:
             dump_stats()
 
-    atheris.Setup(sys.argv, one)
+    if custom_mutator is None:
+        atheris.Setup(sys.argv, one)
+    else:
+        atheris.Setup(sys.argv, one, custom_mutator=custom_mutator)
     atheris.Fuzz()
