@@ -10,13 +10,14 @@ Invariants: no exception escapes and nothing is logged at ERROR; what the
 server writes is a sequence of well-formed HTTP/1.1 responses (status line,
 headers without line breaks, a Content-Length that matches the body; nothing
 after ``Connection: close``), optionally followed after a 101 by well-formed
-WebSocket frames; no 500; no file from outside the static root; the
+WebSocket frames; unless the connection ends early (Connection: close, an
+upgrade, a timeout), exactly one final answer per complete request; no 500; no file from outside the static root; the
 connection is always released; while the transport is paused (the client
 does not read) the server writes at most one more answer.
 """
 from __future__ import annotations
 
-import sys
+import httptools
 
 import support
 from support import Client, parse_responses, parse_server_frames, split_points
@@ -51,6 +52,12 @@ async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: 
     out = bytes(t.out)
     assert support.SECRET not in out, "a file outside the static root was served"
     responses, rest = parse_responses(out, s.head_flags)
+    closing = any(r.headers.get("connection", "").lower() == "close" for r in responses)
+    expected = None if slow or closing or rest < len(out) else _complete_requests(b"".join(pieces))
+    if expected is not None:
+        answers = sum(1 for r in responses if r.status >= 200)
+        assert answers == expected, f"{expected} complete requests, {answers} answers"
+        support.note("answers counted")
     for r in responses:
         support.note(f"status {r.status}")
         assert r.status != 500, f"500 for client input: {r.body[:200]!r}"
@@ -65,6 +72,27 @@ async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: 
             if f[2] == 8:
                 support.note(f"ws close {support.close_code(f)}")
     check_released(s)
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.complete = 0
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def _complete_requests(data: bytes) -> int | None:
+    """How many whole requests ``data`` holds, by a parser of its own (None
+    when it asks for an upgrade, which this count does not follow)."""
+    counter = _Counter()
+    try:
+        httptools.HttpRequestParser(counter).feed_data(data)
+    except httptools.HttpParserUpgrade:
+        return None
+    except httptools.HttpParserError:
+        pass
+    return counter.complete
 
 
 def seeds() -> dict[str, bytes]:
