@@ -236,7 +236,8 @@ class WsController(Controller):
         return {"sub": message.claims.get("sub")}
 
 
-async def _echo_callback(session, data) -> None:
+def _echo_callback(session, data) -> None:
+    """Echoes at once, so every echo is queued before a CLOSE that follows."""
     if isinstance(data, str):
         session.send_text(data[:200])
     else:

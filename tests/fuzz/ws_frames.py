@@ -16,8 +16,11 @@ then well-formed frames (unmasked, no RSV2/3, RSV1 only with deflate,
 minimal lengths, control frames short and final, at most one CLOSE with a
 valid code, nothing after it); on ``/raw`` the messages echoed back are, in
 order, exactly the messages the client sent (truncated to 200 as the
-callback does) while the client's frames are ones this harness models; the
-connection is always released and leaves no session in the hub.
+callback does) while the client's frames are ones this harness models; when
+every frame before the client's CLOSE is valid, the server echoes that
+CLOSE's code (1000 for an empty one) after delivering every message before
+it (unless it dropped a client that does not read, 1008); the connection is
+always released and leaves no session in the hub.
 """
 from __future__ import annotations
 
@@ -47,8 +50,16 @@ class Session:
     def __init__(self, offer) -> None:
         self.sent: list[object] = []        # messages, str or bytes, in order
         self.exact = True                   # every frame sent is one this harness models
+        self.valid = True                   # every frame before the first CLOSE is valid
+        self.close: int | None = None       # the code of the client's first CLOSE, if valid so far
+        self.before_close = 0               # messages sent before it
         self.offer = offer
         self.compressor = None
+
+    def frame(self, valid: bool) -> None:
+        """Record whether the frame just composed is valid (until the first CLOSE)."""
+        if self.close is None:
+            self.valid = self.valid and valid
 
     def compress(self, data: bytes) -> bytes:
         _, bits, keep, _ = self.offer
@@ -66,6 +77,18 @@ def _message(fdp: Reader, text: bool, n: int) -> tuple[int, bytes]:
     return 2, data
 
 
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _valid_close_code(code: int) -> bool:
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def compose(fdp: Reader, session: Session, wire: list) -> None:
     """Append the client's actions to ``wire``: bytes, or ("flush", seconds)."""
     op = fdp.int_in(0, 9)
@@ -81,14 +104,22 @@ def compose(fdp: Reader, session: Session, wire: list) -> None:
             session.sent.append(payload.decode("utf-8", "replace") if opcode == 1 else payload)
         elif opcode in (0, 1, 2) or form != 0 or rsv:
             session.exact = False
+        session.frame(form == 0 and not rsv and bool(fin) and (
+            opcode == 2 or (opcode == 1 and _utf8(payload)) or (opcode in (9, 10) and len(payload) <= 125)))
     elif op == 3:                                   # CLOSE
         code = fdp.int_in(0, 5000) if fdp.flag() else 1000
         reason = fdp.take(fdp.int_in(0, 130))
         body = b"" if fdp.int_in(0, 5) == 0 else code.to_bytes(2, "big") + reason
         wire.append(client_frame(8, body, True, 0, mask))
+        valid = not body or (len(body) <= 125 and _valid_close_code(code) and _utf8(reason))
+        session.frame(valid)
+        if session.close is None:               # the first CLOSE; -1: after an invalid frame
+            session.close = (code if body else 1000) if session.valid else -1
+            session.before_close = len(session.sent)
     elif op == 4:                                   # PING / PONG
-        wire.append(client_frame(9 if fdp.flag() else 10,
-                                 fdp.take(fdp.int_in(0, 130)), True, 0, mask))
+        payload = fdp.take(fdp.int_in(0, 130))
+        wire.append(client_frame(9 if fdp.flag() else 10, payload, True, 0, mask))
+        session.frame(len(payload) <= 125)
     elif op in (5, 6):                              # a fragmented message, maybe compressed
         text = fdp.flag()
         opcode, data = _message(fdp, text, fdp.int_in(0, 300))
@@ -108,6 +139,7 @@ def compose(fdp: Reader, session: Session, wire: list) -> None:
         n = fdp.int_in(4097, 70000)
         wire.append(client_frame(2, b"x" * n, fdp.flag(), 0, mask))
         session.sent.append(None)                   # over max_message_size: never echoed
+        session.frame(False)
     else:                                           # deliver now; time may pass
         wire.append(("flush", (0.0, 1.0, 6.0, 30.0)[fdp.int_in(0, 3)]))
 
@@ -151,8 +183,10 @@ async def _drive(s, head: bytes, wire: list, session: Session, high: int, cuts: 
     frames = parse_server_frames(out[rest:])
     decompressor = None
     echoed: list[object] = []
+    server_close = None
     for fin, rsv1, opcode, payload in frames:
         if opcode == 8:
+            server_close = close_code((fin, rsv1, opcode, payload))
             code = close_code((fin, rsv1, opcode, payload))
             support.note(f"close {'3000-4999' if code and code >= 3000 else code}")
             continue
@@ -167,11 +201,20 @@ async def _drive(s, head: bytes, wire: list, session: Session, high: int, cuts: 
             payload = decompressor.decompress(payload + b"\x00\x00\xff\xff")
         support.note(f"data {opcode}")
         echoed.append(payload.decode("utf-8") if opcode == 1 else payload)
-    if s.endpoint_for("/raw") is not None and head.startswith(b"GET /raw ") and session.exact:
+    echo = head.startswith(b"GET /raw ")
+    if echo and session.exact:
         expected = [m[:200] if m is not None else None for m in session.sent[:len(echoed)]]
         assert echoed == expected, f"echo mismatch: {echoed[:3]!r} vs {expected[:3]!r}"
         if echoed:
             support.note("echo verified")
+    if session.close is not None and session.close >= 0 and server_close != 1008:
+        # every frame before the client's CLOSE was valid: the server answers
+        # that CLOSE with its code, having delivered every message before it
+        assert server_close == session.close, f"client closed with {session.close}, server {server_close}"
+        if echo:
+            expected = [m[:200] for m in session.sent[:session.before_close]]
+            assert echoed == expected, f"{len(expected)} messages sent, {len(echoed)} echoed"
+        support.note("close handshake verified")
     check_released(s)
 
 
