@@ -8,7 +8,7 @@ awaitable answer is awaited.
 
 Invariants: no exception escapes, nothing logged at ERROR; the answer is a
 (status, headers, body) tuple with a status out of the documented set (200,
-201, 204, 304, 400, 401, 403, 404, 405, 409, 426), never 500 (the handlers
+201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426), never 500 (the handlers
 raise AssertionError when a bound argument lacks its declared type); header
 names and values hold no line break; every 4xx from the router is a JSON
 object with an ``error`` string. JSON bodies are mutated structurally
@@ -22,7 +22,7 @@ import support
 from targets import server
 
 stats = support.stats
-STATUSES = {200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 426}
+STATUSES = {200, 201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426}
 
 from simplew.request import Request  # noqa: E402  (imported instrumented by targets)
 

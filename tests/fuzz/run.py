@@ -129,7 +129,9 @@ def summary(results: list[Result]) -> str:
                      f"in {r.seconds:6.1f} s   log: {r.log}")
         reached = {k: v for k, v in sorted(r.stats.items()) if k != "inputs"}
         if reached and r.mode == "fuzz":
-            lines.append("    reached: " + ", ".join(f"{k}={v}" for k, v in reached.items()))
+            shown = ", ".join(f"{k}={v}" for k, v in list(reached.items())[:40])
+            more = f" (+{len(reached) - 40} more)" if len(reached) > 40 else ""
+            lines.append(f"    reached {len(reached)} outcomes: {shown}{more}")
         for f in r.findings:
             lines.append(f"    finding: {f}")
     return "\n".join(lines)
