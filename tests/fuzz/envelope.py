@@ -23,8 +23,9 @@ import json
 import jwt
 
 import support
-from support import Client, client_frame, parse_responses, parse_server_frames
+from support import Client
 from targets import JWT_KEY, check_released, server
+from wire import client_frame, parse_responses, parse_server_frames, split_points, upgrade_request
 
 stats = support.stats
 ERRORS = {"bad_json", "bad_envelope", "missing_url", "unknown_url", "bad_body", "unauthorized"}
@@ -38,7 +39,7 @@ def _frames(message: bytes, cut_seed: int | None) -> bytes:
         opcode = 2
     if cut_seed is None:
         return client_frame(opcode, message)
-    pieces = support.split_points(message, cut_seed, 1 + cut_seed % 4)
+    pieces = split_points(message, cut_seed, 1 + cut_seed % 4)
     out = []
     for i, piece in enumerate(pieces):
         out.append(client_frame(opcode if i == 0 else 0, piece, i == len(pieces) - 1))
@@ -54,7 +55,7 @@ def test_one_input(data: bytes) -> None:
         return
     s = server()
     s.head_flags = []
-    support.run(_drive(s, support.upgrade_request("/ws") + _frames(message, cut)))
+    support.run(_drive(s, upgrade_request("/ws") + _frames(message, cut)))
 
 
 async def _drive(s, wire: bytes) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import httptools
 
 import support
-from support import Client, parse_responses, parse_server_frames, split_points
-from targets import check_released, server
+from support import Client
+from targets import SECRET, check_released, server
+from wire import close_code, parse_responses, parse_server_frames, split_points, upgrade_request
 
 HIGH_WATER = (1 << 16, 64, 512, 1)
 stats = support.stats
@@ -50,7 +51,7 @@ async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: 
             await support.settle()
     await client.finish()
     out = bytes(t.out)
-    assert support.SECRET not in out, "a file outside the static root was served"
+    assert SECRET not in out, "a file outside the static root was served"
     responses, rest = parse_responses(out, s.head_flags)
     closing = any(r.headers.get("connection", "").lower() == "close" for r in responses)
     expected = None if slow or closing or rest < len(out) else _complete_requests(b"".join(pieces))
@@ -70,7 +71,7 @@ async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: 
         support.note("upgraded")
         for f in frames:
             if f[2] == 8:
-                support.note(f"ws close {support.close_code(f)}")
+                support.note(f"ws close {close_code(f)}")
     check_released(s)
 
 
@@ -96,7 +97,7 @@ def _complete_requests(data: bytes) -> int | None:
 
 
 def seeds() -> dict[str, bytes]:
-    up = support.upgrade_request
+    up = upgrade_request
     plain = b"\x00\x00"
     cut = bytes((3, 77))
     return {

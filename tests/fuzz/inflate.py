@@ -19,7 +19,7 @@ from __future__ import annotations
 import zlib
 
 import support
-from support import Reader
+from wire import Reader
 
 support.instrumented_simplew()
 

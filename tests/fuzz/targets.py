@@ -12,16 +12,40 @@ import asyncio
 import dataclasses
 import datetime
 import enum
+import os
+import tempfile
 import uuid
 from typing import Any, Literal, Optional
 
-from support import instrumented_simplew, install_guard, loop, static_root
+from support import instrumented_simplew, install_guard, loop
 
 instrumented_simplew()
 
 from simplew import Controller, HttpError, Response, SimpleWServer, WebSocketMessage, require_jwt, route  # noqa: E402
 
 JWT_KEY = "fuzz-secret-key-0123456789abcdef"
+SECRET = b"FUZZ-SECRET-OUTSIDE-THE-STATIC-ROOT"
+
+_STATIC_ROOT: str | None = None
+
+
+def static_root() -> str:
+    """A small static tree, with a symlink to a file outside it (which must
+    never be served)."""
+    global _STATIC_ROOT
+    if _STATIC_ROOT is None:
+        base = tempfile.mkdtemp(prefix="simplew-fuzz-")
+        root = os.path.join(base, "www")
+        os.makedirs(os.path.join(root, "sub"))
+        with open(os.path.join(base, "secret.txt"), "wb") as f:
+            f.write(SECRET)
+        for name, body in (("index.html", b"<h1>hello</h1>\n"), ("a.txt", b"a" * 300),
+                           ("sub/b.css", b"body{}\n"), ("sub/index.html", b"<p>sub</p>")):
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(body)
+        os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "leak.txt"))
+        _STATIC_ROOT = root
+    return _STATIC_ROOT
 
 
 class Role(enum.Enum):

@@ -27,8 +27,10 @@ from __future__ import annotations
 import zlib
 
 import support
-from support import Client, Reader, client_frame, close_code, parse_responses, parse_server_frames
+from support import Client
 from targets import check_released, server
+from wire import (Reader, client_frame, close_code, parse_responses, parse_server_frames,
+                  split_points, upgrade_request)
 
 stats = support.stats
 PATHS = ("/ws", "/raw", "/wsz")
@@ -158,7 +160,7 @@ def test_one_input(data: bytes) -> None:
     s = server()
     s.head_flags = []
     extra = b"Sec-WebSocket-Extensions: " + offer[0] + b"\r\n" if offer else b""
-    support.run(_drive(s, support.upgrade_request(path, extra), wire, session,
+    support.run(_drive(s, upgrade_request(path, extra), wire, session,
                        HIGH_WATER[(cfg >> 4) & 3], (cfg >> 6) & 3))
 
 
@@ -168,7 +170,7 @@ async def _drive(s, head: bytes, wire: list, session: Session, high: int, cuts: 
     pending = [head]
     for item in wire + [("flush", 0.0)]:
         if isinstance(item, tuple):
-            for piece in support.split_points(b"".join(pending), len(pending) * 31 + cuts, cuts):
+            for piece in split_points(b"".join(pending), len(pending) * 31 + cuts, cuts):
                 await client.send(piece)
             pending = []
             if item[1]:
