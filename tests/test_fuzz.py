@@ -9,16 +9,17 @@ harness; the libFuzzer log and the failing input are named in the message.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
-import run as fuzz_run  # noqa: E402  (tests/fuzz/run.py)
-
-pytest.importorskip("atheris")
+_spec = importlib.util.spec_from_file_location(
+    "simplew_fuzz_run", Path(__file__).resolve().parent / "fuzz" / "run.py")
+fuzz_run = sys.modules["simplew_fuzz_run"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fuzz_run)
 
 SECONDS = float(os.environ.get("SIMPLEW_FUZZ_SECONDS", "20"))
 
