@@ -243,8 +243,10 @@ class FakeTransport(asyncio.Transport):
     def write(self, data) -> None:
         if self.lost:
             raise AssertionError("write after connection_lost")
-        if self.closing or self.eof_written:
-            return                  # asyncio drops (and warns about) such writes
+        if self.eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")     # as asyncio does
+        if self.closing:
+            return
         if self.write_paused:               # the protocol was told to stop writing
             self.paused_writes += 1
             self.most_paused_writes = max(self.most_paused_writes, self.paused_writes)
