@@ -449,11 +449,14 @@ class Router:
     def _body(self, value: Any, status: int) -> HttpResponse:
         if value is None:
             return (204 if status == 200 else status), [], b""
+        # A str may hold a lone surrogate (JSON "\ud83d" decodes to one): JSON
+        # writes it back as that escape, plain text as "?".
         if isinstance(value, str):
-            return status, [("Content-Type", TEXT_TYPE)], value.encode("utf-8")
+            return status, [("Content-Type", TEXT_TYPE)], value.encode("utf-8", "replace")
         if isinstance(value, (bytes, bytearray, memoryview)):
             return status, [("Content-Type", BINARY_TYPE)], bytes(value)
-        return status, [("Content-Type", JSON_TYPE)], self._dumps(value).encode("utf-8")
+        return status, [("Content-Type", JSON_TYPE)], \
+            self._dumps(value).encode("utf-8", "backslashreplace")
 
     def failure(self, target: Target | None, request: Request, exc: BaseException) -> HttpResponse:
         """The JSON error answering ``exc``."""
