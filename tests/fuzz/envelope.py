@@ -72,6 +72,10 @@ async def _drive(s, wire: bytes) -> None:
     room = [f for f in answers if f[3].startswith(b"hi ")]     # the /room multicast
     answers = [f for f in answers if not f[3].startswith(b"hi ")]
     assert len(answers) == 1, f"{len(answers)} answers: {[f[3][:80] for f in answers]}"
+    if answers[0][3].startswith(b"text:"):
+        support.note("answered text")
+        check_released(s)
+        return
     reply = json.loads(answers[0][3])
     if isinstance(reply, dict) and set(reply) == {"error", "url", "message"}:
         support.note(f"error {reply['error']}")
@@ -99,6 +103,7 @@ def seeds() -> dict[str, bytes]:
         "user_bad_field": env("user", {"name": "b", "age": "1", "zzz": 2}),
         "int": env("int", 42),
         "str": env("str", "hello"),
+        "text": env("text", "plain \u00e9"),
         "list": env("list", [1, 2, 3]),
         "optional": env("optional", None),
         "enum": env("enum", 3),
@@ -119,7 +124,7 @@ def seeds() -> dict[str, bytes]:
 FIELDS = ("url", "body", "jwt", "name", "age", "tags", "email", "role", "address", "scores",
           "born", "seen", "id", "pair", "flags", "level", "extra", "street", "zip", "a", "b")
 URLS = tuple(f"/ws/app/{name}" for name in
-             ("echo", "user", "int", "str", "list", "optional", "enum", "async", "room", "secure"))
+             ("echo", "user", "int", "str", "text", "list", "optional", "enum", "async", "room", "secure"))
 
 if __name__ == "__main__":
     from json_mutator import make_mutator

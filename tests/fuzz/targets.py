@@ -221,6 +221,11 @@ class WsController(Controller):
         assert isinstance(s, str)
         return {"len": len(s)}
 
+    @route("WEBSOCKET", "/text")
+    def text(self, message: WebSocketMessage) -> str:
+        """Answers with the body itself, as a TEXT message that is not JSON."""
+        return "text:" + message.map_body(str)
+
     @route("WEBSOCKET", "/list")
     def numbers(self, message: WebSocketMessage) -> dict:
         values = message.map_body(list[int])
