@@ -49,6 +49,16 @@ cdef inline int _send_error(WebSocketConnection conn, str code, object url, str 
     return conn.write_frame(text_frame(error_message(code, url, message)))
 
 
+cdef bint _lone_surrogate(object value) except -1:
+    """Whether decoded JSON holds a lone surrogate (only a \\uD800-\\uDFFF escape
+    makes one): no handler could send it on as UTF-8 text."""
+    try:
+        _json_dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 cdef class RouteEndpoint(Endpoint):
     """An endpoint whose messages are routed to controller methods."""
     cdef dict _routes
@@ -77,6 +87,8 @@ cdef class RouteEndpoint(Endpoint):
         cdef object envelope, url
         try:
             envelope = _json_loads(data)
+            if (type(data) is not str or "\\u" in data) and _lone_surrogate(envelope):
+                raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)")
         except (ValueError, RecursionError) as exc:
             # ValueError covers JSONDecodeError and UnicodeDecodeError (binary
             # data); RecursionError is what json raises for very deep nesting.
