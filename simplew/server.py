@@ -587,8 +587,8 @@ def _controllers_and_path(path_or_controller: str | type[Controller], path: str 
 
 def _reply(session: Session, result: Any) -> None:
     """Send a handler's return value: str as TEXT, bytes as BINARY, else JSON."""
-    if isinstance(result, str):     # "replace": a lone surrogate (from JSON "\ud83d") becomes "?"
-        session.send_message(1, result.encode("utf-8", "replace"))
+    if isinstance(result, str):
+        session.send_text(result)
     elif isinstance(result, (bytes, bytearray, memoryview)):
         session.send_binary(result)
     else:
