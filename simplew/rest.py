@@ -201,6 +201,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _lone_surrogate(value: Any) -> bool:
+    """Whether decoded JSON holds a lone surrogate, which no handler could send on as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     query = None
@@ -258,6 +267,9 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
             if body is _MISSING:
                 try:
                     body = json.loads(request.body)
+                    # a \uD800-\uDFFF escape (UTF-8 text) or UTF-16/32 (NUL bytes) may hold one
+                    if (b"\\u" in request.body or b"\x00" in request.body) and _lone_surrogate(body):
+                        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)")
                 except (ValueError, RecursionError) as exc:
                     raise _BadRequest("bad_json", f"the request body is not valid JSON: {exc}",
                                       p.name) from None
@@ -449,14 +461,11 @@ class Router:
     def _body(self, value: Any, status: int) -> HttpResponse:
         if value is None:
             return (204 if status == 200 else status), [], b""
-        # A str may hold a lone surrogate (JSON "\ud83d" decodes to one): JSON
-        # writes it back as that escape, plain text as "?".
         if isinstance(value, str):
-            return status, [("Content-Type", TEXT_TYPE)], value.encode("utf-8", "replace")
+            return status, [("Content-Type", TEXT_TYPE)], value.encode("utf-8")
         if isinstance(value, (bytes, bytearray, memoryview)):
             return status, [("Content-Type", BINARY_TYPE)], bytes(value)
-        return status, [("Content-Type", JSON_TYPE)], \
-            self._dumps(value).encode("utf-8", "backslashreplace")
+        return status, [("Content-Type", JSON_TYPE)], self._dumps(value).encode("utf-8")
 
     def failure(self, target: Target | None, request: Request, exc: BaseException) -> HttpResponse:
         """The JSON error answering ``exc``."""
