@@ -22,6 +22,16 @@ T = TypeVar("T")
 _fast_loads = msgspec.json.Decoder().decode
 
 
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether decoded JSON holds a lone surrogate (only a \\uD800-\\uDFFF escape,
+    or UTF-16/32 input, makes one): no handler could send it on as UTF-8 text."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def decode_json(data: str | bytes) -> Any:
     """``data`` decoded exactly as ``json.loads`` would, or its exception.
 

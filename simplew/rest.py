@@ -36,7 +36,8 @@ from urllib.parse import parse_qs, unquote
 import msgspec
 
 from simplew.controller import CLASS_ROUTE_ATTR, ROUTES_ATTR, Controller, join_path
-from simplew.message import BodyMappingError, _convert, convert, decode_json
+from simplew.message import (BodyMappingError, _convert, convert, decode_json,
+                             has_lone_surrogate)
 from simplew.request import Request
 
 log = logging.getLogger("simplew.rest")
@@ -234,6 +235,12 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
                 continue
             tp = _strip_optional(p.type)
             args = typing.get_args(tp)
+            if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+                if len(values) != len(args):    # tuple[int, str]: one value per item type
+                    raise _BadRequest("bad_parameter", f"parameter {p.name!r}: expected "
+                                      f"{len(args)} values, got {len(values)}", p.name)
+                kwargs[p.name] = tuple(_from_string(v, a, p.name) for v, a in zip(values, args))
+                continue
             item = args[0] if args else Any
             converted = [_from_string(v, item, p.name) for v in values]
             kwargs[p.name] = typing.get_origin(tp)(converted)
@@ -255,6 +262,9 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
             if body is _MISSING:
                 try:
                     body = decode_json(request.body)
+                    # a \uD800-\uDFFF escape (UTF-8 text) or UTF-16/32 (NUL bytes) may hold one
+                    if (b"\\u" in request.body or b"\x00" in request.body) and has_lone_surrogate(body):
+                        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)")
                 except (ValueError, RecursionError) as exc:
                     raise _BadRequest("bad_json", f"the request body is not valid JSON: {exc}",
                                       p.name) from None

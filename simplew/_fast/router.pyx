@@ -20,7 +20,7 @@ from simplew._fast.connection cimport Endpoint, WebSocketConnection
 from simplew._fast.frames cimport text_frame
 from simplew.auth import Unauthorized, is_protected
 from simplew.controller import Controller
-from simplew.message import decode_json
+from simplew.message import decode_json, has_lone_surrogate
 
 log = logging.getLogger("simplew.websocket")
 
@@ -29,6 +29,7 @@ cdef object _iscoroutine = inspect.iscoroutine
 cdef object _partial = functools.partial
 cdef object _Unauthorized = Unauthorized
 cdef object _loads = decode_json
+cdef object _has_lone_surrogate = has_lone_surrogate
 cdef object _default_before = Controller.on_before_method
 cdef object _default_before_simplew = Controller.OnBeforeMethod
 
@@ -94,6 +95,8 @@ cdef class RouteEndpoint(Endpoint):
         cdef object envelope, url
         try:
             envelope = _loads(data)
+            if (type(data) is not str or "\\u" in data) and _has_lone_surrogate(envelope):
+                raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)")
         except (ValueError, RecursionError) as exc:
             # ValueError covers JSONDecodeError and UnicodeDecodeError (binary
             # data); RecursionError is what json raises for very deep nesting.

@@ -1,0 +1,97 @@
+"""Harness 5: REST parameter binding (simplew.rest ``_bind`` and
+``message._convert`` through ``Router.dispatch``).
+
+Input: ``METHOD TARGET\\n`` then the body, bytes read as latin-1 like the
+HTTP front does; TARGET is the path and query string. The request goes to
+the server facade's ``http_handler`` (CORS, ops, router, static), and an
+awaitable answer is awaited.
+
+Invariants: no exception escapes, nothing logged at ERROR; the answer is a
+(status, headers, body) tuple with a status out of the documented set (200,
+201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426), never 500 (the handlers
+raise AssertionError when a bound argument lacks its declared type); header
+names and values hold no line break; every 4xx from the router is a JSON
+object with an ``error`` string. JSON bodies are mutated structurally
+(json_mutator.py) as well as byte by byte.
+"""
+from __future__ import annotations
+
+import json
+
+import support
+from targets import server
+
+stats = support.stats
+STATUSES = {200, 201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426}
+
+from simplew.request import Request  # noqa: E402  (imported instrumented by targets)
+
+
+def test_one_input(data: bytes) -> None:
+    head, _, body = data.partition(b"\n")
+    method, _, target = head.decode("latin-1").partition(" ")
+    path, _, query = target.partition("?")
+    if not path.startswith("/"):
+        path = "/" + path
+    headers = {"host": "fuzz"}
+    if body[:1] == b"\x00":                 # a CORS request
+        headers["origin"] = "http://a.example"
+    request = Request(method or "GET", path, query, headers, body)
+    s = server()
+    result = s.http_handler(request)
+    if not isinstance(result, tuple):
+        result = support.loop().run_until_complete(result)
+    support.GUARD.check()
+    status, out_headers, content = result
+    support.note(f"status {status}")
+    assert status in STATUSES, f"{status}: {content[:300]!r}"
+    assert isinstance(content, bytes)
+    for name, value in out_headers:
+        line = f"{name}: {value}"
+        assert "\r" not in line and "\n" not in line, f"line break in header {line!r}"
+    ctype = dict(out_headers).get("Content-Type", "")
+    if 400 <= status < 500 and ctype == "application/json":
+        payload = json.loads(content)
+        assert isinstance(payload, dict) and isinstance(payload.get("error"), str), payload
+
+
+def seeds() -> dict[str, bytes]:
+    return {
+        "get_item": b"GET /api/items/7?verbose=on&limit=3&ratio=0.5&kind=b&mode=y"
+                    b"&when=2024-01-02T03:04:05Z&day=2024-02-03"
+                    b"&uid=12345678-1234-5678-1234-567812345678&name=%C3%A9\n",
+        "get_item_bad": b"GET /api/items/x?limit=&kind=c\n",
+        "delete_item": b"DELETE /api/items/12345678123456781234567812345678\n",
+        "nums": b"GET /api/nums?n=1&n=2&n=-3&t=1.5&t=inf&s=a&s=a\n",
+        "pair": b"GET /api/pair?p=1&p=two\n",
+        "opt": b"GET /api/opt/3/2.5\n",
+        "opt_encoded": b"GET /api/opt/%33/nan/\n",
+        "create_user": b'POST /api/users\n{"name":"a","age":3,"role":"admin","address":{"street":"s",'
+                       b'"zip":9},"pair":[1,"x"],"flags":["f"],"born":"2020-01-01"}',
+        "create_user_bad": b'POST /api/users\n{"name":"a","age":true}',
+        "put_counts": b'PUT /api/users/b%20c\n{"x":1,"y":2}',
+        "raw": b"POST /api/raw\n\x00\x01\x02",
+        "text": b"POST /api/text\nhello",
+        "list": b"POST /api/list?scale=2\n[1,2,3]",
+        "maybe_empty": b"POST /api/maybe\n",
+        "maybe": b'POST /api/maybe\n{"street":"s","zip":1}',
+        "slow": b"GET /api/slow?n=5\n",
+        "teapot": b"GET /api/teapot?code=409\n",
+        "secure": b"GET /api/secure\n",
+        "method_not_allowed": b"PATCH /api/nums\n",
+        "head": b"HEAD /api/items/1\n",
+        "options": b"OPTIONS /api/users\n\x00",
+        "hello": b"GET /hello?name=x\n",
+        "static": b"GET /sub/\n",
+    }
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    head, newline, body = data.partition(b"\n")
+    return head + newline, body
+
+
+if __name__ == "__main__":
+    from json_mutator import make_mutator
+    support.main(test_one_input, make_mutator(
+        _split, ("name", "age", "role", "address", "street", "zip", "pair", "flags", "born", "x")))
