@@ -244,12 +244,7 @@ class RedisBackplane:
             await asyncio.sleep(0.005)
         self.closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_quietly(task)
         if self._pending:
             self._gap(len(self._pending))
             self._pending.clear()
@@ -404,6 +399,17 @@ class RedisBackplane:
             self.batches += 1
             if self._overflowing and not pending:
                 self._overflowing = False
+
+
+async def cancel_quietly(task: asyncio.Task | None) -> None:
+    """Cancel ``task`` (if any) and wait for it to end, whatever it raises."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
 
 
 async def until_either_fails(reading: Any, writing: Any) -> None:

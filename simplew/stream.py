@@ -43,7 +43,7 @@ from collections import deque
 from typing import Any, Callable
 
 from simplew.backplane import (BACKOFF_MAX, BACKOFF_MIN, COMMAND_TIMEOUT, MAX_BATCH,
-                               MAX_BATCH_BYTES, _close_quietly, _describe, decode_records,
+                               MAX_BATCH_BYTES, _close_quietly, _describe, cancel_quietly, decode_records,
                                encode_record, redact, redis_client,
                                until_either_fails)
 from simplew.recovery import Ended, Recovery, Resume, digest, new_epoch, pub_message
@@ -183,12 +183,7 @@ class RedisStream:
             await asyncio.sleep(0.005)
         self.closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_quietly(task)
         self.connected = False
 
     def stats(self) -> dict[str, Any]:
