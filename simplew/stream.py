@@ -420,7 +420,11 @@ class RedisStream:
                 pipe.execute_command("PING")
             else:
                 pipe.execute_command("GETDEL", self._session_key(resume.session))
-        values = await pipe.execute()
+        try:
+            values = await pipe.execute()
+        except BaseException:
+            self._waiters[:0] = waiters     # they wait on, for the next connection to Redis
+            raise
         for (conn, resume, asked, admit), value in zip(waiters, values):
             ended = None
             if resume is None:

@@ -223,3 +223,31 @@ def test_rolling_restart_of_the_workers(redis_server, processes):
     assert len(client.welcomes) >= 2, "the client's worker was never restarted"
     assert {w["session"] for w in client.welcomes} == {welcome["session"]}
     assert_every_offset_once(client, welcome["offset"] + 1, top)
+
+
+def test_welcome_waits_for_redis_to_come_back(processes):
+    """Redis goes away (and comes back empty): a returning client's welcome waits
+    for it, then says the history is lost; publications flow again."""
+    from multiproc import RedisServer
+    redis = RedisServer().start()
+    try:
+        server = processes(redis.url)
+        client = V1Client()
+        welcome = client.connect(server.url)
+        redis.stop()
+        client.reset()
+        time.sleep(0.5)
+        redis = RedisServer(port=redis.port)
+        import threading
+        threading.Timer(1.0, redis.start).start()     # back, without its data, in a second
+        again = client.connect(server.url, timeout=20)
+        assert again["recovered"] is False and again["epoch"] != welcome["epoch"]
+        publisher = HttpPublisher([server.port], 50)
+        publisher.start()
+        try:
+            assert client.collect(until_offset=again["offset"] + 3)
+        finally:
+            publisher.stop()
+        client.close()
+    finally:
+        redis.stop()
