@@ -239,8 +239,10 @@ def test_welcome_waits_for_redis_to_come_back(processes):
         time.sleep(0.5)
         redis = RedisServer(port=redis.port)
         import threading
-        threading.Timer(1.0, redis.start).start()     # back, without its data, in a second
+        back = threading.Timer(1.0, redis.start)      # back, without its data, in a second
+        back.start()
         again = client.connect(server.url, timeout=20)
+        assert not back.is_alive() and redis.proc is not None, "welcomed before Redis was back"
         assert again["recovered"] is False and again["epoch"] != welcome["epoch"]
         publisher = HttpPublisher([server.port], 50)
         publisher.start()
