@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from loadgen import cpu_ns, rss_kib  # noqa: E402  (bench/ is this script's directory)
+
 PAYLOAD = "x" * 64
 
 SERVE = """
@@ -62,23 +64,6 @@ def post(port: int, path: str) -> None:
     with urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{port}{path}", data=b"", method="POST"), timeout=30) as r:
         r.read()
-
-
-def schedstat_ns(pid: int) -> int:
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-        except OSError:
-            pass
-    return total
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def start_server(recovery: bool, history_size: int = 10000) -> tuple[subprocess.Popen, int]:
@@ -121,13 +106,13 @@ def fanout_case(recovery: bool, v1: bool, n: int, rounds: int) -> float:
             post(port, "/bcast?n=1")
             while sum(c.value for c in counters) < expected:
                 time.sleep(0.0005)
-        cpu0 = schedstat_ns(proc.pid)
+        cpu0 = cpu_ns(proc.pid)
         for _ in range(rounds):
             expected += n
             post(port, "/bcast?n=1")
             while sum(c.value for c in counters) < expected:
                 time.sleep(0.0005)
-        cpu = schedstat_ns(proc.pid) - cpu0
+        cpu = cpu_ns(proc.pid) - cpu0
         return cpu / 1000 / (rounds * n)
     finally:
         for p in procs:

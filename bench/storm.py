@@ -99,11 +99,6 @@ async def client_process(url: str, count: int, status_path: str) -> None:
 # -- the coordinator -----------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def read_status(paths: list[str]) -> list[dict]:
     out = []
     for path in paths:
@@ -114,17 +109,9 @@ def read_status(paths: list[str]) -> list[dict]:
     return out
 
 
-def wait(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise SystemExit(f"storm: {what} not reached within {timeout} s")
-        time.sleep(0.1)
-    return time.monotonic() - start
-
-
 def run(args: argparse.Namespace) -> dict:
-    from multiproc import RedisServer, ServerProcess
+    from loadgen import cpu_ns
+    from multiproc import RedisServer, ServerProcess, wait_until
     from v1client import HttpPublisher
     import tempfile
     tmp = tempfile.mkdtemp(prefix="simplew-storm-")
@@ -140,9 +127,10 @@ def run(args: argparse.Namespace) -> dict:
     publisher = None
     result: dict = {"clients": args.clients, "processes": args.processes, "rate": args.rate}
     try:
-        result["connect_s"] = round(wait(
-            lambda: sum(s["connected"] for s in read_status(status)) == args.clients,
-            120, "every client connected"), 2)
+        started = time.monotonic()
+        wait_until(lambda: sum(s["connected"] for s in read_status(status)) == args.clients,
+                   120, "every client connected", interval=0.1)
+        result["connect_s"] = round(time.monotonic() - started, 2)
         publisher = HttpPublisher([port], args.rate)
         publisher.start()
         time.sleep(2.0)
@@ -150,11 +138,11 @@ def run(args: argparse.Namespace) -> dict:
         killed = time.monotonic()
         server = ServerProcess("--recovery", app="tests.apps.feed:server", redis_url=redis.url,
                                port=port)
-        wait(lambda: sum(s["recovered"] for s in read_status(status)) == args.clients,
-             60, "every client recovered")
+        wait_until(lambda: sum(s["recovered"] for s in read_status(status)) == args.clients,
+                   60, "every client recovered", interval=0.1)
         result["storm_s"] = round(time.monotonic() - killed, 2)
         # the new process's CPU from its start (imports included) to the last recovery
-        result["server_cpu_s"] = round(cpu_seconds(server.proc.pid), 2)
+        result["server_cpu_s"] = round(cpu_ns(server.proc.pid) / 1e9, 2)
         time.sleep(1.0)
         publisher.stop()
         publisher = None
@@ -162,8 +150,8 @@ def run(args: argparse.Namespace) -> dict:
         r = redis_client.Redis.from_url(redis.url)
         top = int(r.hget("simplew:meta", "top"))
         r.close()
-        wait(lambda: all(o == top for s in read_status(status) for o in s["offsets"]), 30,
-             "every client at the last offset")
+        wait_until(lambda: all(o == top for s in read_status(status) for o in s["offsets"]),
+                   30, "every client at the last offset", interval=0.1)
         result["publications"] = top
     finally:
         if publisher is not None:
