@@ -182,9 +182,7 @@ class Recovery:
         self._waiting.discard(conn)
         if resume is not None and resume.epoch != self.epoch:
             resume, ended = None, None
-        if resume is not None and ended is None:
-            ended = self._take_ended(resume.session)
-        self._admit(conn, resume, ended, asked)
+        self._admit(conn, resume, ended, asked)     # with Redis, ended sessions are there only
 
     def _admit(self, conn: Any, resume: Resume | None, ended: Ended | None, asked: bool) -> None:
         missed = None

@@ -299,8 +299,8 @@ class SimpleWServer:
         URL (as synced there, within a second) or in this process without Redis.
         Any thread but the loop's when Redis is used: there, ``await
         server.presence_async(room)``."""
-        if not isinstance(self.backplane, _stream_class()):
-            return sorted(session.id for session in self.hub.room_sessions(room))
+        if self._presence_store() is None:
+            return self._local_presence(room)
         loop = self._loop
         if loop is None:
             raise RuntimeError("the server is not running")
@@ -310,8 +310,16 @@ class SimpleWServer:
 
     async def presence_async(self, room: str) -> list[str]:
         """:meth:`presence`, awaitable on the server's loop."""
-        if isinstance(self.backplane, _stream_class()):
-            return await self.backplane.presence(room)
+        store = self._presence_store()
+        if store is None:
+            return self._local_presence(room)
+        return await store.presence(room)
+
+    def _presence_store(self) -> Any:
+        """The Redis stream that knows every process's rooms, or None."""
+        return None if self.recovery is None else self.recovery.store
+
+    def _local_presence(self, room: str) -> list[str]:
         return sorted(session.id for session in self.hub.room_sessions(room))
 
     def find_session(self, session_id: str) -> Session | None:
@@ -645,11 +653,6 @@ class SimpleWServer:
     @property
     def IsStarted(self) -> bool:
         return self.is_started
-
-
-def _stream_class() -> type:
-    from simplew.stream import RedisStream
-    return RedisStream
 
 
 def _log_id(session: Session) -> str:

@@ -151,12 +151,8 @@ class RedisStream:
     def session_admitted(self, session: Any) -> None:
         """Record a session (and its rooms) in Redis at once, so that a crash of this
         process right after it connected does not lose it."""
-        rooms = frozenset(session.rooms)
-        self._session_record(session.id, rooms, session.user)
-        expiry = str(time.time() + PRESENCE_TTL)
-        for room in rooms:
-            self._commands.append(("HSET", (self._presence_key(room), session.id, expiry)))
-        self._written[session.id] = (rooms, time.monotonic())
+        self._write_live(session, frozenset(session.rooms), frozenset(),
+                         str(time.time() + PRESENCE_TTL), time.monotonic())
         self._wakeup.set()
 
     def session_ended(self, session_id: str, rooms: Any, user: Any) -> None:
@@ -464,12 +460,19 @@ class RedisStream:
             previous = self._written.get(session_id)
             if previous is not None and previous[0] == rooms and now - previous[1] < refresh_every:
                 continue
-            if previous is not None:
-                for room in previous[0] - rooms:
-                    commands.append(("HDEL", (self._presence_key(room), session_id)))
-            for room in rooms:
-                commands.append(("HSET", (self._presence_key(room), session_id, expiry)))
-            if session.v1 and self.recovery.window > 0:
-                self._session_record(session_id, rooms, session.user)
-            self._written[session_id] = (rooms, now)
+            self._write_live(session, rooms, frozenset() if previous is None else previous[0],
+                             expiry, now)
+
+    def _write_live(self, session: Any, rooms: frozenset[str], before: frozenset[str],
+                    expiry: str, now: float) -> None:
+        """Queue the writes for a connected session: its presence in ``rooms`` (out
+        of the rooms of ``before`` it left) and, for simplew.v1, its record."""
+        commands = self._commands
+        for room in before - rooms:
+            commands.append(("HDEL", (self._presence_key(room), session.id)))
+        for room in rooms:
+            commands.append(("HSET", (self._presence_key(room), session.id, expiry)))
+        if session.v1 and self.recovery.window > 0:
+            self._session_record(session.id, rooms, session.user)
+        self._written[session.id] = (rooms, now)
 
