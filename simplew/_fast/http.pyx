@@ -1012,7 +1012,7 @@ cdef class HttpProtocol:
         """Check the WebSocket version and the Origin; False after queueing the refusal."""
         headers = request.headers
         version = headers.get("sec-websocket-version")
-        if version is None or version.strip() != "13":
+        if version is None or version.strip(" \t") != "13":
             self._fail(426, "this server speaks WebSocket version 13",
                        [("Sec-WebSocket-Version", "13")])
             return False
