@@ -11,6 +11,9 @@ MODULES = ["frames", "deflate", "gate", "history", "connection", "router", "hub"
 # who gets in (connection limits, origins) and the dead-peer pings; http cimports admission
 MODULES += ["admission", "heartbeat"]
 
+# the common request read in one pass ahead of httptools; http cimports it
+MODULES += ["head"]
+
 extensions = [
     Extension(
         f"simplew._fast.{name}",

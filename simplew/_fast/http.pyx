@@ -58,6 +58,7 @@ from simplew.request import Request
 from simplew._fast.gate import WriteGate
 from simplew._fast.admission cimport Admission, OriginPolicy
 from simplew._fast.admission import CountedWSProtocol
+from simplew._fast.head cimport RequestScanner
 
 log = logging.getLogger("simplew.http")
 access_log = logging.getLogger("simplew.access")
@@ -392,6 +393,7 @@ cdef class HttpProtocol:
     cdef object transport
     cdef object loop
     cdef object parser
+    cdef RequestScanner scanner   # the common request, read without httptools's callbacks
     cdef object app               # the server facade: http_handler, endpoint_for
     cdef HttpLimits limits
     cdef object picows_options    # dict of WSProtocol arguments
@@ -446,6 +448,8 @@ cdef class HttpProtocol:
         self.picows_options = picows_options
         self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
+        self.scanner = RequestScanner(limits.max_url_size, limits.max_header_size,
+                                      limits.max_body_size)
         self._queue = deque()
         self._phase = IDLE
         self._deadline = INF
@@ -546,6 +550,15 @@ cdef class HttpProtocol:
         self._progress = False
         cdef object view = data
         cdef Py_ssize_t offset
+        if self._phase == IDLE and not self._over_limit and type(data) is bytes:
+            offset = self._scan(<bytes>data)
+            if offset:
+                if self._stop_parsing:
+                    return
+                self._stalled = 0
+                if offset == len(<bytes>data):
+                    return
+                view = memoryview(data)[offset:]
         while True:
             try:
                 self.parser.feed_data(view)
@@ -573,6 +586,24 @@ cdef class HttpProtocol:
                 return
         if self._phase == BODY:
             self._set_deadline(self._after(self._idle))
+
+    cdef Py_ssize_t _scan(self, bytes data) except -1:
+        """Answer the complete requests of the common shape at the start of
+        ``data``; the length they took (what follows is httptools's)."""
+        cdef RequestScanner scanner = self.scanner
+        cdef Py_ssize_t pos = 0, used, n = len(data)
+        while pos < n:
+            used = scanner.scan(data, pos)
+            if used == 0:
+                break
+            pos += used
+            self._progress = True
+            self._set_deadline(self._after(self._idle))
+            self._complete(Request(scanner.method, scanner.path, scanner.query,
+                                   scanner.headers, scanner.body), scanner.keep_alive)
+            if self._stop_parsing:
+                break
+        return pos
 
     cdef _parser_failed(self, exc):
         if self._stop_parsing:      # bytes after the last request of the connection
@@ -687,6 +718,10 @@ cdef class HttpProtocol:
             self._upgrade_request = request        # decided in _upgrade
             self._upgrade_keep_alive = keep_alive
             return
+        self._complete(request, keep_alive)
+
+    cdef _complete(self, request, bint keep_alive):
+        """A request read in full: answer it now or queue it behind the earlier ones."""
         if not keep_alive:
             self._stop_parsing = True
         if self._queue or self._write_paused or self._pending is not None:

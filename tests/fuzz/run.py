@@ -37,6 +37,7 @@ HARNESSES = {               # name -> max input length
     "envelope": 4096,
     "inflate": 8192,
     "rest_binding": 2048,
+    "request_head": 2048,
 }
 RSS_LIMIT_MB = 1024
 TIMEOUT_S = 10
