@@ -11,8 +11,12 @@ MODULES = ["frames", "deflate", "gate", "history", "connection", "router", "hub"
 # who gets in (connection limits, origins) and the dead-peer pings; http cimports admission
 MODULES += ["admission", "heartbeat"]
 
-# the common request read in one pass ahead of httptools; http cimports it
-MODULES += ["head"]
+# the common request read in one pass ahead of httptools, and the Request made of it;
+# http cimports both
+MODULES += ["head", "request"]
+
+# which answers msgspec encodes as the standard library would (simplew.rest)
+MODULES += ["plainjson"]
 
 extensions = [
     Extension(

@@ -38,6 +38,7 @@ import msgspec
 from simplew.controller import CLASS_ROUTE_ATTR, ROUTES_ATTR, Controller, join_path
 from simplew.message import (BodyMappingError, _convert, convert, decode_json,
                              has_lone_surrogate)
+from simplew._fast.plainjson import plain as _plain
 from simplew.request import Request
 
 log = logging.getLogger("simplew.rest")
@@ -277,32 +278,8 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
 
 # -- JSON responses -------------------------------------------------------------
 
+# for the values _plain accepts (simplew._fast.plainjson): the stdlib encoder's bytes, faster
 _fast_encode = msgspec.json.Encoder().encode
-_SCALARS = frozenset((str, int, bool, type(None)))
-
-
-def _plain(value: Any, depth: int = 0) -> bool:
-    """Whether msgspec writes ``value`` byte for byte as the stdlib encoder does:
-    dicts with str keys, lists, str, int, bool, None, and floats that both print
-    without an exponent (finite, 1e-4 <= |x| < 1e16, or 0)."""
-    kind = type(value)
-    if kind in _SCALARS:
-        return True
-    if kind is float:
-        return -1e16 < value < 1e16 and (value >= 1e-4 or value <= -1e-4 or value == 0)
-    if depth > 32:
-        return False
-    if kind is dict:
-        for k, v in value.items():
-            if type(k) is not str or not _plain(v, depth + 1):
-                return False
-        return True
-    if kind is list:
-        for v in value:
-            if not _plain(v, depth + 1):
-                return False
-        return True
-    return False
 
 
 # -- compiled routes ----------------------------------------------------------

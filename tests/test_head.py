@@ -182,3 +182,41 @@ def test_a_server_answers_the_same_bytes_read_whole_or_byte_by_byte(make_server)
     assert b'"body":"abc"' in whole
     assert whole.endswith(b"a request needs exactly one Host header\n")
     assert whole == split
+
+
+# -- the response head written in one buffer equals the general encoder's ----
+
+def test_the_one_buffer_encoder_writes_what_the_general_one_writes(tmp_path):
+    import os
+
+    from simplew._fast.http import FileBody, PreparedBody, _both_encodings
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    json_headers = [("Content-Type", "application/json")]
+    cases = [
+        (200, json_headers, b'{"a":1}'),
+        (404, [("Content-Type", "text/plain; charset=utf-8"), ("X-Id", "7")], b"not found\n"),
+        (204, [("Allow", "GET, HEAD")], b""),
+        (304, [("ETag", '"abc"')], b""),
+        (299, [], b"unknown reason"),
+        (200, [("X-Latin", "caf\xe9")], b"non-ASCII value"),
+        (200, [("X-Int", 5)], b"a value that is not a str"),
+        (200, [["X-List", "pair"]], b"a header given as a list"),
+        (200, [("X-Long", "v" * 5000)], b"a head longer than the buffer"),
+        (200, json_headers, bytearray(b"a bytearray body")),
+        (200, json_headers, PreparedBody(json_headers, b'{"prepared":true}')),
+        (200, json_headers, b"b" * 100000),
+    ]
+    for status, headers, content in cases:
+        for keep_alive, head, echo in [(True, False, False), (False, False, False),
+                                       (True, True, False), (True, False, True)]:
+            fast, general = _both_encodings(status, headers, content, keep_alive, head, echo)
+            assert fast == general, (status, headers, keep_alive, head, echo)
+    fd = os.open(path, os.O_RDONLY)
+    body = FileBody(fd, 10, 990)
+    fast, general = _both_encodings(206, [("Content-Range", "bytes 10-999/1000")], body)
+    body.close()
+    assert fast == general and fast.endswith(b"Content-Length: 990\r\n\r\n")
+    for bad in ([("X-Bad", "a\r\nInjected: 1")], [("X-Bad\n", "a")]):
+        with pytest.raises(ValueError, match="line break"):
+            _both_encodings(200, bad, b"")

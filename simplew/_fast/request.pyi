@@ -1,0 +1,12 @@
+class Request:
+    method: str
+    path: str
+    query_string: str
+    headers: dict[str, str]
+    body: bytes
+    def __init__(self, method: str, path: str, query_string: str,
+                 headers: dict[str, str], body: bytes = b"") -> None: ...
+    @property
+    def query(self) -> dict[str, str]: ...
+    @property
+    def url(self) -> str: ...
