@@ -9,7 +9,8 @@ Each peer is a server from bench/servers/ in its own process (a fresh one per
 fan-out N, one for request/response, one for static files), pinned to the
 first CPU while the load generator uses the others (``--no-pin`` to disable).
 Writes bench/RESULTS.md, bench/results.png and bench/results.json (see --out,
---chart, --json).
+--chart, --json). What RESULTS.md holds below the line KEEP_MARK (sections
+written by hand, with the commands of other scripts) is kept.
 """
 from __future__ import annotations
 
@@ -286,8 +287,23 @@ def write_markdown(path: Path, results: list[dict], peers: list[str], skipped: d
     L.append("![server CPU per unit of work](results.png)")
     L.append("")
     text = "\n".join(L)
-    path.write_text(text)
+    path.write_text(text + kept_sections(path))
     return text
+
+
+# Sections of RESULTS.md under this line are written by hand (figures of other
+# scripts, with their commands); a run of this script rewrites what is above it.
+KEEP_MARK = "<!-- Written by hand below this line: bench/run_all.py keeps it as it is. -->"
+
+
+def kept_sections(path: Path) -> str:
+    """What follows KEEP_MARK in the file at ``path`` (with the mark), or nothing."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEEP_MARK)
+    return "" if at < 0 else "\n" + old[at:]
 
 
 # ------------------------------------------------------------------ floors ---
