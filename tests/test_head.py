@@ -220,3 +220,12 @@ def test_the_one_buffer_encoder_writes_what_the_general_one_writes(tmp_path):
     for bad in ([("X-Bad", "a\r\nInjected: 1")], [("X-Bad\n", "a")]):
         with pytest.raises(ValueError, match="line break"):
             _both_encodings(200, bad, b"")
+
+
+def test_request_keeps_what_it_is_given_and_derives_query_and_url():
+    from simplew import Request
+    r = Request("GET", "/a", "x=1&x=2&y", {"host": "h"})
+    assert (r.query, r.url, r.body, repr(r)) == ({"x": "2", "y": ""}, "/a?x=1&x=2&y", b"",
+                                                 "<Request GET /a?x=1&x=2&y>")
+    r.method = "POST"
+    assert Request("GET", "/", "", {}, b"b").url == "/" and r.method == "POST"

@@ -1,8 +1,9 @@
 cdef class Request:
-    cdef public str method
-    cdef public str path
-    cdef public str query_string
-    cdef public dict headers
+    # untyped, as the Python class they replace: any values a caller gives are kept
+    cdef public object method
+    cdef public object path
+    cdef public object query_string
+    cdef public object headers
     cdef public object body
     cdef object _query
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 cdef class Request:
     """An HTTP request: method, path, query and headers (names lower-cased)."""
 
-    def __init__(self, str method, str path, str query_string, dict headers, body=b""):
+    def __init__(self, method, path, query_string, headers, body=b""):
         self.method = method
         self.path = path
         self.query_string = query_string
