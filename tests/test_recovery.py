@@ -34,8 +34,10 @@ class RoomsController(Controller):
 
 
 def open_v1(port: int, query: str = "", **kwargs):
+    """An open simplew.v1 connection; usable in ``with`` or cut with ``reset``."""
     return connect(f"ws://127.0.0.1:{port}/ws{query}", subprotocols=["simplew.v1"], proxy=None,
-                   open_timeout=TIMEOUT, close_timeout=1, compression=None, **kwargs)
+                   open_timeout=TIMEOUT, close_timeout=1, compression=None,
+                   **kwargs).__enter__()
 
 
 def resume_query(welcome: dict[str, Any], offset: int) -> str:
