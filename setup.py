@@ -6,7 +6,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
-MODULES = ["frames", "deflate", "gate", "history", "connection", "router", "hub", "http"]
+# context: what the facade hands the lower layers (connection, router, http cimport it)
+MODULES = ["context", "frames", "deflate", "gate", "history", "connection", "router", "hub", "http"]
 
 # who gets in (connection limits, origins) and the dead-peer pings; http cimports admission
 MODULES += ["admission", "heartbeat"]

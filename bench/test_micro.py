@@ -133,10 +133,10 @@ def _routing_parts():
     routes = {}
     for path, func in routes_of(MicroController, "WEBSOCKET"):
         url = join_path("/ws", path)
-        routes[url] = router.RouteTarget(url, MicroController, func)
+        routes[url] = router.RouteTarget(url, MicroController, func, False, False)
     try:
         endpoint = router.RouteEndpoint("/ws", 1 << 20, routes, WebSocketMessage,
-                                        BodyMappingError, reply, None, None)
+                                        BodyMappingError, reply)
         conn = connection.WebSocketConnection(endpoint, None)
     except TypeError as exc:
         pytest.skip(f"RouteEndpoint/WebSocketConnection signature changed: {exc}")

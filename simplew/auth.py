@@ -24,12 +24,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
+from simplew._fast.router import Unauthorized  # raised here, caught by the router
+
+__all__ = ["Unauthorized", "JwtAuth", "require_jwt", "allow_anonymous", "is_protected",
+           "select_subprotocol", "token_from_headers", "BEARER_PROTOCOL"]
+
 BEARER_PROTOCOL = "bearer"
 REQUIRE_ATTR = "__simplew_require_jwt__"
-
-
-class Unauthorized(Exception):
-    """No valid token: the text is the ``message`` of the error sent to the client."""
 
 
 def require_jwt(obj: Any = None, *, required: bool = True) -> Any:
@@ -135,6 +136,8 @@ class JwtAuth:
         self._check_nbf = self.options.get("verify_nbf", True) is not False
         self._cache: dict[str, tuple[dict[str, Any], float | None, float | None]] = {}
         self._cache_size = cache_size
+
+    select_subprotocol = staticmethod(select_subprotocol)   # what the endpoints answer
 
     def decode(self, token: Any) -> dict[str, Any]:
         """The claims of a valid ``token``; raises :class:`Unauthorized` otherwise."""

@@ -80,6 +80,13 @@ class Controller:
         return list(Controller._registry)
 
 
+def has_before_hook(controller: type[Controller]) -> bool:
+    """Whether ``controller`` overrides ``on_before_method`` or ``OnBeforeMethod``
+    (the router then calls the hook; Controller's own does nothing)."""
+    return (getattr(controller, "on_before_method", None) is not Controller.on_before_method
+            or getattr(controller, "OnBeforeMethod", None) is not Controller.OnBeforeMethod)
+
+
 def join_path(*parts: str) -> str:
     """Join route parts: ``("/websocket", "/test", "/index")`` → ``/websocket/test/index``."""
     path = "".join(p.rstrip("/") for p in parts if p and p != "/")

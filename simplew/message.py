@@ -1,48 +1,22 @@
 """``WebSocketMessage``: the envelope a client sends, and mapping its body.
 
-Also the JSON decoding of envelopes and REST bodies (:func:`decode_json`) and
-the body converter REST parameters share (:func:`convert`).
+Also the body converter REST parameters share (:func:`convert`); envelopes and
+REST bodies are decoded by :func:`decode_json` (:mod:`simplew._fast.plainjson`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import enum
-import json
 import sys
 import types
 import typing
 import uuid
 from typing import Any, Callable, TypeVar
 
-import msgspec
+from simplew._fast.plainjson import decode_json, has_lone_surrogate  # noqa: F401 (re-exported)
 
 T = TypeVar("T")
-
-_fast_loads = msgspec.json.Decoder().decode
-
-
-def has_lone_surrogate(value: Any) -> bool:
-    """Whether decoded JSON holds a lone surrogate (only a \\uD800-\\uDFFF escape,
-    or UTF-16/32 input, makes one): no handler could send it on as UTF-8 text."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def decode_json(data: str | bytes) -> Any:
-    """``data`` decoded exactly as ``json.loads`` would, or its exception.
-
-    msgspec's C decoder answers first; what it refuses (its grammar is stricter:
-    NaN, lone surrogates, huge exponents, UTF-16 bytes...) ``json.loads`` decides,
-    so what is accepted and every error text stay the stdlib's.
-    """
-    try:
-        return _fast_loads(data)
-    except msgspec.MsgspecError:
-        return json.loads(data)
 
 
 class BodyMappingError(ValueError):

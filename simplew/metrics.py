@@ -61,7 +61,8 @@ def collect(server: Any) -> dict[str, Any]:
     """The current values: an int, or a dict of label value → int for ``protocol``."""
     ws = {"messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0,
           "dropped_slow_clients": 0, "dropped_messages": 0, "handler_errors": 0}
-    for endpoint in list(getattr(server, "_endpoints", {}).values()):
+    context = server.context
+    for endpoint in list(context.endpoints.values()):
         for key in ws:
             ws[key] += getattr(endpoint, key, 0)
     http = server.http_stats
@@ -70,7 +71,7 @@ def collect(server: Any) -> dict[str, Any]:
     recovery = getattr(server, "recovery", None)
     return {
         "simplew_connections": len(hub),
-        "simplew_http_connections": len(getattr(server, "_http_connections", ())),
+        "simplew_http_connections": len(context.http_connections),
         "simplew_http_requests_total": http.requests,
         "simplew_messages_in_total": ws["messages_in"],
         "simplew_messages_out_total": ws["messages_out"],

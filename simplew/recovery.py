@@ -32,6 +32,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from simplew._fast.connection import v1_payload
+from simplew._fast.context import ServerContext
 from simplew._fast.history import History
 
 log = logging.getLogger("simplew.recovery")
@@ -110,13 +111,13 @@ class Recovery:
     :meth:`opened` / :meth:`closed` for every ``simplew.v1`` connection.
     """
 
-    def __init__(self, server: Any, window: float = DEFAULT_WINDOW,
+    def __init__(self, context: ServerContext, window: float = DEFAULT_WINDOW,
                  history_size: int = DEFAULT_HISTORY_SIZE,
                  history_bytes: int = DEFAULT_HISTORY_BYTES) -> None:
         if window < 0:
             raise ValueError("recovery_window must be >= 0")
-        self.server = server
-        self.hub = server.hub
+        self.context = context
+        self.hub = context.hub
         self.window = float(window)
         self.history = History(history_size, history_bytes)
         self.epoch = new_epoch()
@@ -224,7 +225,7 @@ class Recovery:
             self.hub.join(conn, room)
         if self.store is not None and self.window > 0:
             self.store.session_admitted(conn)
-        self.server._session_opened(conn)
+        self.context.session_opened(conn)
 
     def closed(self, conn: Any) -> None:
         """A simplew.v1 connection is gone: keep its session for the window."""
@@ -233,7 +234,7 @@ class Recovery:
             return                      # never admitted: nothing to keep
         rooms = conn.rooms
         self.hub.remove(conn)
-        self.server._session_closed(conn)
+        self.context.session_closed(conn)
         if conn.superseded or self.window <= 0:
             return
         if self.store is not None:

@@ -36,8 +36,9 @@ from urllib.parse import parse_qs, unquote
 import msgspec
 
 from simplew.controller import CLASS_ROUTE_ATTR, ROUTES_ATTR, Controller, join_path
-from simplew.message import (BodyMappingError, _convert, convert, decode_json,
-                             has_lone_surrogate)
+from simplew.message import BodyMappingError, _convert, convert
+from simplew._fast.plainjson import decode_json, has_lone_surrogate
+from simplew._fast.context import ServerContext
 from simplew._fast.plainjson import plain as _plain
 from simplew.request import Request
 
@@ -317,9 +318,10 @@ def _is_protected(controller: type, func: Callable[..., Any]) -> bool:
 class Router:
     """The HTTP routes of a server, compiled once at start."""
 
-    def __init__(self, targets: list[Target], prefixes: list[str], server: Any,
-                 json_default: Callable[[Any], Any]) -> None:
-        self.server = server
+    def __init__(self, targets: list[Target], prefixes: list[str],
+                 context: ServerContext | None, json_default: Callable[[Any], Any]) -> None:
+        self.context = context
+        self.app = None if context is None else context.app  # controllers' self.server
         self.prefixes = sorted(set(prefixes), key=len, reverse=True)
         self._dumps = json.JSONEncoder(default=json_default, ensure_ascii=False,
                                        separators=(",", ":")).encode
@@ -433,7 +435,7 @@ class Router:
             if controller is not None:
                 instance = controller()
                 instance.request = request
-                instance.server = self.server
+                instance.server = self.app
                 self._authorize(target, instance, request)
                 instance.on_before_method()
                 result = target.func(instance, **kwargs)
@@ -453,7 +455,7 @@ class Router:
             return self.failure(target, request, exc)
 
     def _authorize(self, target: Target, instance: Controller, request: Request) -> None:
-        auth = getattr(self.server, "jwt_auth", None)
+        auth = None if self.context is None else self.context.jwt_auth
         if auth is None:
             if target.protected:
                 raise HttpError(401, "this route requires a JWT but the server has no key "
@@ -511,9 +513,8 @@ class Router:
             return self.error(400, {"error": "bad_body", "message": str(exc)})
         name = target.name if target is not None else f"{request.method} {request.path}"
         log.error("handler for %s raised", name, exc_info=exc)
-        stats = getattr(self.server, "http_stats", None)
-        if stats is not None:
-            stats.handler_errors += 1
+        if self.context is not None:
+            self.context.http_stats.handler_errors += 1
         return self.error(500, {"error": "handler_error",
                                 "message": f"{type(exc).__name__} in handler for {name}"})
 
@@ -562,7 +563,8 @@ class DynamicSpec:
 
 
 def compile_router(specs: list[DynamicSpec], inline: list[tuple[str, str, Callable[..., Any]]],
-                   server: Any, json_default: Callable[[Any], Any]) -> Router | None:
+                   context: ServerContext | None,
+                   json_default: Callable[[Any], Any]) -> Router | None:
     """The router of ``specs`` (controllers) and ``inline`` (map_get...) routes, or None."""
     if not specs and not inline:
         return None
@@ -571,7 +573,7 @@ def compile_router(specs: list[DynamicSpec], inline: list[tuple[str, str, Callab
         targets.extend(spec.targets())
     for method, path, func in inline:
         targets.append(Target(method, path, func, None))
-    return Router(targets, [spec.path for spec in specs], server, json_default)
+    return Router(targets, [spec.path for spec in specs], context, json_default)
 
 
 # -- CORS -----------------------------------------------------------------------

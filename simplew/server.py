@@ -14,13 +14,14 @@ from typing import Any, Callable
 
 from simplew._fast.admission import Admission, OriginPolicy
 from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
+from simplew._fast.context import HttpLimits, HttpStats, ServerContext
 from simplew._fast.heartbeat import Heartbeat
-from simplew._fast.http import HttpLimits, HttpProtocol, HttpStats
+from simplew._fast.http import HttpProtocol
 from simplew._fast.hub import Hub
 from simplew._fast.router import CallbackEndpoint, RouteEndpoint, RouteTarget
 from simplew import browser as _browser
-from simplew.auth import JwtAuth
-from simplew.controller import Controller, join_path, routes_of
+from simplew.auth import JwtAuth, is_protected
+from simplew.controller import Controller, has_before_hook, join_path, routes_of
 from simplew.message import BodyMappingError, WebSocketMessage
 from simplew.recovery import Recovery, log_id
 from simplew.request import Request
@@ -146,6 +147,10 @@ class SimpleWServer:
         # HTTP API and operations (simplew.rest, simplew.metrics); see "REST and operations"
         self.http_stats = HttpStats()
         self.access_log = access_log        # one INFO line per request on "simplew.access"
+        # what the lower layers get instead of this object (simplew._fast.context)
+        self.context = ServerContext(self, self.hub, self.limits, self.http_stats)
+        self.context.picows_options = self._picows_options
+        self.context.http_connections = self._http_connections
         self._dynamic: list[DynamicSpec] = []
         self._inline_routes: list[tuple[str, str, Callable[..., Any]]] = []
         self._router: Any = None
@@ -231,9 +236,7 @@ class SimpleWServer:
         auth = JwtAuth(key, algorithms, issuer=issuer, audience=audience, leeway=leeway,
                        options=options)
         self.jwt_auth = auth
-        for endpoint in self._endpoints.values():
-            if hasattr(endpoint, "jwt_auth"):
-                endpoint.jwt_auth = auth
+        self.context.jwt_auth = auth        # read at each use: takes effect while serving
         return auth
 
     def SetToken(self, key: Any, issuer: str | None = None) -> JwtAuth:
@@ -373,7 +376,8 @@ class SimpleWServer:
 
     def _routes_changed(self) -> None:
         if self._server is not None:        # added while serving: recompile now
-            self._router = compile_router(self._dynamic, self._inline_routes, self, _json_default)
+            self._router = compile_router(self._dynamic, self._inline_routes, self.context,
+                                          _json_default)
 
     def add_cors(self, origin: str | list[str] = "*", methods: str | list[str] | None = None,
                  headers: str | list[str] | None = None, credentials: bool = False,
@@ -398,7 +402,8 @@ class SimpleWServer:
     # -- HTTP side (called by simplew._fast.http) ---------------------------
 
     def endpoint_for(self, path: str) -> Endpoint | None:
-        return self._endpoints.get(path if path == "/" else path.rstrip("/"))
+        """The WebSocket endpoint at ``path``, once started (or compiled)."""
+        return self.context.endpoint_for(path)
 
     def http_handler(self, request: Request) -> Any:
         """The answer to a plain HTTP request: ``(status, headers, body)``, or an
@@ -465,19 +470,25 @@ class SimpleWServer:
     # -- lifecycle ------------------------------------------------------------
 
     def _compile(self) -> None:
-        self._router = compile_router(self._dynamic, self._inline_routes, self, _json_default)
-        self._endpoints = {}
+        context = self.context
+        context.http_handler = self.http_handler
+        context.session_opened = self._session_opened
+        context.session_closed = self._session_closed
+        context.access_log = _access_log if self.access_log else None
+        self._router = compile_router(self._dynamic, self._inline_routes, context, _json_default)
+        self._endpoints = context.endpoints = {}
         self._flusher = Flusher()
         if self._ws_specs:
             self._ops.setdefault(_browser.PATH, _browser.response)
         if self.recovery_enabled:
-            self.recovery = Recovery(self, self.recovery_window, self.history_size,
+            self.recovery = Recovery(context, self.recovery_window, self.history_size,
                                      self.history_bytes)
             self.recovery.on_session_end = self._on_session_end
+        context.recovery = self.recovery
         for spec in self._ws_specs:
             if spec.on_message is not None:
                 endpoint = CallbackEndpoint(spec.path, spec.max_message_size, spec.on_message,
-                                            self, self.hub)
+                                            context)
             else:
                 routes = {}
                 for controller in spec.controllers or Controller.subclasses():
@@ -485,19 +496,20 @@ class SimpleWServer:
                         url = join_path(spec.path, route_path)
                         if url in routes:
                             raise ValueError(f"two WEBSOCKET methods answer {url}")
-                        routes[url] = RouteTarget(url, controller, func)
+                        routes[url] = RouteTarget(url, controller, func,
+                                                  is_protected(controller, func),
+                                                  has_before_hook(controller))
                 endpoint = RouteEndpoint(spec.path, spec.max_message_size, routes,
-                                         WebSocketMessage, BodyMappingError, _reply, self, self.hub)
+                                         WebSocketMessage, BodyMappingError, _reply, context)
             endpoint.max_write_buffer = self.max_write_buffer
             endpoint.slow_client_policy = SLOW_CLIENT_POLICIES[self.slow_client_policy]
             endpoint.compression = self.compression if spec.compression is None else spec.compression
             endpoint.compression_level = self.compression_level
             endpoint.flusher = self._flusher
-            endpoint.recovery = self.recovery
             self._endpoints[spec.path] = endpoint
 
     def _protocol(self) -> HttpProtocol:
-        return HttpProtocol(self, self.limits, self._picows_options, self._http_connections)
+        return HttpProtocol(self.context)
 
     async def listen(self) -> None:
         """Start listening in the running loop and return once the port is bound."""

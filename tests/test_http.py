@@ -214,7 +214,7 @@ class Recorder:
     def __init__(self, server) -> None:
         self.handler = server.http_handler
         self.requests = []
-        server.http_handler = self
+        server.context.http_handler = self      # what the HTTP front calls
 
     def __call__(self, request):
         self.requests.append(request)

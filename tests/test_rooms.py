@@ -17,6 +17,7 @@ from websockets.sync.client import connect
 
 from simplew import Session
 from simplew._fast.connection import Endpoint, WebSocketConnection
+from simplew._fast.context import ServerContext
 from simplew._fast.hub import Hub
 
 TIMEOUT = 5.0
@@ -189,7 +190,7 @@ def test_room_argument_types(server, clients):
 def test_room_index_against_a_model():
     """Random joins, leaves and removals keep every room's list exact (swap removal)."""
     hub = Hub()
-    endpoint = Endpoint("/t", 1024, None, hub)
+    endpoint = Endpoint("/t", 1024, ServerContext(hub=hub))
     conns = [WebSocketConnection(endpoint, None) for _ in range(60)]
     for conn in conns:
         hub.add(conn)
@@ -233,7 +234,7 @@ def test_room_index_against_a_model():
 
 def test_session_that_is_gone_joins_nothing():
     hub = Hub()
-    endpoint = Endpoint("/t", 1024, None, hub)
+    endpoint = Endpoint("/t", 1024, ServerContext(hub=hub))
     conn = WebSocketConnection(endpoint, None)
     assert hub.join(conn, "r") is False                      # never added to the hub
     hub.add(conn)

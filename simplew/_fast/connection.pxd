@@ -1,5 +1,6 @@
 from picows.picows cimport WSListener, WSTransport, WSFrame
 from simplew._fast.deflate cimport Inflater, Deflater
+from simplew._fast.context cimport ServerContext
 
 
 cdef class Flusher:
@@ -19,9 +20,7 @@ cdef class Endpoint:
     cdef public bint compression             # negotiate permessage-deflate
     cdef public int compression_level        # zlib level, 1 (fast) to 9
     cdef public Flusher flusher
-    cdef public object server      # the SimpleWServer facade (hooks, logging)
-    cdef public object hub         # simplew._fast.hub.Hub of the server
-    cdef public object recovery    # simplew.recovery.Recovery: admits simplew.v1 sessions, or None
+    cdef public ServerContext context  # the server's hub, hooks, recovery and JWT validator
     # counters for /metrics (simplew.metrics reads them on a scrape)
     cdef public long long messages_in       # whole messages received
     cdef public long long bytes_in          # frame payload bytes received

@@ -34,7 +34,7 @@ from simplew._fast.frames cimport build_frame, close_frame
 from simplew._fast.deflate cimport Inflater, Deflater, DeflateSettings
 from simplew._fast.deflate import MessageTooBig, InflateError, negotiate
 from simplew._fast.gate import WriteGate
-from simplew.auth import select_subprotocol
+from simplew._fast.context cimport ServerContext
 from picows.picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
 log = logging.getLogger("simplew.websocket")
@@ -133,7 +133,7 @@ cdef class Flusher:
 
 
 cdef class Endpoint:
-    def __init__(self, str path, Py_ssize_t max_message_size, server=None, hub=None):
+    def __init__(self, str path, Py_ssize_t max_message_size, ServerContext context=None):
         self.path = path
         self.max_message_size = max_message_size
         self.close_timeout = CLOSE_TIMEOUT
@@ -142,9 +142,7 @@ cdef class Endpoint:
         self.compression = False
         self.compression_level = 1
         self.flusher = Flusher()
-        self.server = server
-        self.hub = hub
-        self.recovery = None
+        self.context = ServerContext() if context is None else context
 
     def connect(self, request):
         """The listener for a client upgrading on this path (picows factory).
@@ -154,13 +152,14 @@ cdef class Endpoint:
         when the server has a key (simplew.auth).
         """
         cdef WebSocketConnection conn = WebSocketConnection(self, request)
+        cdef ServerContext context = self.context
         extra = None
         protocols = request.headers.get("sec-websocket-protocol")
-        if protocols and self.recovery is not None and _offers_v1(protocols):
+        if protocols and context.recovery is not None and _offers_v1(protocols):
             conn.v1 = True
             extra = {"Sec-WebSocket-Protocol": PROTOCOL_V1}
-        elif protocols and getattr(self.server, "jwt_auth", None) is not None:
-            selected = select_subprotocol(protocols)
+        elif protocols and context.jwt_auth is not None:
+            selected = context.jwt_auth.select_subprotocol(protocols)
             if selected is not None:
                 extra = {"Sec-WebSocket-Protocol": selected}
         if self.compression:
@@ -180,22 +179,24 @@ cdef class Endpoint:
         pass
 
     def on_connect(self, WebSocketConnection conn):
+        cdef ServerContext context = self.context
         if conn.v1:
-            self.recovery.opened(conn)      # admits it now, or once Redis answered
+            context.recovery.opened(conn)   # admits it now, or once Redis answered
             return
-        if self.hub is not None:
-            self.hub.add(conn)
-        if self.server is not None:
-            self.server._session_opened(conn)
+        if context.hub is not None:
+            context.hub.add(conn)
+        if context.session_opened is not None:
+            context.session_opened(conn)
 
     def on_disconnect(self, WebSocketConnection conn):
+        cdef ServerContext context = self.context
         if conn.v1:
-            self.recovery.closed(conn)
+            context.recovery.closed(conn)
             return
-        if self.hub is not None:
-            self.hub.remove(conn)
-        if self.server is not None:
-            self.server._session_closed(conn)
+        if context.hub is not None:
+            context.hub.remove(conn)
+        if context.session_closed is not None:
+            context.session_closed(conn)
 
 
 cdef class WebSocketConnection(WSListener):
@@ -615,8 +616,8 @@ cdef class WebSocketConnection(WSListener):
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self.join, room)
             return
-        if self.endpoint.hub is not None:
-            self.endpoint.hub.join(self, room)
+        if self.endpoint.context.hub is not None:
+            self.endpoint.context.hub.join(self, room)
 
     def leave(self, str room not None):
         """Remove this session from ``room`` (nothing if it is not in it); any thread."""
@@ -624,8 +625,8 @@ cdef class WebSocketConnection(WSListener):
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self.leave, room)
             return
-        if self.endpoint.hub is not None:
-            self.endpoint.hub.leave(self, room)
+        if self.endpoint.context.hub is not None:
+            self.endpoint.context.hub.leave(self, room)
 
     @property
     def rooms(self):

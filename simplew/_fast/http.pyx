@@ -60,6 +60,8 @@ from libc.time cimport time as c_time, time_t
 
 from simplew._fast.gate import WriteGate
 from simplew._fast.admission cimport Admission, OriginPolicy
+from simplew._fast.context cimport HttpLimits, HttpStats, ServerContext
+from simplew._fast.context import HttpLimits, HttpStats   # their home before the context
 from simplew._fast.admission import CountedWSProtocol
 from simplew._fast.head cimport RequestScanner
 from simplew._fast.request cimport new_request
@@ -105,78 +107,6 @@ cdef bytes http_date():
         _date_second = now
         _date_header = formatdate(<double>now, usegmt=True).encode("latin-1")
     return _date_header
-
-
-cdef double _seconds(value):
-    """A timeout setting as seconds; None or 0 means none (0.0)."""
-    if value is None:
-        return 0.0
-    cdef double v = float(value)
-    if v < 0:
-        raise ValueError(f"a timeout cannot be negative: {value!r}")
-    return v
-
-
-cdef class HttpLimits:
-    """Size limits and timeouts of the HTTP layer, set by the server facade.
-
-    Sizes are bytes; timeouts are seconds, ``None`` or 0 for none.
-    ``max_header_size`` bounds the header fields, and also what a client may
-    send without completing a header line (a header that never ends).
-    ``admission`` holds the connection limits and allowed origins (None: none).
-    """
-    cdef public Admission admission
-    cdef public Py_ssize_t max_body_size
-    cdef public Py_ssize_t max_header_size
-    cdef public Py_ssize_t max_url_size
-    cdef double _idle_timeout
-    cdef double _header_timeout
-    cdef double _linger_timeout
-
-    def __init__(self, max_body_size=1 << 20, max_header_size=16384, max_url_size=8192,
-                 idle_timeout=60.0, header_timeout=30.0, linger_timeout=2.0, admission=None):
-        self.admission = admission
-        self.max_body_size = max_body_size
-        self.max_header_size = max_header_size
-        self.max_url_size = max_url_size
-        self.idle_timeout = idle_timeout
-        self.header_timeout = header_timeout
-        self.linger_timeout = linger_timeout
-
-    @property
-    def idle_timeout(self):
-        """Seconds a keep-alive connection may wait for its next request (or a body its next bytes)."""
-        return self._idle_timeout or None
-
-    @idle_timeout.setter
-    def idle_timeout(self, value):
-        self._idle_timeout = _seconds(value)
-
-    @property
-    def header_timeout(self):
-        """Seconds from the first byte of a request until its headers must be complete."""
-        return self._header_timeout or None
-
-    @header_timeout.setter
-    def header_timeout(self, value):
-        self._header_timeout = _seconds(value)
-
-    @property
-    def linger_timeout(self):
-        """Seconds a connection closed after an error keeps draining what the client sends."""
-        return self._linger_timeout or None
-
-    @linger_timeout.setter
-    def linger_timeout(self, value):
-        self._linger_timeout = _seconds(value)
-
-
-cdef class HttpStats:
-    """Counters of the HTTP layer (one per server), read by ``/metrics``."""
-    cdef public long long requests        # requests answered, upgrades and rejections included
-    cdef public long long bytes_in        # bytes received on HTTP connections
-    cdef public long long bytes_out       # bytes of the responses written
-    cdef public long long handler_errors  # HTTP handlers that raised (counted by simplew.rest)
 
 
 class _Reject(Exception):
@@ -398,10 +328,10 @@ cdef class HttpProtocol:
     cdef object loop
     cdef object parser
     cdef RequestScanner scanner   # the common request, read without httptools's callbacks
-    cdef object app               # the server facade: http_handler, endpoint_for
+    cdef ServerContext context    # http_handler, endpoint_for, limits, stats (simplew._fast.context)
     cdef HttpLimits limits
     cdef object picows_options    # dict of WSProtocol arguments
-    cdef set connections          # the server's open HTTP connections, or None
+    cdef set connections          # the server's open HTTP connections
     # the request being parsed
     cdef list _url_parts
     cdef Py_ssize_t _url_size
@@ -443,14 +373,14 @@ cdef class HttpProtocol:
     cdef object _peer_host        # the host the slot is counted for (None: not per host)
     cdef bint _over_limit         # accepted over a connection limit: answered 503
 
-    def __init__(self, app, HttpLimits limits, dict picows_options, set connections=None):
-        self.app = app
-        stats = getattr(app, "http_stats", None)
-        self.stats = stats if isinstance(stats, HttpStats) else HttpStats()
-        self._access = access_log if getattr(app, "access_log", False) else None
+    def __init__(self, ServerContext context not None):
+        cdef HttpLimits limits = context.limits
+        self.context = context
+        self.stats = context.http_stats
+        self._access = context.access_log
         self.limits = limits
-        self.picows_options = picows_options
-        self.connections = connections
+        self.picows_options = context.picows_options
+        self.connections = context.http_connections
         self.parser = httptools.HttpRequestParser(self)
         self.scanner = RequestScanner(limits.max_url_size, limits.max_header_size,
                                       limits.max_body_size)
@@ -770,7 +700,7 @@ cdef class HttpProtocol:
             start = _perf_counter()
         self.stats.requests += 1
         try:
-            result = self.app.http_handler(request)
+            result = self.context.http_handler(request)
         except Exception:
             log.exception("HTTP handler failed for %s %s", request.method, request.path)
             result = _SERVER_ERROR
@@ -1026,7 +956,7 @@ cdef class HttpProtocol:
         tokens = [t.strip() for t in request.headers.get("upgrade", "").lower().split(",")]
         if request.method == "GET" and "websocket" in tokens:
             self._stop_parsing = True
-            endpoint = self.app.endpoint_for(request.path)
+            endpoint = self.context.endpoint_for(request.path)
             if endpoint is None:
                 self._fail(404, "no WebSocket endpoint here")
                 return False
@@ -1124,7 +1054,7 @@ cdef class HttpProtocol:
         self._url_parts = None
         self._body_parts = None
         self._upgrade_request = None
-        self.app = None
+        self.context = None
 
 
 cdef str _peer_text(peer):

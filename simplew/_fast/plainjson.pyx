@@ -1,5 +1,9 @@
 # cython: language_level=3
-"""Which values msgspec writes as JSON byte for byte as the standard library does.
+"""JSON exactly as the standard library reads and writes it, at msgspec's speed.
+
+:func:`decode_json` reads envelopes and REST bodies as ``json.loads`` would.
+:func:`plain` tells which values msgspec writes byte for byte as the standard
+library does.
 
 simplew answers with compact JSON, non-ASCII kept (``json.dumps(...,
 separators=(",", ":"), ensure_ascii=False)``). msgspec writes that several
@@ -8,6 +12,38 @@ lists, ``str``, ``int``, ``bool``, ``None``, and floats both libraries print
 without an exponent (finite, 1e-4 <= |x| < 1e16, or 0), nested at most 32
 deep. Anything else goes through the standard library encoder.
 """
+import json
+
+import msgspec
+
+cdef object _fast_loads = msgspec.json.Decoder().decode
+cdef object _MsgspecError = msgspec.MsgspecError
+cdef object _json_loads = json.loads
+cdef object _json_dumps = json.dumps
+
+
+def decode_json(data):
+    """``data`` decoded exactly as ``json.loads`` would, or its exception.
+
+    msgspec's C decoder answers first; what it refuses (its grammar is stricter:
+    NaN, lone surrogates, huge exponents, UTF-16 bytes...) ``json.loads`` decides,
+    so what is accepted and every error text stay the stdlib's.
+    """
+    try:
+        return _fast_loads(data)
+    except _MsgspecError:
+        return _json_loads(data)
+
+
+def has_lone_surrogate(value):
+    """Whether decoded JSON holds a lone surrogate (only a \\uD800-\\uDFFF escape,
+    or UTF-16/32 input, makes one): no handler could send it on as UTF-8 text."""
+    try:
+        _json_dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
 
 cdef enum:
     MAX_DEPTH = 32

@@ -7,8 +7,11 @@ at start-up and calls the controller method. Every failure is answered to the
 client with one JSON error message (see README, "Errors") and the connection
 stays open.
 
-The envelope is decoded by :func:`simplew.message.decode_json` (msgspec's C
-decoder, with ``json.loads`` deciding what msgspec refuses).
+The envelope is decoded by :func:`simplew._fast.plainjson.decode_json`
+(msgspec's C decoder, with ``json.loads`` deciding what msgspec refuses).
+What the facade decides (which routes need a JWT, which controllers have a
+before-hook, the message class, how a return value is sent) arrives as
+values: this module imports nothing of ``simplew/*.py``.
 """
 import asyncio
 import functools
@@ -17,27 +20,26 @@ import json
 import logging
 
 from simplew._fast.connection cimport Endpoint, WebSocketConnection
+from simplew._fast.context cimport ServerContext
 from simplew._fast.frames cimport text_frame
-from simplew.auth import Unauthorized, is_protected
-from simplew.controller import Controller
-from simplew.message import decode_json, has_lone_surrogate
+from simplew._fast.plainjson import decode_json, has_lone_surrogate
 
 log = logging.getLogger("simplew.websocket")
 
 cdef object _json_dumps = json.dumps
 cdef object _iscoroutine = inspect.iscoroutine
 cdef object _partial = functools.partial
-cdef object _Unauthorized = Unauthorized
 cdef object _loads = decode_json
 cdef object _has_lone_surrogate = has_lone_surrogate
-cdef object _default_before = Controller.on_before_method
-cdef object _default_before_simplew = Controller.OnBeforeMethod
 
 
-cdef bint _has_hook(controller_class):
-    """Whether the class overrides on_before_method or OnBeforeMethod."""
-    return (getattr(controller_class, "on_before_method", None) is not _default_before
-            or getattr(controller_class, "OnBeforeMethod", None) is not _default_before_simplew)
+class Unauthorized(Exception):
+    """No valid token: the text is the ``message`` of the error sent to the client.
+
+    Raised by the JWT validator (:class:`simplew.auth.JwtAuth`), answered here."""
+
+
+cdef object _Unauthorized = Unauthorized
 
 
 cdef class RouteTarget:
@@ -46,14 +48,14 @@ cdef class RouteTarget:
     cdef readonly object method
     cdef readonly str url
     cdef readonly bint require_jwt   # only messages with a valid JWT (simplew.auth)
-    cdef readonly bint before_hook   # the class overrides on_before_method / OnBeforeMethod
+    cdef readonly bint before_hook   # call on_before_method() first (the class overrides it)
 
-    def __init__(self, str url, controller_class, method):
+    def __init__(self, str url, controller_class, method, bint require_jwt, bint before_hook):
         self.url = url
         self.controller_class = controller_class
         self.method = method
-        self.require_jwt = is_protected(controller_class, method)
-        self.before_hook = _has_hook(controller_class)
+        self.require_jwt = require_jwt
+        self.before_hook = before_hook
 
 
 cpdef str error_message(str code, object url, str message):
@@ -74,12 +76,10 @@ cdef class RouteEndpoint(Endpoint):
     cdef object _mapping_error
     cdef object _reply
     cdef set _tasks            # running async handlers (the loop keeps only weak references)
-    cdef public object jwt_auth  # simplew.auth.JwtAuth of server.set_token, or None
 
     def __init__(self, str path, Py_ssize_t max_message_size, dict routes,
-                 message_class, mapping_error, reply, server=None, hub=None):
-        Endpoint.__init__(self, path, max_message_size, server, hub)
-        self.jwt_auth = getattr(server, "jwt_auth", None)
+                 message_class, mapping_error, reply, ServerContext context=None):
+        Endpoint.__init__(self, path, max_message_size, context)
         self._routes = routes
         self._message_class = message_class
         self._mapping_error = mapping_error
@@ -116,15 +116,16 @@ cdef class RouteEndpoint(Endpoint):
             return
         token = (<dict>envelope).get("jwt")
         claims = None
-        if self.jwt_auth is not None:
+        jwt_auth = self.context.jwt_auth
+        if jwt_auth is not None:
             if target.require_jwt:
                 try:
-                    claims = self.jwt_auth.claims_for(token, conn.request.headers)
+                    claims = jwt_auth.claims_for(token, conn.request.headers)
                 except _Unauthorized as exc:
                     _send_error(conn, "unauthorized", url, str(exc))
                     return
             else:
-                claims = self.jwt_auth.optional_claims(token, conn.request.headers)
+                claims = jwt_auth.optional_claims(token, conn.request.headers)
         elif target.require_jwt:
             _send_error(conn, "unauthorized", url,
                         "this route requires a JWT but the server has no key (set_token)")
@@ -137,7 +138,7 @@ cdef class RouteEndpoint(Endpoint):
             controller = target.controller_class()
             controller.session = conn
             controller.request = conn.request
-            controller.server = self.server
+            controller.server = self.context.app
             if claims is not None:          # else the class default, None
                 controller.jwt = claims
             if target.before_hook:          # Controller's own hook does nothing
@@ -195,8 +196,9 @@ cdef class CallbackEndpoint(Endpoint):
     cdef object _callback
     cdef set _tasks
 
-    def __init__(self, str path, Py_ssize_t max_message_size, callback, server=None, hub=None):
-        Endpoint.__init__(self, path, max_message_size, server, hub)
+    def __init__(self, str path, Py_ssize_t max_message_size, callback,
+                 ServerContext context=None):
+        Endpoint.__init__(self, path, max_message_size, context)
         self._callback = callback
         self._tasks = set()
 
