@@ -206,17 +206,18 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         if importlib.util.find_spec("redis") is None:
             raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")
         server.redis_url = args.redis
-    server.shutdown_grace = args.shutdown_grace
+    settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
     if args.recovery:
-        if args.recovery_window < 0 or args.history_size < 0:
-            raise UsageError("--recovery-window and --history-size must be >= 0")
-        server.recovery_enabled = True
-        server.recovery_window = args.recovery_window
-        server.history_size = args.history_size
+        settings.update(recovery=True, recovery_window=args.recovery_window,
+                        history_size=args.history_size)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1:
-        server._reuse_port = True
+        settings["reuse_port"] = True
+    try:
+        server.options = server.options.replace(**settings)    # validated
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return server
 
 

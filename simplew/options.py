@@ -1,0 +1,158 @@
+"""``ServerOptions``: every setting of a server, validated in one place.
+
+``SimpleWServer(host, port, **settings)`` and ``simplew serve`` both fill one
+:class:`ServerOptions`; a value that cannot work raises :class:`ValueError`
+(the CLI prints it as ``simplew: error: ...``). Each field's default is the
+constructor's. docs/configuration.md lists every field with its CLI option
+and environment variable.
+
+Most settings are read when the server starts (``start``, ``run``,
+``listen``); the HTTP limits, timeouts, connection limits, origins, pings and
+the ``healthz``/``metrics`` switches are applied when the server is built
+(change them afterwards through ``server.limits`` and ``server.admission``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+SLOW_CLIENT_POLICIES = ("close", "skip")
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    """The settings of one :class:`~simplew.SimpleWServer`."""
+
+    host: str = "0.0.0.0"
+    """Address to bind: ``"0.0.0.0"`` every IPv4 address, ``"::"`` IPv6, ``"127.0.0.1"`` local only."""
+    port: int = 2015
+    """TCP port; 0 picks a free one (``server.port`` tells which once started)."""
+
+    # -- messages and requests -------------------------------------------------
+    max_message_size: int = 1 << 20
+    """Largest WebSocket message in bytes, after reassembly and inflation: a bigger one
+    closes the connection with 1009. ``add_websocket_content`` may set its own."""
+    max_body_size: int = 1 << 20
+    """Largest HTTP request body in bytes (413 beyond it)."""
+    max_header_size: int = 16384
+    """Bytes of HTTP header fields a request may send (431 beyond it)."""
+    read_buffer_size: int = 2048
+    """Bytes picows reads into at first for a WebSocket connection (its buffer grows as needed)."""
+
+    # -- timeouts (seconds) ------------------------------------------------------
+    idle_timeout: float | None = 60.0
+    """A keep-alive HTTP connection with no request in progress is closed after this; a body
+    that stalls this long gets 408. None or 0: never."""
+    header_timeout: float | None = 30.0
+    """A request's line and headers must be complete this long after its first byte (else
+    408). None or 0: no limit."""
+    handshake_timeout: float = 10.0
+    """A WebSocket upgrade picows has not completed within this is dropped."""
+    ping_interval: float | None = 20.0
+    """Every WebSocket client is pinged this often; None: no pings."""
+    ping_timeout: float = 20.0
+    """A client that answers nothing (pong or message) this long after a ping is closed (1011)."""
+    shutdown_grace: float = 5.0
+    """On ``stop()`` or SIGTERM: how long clients get to answer the close 1001 and drain."""
+
+    # -- the listening socket ----------------------------------------------------
+    backlog: int = 4096
+    """Connections the kernel queues before ``accept`` (``listen(2)``'s backlog)."""
+    reuse_port: bool = False
+    """Bind with ``SO_REUSEPORT``, so that several processes share the port (``--workers``)."""
+    ssl: Any = None
+    """An ``ssl.SSLContext``: serve HTTPS and WSS on the port; None: plain TCP."""
+    use_aiofastnet: bool = False
+    """Run the sockets (TLS included) on aiofastnet's transports instead of the loop's own;
+    ignored when aiofastnet is not installed."""
+
+    # -- fan-out -----------------------------------------------------------------
+    max_write_buffer: int = 1 << 20
+    """Bytes that may wait unsent for one WebSocket client; past it ``slow_client_policy``
+    applies. 0: no limit."""
+    slow_client_policy: str = "close"
+    """``"close"``: a client past ``max_write_buffer`` is closed with 1008; ``"skip"``: it
+    misses messages until it has drained."""
+    compression: bool = False
+    """Negotiate permessage-deflate on WebSocket endpoints (each may override it)."""
+    compression_level: int = 1
+    """zlib level of compressed frames, -1 (zlib's default) or 0 to 9."""
+
+    # -- processes and recovery -------------------------------------------------
+    redis_url: str | None = None
+    """``redis://``, ``rediss://`` or ``unix://`` URL: multicasts reach the clients of every
+    process sharing it (needs ``simplew[redis]``)."""
+    recovery: bool = False
+    """``simplew.v1`` sessions survive disconnects and get back what they missed
+    (docs/protocol.md)."""
+    recovery_window: float = 120.0
+    """Seconds a ``simplew.v1`` session can be resumed after its connection is gone."""
+    history_size: int = 10_000
+    """Publications kept for recovery."""
+    history_bytes: int = 64 << 20
+    """Bytes of encoded publications kept for recovery, at most."""
+
+    # -- operations --------------------------------------------------------------
+    healthz: bool = True
+    """``GET /healthz`` answers 200 ``{"status":"ok"}``."""
+    metrics: bool = False
+    """``GET /metrics`` answers Prometheus text (docs/operations.md)."""
+    access_log: bool = True
+    """One INFO line per HTTP request and WebSocket connect/disconnect on ``simplew.access``."""
+
+    # -- who gets in -------------------------------------------------------------
+    allowed_origins: list[str] | None = None
+    """Origins that may open a WebSocket (``https://example.com``, ``https://*.example.com``);
+    None: any. A request without ``Origin`` (not a browser) is always let in."""
+    max_connections: int | None = None
+    """Open connections, HTTP and WebSocket, beyond which new ones get 503; None: no limit."""
+    max_connections_per_ip: int | None = None
+    """The same limit per client address; None: no limit."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ValueError` naming the first setting that cannot work."""
+        if not isinstance(self.host, str):
+            raise ValueError(f"host must be a str, not {type(self.host).__name__}")
+        _int("port", self.port, 0, 65535)
+        for name in ("max_message_size", "max_body_size", "max_header_size", "read_buffer_size"):
+            _int(name, getattr(self, name), 1)
+        for name in ("backlog", "max_write_buffer", "history_size", "history_bytes"):
+            _int(name, getattr(self, name), 0)
+        for name in ("idle_timeout", "header_timeout"):
+            if getattr(self, name) is not None:
+                _seconds(name, getattr(self, name), 0.0)
+        if self.ping_interval is not None:
+            _seconds("ping_interval", self.ping_interval, 0.0, positive=True)
+        _seconds("ping_timeout", self.ping_timeout, 0.0, positive=True)
+        _seconds("handshake_timeout", self.handshake_timeout, 0.0, positive=True)
+        _seconds("shutdown_grace", self.shutdown_grace, 0.0)
+        _seconds("recovery_window", self.recovery_window, 0.0)
+        if self.slow_client_policy not in SLOW_CLIENT_POLICIES:
+            raise ValueError(f"slow_client_policy must be one of {sorted(SLOW_CLIENT_POLICIES)}")
+        _int("compression_level", self.compression_level, -1, 9)
+        if self.redis_url is not None and not isinstance(self.redis_url, str):
+            raise ValueError(f"redis_url must be a str, not {type(self.redis_url).__name__}")
+        for name in ("max_connections", "max_connections_per_ip"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name), 1)
+
+    def replace(self, **changes: Any) -> ServerOptions:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bounds}, not {value!r}")
+
+
+def _seconds(name: str, value: Any, low: float, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < low or (positive and value <= 0):
+        need = "a finite number > 0" if positive else f"a finite number >= {low:g}"
+        raise ValueError(f"{name} must be {need} of seconds, not {value!r}")
