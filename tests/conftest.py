@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from helpers import ROOT, free_port, wait_for_port
 from simplew import SimpleWServer
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -38,23 +35,6 @@ def make_server() -> Iterator[Callable[..., SimpleWServer]]:
     yield make
     for server in servers:
         server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))              # free on every address: examples bind 0.0.0.0
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def test_push_key_press_on_a_terminal():
     """On a terminal a single ``s`` key, without Enter, multicasts."""
     import pty
 
-    from conftest import free_port, wait_for_port
+    from helpers import free_port, wait_for_port
 
     port = free_port()
     controller, terminal = pty.openpty()
@@ -192,7 +192,7 @@ def test_page_is_served(run_example, name):
 
 
 def test_examples_serve_their_page_whatever_the_working_directory(tmp_path):
-    from conftest import free_port, wait_for_port
+    from helpers import free_port, wait_for_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "receiving.py"),

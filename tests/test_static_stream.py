@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, free_port, wait_for_port
+from helpers import ROOT, free_port, wait_for_port
 from simplew.static import WIRE_OVERHEAD
 from test_static import Conn, fetch
 

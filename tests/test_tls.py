@@ -22,7 +22,7 @@ import trustme
 from websockets.asyncio.client import connect
 
 from simplew import Controller, WebSocketMessage, route
-from conftest import ROOT, free_port, wait_for_port
+from helpers import ROOT, free_port, wait_for_port
 
 TIMEOUT = 5.0
 MIB = 1 << 20

@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
