@@ -9,13 +9,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from helpers import run
 from rawclient import RawClient
 
 TIMEOUT = 5.0
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def echo(session, data):

@@ -10,20 +10,17 @@ import sys
 import urllib.request
 import uuid
 from datetime import datetime
-from pathlib import Path
+from functools import partial
 
 import pytest
 from websockets.asyncio.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, run
+
 TIMEOUT = 5.0
 
 
-def run(coro):
-    """Run ``coro`` to completion, failing the test if it hangs."""
-    async def bounded():
-        return await asyncio.wait_for(coro, 20)
-    return asyncio.run(bounded())
+run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
 
 
 async def recv(ws, timeout: float = TIMEOUT):

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from simplew import Controller, Session, WebSocketMessage, route
 
+from helpers import run
 from rawclient import RawClient
 
 TIMEOUT = 5.0
@@ -29,10 +30,6 @@ MiB = 1 << 20
 
 
 # -- helpers ----------------------------------------------------------------------
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
-
 
 def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
