@@ -5,11 +5,12 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from helpers import ROOT, free_port, wait_for_port
+from helpers import BIG_SIZE, ROOT, free_port, wait_for_port
 from simplew import SimpleWServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,6 +36,20 @@ def make_server() -> Iterator[Callable[..., SimpleWServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A small static site (test_http.py, test_hardening.py): index.html, hello.txt,
+    a.txt, b.txt and big.bin, ``BIG_SIZE`` random bytes."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>home</h1>")
+    (root / "hello.txt").write_text("hello\n")
+    (root / "a.txt").write_text("AAA")
+    (root / "b.txt").write_text("BBBB")
+    (root / "big.bin").write_bytes(os.urandom(BIG_SIZE))
+    return root
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 waiting for a condition, free ports.
 
 Test modules import these from here, never from one another nor from conftest.py
-(which holds the fixtures). multiproc.py (processes, Redis), rawclient.py and
+(which holds the fixtures). multiproc.py (processes, Redis), rawclient.py, httpclient.py and
 v1client.py are the other shared modules.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
+BIG_SIZE = 512 * 1024           # big.bin in the ``site`` fixture (conftest.py)
 
 
 def run(coro: Any, timeout: float = 30.0) -> Any:
