@@ -13,6 +13,9 @@ import pytest
 from helpers import BIG_SIZE, ROOT, free_port, wait_for_port
 from simplew import SimpleWServer
 
+# httpclient.py's asserts explain their failures as they did in test_http.py
+pytest.register_assert_rewrite("httpclient")
+
 CHROMIUM = "/usr/bin/chromium"
 
 
