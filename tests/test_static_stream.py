@@ -23,7 +23,7 @@ import pytest
 
 from helpers import ROOT, free_port, wait_for_port
 from simplew.static import WIRE_OVERHEAD
-from test_static import Conn, fetch
+from staticclient import Conn, fetch
 
 MIB = 1 << 20
 BIG_SIZE = 200 * MIB
