@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from helpers import BIG_SIZE, ROOT, free_port, wait_for_port
 from simplew import SimpleWServer
 
-ROOT = Path(__file__).resolve().parent.parent
+# httpclient.py's asserts explain their failures as they did in test_http.py
+pytest.register_assert_rewrite("httpclient")
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -40,21 +41,18 @@ def make_server() -> Iterator[Callable[..., SimpleWServer]]:
         server.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))              # free on every address: examples bind 0.0.0.0
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A small static site (test_http.py, test_hardening.py): index.html, hello.txt,
+    a.txt, b.txt and big.bin, ``BIG_SIZE`` random bytes."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>home</h1>")
+    (root / "hello.txt").write_text("hello\n")
+    (root / "a.txt").write_text("AAA")
+    (root / "b.txt").write_text("BBBB")
+    (root / "big.bin").write_bytes(os.urandom(BIG_SIZE))
+    return root
 
 
 @pytest.fixture

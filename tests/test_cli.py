@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 
 TIMEOUT = 5.0
 PAGE = (ROOT / "www" / "push" / "index.html").read_bytes()

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 import jwt as pyjwt
 import pytest
 
+from helpers import run
 from simplew import Controller, SimpleWServer, WebSocketMessage, require_jwt, route
 from simplew.client import Client, Event, NotConnected, ProtocolError, backoff_delay
 
@@ -58,10 +59,6 @@ def recovery_server(make_server, **options):
 
 def url(server) -> str:
     return f"ws://127.0.0.1:{server.port}/ws"
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 async def next_event(events: AsyncIterator[Event], kind: str) -> Any:

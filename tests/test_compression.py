@@ -9,13 +9,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from helpers import run, wait_until
 from rawclient import RawClient
 
 TIMEOUT = 5.0
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def echo(session, data):
@@ -142,7 +139,7 @@ def test_multicast_is_compressed_once_per_window_size(make_server):
                  for _ in range(2)]
         clients = [await c.__aenter__() for c in wide + narrow + plain]
         try:
-            await asyncio.to_thread(_wait_for, lambda: len(server.hub) == 8)
+            await asyncio.to_thread(wait_until, lambda: len(server.hub) == 8, interval=0.01)
             before = server.hub.compressions
             for round_ in range(3):
                 server.multicast_text(f"{round_}:{text}")
@@ -158,14 +155,6 @@ def test_multicast_is_compressed_once_per_window_size(make_server):
                 await ws.close()
 
     run(main())
-
-
-def _wait_for(predicate, timeout=TIMEOUT):
-    import time
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("fragment", [100, 4096])

@@ -10,20 +10,17 @@ import sys
 import urllib.request
 import uuid
 from datetime import datetime
-from pathlib import Path
+from functools import partial
 
 import pytest
 from websockets.asyncio.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, run
+
 TIMEOUT = 5.0
 
 
-def run(coro):
-    """Run ``coro`` to completion, failing the test if it hangs."""
-    async def bounded():
-        return await asyncio.wait_for(coro, 20)
-    return asyncio.run(bounded())
+run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
 
 
 async def recv(ws, timeout: float = TIMEOUT):
@@ -82,7 +79,7 @@ def test_push_key_press_on_a_terminal():
     """On a terminal a single ``s`` key, without Enter, multicasts."""
     import pty
 
-    from conftest import free_port, wait_for_port
+    from helpers import free_port, wait_for_port
 
     port = free_port()
     controller, terminal = pty.openpty()
@@ -192,7 +189,7 @@ def test_page_is_served(run_example, name):
 
 
 def test_examples_serve_their_page_whatever_the_working_directory(tmp_path):
-    from conftest import free_port, wait_for_port
+    from helpers import free_port, wait_for_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "receiving.py"),

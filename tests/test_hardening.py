@@ -16,20 +16,14 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from helpers import wait_until
+from httpclient import Conn, assert_rejected, assert_serving, get, upgrade_request
 from rawclient import RawClient
 from simplew import SimpleWServer
 from simplew._fast.admission import OriginPolicy
 from simplew.cli import UsageError, build_parser, configure
-from test_http import Conn, assert_rejected, assert_serving, get, site, upgrade_request  # noqa: F401
 
 TIMEOUT = 5.0
-
-
-def wait_until(predicate, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 @pytest.fixture

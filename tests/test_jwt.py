@@ -15,12 +15,14 @@ import json
 import os
 import socket
 import time
+from functools import partial
 from typing import Any
 
 import jwt as pyjwt
 import pytest
 from websockets.asyncio.client import connect
 
+from helpers import run
 from simplew import Controller, WebSocketMessage, allow_anonymous, require_jwt, route
 from simplew.auth import JwtAuth, Unauthorized, select_subprotocol, token_from_headers
 
@@ -34,8 +36,7 @@ def make_token(secret: str = SECRET, **claims: Any) -> str:
     return pyjwt.encode(claims, secret, algorithm="HS256")
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
 
 
 def client(server, path: str = "/jwt", **kwargs):

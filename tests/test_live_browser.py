@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jwt as pyjwt
 import pytest
@@ -18,9 +17,8 @@ import redis as redis_py
 from simplew import Controller, WebSocketMessage, require_jwt, route, stream
 from simplew.recovery import digest
 
+from helpers import ROOT
 from multiproc import free_port, port_open, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 INTERVAL_MS = 20
 
 

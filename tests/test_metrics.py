@@ -5,13 +5,13 @@ import json
 import logging
 import re
 import socket
-import time
 from http.client import HTTPConnection
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect
 
+from helpers import wait_until
 from rawclient import RawClient
 from simplew import Controller, WebSocketMessage, route
 
@@ -40,13 +40,6 @@ def scrape(port: int, path: str = "/metrics") -> dict[str, float]:
         name, value = line.rsplit(" ", 1)
         samples[name] = float(value)
     return samples
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 @route("/metrics-ctl")

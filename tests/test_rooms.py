@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 from websockets.sync.client import connect
 
+from helpers import wait_until
 from simplew import Session
 from simplew._fast.connection import Endpoint, WebSocketConnection
 from simplew._fast.context import ServerContext
 from simplew._fast.hub import Hub
 
 TIMEOUT = 5.0
-
-
-def wait_until(predicate, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 def on_message(session: Session, data: Any) -> None:

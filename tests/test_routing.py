@@ -11,19 +11,19 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
+from helpers import run
 from simplew import BodyMappingError, Controller, WebSocketMessage, route
 
 TIMEOUT = 5.0
 
 
-def run(coro: Any) -> Any:
-    """Run a client coroutine to completion (the server runs in its own thread)."""
-    return asyncio.run(asyncio.wait_for(coro, 20))
+run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
 
 
 def ws_url(server, path: str = "/websocket") -> str:

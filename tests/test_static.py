@@ -6,7 +6,6 @@ normalise ``..`` and re-encode the path before it ever reached the server.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -14,71 +13,9 @@ from pathlib import Path
 import pytest
 
 from simplew import StaticFiles
+from staticclient import Conn, fetch
 
 SECRET = b"TOP-SECRET-CONTENT"
-
-
-# -- a raw HTTP client -------------------------------------------------------
-
-
-class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {self.headers} {self.body[:60]!r}>"
-
-
-class Conn:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = bytearray()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"connection closed; unparsed: {self.buf[:200]!r}")
-        self.buf += chunk
-
-    def request(self, target: bytes, method: bytes = b"GET", headers: bytes = b"") -> Response:
-        self.send(target, method, headers)
-        return self.read(method)
-
-    def send(self, target: bytes, method: bytes = b"GET", headers: bytes = b"") -> None:
-        self.sock.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n")
-
-    def read(self, method: bytes = b"GET") -> Response:
-        """The next response on the connection (to a request of ``method``)."""
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        raw, rest = bytes(self.buf).split(b"\r\n\r\n", 1)
-        self.buf = bytearray(rest)
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        fields = {}
-        for line in lines[1:]:
-            name, value = line.split(":", 1)
-            fields[name.lower()] = value.strip()
-        length = 0 if method == b"HEAD" or status == 304 else int(fields["content-length"])
-        while len(self.buf) < length:
-            self._fill()
-        body, self.buf = bytes(self.buf[:length]), self.buf[length:]
-        return Response(status, fields, body)
-
-
-def fetch(port: int, target: bytes | str, method: bytes = b"GET", headers: bytes = b"") -> Response:
-    if isinstance(target, str):
-        target = target.encode()
-    conn = Conn(port)
-    try:
-        return conn.request(target, method, headers)
-    finally:
-        conn.close()
 
 
 # -- fixtures -----------------------------------------------------------------

@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, free_port, wait_for_port
+from helpers import ROOT, free_port, wait_for_port
 from simplew.static import WIRE_OVERHEAD
-from test_static import Conn, fetch
+from staticclient import Conn, fetch
 
 MIB = 1 << 20
 BIG_SIZE = 200 * MIB

@@ -22,7 +22,7 @@ import trustme
 from websockets.asyncio.client import connect
 
 from simplew import Controller, WebSocketMessage, route
-from conftest import ROOT, free_port, wait_for_port
+from helpers import ROOT, free_port, run, wait_for_port
 
 TIMEOUT = 5.0
 MIB = 1 << 20
@@ -73,10 +73,6 @@ def tls_server(request, make_server, cert):
     server = make_server(setup, ssl=ctx, use_aiofastnet=request.param)
     assert server._use_aiofastnet is request.param
     return server
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def wss(server, ctx, path: str, **kwargs):

@@ -11,9 +11,8 @@ import os
 import socket
 import struct
 import threading
-import time
 import zlib
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from picows import WSListener, WSMsgType, ws_connect
@@ -22,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from simplew import Controller, Session, WebSocketMessage, route
 
+from helpers import run, wait_until
 from rawclient import RawClient
 
 TIMEOUT = 5.0
@@ -29,18 +29,6 @@ MiB = 1 << 20
 
 
 # -- helpers ----------------------------------------------------------------------
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
 
 def client(server, path: str = "/echo", **kwargs):
     kwargs.setdefault("max_size", None)

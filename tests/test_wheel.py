@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -43,7 +43,7 @@ def copy_sources(dest: Path) -> Path:
     return src
 
 
-def run(cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
+def run_command(cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     out = proc.stdout + proc.stderr
@@ -58,8 +58,8 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     src = copy_sources(tmp)
     dist = tmp / "dist"
     env = dict(os.environ, CFLAGS="-g0")       # as cibuildwheel builds them
-    run([sys.executable, "-m", "build", "--outdir", str(dist), str(src)], cwd=tmp,
-        timeout=480, env=env)
+    run_command([sys.executable, "-m", "build", "--outdir", str(dist), str(src)], cwd=tmp,
+                timeout=480, env=env)
     sdists = list(dist.glob("simplew-*.tar.gz"))
     wheels = list(dist.glob("simplew-*.whl"))
     assert len(sdists) == 1 and len(wheels) == 1, list(dist.iterdir())
@@ -117,14 +117,14 @@ def test_wheel_contents_and_metadata(built):
 def new_venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A fresh ``python -m venv``: (its bin directory, an environment that leaves the work tree out)."""
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout=120)
+    run_command([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout=120)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return venv / ("Scripts" if os.name == "nt" else "bin"), env
 
 
 def pip(bindir: Path, env: dict[str, str], *args: str) -> str:
-    return run([str(bindir / "python"), "-m", "pip", "--disable-pip-version-check", *args],
-               cwd=bindir.parent.parent, timeout=300, env=env)
+    return run_command([str(bindir / "python"), "-m", "pip", "--disable-pip-version-check", *args],
+                       cwd=bindir.parent.parent, timeout=300, env=env)
 
 
 def test_wheel_installs_and_serves_in_a_fresh_venv(built, tmp_path):
@@ -133,11 +133,11 @@ def test_wheel_installs_and_serves_in_a_fresh_venv(built, tmp_path):
     venv, python = bindir.parent, bindir / "python"
     pip(bindir, env, "install", "--quiet", str(wheel))
     # from tmp_path, so that the installed simplew is imported, not the work tree
-    out = run([str(python), str(ROOT / "tests" / "wheel_smoke.py")], cwd=tmp_path,
-              timeout=120, env=env)
+    out = run_command([str(python), str(ROOT / "tests" / "wheel_smoke.py")], cwd=tmp_path,
+                      timeout=120, env=env)
     assert "simplew wheel smoke test passed" in out
     assert str(venv) in out, out
-    out = run([str(bindir / "simplew"), "serve", "--help"], cwd=tmp_path, timeout=60, env=env)
+    out = run_command([str(bindir / "simplew"), "serve", "--help"], cwd=tmp_path, timeout=60, env=env)
     assert "--certfile" in out
 
     # no Redis client without the [redis] extra, and a message that names it
@@ -181,7 +181,7 @@ def test_auditwheel_show(built):
     auditwheel = shutil.which("auditwheel", path=str(Path(sys.executable).parent)) \
         or shutil.which("auditwheel")
     assert auditwheel, "auditwheel is in the test extra"
-    out = run([auditwheel, "show", str(wheel)], cwd=wheel.parent, timeout=120)
+    out = run_command([auditwheel, "show", str(wheel)], cwd=wheel.parent, timeout=120)
     text = " ".join(out.split())
     assert wheel.name in text
     # a plain linux_* wheel is fine here: auditwheel names the policy it fits

@@ -19,7 +19,7 @@ import pytest
 
 from multiproc import (Clients, RedisServer, ServerProcess, ask, recv, recv_nothing,
                        redis_server_path, wait_backplane, wait_until)
-from conftest import free_port
+from helpers import free_port
 
 
 @pytest.fixture
