@@ -1,12 +1,14 @@
+import asyncio
 from typing import Any, Iterable
+from typing_extensions import disjoint_base
 
-from picows.picows import WSProtocol
-
+@disjoint_base
 class OriginPolicy:
     entries: tuple[str, ...]
     def __init__(self, entries: str | Iterable[str]) -> None: ...
     def allows(self, origin: str) -> bool: ...
 
+@disjoint_base
 class Admission:
     max_connections: int | None
     max_connections_per_ip: int | None
@@ -24,6 +26,10 @@ class Admission:
     def open_by_host(self) -> dict[str, int]: ...
     def allows_origin(self, endpoint_path: str, origin: str | None) -> bool: ...
 
-class CountedWSProtocol(WSProtocol):
+# At run time a picows.picows.WSProtocol, which picows's stub does not declare: typed here
+# as its nearest declared base.
+class CountedWSProtocol(asyncio.BufferedProtocol):
     admission: Admission | None
     host: Any
+    def __init__(self, *args: Any) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...

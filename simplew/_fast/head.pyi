@@ -1,3 +1,6 @@
+from typing_extensions import disjoint_base
+
+@disjoint_base
 class RequestScanner:
     max_url_size: int
     max_header_size: int

@@ -1,7 +1,9 @@
 import asyncio
 
 from simplew._fast.hub import Hub
+from typing_extensions import disjoint_base
 
+@disjoint_base
 class Heartbeat:
     interval: float
     timeout: float
