@@ -1,5 +1,7 @@
 import asyncio
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
+
 from typing_extensions import disjoint_base
 
 @disjoint_base
@@ -19,9 +21,12 @@ class Admission:
     rejected_per_ip: int
     rejected_origins: int
     tracks_hosts: bool
-    def __init__(self, max_connections: int | None = None,
-                 max_connections_per_ip: int | None = None,
-                 allowed_origins: str | Iterable[str] | None = None) -> None: ...
+    def __init__(
+        self,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        allowed_origins: str | Iterable[str] | None = None,
+    ) -> None: ...
     def release(self, host: Any) -> None: ...
     def open_by_host(self) -> dict[str, int]: ...
     def allows_origin(self, endpoint_path: str, origin: str | None) -> bool: ...

@@ -1,7 +1,8 @@
 import asyncio
 
-from simplew._fast.hub import Hub
 from typing_extensions import disjoint_base
+
+from simplew._fast.hub import Hub
 
 @disjoint_base
 class Heartbeat:

@@ -7,8 +7,9 @@ class Request:
     query_string: str
     headers: dict[str, str]
     body: bytes
-    def __init__(self, method: str, path: str, query_string: str,
-                 headers: dict[str, str], body: bytes = b"") -> None: ...
+    def __init__(
+        self, method: str, path: str, query_string: str, headers: dict[str, str], body: bytes = b""
+    ) -> None: ...
     @property
     def query(self) -> dict[str, str]: ...
     @property
