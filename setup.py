@@ -1,4 +1,5 @@
 """Build the Cython extensions of simplew._fast against the installed picows."""
+
 import os
 
 import picows

@@ -25,6 +25,7 @@ p50/p99 latency, and the CPU time of each process over the measured rounds
 Nothing is pinned: on a 2-CPU machine the clients, the workers and Redis share
 the CPUs, so read CPU per delivery as well as deliveries/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,22 +43,37 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(ROOT / "tests"))
+import psutil  # noqa: E402
+
 import loadgen  # noqa: E402
 from multiproc import RedisServer, free_port, redis_server_path, wait_until  # noqa: E402
-
-import psutil  # noqa: E402
 
 CASES = [("1 worker", 1, False), ("1 worker + Redis", 1, True), ("2 workers + Redis", 2, True)]
 
 
 def start_server(port: int, workers: int, redis_url: str | None) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "simplew", "serve", "backplane_app:server", "--host",
-            "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-            "--shutdown-grace", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "simplew",
+        "serve",
+        "backplane_app:server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--shutdown-grace",
+        "1",
+    ]
     if redis_url:
         argv += ["--redis", redis_url]
-    proc = subprocess.Popen(argv, cwd=BENCH_DIR / "servers", start_new_session=True,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, cwd=BENCH_DIR / "servers", start_new_session=True, stdin=subprocess.DEVNULL
+    )
     return proc
 
 
@@ -68,7 +84,7 @@ def server_pids(proc: subprocess.Popen, workers: int) -> list[int]:
     pids = []
     for child in psutil.Process(proc.pid).children():
         try:
-            if "spawn_main" in " ".join(child.cmdline()):    # not the resource tracker
+            if "spawn_main" in " ".join(child.cmdline()):  # not the resource tracker
                 pids.append(child.pid)
         except psutil.Error:
             pass
@@ -77,16 +93,21 @@ def server_pids(proc: subprocess.Popen, workers: int) -> list[int]:
 
 def listening(pid: int, port: int) -> bool:
     try:
-        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
-                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
     except psutil.Error:
         return False
 
 
 def established(pid: int, port: int) -> int:
     try:
-        return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
-                   if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+        return sum(
+            1
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+        )
     except psutil.Error:
         return 0
 
@@ -108,17 +129,29 @@ def run_case(label: str, workers: int, redis: RedisServer | None, opts: argparse
     port = free_port()
     proc = start_server(port, workers, redis.url if redis else None)
     try:
-        wait_until(lambda: proc.poll() is not None or (
-            len(server_pids(proc, workers)) == workers and
-            all(listening(p, port) for p in server_pids(proc, workers))), 30, "workers listening")
+        wait_until(
+            lambda: (
+                proc.poll() is not None
+                or (
+                    len(server_pids(proc, workers)) == workers
+                    and all(listening(p, port) for p in server_pids(proc, workers))
+                )
+            ),
+            30,
+            "workers listening",
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         pids = server_pids(proc, workers)
         if redis is not None:
             import redis as redis_py
+
             with redis_py.Redis.from_url(redis.url) as client:
-                wait_until(lambda: client.pubsub_numsub("simplew:multicast")[0][1] == workers,
-                           30, "backplanes subscribed")
+                wait_until(
+                    lambda: client.pubsub_numsub("simplew:multicast")[0][1] == workers,
+                    30,
+                    "backplanes subscribed",
+                )
         with loadgen.ClientPool("127.0.0.1", port, opts.n, opts.client_procs) as pool:
             conn = pool.connect(60)
             if conn["connected"] < opts.n or not pool.control_ok:
@@ -147,9 +180,16 @@ def run_case(label: str, workers: int, redis: RedisServer | None, opts: argparse
         wall = sum(r["wall_s"] for r in rounds)
         backplane_ms = sum(v for k, v in cpu.items() if k.startswith("worker"))
         return {
-            "case": label, "workers": workers, "redis": redis is not None, "n": opts.n,
-            "split": split, "count": opts.count, "size": opts.size, "rounds": opts.rounds,
-            "deliveries": received, "expected": expected,
+            "case": label,
+            "workers": workers,
+            "redis": redis is not None,
+            "n": opts.n,
+            "split": split,
+            "count": opts.count,
+            "size": opts.size,
+            "rounds": opts.rounds,
+            "deliveries": received,
+            "expected": expected,
             "all_delivered": received == expected and not any(r["bad_order"] for r in rounds),
             "deliveries_per_s": received / wall if wall else float("nan"),
             "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
@@ -162,15 +202,19 @@ def run_case(label: str, workers: int, redis: RedisServer | None, opts: argparse
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| case | clients per worker | deliveries/s | p50 ms | p99 ms | server CPU µs/delivery "
-             "| CPU ms per process (measured rounds) | all delivered |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        "| case | clients per worker | deliveries/s | p50 ms | p99 ms | server CPU µs/delivery "
+        "| CPU ms per process (measured rounds) | all delivered |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for r in results:
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
-        lines.append(f"| {r['case']} | {'/'.join(map(str, r['split']))} | "
-                     f"{r['deliveries_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['server_cpu_us_per_delivery']:.2f} | {cpu} | "
-                     f"{'yes' if r['all_delivered'] else 'NO'} |")
+        lines.append(
+            f"| {r['case']} | {'/'.join(map(str, r['split']))} | "
+            f"{r['deliveries_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['server_cpu_us_per_delivery']:.2f} | {cpu} | "
+            f"{'yes' if r['all_delivered'] else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
@@ -183,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up rounds (3)")
     parser.add_argument("--gap", type=float, default=0.02, help="pause between rounds, s")
     parser.add_argument("--client-procs", type=int, default=2, help="load generator processes")
-    parser.add_argument("--cases", default=",".join(str(i) for i in range(len(CASES))),
-                        help="indexes of the cases to run: " +
-                        "; ".join(f"{i}={c[0]}" for i, c in enumerate(CASES)))
+    parser.add_argument(
+        "--cases",
+        default=",".join(str(i) for i in range(len(CASES))),
+        help="indexes of the cases to run: "
+        + "; ".join(f"{i}={c[0]}" for i, c in enumerate(CASES)),
+    )
     parser.add_argument("--json", help="also write the results to this file")
     opts = parser.parse_args(argv)
     if redis_server_path() is None:
@@ -196,14 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for index in (int(i) for i in opts.cases.split(",")):
             label, workers, with_redis = CASES[index]
-            loadgen.progress(f"{label}: N={opts.n}, {opts.count} x {opts.size} B, "
-                             f"{opts.rounds} rounds", final=True)
+            loadgen.progress(
+                f"{label}: N={opts.n}, {opts.count} x {opts.size} B, {opts.rounds} rounds",
+                final=True,
+            )
             results.append(run_case(label, workers, redis if with_redis else None, opts))
     finally:
         redis.stop()
-    print(f"\nsimplew backplane bench: N={opts.n} clients, {opts.count} multicasts of "
-          f"{opts.size} B per round, {opts.rounds} rounds; {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, {platform.machine()}\n")
+    print(
+        f"\nsimplew backplane bench: N={opts.n} clients, {opts.count} multicasts of "
+        f"{opts.size} B per round, {opts.rounds} rounds; {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {platform.machine()}\n"
+    )
     print(table(results))
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))

@@ -24,6 +24,7 @@ thread of the server) before and after each measurement; ``/proc/PID/stat``
     python bench/loadgen.py --peer simplew --n 1000 --rounds 10
     python bench/loadgen.py --port 8765 --pid 12345 --scenarios fanout
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,12 +52,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 SERVERS_DIR = BENCH_DIR / "servers"
 PEERS = ["simplew", "picows", "websockets", "aiohttp", "socketify"]
 ECHO_URL = "/ws/test/echo"
-HEADER_SIZE = 32                       # B + round(8) + index(4) + t_ns(19)
+HEADER_SIZE = 32  # B + round(8) + index(4) + t_ns(19)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # fan-out cases: (label, size, count)
-FANOUT_CASES = [("64 B x1", 64, 1), ("1 KiB x1", 1024, 1),
-                ("64 B x10 burst", 64, 10), ("1 KiB x10 burst", 1024, 10)]
+FANOUT_CASES = [
+    ("64 B x1", 64, 1),
+    ("1 KiB x1", 1024, 1),
+    ("64 B x10 burst", 64, 10),
+    ("1 KiB x10 burst", 1024, 10),
+]
 
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLLERR_HUP = select.EPOLLERR | select.EPOLLHUP
@@ -78,6 +83,7 @@ def progress(msg: str, final: bool = False) -> None:
 
 # -------------------------------------------------------------- server CPU ---
 
+
 def cpu_ns(pid: int) -> int:
     """CPU time (user+system) of every thread of ``pid``, in ns, from schedstat."""
     total = 0
@@ -88,7 +94,7 @@ def cpu_ns(pid: int) -> int:
                 total += int(f.read().split()[0])
                 found = True
         except (OSError, ValueError, IndexError):
-            pass                        # a thread ended meanwhile
+            pass  # a thread ended meanwhile
     if not found:
         return stat_cpu_ns(pid)
     return total
@@ -98,7 +104,7 @@ def stat_cpu_ns(pid: int) -> int:
     """utime+stime of ``pid`` from /proc/PID/stat (clock-tick resolution), in ns."""
     with open(f"/proc/{pid}/stat") as f:
         text = f.read()
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLK_TCK
 
 
@@ -111,7 +117,7 @@ def pin_server(pid: int, cpus: set[int]) -> None:
             pass
 
 
-ALL_CPUS = set(os.sched_getaffinity(0))        # before any pinning of ours
+ALL_CPUS = set(os.sched_getaffinity(0))  # before any pinning of ours
 
 
 def unpin(server_pid: int | None) -> None:
@@ -154,6 +160,7 @@ def rss_kib(pid: int) -> int:
 
 # ---------------------------------------------------------- client framing ---
 
+
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """A masked FIN frame (client to server)."""
     n = len(payload)
@@ -187,7 +194,7 @@ class Worker:
         self.wid = wid
         self.ep = select.epoll()
         self.socks: dict[int, socket.socket] = {}
-        self.order: list[int] = []          # fds in connect order
+        self.order: list[int] = []  # fds in connect order
         self.buf: dict[int, bytes] = {}
         self.out: dict[int, bytes] = {}
         self.got: dict[int, int] = {}
@@ -274,10 +281,15 @@ class Worker:
 
     def connect(self, host: str, port: int, paths: list[str], timeout: float) -> dict:
         key = base64.b64encode(os.urandom(16)).decode()
-        requests = {p: (f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                        f"Sec-WebSocket-Version: 13\r\n\r\n").encode() for p in set(paths)}
-        todo = list(range(len(paths) - 1, -1, -1))   # pop() from the end: index 0 first
+        requests = {
+            p: (
+                f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+            for p in set(paths)
+        }
+        todo = list(range(len(paths) - 1, -1, -1))  # pop() from the end: index 0 first
         attempts = [0] * len(paths)
         done: list[int | None] = [None] * len(paths)
         flight: dict[int, list] = {}
@@ -348,7 +360,7 @@ class Worker:
                     continue
                 done[i] = fd
                 self.socks[fd] = s
-                self.buf[fd] = data[end + 4:]
+                self.buf[fd] = data[end + 4 :]
                 self.got[fd] = 0
         for fd, entry in flight.items():
             self.ep.unregister(fd)
@@ -392,23 +404,23 @@ class Worker:
             else:
                 if n - pos < 10:
                     break
-                ln = int.from_bytes(data[pos + 2:pos + 10], "big")
+                ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 p = pos + 10
             end = p + ln
             if end > n:
                 break
             op = data[pos] & 15
             if op <= 2:
-                if mode == FANOUT and ln >= HEADER_SIZE and data[p] == 66:     # b"B"
-                    if int(data[p + 1:p + 9]) != self.round:
+                if mode == FANOUT and ln >= HEADER_SIZE and data[p] == 66:  # b"B"
+                    if int(data[p + 1 : p + 9]) != self.round:
                         self.stale += 1
                     else:
                         g = self.got[fd]
-                        if int(data[p + 9:p + 13]) != g:
+                        if int(data[p + 9 : p + 13]) != g:
                             self.bad += 1
                         g += 1
                         self.got[fd] = g
-                        self.lats.append(now - int(data[p + 13:p + 32]))
+                        self.lats.append(now - int(data[p + 13 : p + 32]))
                         if g == self.count:
                             self.remaining -= 1
                 elif mode == RR:
@@ -417,10 +429,10 @@ class Worker:
                     replies += 1
                 else:
                     self.stray += 1
-            elif op == 9:                                  # ping → pong
+            elif op == 9:  # ping → pong
                 self.send(fd, client_frame(10, data[p:end]))
-            elif op == 8:                                  # close: answer and drop
-                self.send(fd, client_frame(8, data[p:p + 2]))
+            elif op == 8:  # close: answer and drop
+                self.send(fd, client_frame(8, data[p : p + 2]))
                 self.dead(fd)
                 return
             pos = end
@@ -452,8 +464,9 @@ class Worker:
             self.deadline = time.monotonic() + timeout
             if trigger:
                 t_ns = time.time_ns()
-                self.send(self.order[0],
-                          client_frame(1, f"BCAST {count} {size} {rnd} {t_ns}".encode()))
+                self.send(
+                    self.order[0], client_frame(1, f"BCAST {count} {size} {rnd} {t_ns}".encode())
+                )
             else:
                 self.reply(("armed",))
         elif kind == "rr":
@@ -473,10 +486,18 @@ class Worker:
                 self.send(fd, burst)
                 self.rr_outstanding += window
         elif kind == "stats":
-            self.reply(("stats", {"open": len(self.socks), "closed_by_server": self.closed_by_server,
-                                  "stray": self.stray}))
+            self.reply(
+                (
+                    "stats",
+                    {
+                        "open": len(self.socks),
+                        "closed_by_server": self.closed_by_server,
+                        "stray": self.stray,
+                    },
+                )
+            )
         elif kind == "close":
-            for fd, s in list(self.socks.items()):
+            for _fd, s in list(self.socks.items()):
                 try:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
                 except OSError:
@@ -492,11 +513,20 @@ class Worker:
                 got = sum(self.got[fd] for fd in self.socks)
                 missing = sum(1 for fd in self.socks if self.got[fd] < self.count)
                 self.mode = IDLE
-                self.reply(("done", {
-                    "received": got, "clients": len(self.socks), "incomplete_clients": missing,
-                    "bad_order": self.bad, "stale": self.stale,
-                    "timed_out": self.remaining > 0,
-                    "lats": array("q", self.lats).tobytes()}))
+                self.reply(
+                    (
+                        "done",
+                        {
+                            "received": got,
+                            "clients": len(self.socks),
+                            "incomplete_clients": missing,
+                            "bad_order": self.bad,
+                            "stale": self.stale,
+                            "timed_out": self.remaining > 0,
+                            "lats": array("q", self.lats).tobytes(),
+                        },
+                    )
+                )
                 self.lats = []
         elif self.mode == RR:
             now = time.monotonic()
@@ -504,10 +534,18 @@ class Worker:
                 self.rr_sending = False
             if not self.rr_sending and (self.rr_outstanding <= 0 or now >= self.rr_drain_deadline):
                 self.mode = IDLE
-                self.reply(("rr_done", {
-                    "replies": self.rr_replies, "bad": self.rr_bad,
-                    "lost": self.rr_outstanding, "first_ns": self.rr_first,
-                    "last_ns": self.rr_last}))
+                self.reply(
+                    (
+                        "rr_done",
+                        {
+                            "replies": self.rr_replies,
+                            "bad": self.rr_bad,
+                            "lost": self.rr_outstanding,
+                            "first_ns": self.rr_first,
+                            "last_ns": self.rr_last,
+                        },
+                    )
+                )
 
     def run(self, max_seconds: float) -> None:
         pipe_fd = self.pipe.fileno()
@@ -539,7 +577,7 @@ class Worker:
 
 
 def _worker_main(pipe, wid: int, max_seconds: float) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the coordinator decides when to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     Worker(pipe, wid).run(max_seconds)
@@ -547,11 +585,20 @@ def _worker_main(pipe, wid: int, max_seconds: float) -> None:
 
 # ------------------------------------------------------------- coordinator ---
 
+
 class ClientPool:
     """N WebSocket clients over ``procs`` worker processes; index 0 of worker 0 is the control."""
 
-    def __init__(self, host: str, port: int, n: int, procs: int, path: str = "/ws",
-                 ctl_path: str | None = "/ctl", max_seconds: float = 3600) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        n: int,
+        procs: int,
+        path: str = "/ws",
+        ctl_path: str | None = "/ctl",
+        max_seconds: float = 3600,
+    ) -> None:
         self.host, self.port, self.n = host, port, n
         procs = max(1, min(procs, n))
         ctx = multiprocessing.get_context("fork")
@@ -577,12 +624,12 @@ class ClientPool:
         return pipe.recv()
 
     def connect(self, timeout: float = 120.0) -> dict:
-        for (proc, pipe), paths in zip(self.workers, self.paths):
+        for (_proc, pipe), paths in zip(self.workers, self.paths):
             pipe.send(("connect", self.host, self.port, paths, timeout))
         errors: dict[str, int] = {}
         total = 0
         self.control_ok = False
-        for wid, (proc, pipe) in enumerate(self.workers):
+        for wid, (_proc, pipe) in enumerate(self.workers):
             _, res = self._recv(pipe, timeout + 10, "connected")
             total += res["connected"]
             if wid == 0:
@@ -593,9 +640,9 @@ class ClientPool:
         return {"connected": total, "errors": errors}
 
     def fanout_round(self, rnd: int, count: int, size: int, pid: int, timeout: float) -> dict:
-        for proc, pipe in self.workers[1:]:
+        for _proc, pipe in self.workers[1:]:
             pipe.send(("round", rnd, count, size, False, timeout))
-        for proc, pipe in self.workers[1:]:
+        for _proc, pipe in self.workers[1:]:
             self._recv(pipe, 10, "armed")
         before = cpu_ns(pid)
         t0 = time.monotonic()
@@ -607,35 +654,45 @@ class ClientPool:
         for r in results:
             lats.frombytes(r.pop("lats"))
         received = sum(r["received"] for r in results)
-        return {"cpu_ns": after - before, "wall_s": wall, "received": received,
-                "expected": self.connected * count,
-                "incomplete_clients": sum(r["incomplete_clients"] for r in results),
-                "bad_order": sum(r["bad_order"] for r in results),
-                "stale": sum(r["stale"] for r in results),
-                "timed_out": any(r["timed_out"] for r in results), "lats": lats}
+        return {
+            "cpu_ns": after - before,
+            "wall_s": wall,
+            "received": received,
+            "expected": self.connected * count,
+            "incomplete_clients": sum(r["incomplete_clients"] for r in results),
+            "bad_order": sum(r["bad_order"] for r in results),
+            "stale": sum(r["stale"] for r in results),
+            "timed_out": any(r["timed_out"] for r in results),
+            "lats": lats,
+        }
 
     def rr(self, window: int, seconds: float, body: str, pid: int) -> dict:
         before = cpu_ns(pid)
-        for proc, pipe in self.workers:
+        for _proc, pipe in self.workers:
             pipe.send(("rr", window, seconds, body))
         results = [self._recv(pipe, seconds + 30, "rr_done")[1] for proc, pipe in self.workers]
         after = cpu_ns(pid)
         replies = sum(r["replies"] for r in results)
         span = (max(r["last_ns"] for r in results) - min(r["first_ns"] for r in results)) / 1e9
-        return {"cpu_ns": after - before, "replies": replies, "seconds": span,
-                "bad": sum(r["bad"] for r in results), "lost": sum(r["lost"] for r in results)}
+        return {
+            "cpu_ns": after - before,
+            "replies": replies,
+            "seconds": span,
+            "bad": sum(r["bad"] for r in results),
+            "lost": sum(r["lost"] for r in results),
+        }
 
     def stats(self) -> dict:
         out: dict[str, int] = {}
-        for proc, pipe in self.workers:
+        for _proc, pipe in self.workers:
             pipe.send(("stats",))
-        for proc, pipe in self.workers:
+        for _proc, pipe in self.workers:
             for k, v in self._recv(pipe, 10, "stats")[1].items():
                 out[k] = out.get(k, 0) + v
         return out
 
     def close(self) -> None:
-        for proc, pipe in self.workers:
+        for _proc, pipe in self.workers:
             try:
                 pipe.send(("close",))
             except (OSError, BrokenPipeError):
@@ -653,7 +710,7 @@ class ClientPool:
             pipe.close()
         self.workers = []
 
-    def __enter__(self) -> "ClientPool":
+    def __enter__(self) -> ClientPool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -671,9 +728,19 @@ def default_procs(n: int) -> int:
     return 2 if n <= 5000 else 4
 
 
-def run_fanout(host: str, port: int, pid: int, n: int, rounds: int, procs: int | None = None,
-               cases=FANOUT_CASES, warmup: int = 2, gap: float = 0.05,
-               round_timeout: float = 60.0, label: str = "") -> list[dict]:
+def run_fanout(
+    host: str,
+    port: int,
+    pid: int,
+    n: int,
+    rounds: int,
+    procs: int | None = None,
+    cases=FANOUT_CASES,
+    warmup: int = 2,
+    gap: float = 0.05,
+    round_timeout: float = 60.0,
+    label: str = "",
+) -> list[dict]:
     """Connect ``n`` clients and measure every fan-out case; one result dict per case."""
     procs = procs or default_procs(n)
     out = []
@@ -683,12 +750,22 @@ def run_fanout(host: str, port: int, pid: int, n: int, rounds: int, procs: int |
         conn = pool.connect()
         connect_s = time.monotonic() - t0
         if conn["connected"] < n:
-            progress(f"[{label}] fan-out: only {conn['connected']}/{n} connected: {conn['errors']}",
-                     final=True)
+            progress(
+                f"[{label}] fan-out: only {conn['connected']}/{n} connected: {conn['errors']}",
+                final=True,
+            )
         if conn["connected"] == 0 or not pool.control_ok:
             why = "no connection" if conn["connected"] == 0 else "the control connection failed"
-            return [{"scenario": "fanout", "n": n, "case": c[0], "error": why,
-                     "connect_errors": conn["errors"]} for c in cases]
+            return [
+                {
+                    "scenario": "fanout",
+                    "n": n,
+                    "case": c[0],
+                    "error": why,
+                    "connect_errors": conn["errors"],
+                }
+                for c in cases
+            ]
         rss = rss_kib(pid)
         rnd = 1
         for case, size, count in cases:
@@ -702,13 +779,16 @@ def run_fanout(host: str, port: int, pid: int, n: int, rounds: int, procs: int |
                     lats = sorted(res["lats"])
                     res["p50_ms"] = _pct(lats, 0.50) / 1e6
                     res["p99_ms"] = _pct(lats, 0.99) / 1e6
-                    res["cpu_us_per_delivery"] = (res["cpu_ns"] / 1e3 / res["received"]
-                                                  if res["received"] else float("nan"))
+                    res["cpu_us_per_delivery"] = (
+                        res["cpu_ns"] / 1e3 / res["received"] if res["received"] else float("nan")
+                    )
                     del res["lats"]
-                    progress(f"[{label}] fan-out N={n} {case}: round {i - warmup + 1}/{rounds} "
-                             f"{res['cpu_us_per_delivery']:.2f} us/delivery, "
-                             f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
-                             f"{res['received']}/{res['expected']}")
+                    progress(
+                        f"[{label}] fan-out N={n} {case}: round {i - warmup + 1}/{rounds} "
+                        f"{res['cpu_us_per_delivery']:.2f} us/delivery, "
+                        f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
+                        f"{res['received']}/{res['expected']}"
+                    )
                 else:
                     progress(f"[{label}] fan-out N={n} {case}: warm-up {i + 1}/{warmup}")
                 if gap:
@@ -717,36 +797,56 @@ def run_fanout(host: str, port: int, pid: int, n: int, rounds: int, procs: int |
             received = sum(r["received"] for r in rows)
             expected = sum(r["expected"] for r in rows)
             result = {
-                "scenario": "fanout", "n": n, "connected": pool.connected, "case": case,
-                "size": size, "count": count, "rounds": rounds,
+                "scenario": "fanout",
+                "n": n,
+                "connected": pool.connected,
+                "case": case,
+                "size": size,
+                "count": count,
+                "rounds": rounds,
                 "cpu_us_per_delivery": statistics.median(r["cpu_us_per_delivery"] for r in rows),
                 "cpu_us_per_delivery_min": min(r["cpu_us_per_delivery"] for r in rows),
                 "p50_ms": statistics.median(r["p50_ms"] for r in rows),
                 "p99_ms": statistics.median(r["p99_ms"] for r in rows),
                 "round_ms": statistics.median(r["wall_s"] for r in rows) * 1e3,
-                "received": received, "expected": expected,
+                "received": received,
+                "expected": expected,
                 "incomplete_clients": sum(r["incomplete_clients"] for r in rows),
                 "bad_order": sum(r["bad_order"] for r in rows),
                 "stale": sum(r["stale"] for r in rows),
                 "timed_out_rounds": sum(1 for r in rows if r["timed_out"]),
                 "all_delivered": received == expected and not any(r["bad_order"] for r in rows),
                 # cross-check of the CPU source over the whole case (warm-up and gaps included)
-                "case_cpu_ms_schedstat": sched_total / 1e6, "case_cpu_ms_stat": stat_total / 1e6,
-                "connect_s": connect_s, "server_rss_kib": rss,
+                "case_cpu_ms_schedstat": sched_total / 1e6,
+                "case_cpu_ms_stat": stat_total / 1e6,
+                "connect_s": connect_s,
+                "server_rss_kib": rss,
             }
             out.append(result)
-            progress(f"[{label}] fan-out N={n} {case}: {result['cpu_us_per_delivery']:.2f} us/delivery "
-                     f"(median of {rounds}), p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
-                     f"delivered {received}/{expected}", final=True)
+            progress(
+                f"[{label}] fan-out N={n} {case}: {result['cpu_us_per_delivery']:.2f} us/delivery "
+                f"(median of {rounds}), p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                f"delivered {received}/{expected}",
+                final=True,
+            )
         stats = pool.stats()
         for r in out:
             r["closed_by_server"] = stats["closed_by_server"]
     return out
 
 
-def run_rr(host: str, port: int, pid: int, conns: int, window: int, seconds: float,
-           procs: int | None = None, warmup_s: float = 0.5, label: str = "",
-           repeats: int = 1) -> dict:
+def run_rr(
+    host: str,
+    port: int,
+    pid: int,
+    conns: int,
+    window: int,
+    seconds: float,
+    procs: int | None = None,
+    warmup_s: float = 0.5,
+    label: str = "",
+    repeats: int = 1,
+) -> dict:
     """Pipelined request/response; ``repeats`` measurements of ``seconds``, medians reported."""
     procs = procs or min(2, conns)
     body = "hello-" + "x" * 26
@@ -756,26 +856,44 @@ def run_rr(host: str, port: int, pid: int, conns: int, window: int, seconds: flo
     with ClientPool(host, port, conns, procs, path="/ws", ctl_path=None) as pool:
         conn = pool.connect()
         if conn["connected"] == 0:
-            return {"scenario": "rr", "case": case, "conns": conns, "window": window,
-                    "error": f"no connection: {conn['errors']}"}
+            return {
+                "scenario": "rr",
+                "case": case,
+                "conns": conns,
+                "window": window,
+                "error": f"no connection: {conn['errors']}",
+            }
         if warmup_s:
             pool.rr(window, warmup_s, body, pid)
         for i in range(max(1, repeats)):
-            progress(f"[{label}] request/response {case}: measuring {seconds:g} s ({i + 1}/{repeats})")
+            progress(
+                f"[{label}] request/response {case}: measuring {seconds:g} s ({i + 1}/{repeats})"
+            )
             res = pool.rr(window, seconds, body, pid)
             res["rate"] = res["replies"] / res["seconds"] if res["seconds"] > 0 else float("nan")
             res["cpu_us"] = res["cpu_ns"] / 1e3 / res["replies"] if res["replies"] else float("nan")
             res["util"] = res["cpu_ns"] / 1e9 / res["seconds"] if res["seconds"] > 0 else 0.0
             runs.append(res)
     rate = statistics.median(r["rate"] for r in runs)
-    result = {"scenario": "rr", "case": case, "conns": conns, "window": window,
-              "connected": conn["connected"], "repeats": len(runs), "msgs_per_s": rate,
-              "cpu_us_per_msg": statistics.median(r["cpu_us"] for r in runs),
-              "server_cpu_util": statistics.median(r["util"] for r in runs),
-              "replies": sum(r["replies"] for r in runs), "bad": sum(r["bad"] for r in runs),
-              "lost": sum(r["lost"] for r in runs)}
-    progress(f"[{label}] request/response {case}: {rate:,.0f} msg/s, "
-             f"{result['cpu_us_per_msg']:.2f} us/msg server CPU (median of {len(runs)})", final=True)
+    result = {
+        "scenario": "rr",
+        "case": case,
+        "conns": conns,
+        "window": window,
+        "connected": conn["connected"],
+        "repeats": len(runs),
+        "msgs_per_s": rate,
+        "cpu_us_per_msg": statistics.median(r["cpu_us"] for r in runs),
+        "server_cpu_util": statistics.median(r["util"] for r in runs),
+        "replies": sum(r["replies"] for r in runs),
+        "bad": sum(r["bad"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+    }
+    progress(
+        f"[{label}] request/response {case}: {rate:,.0f} msg/s, "
+        f"{result['cpu_us_per_msg']:.2f} us/msg server CPU (median of {len(runs)})",
+        final=True,
+    )
     return result
 
 
@@ -805,15 +923,30 @@ def _wrk_once(cmd: list[str], pid: int, seconds: float) -> dict:
     return out
 
 
-def run_static(host: str, port: int, pid: int, path: str, seconds: float, conns: int = 32,
-               label: str = "", case: str = "", repeats: int = 1) -> dict:
+def run_static(
+    host: str,
+    port: int,
+    pid: int,
+    path: str,
+    seconds: float,
+    conns: int = 32,
+    label: str = "",
+    case: str = "",
+    repeats: int = 1,
+) -> dict:
     """``wrk`` against one file, ``repeats`` times; medians reported."""
     import shutil
+
     wrk = shutil.which("wrk") or "/usr/bin/wrk"
     url = f"http://{host}:{port}{path}"
     cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "5s", url]
-    result: dict[str, Any] = {"scenario": "static", "case": case, "path": path, "conns": conns,
-                              "wrk": " ".join(cmd)}
+    result: dict[str, Any] = {
+        "scenario": "static",
+        "case": case,
+        "path": path,
+        "conns": conns,
+        "wrk": " ".join(cmd),
+    }
     runs = []
     for i in range(max(1, repeats)):
         progress(f"[{label}] static {case}: wrk {seconds:g} s ({i + 1}/{repeats})")
@@ -832,15 +965,20 @@ def run_static(host: str, port: int, pid: int, path: str, seconds: float, conns:
         result["non_2xx"] = non_2xx
     errors = [r["socket_errors"] for r in runs if r.get("socket_errors")]
     if errors:
-        result["socket_errors"] = errors[-1] + (f" (last of {len(runs)} runs)" if len(runs) > 1 else "")
-    progress(f"[{label}] static {case}: {result['req_per_s']:,.0f} req/s, "
-             f"{result['cpu_us_per_req']:.1f} us/req server CPU (median of {len(runs)})", final=True)
+        result["socket_errors"] = errors[-1] + (
+            f" (last of {len(runs)} runs)" if len(runs) > 1 else ""
+        )
+    progress(
+        f"[{label}] static {case}: {result['req_per_s']:,.0f} req/s, "
+        f"{result['cpu_us_per_req']:.1f} us/req server CPU (median of {len(runs)})",
+        final=True,
+    )
     return result
 
 
 # ----------------------------------------------------------- peer servers ---
 
-_LIVE_SERVERS: set["PeerServer"] = set()
+_LIVE_SERVERS: set[PeerServer] = set()
 
 
 def stop_all_servers() -> None:
@@ -866,7 +1004,8 @@ def _die_with_parent() -> None:
     """In the server child: get SIGTERM if the harness dies without cleaning up (Linux)."""
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)    # PR_SET_PDEATHSIG
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -874,8 +1013,15 @@ def _die_with_parent() -> None:
 class PeerServer:
     """A peer server from bench/servers/, started in its own process group."""
 
-    def __init__(self, peer: str, port: int, static_dir: str | None, log_dir: str,
-                 host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        peer: str,
+        port: int,
+        static_dir: str | None,
+        log_dir: str,
+        host: str = "127.0.0.1",
+        start_timeout: float = 30.0,
+    ) -> None:
         self.peer = peer
         script = SERVERS_DIR / f"{peer}_server.py"
         cmd = [sys.executable, str(script), "--host", host, "--port", str(port)]
@@ -883,9 +1029,15 @@ class PeerServer:
             cmd += ["--static-dir", static_dir]
         self.log_path = os.path.join(log_dir, f"{peer}.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, text=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+            preexec_fn=_die_with_parent,
+        )
         self.pid = self.proc.pid
         self.port = port
         _LIVE_SERVERS.add(self)
@@ -935,11 +1087,17 @@ class PeerServer:
 
 def peer_available(peer: str) -> tuple[bool, str]:
     """Whether the peer's package imports here (checked in a subprocess)."""
-    module = {"simplew": "simplew", "picows": "picows", "websockets": "websockets.asyncio.server",
-              "aiohttp": "aiohttp", "socketify": "socketify"}[peer]
+    module = {
+        "simplew": "simplew",
+        "picows": "picows",
+        "websockets": "websockets.asyncio.server",
+        "aiohttp": "aiohttp",
+        "socketify": "socketify",
+    }[peer]
     try:
-        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
+        )
     except subprocess.TimeoutExpired:
         return False, "import timed out"
     if proc.returncode != 0:
@@ -988,13 +1146,27 @@ def run_peer(peer: str, opts: argparse.Namespace, static_dir: str, log_dir: str)
         for n in opts.n:
             server = start(opts.pin)
             try:
-                results += tag(run_fanout("127.0.0.1", server.port, server.pid, n, opts.rounds,
-                                          opts.procs, warmup=opts.warmup, label=peer,
-                                          round_timeout=opts.round_timeout))
-            except Exception as exc:                     # noqa: BLE001 - keep the run going
+                results += tag(
+                    run_fanout(
+                        "127.0.0.1",
+                        server.port,
+                        server.pid,
+                        n,
+                        opts.rounds,
+                        opts.procs,
+                        warmup=opts.warmup,
+                        label=peer,
+                        round_timeout=opts.round_timeout,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - keep the run going
                 progress(f"[{peer}] fan-out N={n} failed: {exc!r}", final=True)
-                results += tag([{"scenario": "fanout", "n": n, "case": c[0], "error": repr(exc)}
-                                for c in FANOUT_CASES])
+                results += tag(
+                    [
+                        {"scenario": "fanout", "n": n, "case": c[0], "error": repr(exc)}
+                        for c in FANOUT_CASES
+                    ]
+                )
             finally:
                 if not server.alive():
                     progress(f"[{peer}] server died; see {server.log_path}", final=True)
@@ -1004,23 +1176,54 @@ def run_peer(peer: str, opts: argparse.Namespace, static_dir: str, log_dir: str)
         try:
             for conns in opts.rr_conns:
                 try:
-                    results += tag([run_rr("127.0.0.1", server.port, server.pid, conns,
-                                           opts.rr_window, opts.rr_seconds, label=peer,
-                                           repeats=opts.repeats)])
-                except Exception as exc:                 # noqa: BLE001
+                    results += tag(
+                        [
+                            run_rr(
+                                "127.0.0.1",
+                                server.port,
+                                server.pid,
+                                conns,
+                                opts.rr_window,
+                                opts.rr_seconds,
+                                label=peer,
+                                repeats=opts.repeats,
+                            )
+                        ]
+                    )
+                except Exception as exc:  # noqa: BLE001
                     progress(f"[{peer}] request/response {conns} conns failed: {exc!r}", final=True)
-                    results += tag([{"scenario": "rr", "conns": conns, "window": opts.rr_window,
-                                     "case": f"{conns} conn x{opts.rr_window} in flight",
-                                     "error": repr(exc)}])
+                    results += tag(
+                        [
+                            {
+                                "scenario": "rr",
+                                "conns": conns,
+                                "window": opts.rr_window,
+                                "case": f"{conns} conn x{opts.rr_window} in flight",
+                                "error": repr(exc),
+                            }
+                        ]
+                    )
         finally:
             server.stop()
     if "static" in scenarios:
         server = start(opts.pin)
         try:
             for case, path in STATIC_CASES:
-                results += tag([run_static("127.0.0.1", server.port, server.pid, path,
-                                           opts.wrk_seconds, opts.wrk_conns, label=peer,
-                                           case=case, repeats=opts.repeats)])
+                results += tag(
+                    [
+                        run_static(
+                            "127.0.0.1",
+                            server.port,
+                            server.pid,
+                            path,
+                            opts.wrk_seconds,
+                            opts.wrk_conns,
+                            label=peer,
+                            case=case,
+                            repeats=opts.repeats,
+                        )
+                    ]
+                )
         finally:
             server.stop()
     return results
@@ -1028,20 +1231,27 @@ def run_peer(peer: str, opts: argparse.Namespace, static_dir: str, log_dir: str)
 
 # -------------------------------------------------------------------- table ---
 
+
 def markdown_table(results: list[dict]) -> str:
     """Plain per-peer tables of the raw results (run_all.py adds the ratios)."""
     lines = []
     fan = [r for r in results if r["scenario"] == "fanout"]
     if fan:
-        lines += ["| peer | N | case | CPU µs/delivery | p50 ms | p99 ms | delivered |",
-                  "|---|---:|---|---:|---:|---:|---|"]
+        lines += [
+            "| peer | N | case | CPU µs/delivery | p50 ms | p99 ms | delivered |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
         for r in fan:
             if "error" in r:
-                lines.append(f"| {r['peer']} | {r['n']} | {r['case']} | error: {r['error']} | | | |")
+                lines.append(
+                    f"| {r['peer']} | {r['n']} | {r['case']} | error: {r['error']} | | | |"
+                )
                 continue
-            lines.append(f"| {r['peer']} | {r['n']} | {r['case']} | {r['cpu_us_per_delivery']:.2f} | "
-                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                         f"{'all' if r['all_delivered'] else 'MISSING'} {r['received']}/{r['expected']} |")
+            lines.append(
+                f"| {r['peer']} | {r['n']} | {r['case']} | {r['cpu_us_per_delivery']:.2f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{'all' if r['all_delivered'] else 'MISSING'} {r['received']}/{r['expected']} |"
+            )
         lines.append("")
     rr = [r for r in results if r["scenario"] == "rr"]
     if rr:
@@ -1050,7 +1260,9 @@ def markdown_table(results: list[dict]) -> str:
             if "error" in r:
                 lines.append(f"| {r['peer']} | {r['case']} | error: {r['error']} | |")
                 continue
-            lines.append(f"| {r['peer']} | {r['case']} | {r['msgs_per_s']:,.0f} | {r['cpu_us_per_msg']:.2f} |")
+            lines.append(
+                f"| {r['peer']} | {r['case']} | {r['msgs_per_s']:,.0f} | {r['cpu_us_per_msg']:.2f} |"
+            )
         lines.append("")
     st = [r for r in results if r["scenario"] == "static"]
     if st:
@@ -1059,56 +1271,95 @@ def markdown_table(results: list[dict]) -> str:
             if "error" in r:
                 lines.append(f"| {r['peer']} | {r['case']} | error: {r['error']} | |")
                 continue
-            lines.append(f"| {r['peer']} | {r['case']} | {r['req_per_s']:,.0f} | {r['cpu_us_per_req']:.1f} |")
+            lines.append(
+                f"| {r['peer']} | {r['case']} | {r['req_per_s']:,.0f} | {r['cpu_us_per_req']:.1f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- CLI ---
 
+
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenarios", default="fanout,rr,static",
-                        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                        help="comma list of fanout, rr, static")
-    parser.add_argument("--n", type=int_list, default=[1000, 10000],
-                        help="fan-out client counts, comma list")
+    parser.add_argument(
+        "--scenarios",
+        default="fanout,rr,static",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        help="comma list of fanout, rr, static",
+    )
+    parser.add_argument(
+        "--n", type=int_list, default=[1000, 10000], help="fan-out client counts, comma list"
+    )
     parser.add_argument("--rounds", type=int, default=20, help="measured rounds per fan-out case")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds before each case")
-    parser.add_argument("--procs", type=int, default=None,
-                        help="client processes for fan-out (None: 2, or 4 above 5000 clients)")
-    parser.add_argument("--round-timeout", type=float, default=60.0,
-                        help="seconds a fan-out round may take before it counts as failed")
-    parser.add_argument("--rr-conns", type=int_list, default=[1, 100],
-                        help="request/response connection counts, comma list")
-    parser.add_argument("--rr-window", type=int, default=32,
-                        help="request/response messages in flight per connection")
-    parser.add_argument("--rr-seconds", type=float, default=3.0,
-                        help="measured seconds per request/response run")
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=None,
+        help="client processes for fan-out (None: 2, or 4 above 5000 clients)",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a fan-out round may take before it counts as failed",
+    )
+    parser.add_argument(
+        "--rr-conns",
+        type=int_list,
+        default=[1, 100],
+        help="request/response connection counts, comma list",
+    )
+    parser.add_argument(
+        "--rr-window",
+        type=int,
+        default=32,
+        help="request/response messages in flight per connection",
+    )
+    parser.add_argument(
+        "--rr-seconds", type=float, default=3.0, help="measured seconds per request/response run"
+    )
     parser.add_argument("--wrk-seconds", type=float, default=3.0, help="wrk duration per run")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="request/response and wrk runs per case (medians reported)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="request/response and wrk runs per case (medians reported)",
+    )
     parser.add_argument("--wrk-conns", type=int, default=32, help="wrk connections (one thread)")
-    parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="do not pin the server to the first CPU and the load generator "
-                             "(workers, wrk) to the others (pinned by default)")
-    parser.add_argument("--rr-pin", action="store_true",
-                        help="pin during request/response too (by default it runs unpinned: the "
-                             "Python client needs more than one CPU to keep a server busy)")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the server to the first CPU and the load generator "
+        "(workers, wrk) to the others (pinned by default)",
+    )
+    parser.add_argument(
+        "--rr-pin",
+        action="store_true",
+        help="pin during request/response too (by default it runs unpinned: the "
+        "Python client needs more than one CPU to keep a server busy)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="WebSocket fan-out / request-response / static-file load generator "
-                    "(loopback only). Measures server CPU from /proc/PID.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "(loopback only). Measures server CPU from /proc/PID.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--peer", choices=PEERS,
-                        help="start bench/servers/<peer>_server.py (a fresh process per fan-out N, "
-                             "one for request/response, one for static)")
+    target.add_argument(
+        "--peer",
+        choices=PEERS,
+        help="start bench/servers/<peer>_server.py (a fresh process per fan-out N, "
+        "one for request/response, one for static)",
+    )
     target.add_argument("--port", type=int, help="a running server on 127.0.0.1:PORT (needs --pid)")
     parser.add_argument("--pid", type=int, help="PID of the running server (for its CPU time)")
     parser.add_argument("--json", help="also write the raw results to this JSON file")
@@ -1129,24 +1380,56 @@ def main(argv: list[str] | None = None) -> int:
             label = f"port {opts.port}"
             if "fanout" in opts.scenarios:
                 for n in opts.n:
-                    results += run_fanout("127.0.0.1", opts.port, opts.pid, n, opts.rounds,
-                                          opts.procs, warmup=opts.warmup, label=label,
-                                          round_timeout=opts.round_timeout)
+                    results += run_fanout(
+                        "127.0.0.1",
+                        opts.port,
+                        opts.pid,
+                        n,
+                        opts.rounds,
+                        opts.procs,
+                        warmup=opts.warmup,
+                        label=label,
+                        round_timeout=opts.round_timeout,
+                    )
             if "rr" in opts.scenarios:
                 for conns in opts.rr_conns:
-                    results.append(run_rr("127.0.0.1", opts.port, opts.pid, conns, opts.rr_window,
-                                          opts.rr_seconds, label=label, repeats=opts.repeats))
+                    results.append(
+                        run_rr(
+                            "127.0.0.1",
+                            opts.port,
+                            opts.pid,
+                            conns,
+                            opts.rr_window,
+                            opts.rr_seconds,
+                            label=label,
+                            repeats=opts.repeats,
+                        )
+                    )
             if "static" in opts.scenarios:
-                progress("static: against an external server, files must be served at "
-                         "/static/small.txt and /static/large.bin", final=True)
+                progress(
+                    "static: against an external server, files must be served at "
+                    "/static/small.txt and /static/large.bin",
+                    final=True,
+                )
                 for case, path in STATIC_CASES:
-                    results.append(run_static("127.0.0.1", opts.port, opts.pid, path,
-                                              opts.wrk_seconds, opts.wrk_conns, label=label,
-                                              case=case, repeats=opts.repeats))
+                    results.append(
+                        run_static(
+                            "127.0.0.1",
+                            opts.port,
+                            opts.pid,
+                            path,
+                            opts.wrk_seconds,
+                            opts.wrk_conns,
+                            label=label,
+                            case=case,
+                            repeats=opts.repeats,
+                        )
+                    )
             for r in results:
                 r["peer"] = label
     finally:
         import shutil
+
         shutil.rmtree(static_dir, ignore_errors=True)
     print(markdown_table(results))
     if opts.json:

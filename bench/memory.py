@@ -6,6 +6,7 @@ Starts each peer in its own process, reads its RSS, connects N idle clients (the
 load generator's processes), waits for the server to settle and reads RSS again:
 (after − before) / N is the figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ def measure(peer: str, n: int, log_dir: str) -> dict:
             connected = pool.connect()["connected"]
             time.sleep(2.0)
             after = rss_kib(server.pid)
-        return {"peer": peer, "n": n, "connected": connected, "rss_before_kib": before,
-                "rss_after_kib": after, "kib_per_connection": (after - before) / max(connected, 1)}
+        return {
+            "peer": peer,
+            "n": n,
+            "connected": connected,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "kib_per_connection": (after - before) / max(connected, 1),
+        }
     finally:
         server.stop()
 
@@ -43,8 +50,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for peer in args.peers.split(","):
         r = measure(peer, args.n, args.log_dir)
-        print(f"| {r['peer']} | {r['n']} | {r['connected']} | {r['rss_before_kib'] / 1024:.1f} | "
-              f"{r['rss_after_kib'] / 1024:.1f} | {r['kib_per_connection']:.2f} |", flush=True)
+        print(
+            f"| {r['peer']} | {r['n']} | {r['connected']} | {r['rss_before_kib'] / 1024:.1f} | "
+            f"{r['rss_after_kib'] / 1024:.1f} | {r['kib_per_connection']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

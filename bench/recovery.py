@@ -19,6 +19,7 @@ publication (bursts of 100 multicasts, alternately from each worker).
 ``memory``: server RSS growth when the history fills (``history_size``
 publications of ``--size`` bytes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,13 +62,16 @@ server.run()
 
 
 def post(port: int, path: str) -> None:
-    with urllib.request.urlopen(urllib.request.Request(
-            f"http://127.0.0.1:{port}{path}", data=b"", method="POST"), timeout=30) as r:
+    with urllib.request.urlopen(
+        urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST"),
+        timeout=30,
+    ) as r:
         r.read()
 
 
 def start_server(recovery: bool, history_size: int = 10000) -> tuple[subprocess.Popen, int]:
-    from multiproc import free_port, wait_until, port_open
+    from multiproc import free_port, port_open, wait_until
+
     port = free_port()
     argv = [sys.executable, "-c", SERVE, str(port), "1" if recovery else "0", str(history_size)]
     if sys.platform == "linux":
@@ -96,12 +100,12 @@ def fanout_case(recovery: bool, v1: bool, n: int, rounds: int) -> float:
         while ready.value < n and time.monotonic() < deadline:
             time.sleep(0.05)
         if v1:
-            expected = n                    # the welcome of each client
+            expected = n  # the welcome of each client
             while sum(c.value for c in counters) < expected:
                 time.sleep(0.01)
         else:
             expected = 0
-        for _ in range(5):                  # warm-up rounds
+        for _ in range(5):  # warm-up rounds
             expected += n
             post(port, "/bcast?n=1")
             while sum(c.value for c in counters) < expected:
@@ -130,8 +134,12 @@ def _client_main(port, count, v1, counter, ready) -> None:
     for _ in range(count):
         s = socket.create_connection(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+        s.sendall(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += s.recv(4096)
@@ -171,12 +179,12 @@ def _count_frames(entry: list) -> int:
         if length == 126:
             if len(buf) - pos < 4:
                 break
-            length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             start = pos + 4
         elif length == 127:
             if len(buf) - pos < 10:
                 break
-            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             start = pos + 10
         if len(buf) < start + length:
             break
@@ -187,25 +195,34 @@ def _count_frames(entry: list) -> int:
 
 
 def fanout(args: argparse.Namespace) -> dict:
-    cases = {"off, plain clients": (False, False), "on, plain clients": (True, False),
-             "on, simplew.v1 clients": (True, True)}
+    cases = {
+        "off, plain clients": (False, False),
+        "on, plain clients": (True, False),
+        "on, simplew.v1 clients": (True, True),
+    }
     figures: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, (recovery, v1) in cases.items():
             figures[name].append(fanout_case(recovery, v1, args.n, args.rounds))
     base = statistics.median(figures["off, plain clients"])
-    return {name: {"us_per_delivery": round(statistics.median(values), 3),
-                   "runs": [round(v, 3) for v in values],
-                   "ratio_vs_off": round(statistics.median(values) / base, 3)}
-            for name, values in figures.items()}
+    return {
+        name: {
+            "us_per_delivery": round(statistics.median(values), 3),
+            "runs": [round(v, 3) for v in values],
+            "ratio_vs_off": round(statistics.median(values) / base, 3),
+        }
+        for name, values in figures.items()
+    }
 
 
 # -- Redis ----------------------------------------------------------------------------
 
 
 def redis_case(recovery: bool, publications: int) -> dict:
-    from multiproc import RedisServer, ServerProcess
     from websockets.sync.client import connect
+
+    from multiproc import RedisServer, ServerProcess
+
     redis = RedisServer().start()
     args = ["--recovery"] if recovery else []
     app = "tests.apps.feed:server" if recovery else "tests.apps.relay:server"
@@ -213,16 +230,22 @@ def redis_case(recovery: bool, publications: int) -> dict:
     try:
         pids, clients = set(), []
         deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:   # one client on each worker
-            ws = connect(server.url, subprotocols=["simplew.v1"] if recovery else None, legacy=True,
-                         compression=None, max_size=None, proxy=None)
+        while len(pids) < 2 and time.monotonic() < deadline:  # one client on each worker
+            ws = connect(
+                server.url,
+                subprotocols=["simplew.v1"] if recovery else None,
+                legacy=True,
+                compression=None,
+                max_size=None,
+                proxy=None,
+            )
             pid = _pid_of(ws, recovery)
             if pid in pids:
                 ws.close()
                 continue
             pids.add(pid)
             clients.append(ws)
-        time.sleep(1.5)                     # both workers caught up with the stream
+        time.sleep(1.5)  # both workers caught up with the stream
         start = time.monotonic()
         burst = 100
         for i in range(publications // burst):
@@ -235,14 +258,17 @@ def redis_case(recovery: bool, publications: int) -> dict:
                 if recovery:
                     if json.loads(message)["type"] == "pub":
                         got += 1
-                elif message[:1].isdigit():       # the relay burst: "<i>:xxx"
+                elif message[:1].isdigit():  # the relay burst: "<i>:xxx"
                     got += 1
             counts.append(got)
         elapsed = time.monotonic() - start
         for ws in clients:
             ws.close()
-        return {"publications": publications, "seconds": round(elapsed, 2),
-                "per_second": round(publications / elapsed)}
+        return {
+            "publications": publications,
+            "seconds": round(elapsed, 2),
+            "per_second": round(publications / elapsed),
+        }
     finally:
         server.cleanup()
         redis.stop()
@@ -250,7 +276,7 @@ def redis_case(recovery: bool, publications: int) -> dict:
 
 def _pid_of(ws, recovery: bool) -> int:
     if recovery:
-        json.loads(ws.recv(timeout=10))     # welcome
+        json.loads(ws.recv(timeout=10))  # welcome
         ws.send(json.dumps({"url": "/ws/feed/pid"}))
         while True:
             message = json.loads(ws.recv(timeout=10))
@@ -268,8 +294,10 @@ def _burst(ws, recovery: bool, count: int) -> None:
 
 
 def redis(args: argparse.Namespace) -> dict:
-    return {"recovery stream (Lua, Redis Stream)": redis_case(True, args.publications),
-            "pub/sub backplane (no recovery)": redis_case(False, args.publications)}
+    return {
+        "recovery stream (Lua, Redis Stream)": redis_case(True, args.publications),
+        "pub/sub backplane (no recovery)": redis_case(False, args.publications),
+    }
 
 
 # -- memory -----------------------------------------------------------------------------
@@ -285,11 +313,19 @@ def memory(args: argparse.Namespace) -> dict:
         time.sleep(0.5)
         after = rss_kib(proc.pid)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
-            metrics = {line.split()[0]: line.split()[1] for line in r.read().decode().splitlines()
-                       if line.startswith("simplew_history")}
-        return {"history_size": args.history_size, "payload_bytes": args.size,
-                "rss_before_kib": before, "rss_after_kib": after,
-                "growth_mib": round((after - before) / 1024, 1), **metrics}
+            metrics = {
+                line.split()[0]: line.split()[1]
+                for line in r.read().decode().splitlines()
+                if line.startswith("simplew_history")
+            }
+        return {
+            "history_size": args.history_size,
+            "payload_bytes": args.size,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "growth_mib": round((after - before) / 1024, 1),
+            **metrics,
+        }
     finally:
         proc.kill()
         proc.wait()

@@ -11,6 +11,7 @@ to 20 s) and resumes. Reports the time until every client recovered, the new
 server's CPU time meanwhile, and checks that each client got every offset
 after its first welcome exactly once, in order. Exit status 1 if not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,21 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 async def client(url: str, state: dict, stop: asyncio.Event) -> None:
     from websockets.asyncio.client import connect
+
     attempt = 0
     while not stop.is_set():
         query = ""
         if state["session"]:
             query = f"?session={state['session']}&epoch={state['epoch']}&offset={state['offset']}"
         try:
-            async with connect(url + query, subprotocols=["simplew.v1"], compression=None,
-                               open_timeout=10, close_timeout=1, max_queue=None) as ws:
+            async with connect(
+                url + query,
+                subprotocols=["simplew.v1"],
+                compression=None,
+                open_timeout=10,
+                close_timeout=1,
+                max_queue=None,
+            ) as ws:
                 async for raw in ws:
                     message = json.loads(raw)
                     if message["type"] == "welcome":
@@ -55,14 +63,14 @@ async def client(url: str, state: dict, stop: asyncio.Event) -> None:
                             state["dups"] += 1
                             continue
                         if message["offset"] != state["offset"] + 1:
-                            state["jumps"] += 1      # fine for rooms; here everything is for all
+                            state["jumps"] += 1  # fine for rooms; here everything is for all
                         state["offset"] = message["offset"]
                         state["count"] += 1
         except Exception:
             pass
         if stop.is_set():
             break
-        delay = random.uniform(0, min(20.0, 0.5 * 2 ** attempt))
+        delay = random.uniform(0, min(20.0, 0.5 * 2**attempt))
         attempt += 1
         try:
             await asyncio.wait_for(stop.wait(), delay)
@@ -73,17 +81,30 @@ async def client(url: str, state: dict, stop: asyncio.Event) -> None:
 async def client_process(url: str, count: int, status_path: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    states = [{"session": None, "epoch": None, "offset": 0, "first": None, "welcomes": [],
-               "count": 0, "dups": 0, "jumps": 0} for _ in range(count)]
+    states = [
+        {
+            "session": None,
+            "epoch": None,
+            "offset": 0,
+            "first": None,
+            "welcomes": [],
+            "count": 0,
+            "dups": 0,
+            "jumps": 0,
+        }
+        for _ in range(count)
+    ]
     tasks = []
     for state in states:
         tasks.append(asyncio.ensure_future(client(url, state, stop)))
-        await asyncio.sleep(0.002)          # no SYN flood at the start
+        await asyncio.sleep(0.002)  # no SYN flood at the start
     while not stop.is_set():
-        summary = {"connected": sum(1 for s in states if s["welcomes"]),
-                   "welcomes": sum(len(s["welcomes"]) for s in states),
-                   "recovered": sum(1 for s in states if len(s["welcomes"]) > 1 and s["welcomes"][-1][0]),
-                   "offsets": [s["offset"] for s in states]}
+        summary = {
+            "connected": sum(1 for s in states if s["welcomes"]),
+            "welcomes": sum(len(s["welcomes"]) for s in states),
+            "recovered": sum(1 for s in states if len(s["welcomes"]) > 1 and s["welcomes"][-1][0]),
+            "offsets": [s["offset"] for s in states],
+        }
         Path(status_path + ".tmp").write_text(json.dumps(summary))
         os.replace(status_path + ".tmp", status_path)
         try:
@@ -110,36 +131,52 @@ def read_status(paths: list[str]) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import tempfile
+
     from loadgen import cpu_ns
     from multiproc import RedisServer, ServerProcess, wait_until
     from v1client import HttpPublisher
-    import tempfile
+
     tmp = tempfile.mkdtemp(prefix="simplew-storm-")
     redis = RedisServer().start()
-    server = ServerProcess("--recovery", app="tests.apps.feed:server",
-                           redis_url=redis.url).wait_ready()
+    server = ServerProcess(
+        "--recovery", app="tests.apps.feed:server", redis_url=redis.url
+    ).wait_ready()
     port = server.port
-    per = [args.clients // args.processes + (1 if i < args.clients % args.processes else 0)
-           for i in range(args.processes)]
+    per = [
+        args.clients // args.processes + (1 if i < args.clients % args.processes else 0)
+        for i in range(args.processes)
+    ]
     status = [os.path.join(tmp, f"client{i}.json") for i in range(args.processes)]
-    workers = [subprocess.Popen([sys.executable, __file__, "--worker", server.url, str(n), path])
-               for n, path in zip(per, status)]
+    workers = [
+        subprocess.Popen([sys.executable, __file__, "--worker", server.url, str(n), path])
+        for n, path in zip(per, status)
+    ]
     publisher = None
     result: dict = {"clients": args.clients, "processes": args.processes, "rate": args.rate}
     try:
         started = time.monotonic()
-        wait_until(lambda: sum(s["connected"] for s in read_status(status)) == args.clients,
-                   120, "every client connected", interval=0.1)
+        wait_until(
+            lambda: sum(s["connected"] for s in read_status(status)) == args.clients,
+            120,
+            "every client connected",
+            interval=0.1,
+        )
         result["connect_s"] = round(time.monotonic() - started, 2)
         publisher = HttpPublisher([port], args.rate)
         publisher.start()
         time.sleep(2.0)
-        server.stop()                                   # SIGTERM: 1001 to every client
+        server.stop()  # SIGTERM: 1001 to every client
         killed = time.monotonic()
-        server = ServerProcess("--recovery", app="tests.apps.feed:server", redis_url=redis.url,
-                               port=port)
-        wait_until(lambda: sum(s["recovered"] for s in read_status(status)) == args.clients,
-                   60, "every client recovered", interval=0.1)
+        server = ServerProcess(
+            "--recovery", app="tests.apps.feed:server", redis_url=redis.url, port=port
+        )
+        wait_until(
+            lambda: sum(s["recovered"] for s in read_status(status)) == args.clients,
+            60,
+            "every client recovered",
+            interval=0.1,
+        )
         result["storm_s"] = round(time.monotonic() - killed, 2)
         # the new process's CPU from its start (imports included) to the last recovery
         result["server_cpu_s"] = round(cpu_ns(server.proc.pid) / 1e9, 2)
@@ -147,11 +184,16 @@ def run(args: argparse.Namespace) -> dict:
         publisher.stop()
         publisher = None
         import redis as redis_client
+
         r = redis_client.Redis.from_url(redis.url)
         top = int(r.hget("simplew:meta", "top"))
         r.close()
-        wait_until(lambda: all(o == top for s in read_status(status) for o in s["offsets"]),
-                   30, "every client at the last offset", interval=0.1)
+        wait_until(
+            lambda: all(o == top for s in read_status(status) for o in s["offsets"]),
+            30,
+            "every client at the last offset",
+            interval=0.1,
+        )
         result["publications"] = top
     finally:
         if publisher is not None:
@@ -173,6 +215,7 @@ def run(args: argparse.Namespace) -> dict:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         import uvloop
+
         uvloop.run(client_process(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

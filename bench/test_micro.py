@@ -15,6 +15,7 @@ frame is built but not written. The Python side does the same steps:
 ``json.loads``, checks, dict lookup, ``WebSocketMessage``, a new controller,
 ``on_before_method``, the call, building the reply frame.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ PAYLOAD_SIZES = [64, 1024, 65536]
 
 
 # ------------------------------------------------------------ pure Python ---
+
 
 def py_build(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     """A final unmasked frame (server to client)."""
@@ -63,6 +65,7 @@ def py_apply_mask_bytewise(data: bytes, mask: bytes) -> bytes:
 
 # ------------------------------------------------------------------ frames ---
 
+
 @pytest.mark.parametrize("size", PAYLOAD_SIZES)
 @pytest.mark.parametrize("impl", ["cython", "python"])
 def test_text_frame(benchmark, impl, size):
@@ -93,13 +96,17 @@ def test_apply_mask(benchmark, impl, size):
     expected = py_apply_mask_bytewise(data, mask)
     assert frames.apply_mask(data, mask) == expected
     assert py_apply_mask(data, mask) == expected
-    fn = {"cython": frames.apply_mask, "python": py_apply_mask,
-          "python-bytewise": py_apply_mask_bytewise}[impl]
+    fn = {
+        "cython": frames.apply_mask,
+        "python": py_apply_mask,
+        "python-bytewise": py_apply_mask_bytewise,
+    }[impl]
     benchmark.group = f"apply_mask {size} B"
     benchmark(fn, data, mask)
 
 
 # ------------------------------------------------------- parse + dispatch ---
+
 
 def _routing_parts():
     """A real RouteEndpoint, a transport-less connection, and a Python twin of both."""
@@ -135,17 +142,23 @@ def _routing_parts():
         url = join_path("/ws", path)
         routes[url] = router.RouteTarget(url, MicroController, func, False, False)
     try:
-        endpoint = router.RouteEndpoint("/ws", 1 << 20, routes, WebSocketMessage,
-                                        BodyMappingError, reply)
+        endpoint = router.RouteEndpoint(
+            "/ws", 1 << 20, routes, WebSocketMessage, BodyMappingError, reply
+        )
         conn = connection.WebSocketConnection(endpoint, None)
     except TypeError as exc:
         pytest.skip(f"RouteEndpoint/WebSocketConnection signature changed: {exc}")
 
-    py_routes = {url: (MicroController, func) for url, func in
-                 ((join_path("/ws", p), f) for p, f in routes_of(MicroController, "WEBSOCKET"))}
+    py_routes = {
+        url: (MicroController, func)
+        for url, func in (
+            (join_path("/ws", p), f) for p, f in routes_of(MicroController, "WEBSOCKET")
+        )
+    }
 
     class PySession:
         """What the Python dispatcher replies through: builds the frame like send_text."""
+
         last = b""
 
         def send_text(self, text):
@@ -214,19 +227,19 @@ def test_envelope_unknown_url(benchmark, impl):
 
 # ------------------------------------------------------------- map_body ---
 
+
 def _order_types():
     import datetime
     import enum
     import uuid
     from dataclasses import dataclass, field
-    from typing import Optional
 
     class Status(enum.Enum):
         OPEN = "open"
         PAID = "paid"
 
     @dataclass
-    class Order:                    # the 6-field dataclass of the map_body figures
+    class Order:  # the 6-field dataclass of the map_body figures
         id: uuid.UUID
         customer: str
         amount: float
@@ -235,20 +248,37 @@ def _order_types():
         tags: list[str] = field(default_factory=list)
 
     @dataclass
-    class Plain:                    # 6 fields of JSON-native types
+    class Plain:  # 6 fields of JSON-native types
         id: int
         customer: str
         amount: float
         paid: bool
         tags: list[str] = field(default_factory=list)
-        note: Optional[str] = None
+        note: str | None = None
 
     return {
-        "uuid-datetime-enum": (Order, {"id": "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f", "customer": "Ann",
-                                       "amount": 12, "status": "paid", "created": "2024-05-06T07:08:09Z",
-                                       "tags": ["a", "b"]}),
-        "json-native": (Plain, {"id": 7, "customer": "Ann", "amount": 12.5, "paid": True,
-                                "tags": ["a", "b"], "note": "x"}),
+        "uuid-datetime-enum": (
+            Order,
+            {
+                "id": "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f",
+                "customer": "Ann",
+                "amount": 12,
+                "status": "paid",
+                "created": "2024-05-06T07:08:09Z",
+                "tags": ["a", "b"],
+            },
+        ),
+        "json-native": (
+            Plain,
+            {
+                "id": 7,
+                "customer": "Ann",
+                "amount": 12.5,
+                "paid": True,
+                "tags": ["a", "b"],
+                "note": "x",
+            },
+        ),
     }
 
 
@@ -257,6 +287,7 @@ def _order_types():
 def test_map_body(benchmark, impl, shape):
     """WebSocketMessage.map_body (compiled converter) vs the general walk it falls back to."""
     from simplew.message import WebSocketMessage, _convert
+
     cls, body = _order_types()[shape]
     message = WebSocketMessage("/ws/orders/add", body)
     assert message.map_body(cls) == _convert(body, cls, "body")

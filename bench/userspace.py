@@ -11,6 +11,7 @@ static files and ``GET /json`` of bench/servers/simplew_server.py, and the
 raw uvloop + httptools protocol of bench/servers/httptools_server.py on the
 same request (the floor of ``GET /json``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
 import loadgen  # noqa: E402
 from _common import JSON_PATH  # noqa: E402
 from httptools_server import FixedJson  # noqa: E402
-
 from simplew import SimpleWServer  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def best_of(protocol, path: str, requests: int, runs: int) -> tuple[float, int]:
 
 
 async def measure(static_dir: str, requests: int = 100_000, runs: int = 5) -> None:
-    server = SimpleWServer("127.0.0.1", 0)          # defaults, as bench/servers/simplew_server.py
+    server = SimpleWServer("127.0.0.1", 0)  # defaults, as bench/servers/simplew_server.py
     server.add_static_content(static_dir, "/static", timeout=86400)
     server.map_get(JSON_PATH, lambda: {"message": "Hello, World!"})
     server._compile()

@@ -1,5 +1,6 @@
 """What the example programs share: the ``--host``/``--port`` options, the
 ``serving ...`` line, and running until SIGTERM or Ctrl+C."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ def options(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def serve(server: SimpleWServer, scheme: str = "http", note: str = "",
-          done: threading.Event | None = None) -> None:
+def serve(
+    server: SimpleWServer, scheme: str = "http", note: str = "", done: threading.Event | None = None
+) -> None:
     """Start ``server``, print where it serves, block until SIGTERM, Ctrl+C or
     ``done`` is set, then stop it (clients get close 1001)."""
     server.start()

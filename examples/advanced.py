@@ -9,6 +9,7 @@ creation time, and sent back. A body that does not fit ``User`` is answered
 
     python examples/advanced.py [--host 0.0.0.0] [--port 2015]
 """
+
 from __future__ import annotations
 
 import uuid
@@ -41,15 +42,14 @@ class User:
 
 @route("/user")
 class UserController(Controller):
-
     @route("WEBSOCKET", "/index")
     def index(self, message: WebSocketMessage) -> dict[str, str]:
         print(f"index received {message.body!r}", flush=True)
-        return {"hello": "world"}           # a dict return value is sent as JSON text
+        return {"hello": "world"}  # a dict return value is sent as JSON text
 
     @route("WEBSOCKET", "/create")
     def create(self, message: WebSocketMessage) -> dict[str, Any]:
-        user = message.map_body(User)       # BodyMappingError → {"error": "bad_body", ...}
+        user = message.map_body(User)  # BodyMappingError → {"error": "bad_body", ...}
         user.id = uuid.uuid4()
         user.creation = datetime.now(timezone.utc)
         return user.to_json()

@@ -9,6 +9,7 @@ or restart this program: the page reconnects and gets what it missed. With
 
     python examples/live.py [--host 0.0.0.0] [--port 2015] [--interval 500] [--redis redis://localhost:6379]
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,10 +34,16 @@ def tick(server: SimpleWServer, interval: float, done: threading.Event) -> None:
 
 def main() -> None:
     parser = options(__doc__)
-    parser.add_argument("--interval", type=float, default=500, metavar="MS",
-                        help="milliseconds between two ticks (default 500)")
-    parser.add_argument("--redis", metavar="URL",
-                        help="keep the history in Redis (survives a restart)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=500,
+        metavar="MS",
+        help="milliseconds between two ticks (default 500)",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="keep the history in Redis (survives a restart)"
+    )
     args = parser.parse_args()
 
     server = SimpleWServer(args.host, args.port, recovery=True, redis_url=args.redis)

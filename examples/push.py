@@ -7,6 +7,7 @@ line ``s`` to its stdin, and every connected client receives "hello";
 
     python examples/push.py [--host 0.0.0.0] [--port 2015] [--interval 2]
 """
+
 from __future__ import annotations
 
 import os
@@ -25,11 +26,11 @@ def watch_keys(server: SimpleWServer, fd: int, one_key_per_press: bool) -> None:
     pending = b""
     while True:
         try:
-            chunk = os.read(fd, 1024)   # os.read, not sys.stdin: no lock held at exit
+            chunk = os.read(fd, 1024)  # os.read, not sys.stdin: no lock held at exit
         except OSError:
             return
         if not chunk:
-            return                      # EOF: stop reading keys, keep serving
+            return  # EOF: stop reading keys, keep serving
         if one_key_per_press:
             presses = chunk.count(b"s")
         else:
@@ -47,8 +48,9 @@ def tick(server: SimpleWServer, interval: float, done: threading.Event) -> None:
 
 def main() -> None:
     parser = options(__doc__)
-    parser.add_argument("--interval", type=float, metavar="SECONDS",
-                        help="also multicast \"hello\" every SECONDS")
+    parser.add_argument(
+        "--interval", type=float, metavar="SECONDS", help='also multicast "hello" every SECONDS'
+    )
     args = parser.parse_args()
 
     server = SimpleWServer(args.host, args.port)
@@ -63,9 +65,10 @@ def main() -> None:
         fd = sys.stdin.fileno()
         is_tty = os.isatty(fd)
         if is_tty:
-            try:                        # one key at a time, no Enter needed
+            try:  # one key at a time, no Enter needed
                 import termios
                 import tty
+
                 saved_mode = termios.tcgetattr(fd)
                 tty.setcbreak(fd)
             except (ImportError, OSError):
@@ -76,6 +79,7 @@ def main() -> None:
     finally:
         if saved_mode is not None:
             import termios
+
             termios.tcsetattr(fd, termios.TCSADRAIN, saved_mode)
 
 

@@ -6,6 +6,7 @@ whose messages ``{"url": "/websocket/test/index"}`` and
 
     python examples/receiving.py [--host 0.0.0.0] [--port 2015]
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,6 @@ WWW = Path(__file__).resolve().parent.parent / "www" / "receiving"
 
 @route("/test")
 class TestController(Controller):
-
     @route("WEBSOCKET", "/index")
     def index(self, message: WebSocketMessage) -> None:
         self.session.send_text("index")

@@ -1,4 +1,5 @@
 """``python -m simplew``: the ``simplew`` command."""
+
 import sys
 
 from simplew.cli import main

@@ -2,6 +2,7 @@
 wheel) and its HTTP answer: every server with a WebSocket endpoint serves it at
 ``GET /simplew.js`` (a route or static file of the application at that path is
 not reached)."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -18,5 +19,8 @@ def script() -> bytes:
 
 def response() -> tuple[int, list[tuple[str, str]], bytes]:
     """``GET /simplew.js``: 200, text/javascript, revalidated on every load."""
-    return 200, [("Content-Type", "text/javascript; charset=utf-8"),
-                 ("Cache-Control", "no-cache")], script()
+    return (
+        200,
+        [("Content-Type", "text/javascript; charset=utf-8"), ("Cache-Control", "no-cache")],
+        script(),
+    )

@@ -39,6 +39,7 @@ that are automatic. Callbacks run on the event loop, in the order the frames
 arrive; a callback returning a coroutine has it scheduled as a task. The
 client is not thread-safe: call it from its loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,8 +49,9 @@ import collections
 import json
 import logging
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Union
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
@@ -76,7 +78,8 @@ class Welcome:
     ``offset`` is where the stream resumes: the pubs after it follow.
     ``missed`` pubs follow at once when ``recovered``.
     """
-    type: str           # "open", "recovered" or "reset"
+
+    type: str  # "open", "recovered" or "reset"
     session: str
     epoch: str
     offset: int
@@ -88,6 +91,7 @@ class Welcome:
 class Pub:
     """A multicast: ``data`` is ``str`` (TEXT) or ``bytes`` (binary); ``room`` None
     for a multicast to every client."""
+
     offset: int
     room: str | None
     data: str | bytes
@@ -97,6 +101,7 @@ class Pub:
 @dataclass(frozen=True)
 class Msg:
     """A direct message (a handler's reply, ``session.send_text``, an error reply)."""
+
     data: str | bytes
     type: str = "msg"
 
@@ -105,18 +110,20 @@ class Msg:
 class Closed:
     """A connection that had its welcome ended. ``reconnecting`` is False only
     after :meth:`Client.close`. ``code`` is 1006 when no CLOSE frame came."""
+
     code: int
     reason: str
     reconnecting: bool
     type: str = "close"
 
 
-Event = Union[Welcome, Pub, Msg, Closed]
+Event = Welcome | Pub | Msg | Closed
 Callback = Callable[[Any], Any]
 
 
-def backoff_delay(attempt: int, backoff_min: float, backoff_max: float,
-                  jitter: bool = True) -> float:
+def backoff_delay(
+    attempt: int, backoff_min: float, backoff_max: float, jitter: bool = True
+) -> float:
     """Seconds to wait before reconnection attempt ``attempt`` (0, 1, 2...):
     uniform in [0, min(backoff_max, backoff_min * 2**attempt)], or that cap without jitter."""
     cap = min(backoff_max, backoff_min * 2.0 ** min(attempt, 62))
@@ -135,7 +142,7 @@ def _decode(message: dict[str, Any]) -> str | bytes:
 class _Listener(WSListener):
     """One connection's frames, handed to its Client."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.transport: WSTransport | None = None
         self.welcomed = False
@@ -162,7 +169,7 @@ class _Listener(WSListener):
         if frame.msg_type == WSMsgType.TEXT:
             self.fragments, self.fragments_size = [], 0
         elif self.fragments is None:
-            return                      # the rest of a BINARY message
+            return  # the rest of a BINARY message
         chunk = frame.get_payload_as_bytes()
         self.fragments_size += len(chunk)
         if self.fragments_size > self.client.max_message_size:
@@ -191,14 +198,25 @@ class Client:
     pong (None: never; a dead network is then noticed only by TCP).
     """
 
-    def __init__(self, url: str, *, on_pub: Callback | None = None,
-                 on_msg: Callback | None = None, on_open: Callback | None = None,
-                 on_recovered: Callback | None = None, on_reset: Callback | None = None,
-                 on_close: Callback | None = None,
-                 token: str | Callable[[], str] | None = None,
-                 backoff_min: float = 0.5, backoff_max: float = 20.0, jitter: bool = True,
-                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
-                 max_message_size: int = 16 << 20, ssl_context: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_pub: Callback | None = None,
+        on_msg: Callback | None = None,
+        on_open: Callback | None = None,
+        on_recovered: Callback | None = None,
+        on_reset: Callback | None = None,
+        on_close: Callback | None = None,
+        token: str | Callable[[], str] | None = None,
+        backoff_min: float = 0.5,
+        backoff_max: float = 20.0,
+        jitter: bool = True,
+        open_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        max_message_size: int = 16 << 20,
+        ssl_context: Any = None,
+    ) -> None:
         scheme = urlsplit(url).scheme
         if scheme not in ("ws", "wss"):
             raise ValueError(f"url must be ws:// or wss://, not {url!r}")
@@ -206,8 +224,13 @@ class Client:
             raise ValueError("need 0 < backoff_min <= backoff_max")
         self.url = url
         self.callbacks: dict[str, Callback | None] = {
-            "open": on_open, "recovered": on_recovered, "reset": on_reset,
-            "pub": on_pub, "msg": on_msg, "close": on_close}
+            "open": on_open,
+            "recovered": on_recovered,
+            "reset": on_reset,
+            "pub": on_pub,
+            "msg": on_msg,
+            "close": on_close,
+        }
         self.token = token
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
@@ -221,14 +244,14 @@ class Client:
         self.epoch: str | None = None
         self.offset: int | None = None
         # counters
-        self.duplicates = 0         # pubs dropped: offset not above the last one
-        self.reconnects = 0         # welcomes after the first
+        self.duplicates = 0  # pubs dropped: offset not above the last one
+        self.reconnects = 0  # welcomes after the first
         self.resets = 0
         self._listener: _Listener | None = None
         self._asked_recovery = False
         self._welcome_waiter: asyncio.Future[Welcome] | None = None
-        self._gone: asyncio.Future[None] | None = None      # the current connection ended
-        self._wakeup: asyncio.Event | None = None           # close() during a backoff sleep
+        self._gone: asyncio.Future[None] | None = None  # the current connection ended
+        self._wakeup: asyncio.Event | None = None  # close() during a backoff sleep
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._opened_once = False
@@ -260,12 +283,15 @@ class Client:
     def _resume_url(self) -> str:
         """``url`` with ``session``, ``epoch``, ``offset`` set when there is state to resume."""
         parts = urlsplit(self.url)
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                 if k not in RESUME_PARAMS]
-        self._asked_recovery = self.session is not None and self.offset is not None
-        if self._asked_recovery:
-            query += [("session", self.session), ("epoch", self.epoch),
-                      ("offset", str(self.offset))]
+        query = [
+            (k, v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if k not in RESUME_PARAMS
+        ]
+        session, epoch, offset = self.session, self.epoch, self.offset  # a welcome sets all three
+        self._asked_recovery = session is not None and epoch is not None and offset is not None
+        if session is not None and epoch is not None and offset is not None:
+            query += [("session", session), ("epoch", epoch), ("offset", str(offset))]
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     # -- public API ---------------------------------------------------------
@@ -302,10 +328,11 @@ class Client:
 
     def _current(self) -> WSTransport:
         listener = self._listener
-        if listener is None or not listener.welcomed or self._closing \
-                or listener.transport is None:
-            raise NotConnected("not connected: direct messages are not queued; "
-                               "send again after the next open event")
+        if listener is None or not listener.welcomed or self._closing or listener.transport is None:
+            raise NotConnected(
+                "not connected: direct messages are not queued; "
+                "send again after the next open event"
+            )
         return listener.transport
 
     async def close(self, timeout: float = 2.0) -> None:
@@ -314,8 +341,11 @@ class Client:
         if self._wakeup is not None:
             self._wakeup.set()
         listener = self._listener
-        if listener is not None and listener.transport is not None \
-                and not listener.transport.is_disconnected:
+        if (
+            listener is not None
+            and listener.transport is not None
+            and not listener.transport.is_disconnected
+        ):
             transport = listener.transport
             if not transport.is_close_frame_sent:
                 transport.send_close(WSCloseCode.OK)
@@ -375,15 +405,19 @@ class Client:
         if token:
             headers.append(("Authorization", f"Bearer {token}"))
         transport, _ = await ws_connect(
-            lambda: _Listener(self), self._resume_url(), extra_headers=headers,
-            ssl_context=self.ssl_context, websocket_handshake_timeout=self.open_timeout,
+            lambda: _Listener(self),
+            self._resume_url(),
+            extra_headers=headers,
+            ssl_context=self.ssl_context,
+            websocket_handshake_timeout=self.open_timeout,
             enable_auto_ping=self.ping_interval is not None,
             auto_ping_idle_timeout=self.ping_interval or 10,
             auto_ping_reply_timeout=self.ping_interval or 10,
-            max_frame_size=self.max_message_size, logger_name="simplew.client.picows")
+            max_frame_size=self.max_message_size,
+            logger_name="simplew.client.picows",
+        )
         try:
-            return await asyncio.wait_for(asyncio.shield(self._welcome_waiter),
-                                          self.open_timeout)
+            return await asyncio.wait_for(asyncio.shield(self._welcome_waiter), self.open_timeout)
         except BaseException:
             transport.disconnect(False)
             raise
@@ -422,9 +456,12 @@ class Client:
             return
         protocol = transport.response.headers.get("Sec-WebSocket-Protocol", "")
         if protocol.strip() != PROTOCOL:
-            self._fail_attempt(ProtocolError(
-                f"{self.url} did not select the {PROTOCOL} subprotocol (answered {protocol!r}):"
-                " a simplew server needs recovery=True"))
+            self._fail_attempt(
+                ProtocolError(
+                    f"{self.url} did not select the {PROTOCOL} subprotocol (answered {protocol!r}):"
+                    " a simplew server needs recovery=True"
+                )
+            )
             transport.disconnect(False)
             return
         self._listener = listener
@@ -435,17 +472,17 @@ class Client:
         waiter = self._welcome_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
-            waiter.exception()          # retrieved: no "never retrieved" warning
+            waiter.exception()  # retrieved: no "never retrieved" warning
 
     def _disconnected(self, listener: _Listener) -> None:
         if listener is not self._listener:
-            return                      # refused in _connected
+            return  # refused in _connected
         transport = listener.transport
         assert transport is not None
         code, reason = 1006, ""
         handshake = transport.close_handshake
         if handshake is not None and handshake.recv is not None:
-            received = handshake.recv.code
+            received: Any = handshake.recv.code  # a WSCloseCode, or an int picows has no name for
             code = int(getattr(received, "value", received))
             reason = handshake.recv.reason or ""
         self._fail_attempt(ConnectionError(f"connection closed before the welcome ({code})"))
@@ -496,8 +533,12 @@ class Client:
 
     def _welcome(self, listener: _Listener, message: dict[str, Any]) -> None:
         session, epoch, offset = message["session"], message["epoch"], message["offset"]
-        if not isinstance(session, str) or not isinstance(epoch, str) \
-                or not isinstance(offset, int) or offset < 0:
+        if (
+            not isinstance(session, str)
+            or not isinstance(epoch, str)
+            or not isinstance(offset, int)
+            or offset < 0
+        ):
             raise ValueError("welcome needs session, epoch (strings) and offset (int >= 0)")
         if listener.welcomed:
             raise ValueError("a second welcome on one connection")

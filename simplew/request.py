@@ -4,6 +4,7 @@
 body; ``query`` and ``url`` derived) is a Cython class, simplew._fast.request,
 as one is made for every request.
 """
+
 from simplew._fast.request import Request
 
 __all__ = ["Request"]

@@ -12,8 +12,10 @@ first out once their total passes ``cache_budget``); larger files are answered
 with a :class:`~simplew._fast.http.FileBody` that the connection streams from
 the open file, so memory does not grow with file size or downloads.
 """
+
 from __future__ import annotations
 
+import enum
 import hashlib
 import mimetypes
 import os
@@ -21,28 +23,41 @@ import stat
 import time
 from collections import OrderedDict
 from email.utils import formatdate, parsedate_to_datetime
+from typing import Final, Literal
 from urllib.parse import unquote_to_bytes
 
 from simplew._fast.http import FileBody, PreparedBody
 
 DEFAULT_DOCUMENT = "index.html"
 MIME_TYPES = {
-    ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8", ".json": "application/json",
-    ".txt": "text/plain; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".ico": "image/x-icon",
-    ".webp": "image/webp", ".wasm": "application/wasm", ".woff2": "font/woff2",
-    ".xml": "application/xml", ".pdf": "application/pdf",
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".ico": "image/x-icon",
+    ".webp": "image/webp",
+    ".wasm": "application/wasm",
+    ".woff2": "font/woff2",
+    ".xml": "application/xml",
+    ".pdf": "application/pdf",
     # compressed files asked for by name: their own type, not that of what they hold
-    ".gz": "application/gzip", ".br": "application/octet-stream",
+    ".gz": "application/gzip",
+    ".br": "application/octet-stream",
 }
 REVALIDATE_SECONDS = 1.0
-CACHE_MAX_FILE = 1 << 20            # bytes: larger files are streamed, never held in memory
-CACHE_BUDGET = 64 << 20             # bytes of file contents kept in memory in all
-MAX_ENTRIES = 10_000                # files whose metadata is remembered
-MAX_ROUTES = 4096                   # URL paths whose resolution is remembered
-MAX_ROUTE_LENGTH = 512              # longer URL paths are resolved every time
+CACHE_MAX_FILE = 1 << 20  # bytes: larger files are streamed, never held in memory
+CACHE_BUDGET = 64 << 20  # bytes of file contents kept in memory in all
+MAX_ENTRIES = 10_000  # files whose metadata is remembered
+MAX_ROUTES = 4096  # URL paths whose resolution is remembered
+MAX_ROUTE_LENGTH = 512  # longer URL paths are resolved every time
 # precompressed siblings, in order of preference: (content coding, file suffix)
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
 
@@ -52,8 +67,18 @@ Response = tuple[int, list[tuple[str, str]], "bytes | FileBody | PreparedBody"]
 class _Entry:
     """What is known of one file: validators, size and, for a small file, its bytes."""
 
-    __slots__ = ("path", "stamp", "size", "mtime", "etag", "last_modified", "body", "checked",
-                 "siblings", "prepared")
+    __slots__ = (
+        "path",
+        "stamp",
+        "size",
+        "mtime",
+        "etag",
+        "last_modified",
+        "body",
+        "checked",
+        "siblings",
+        "prepared",
+    )
 
     def __init__(self, path: str, st: os.stat_result, body: bytes | None, now: float) -> None:
         self.path = path
@@ -61,13 +86,14 @@ class _Entry:
         self.size = st.st_size if body is None else len(body)
         self.mtime = st.st_mtime_ns // 1_000_000_000
         if body is not None:
-            self.etag = '"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest()
-        else:       # a streamed file is not read to hash it: its identity on disk stands in
-            self.etag = '"%s"' % hashlib.blake2b(repr(self.stamp).encode(), digest_size=12).hexdigest()
+            self.etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        else:  # a streamed file is not read to hash it: its identity on disk stands in
+            digest = hashlib.blake2b(repr(self.stamp).encode(), digest_size=12).hexdigest()
+            self.etag = f'"{digest}"'
         self.last_modified = formatdate(self.mtime, usegmt=True)
         self.body = body
         self.checked = now
-        self.siblings: tuple[str, ...] = ()    # encodings with a precompressed sibling
+        self.siblings: tuple[str, ...] = ()  # encodings with a precompressed sibling
         self.prepared: PreparedBody | None = None
 
 
@@ -84,9 +110,15 @@ class StaticFiles:
     (files held in memory), ``cache_evictions``, ``cache_hits``, ``cache_misses``.
     """
 
-    def __init__(self, root: str, prefix: str = "/", timeout: float | None = None,
-                 default_document: str = DEFAULT_DOCUMENT, cache_max_file: int = CACHE_MAX_FILE,
-                 cache_budget: int = CACHE_BUDGET) -> None:
+    def __init__(
+        self,
+        root: str,
+        prefix: str = "/",
+        timeout: float | None = None,
+        default_document: str = DEFAULT_DOCUMENT,
+        cache_max_file: int = CACHE_MAX_FILE,
+        cache_budget: int = CACHE_BUDGET,
+    ) -> None:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"static root is not a directory: {root}")
         self.root = os.path.realpath(root)
@@ -112,8 +144,7 @@ class StaticFiles:
             self._unprepare(entry)
 
     def matches(self, path: str) -> bool:
-        return (self.prefix == "/" or path == self.prefix
-                or path.startswith(self.prefix + "/"))
+        return self.prefix == "/" or path == self.prefix or path.startswith(self.prefix + "/")
 
     def resolve(self, path: str) -> tuple[str, bool] | None:
         """(real file path, is a directory) for URL ``path``; None if outside the root or absent.
@@ -122,14 +153,13 @@ class StaticFiles:
         as latin-1 (as the HTTP layer gives it), or text; once percent-decoded
         it must be UTF-8. A path ending in ``/`` only names a directory.
         """
-        rel = path[len(self.prefix):] if self.prefix != "/" else path
+        rel = path[len(self.prefix) :] if self.prefix != "/" else path
         decoded = _decode_path(rel)
         if "\x00" in decoded or "\\" in decoded:
             return None
         segments = [s for s in decoded.split("/") if s]
         for segment in segments:
-            if (segment in (".", "..") or os.path.isabs(segment)
-                    or os.path.splitdrive(segment)[0]):
+            if segment in (".", "..") or os.path.isabs(segment) or os.path.splitdrive(segment)[0]:
                 return None
         candidate = os.path.realpath(os.path.join(self.root, *segments))
         if not self._inside(candidate):
@@ -159,7 +189,11 @@ class StaticFiles:
             return None
         file_path, is_dir = found
         if method != "GET" and method != "HEAD":
-            return 405, [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")], b"method not allowed\n"
+            return (
+                405,
+                [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")],
+                b"method not allowed\n",
+            )
         if is_dir and not path.endswith("/"):
             # one leading slash: "//host/dir" must not redirect to another host
             return 301, [("Location", "/" + path.lstrip("/") + "/")], b""
@@ -176,24 +210,33 @@ class StaticFiles:
                     if variant is not None:
                         chosen, coding = variant, name
                         break
-        if (chosen is entry and entry.prepared is not None
-                and _CONDITIONAL.isdisjoint(headers)):
-            return 200, entry.prepared.headers, entry.prepared       # the common case, unchanged
+        if chosen is entry and entry.prepared is not None and _CONDITIONAL.isdisjoint(headers):
+            return 200, entry.prepared.headers, entry.prepared  # the common case, unchanged
         out = self._headers(entry, chosen, coding)
         if _not_modified(headers, chosen):
             return 304, out, b""
         ranges = headers.get("range")
-        if ranges is not None and method == "GET" and _if_range_holds(headers.get("if-range"), chosen):
+        if (
+            ranges is not None
+            and method == "GET"
+            and _if_range_holds(headers.get("if-range"), chosen)
+        ):
             span = _byte_range(ranges, chosen.size)
             if span is _UNSATISFIABLE:
-                return 416, [("Content-Range", f"bytes */{chosen.size}"),
-                             ("Content-Type", "text/plain; charset=utf-8")], b"range not satisfiable\n"
+                return (
+                    416,
+                    [
+                        ("Content-Range", f"bytes */{chosen.size}"),
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                    ],
+                    b"range not satisfiable\n",
+                )
             if span is not None:
                 first, last = span
                 out.append(("Content-Range", f"bytes {first}-{last}/{chosen.size}"))
                 return 206, out, self._body(chosen, first, last + 1 - first)
         if chosen is entry and entry.body is not None and self._cache.get(entry.path) is entry:
-            if entry.prepared is None:           # counted in the budget while the entry is held
+            if entry.prepared is None:  # counted in the budget while the entry is held
                 entry.prepared = entry.body = PreparedBody(out, entry.body)
                 self.cache_bytes += _held(entry) - len(entry.body)
                 self._evict()
@@ -201,8 +244,12 @@ class StaticFiles:
         return 200, out, self._body(chosen, 0, chosen.size)
 
     def _headers(self, entry: _Entry, chosen: _Entry, coding: str | None) -> list[tuple[str, str]]:
-        out = [("Content-Type", self._content_type(entry.path)), ("ETag", chosen.etag),
-               ("Last-Modified", chosen.last_modified), ("Accept-Ranges", "bytes")]
+        out = [
+            ("Content-Type", self._content_type(entry.path)),
+            ("ETag", chosen.etag),
+            ("Last-Modified", chosen.last_modified),
+            ("Accept-Ranges", "bytes"),
+        ]
         if self.timeout is not None:
             out.append(("Cache-Control", f"max-age={int(self.timeout)}"))
         if coding is not None:
@@ -214,7 +261,7 @@ class StaticFiles:
     def _body(self, entry: _Entry, offset: int, length: int) -> bytes | FileBody:
         """``length`` bytes from ``offset``: from memory, or a FileBody to stream."""
         if entry.body is not None:
-            return entry.body[offset:offset + length]
+            return entry.body[offset : offset + length]
         fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
         return FileBody(fd, offset, length)
 
@@ -264,7 +311,7 @@ class StaticFiles:
         if entry is not None and entry.stamp == _stamp(st):
             entry.checked = now
             siblings = self._siblings(file_path)
-            if siblings != entry.siblings:      # the Vary header changes
+            if siblings != entry.siblings:  # the Vary header changes
                 entry.siblings = siblings
                 self._unprepare(entry)
             cache.move_to_end(file_path)
@@ -281,7 +328,7 @@ class StaticFiles:
                     body = f.read(self.cache_max_file + 1)
             except OSError:
                 return None
-            if len(body) > self.cache_max_file:     # it grew meanwhile: stream it instead
+            if len(body) > self.cache_max_file:  # it grew meanwhile: stream it instead
                 body = None
         entry = _Entry(file_path, st, body, now)
         entry.siblings = self._siblings(file_path)
@@ -301,7 +348,7 @@ class StaticFiles:
     def _unprepare(self, entry: _Entry) -> None:
         if entry.prepared is not None:
             self.cache_bytes -= _held(entry)
-            entry.prepared.wire = None          # the body stays; its encoded answer goes
+            entry.prepared.wire = None  # the body stays; its encoded answer goes
             entry.prepared = None
             self.cache_bytes += _held(entry)
 
@@ -333,8 +380,11 @@ class StaticFiles:
         known = self._content_types.get(file_path)
         if known is None:
             ext = os.path.splitext(file_path)[1].lower()
-            known = (self.mime_types.get(ext) or mimetypes.guess_type(file_path)[0]
-                     or "application/octet-stream")
+            known = (
+                self.mime_types.get(ext)
+                or mimetypes.guess_type(file_path)[0]
+                or "application/octet-stream"
+            )
             if len(self._content_types) >= MAX_ENTRIES:
                 self._content_types.clear()
             self._content_types[file_path] = known
@@ -342,27 +392,37 @@ class StaticFiles:
 
 
 _SUFFIX = dict(ENCODINGS)
-WIRE_OVERHEAD = 512                 # bytes of a prepared answer's head, counted in the budget
+WIRE_OVERHEAD = 512  # bytes of a prepared answer's head, counted in the budget
 
 
 def _held(entry: _Entry) -> int:
     """Bytes of memory ``entry`` holds: its body, and the encoded answer once prepared."""
-    size = len(entry.body)
+    size = len(entry.body) if entry.body is not None else 0
     return size + size + WIRE_OVERHEAD if entry.prepared is not None else size
 
+
 # request headers that can change a file's answer from the plain 200
-_CONDITIONAL = frozenset(("if-none-match", "if-modified-since", "range", "if-range",
-                          "accept-encoding"))
-_UNSATISFIABLE = object()
+_CONDITIONAL = frozenset(
+    ("if-none-match", "if-modified-since", "range", "if-range", "accept-encoding")
+)
+
+
+class _Range(enum.Enum):
+    """What ``_byte_range`` answers, besides a span or None, for a range past the file's end."""
+
+    UNSATISFIABLE = "unsatisfiable"
+
+
+_UNSATISFIABLE: Final = _Range.UNSATISFIABLE
 
 
 def _decode_path(rel: str) -> str:
     """Percent-decode ``rel`` as UTF-8; raises UnicodeError when it is not."""
     try:
-        raw = rel.encode("latin-1")             # the request's bytes, as the HTTP layer passes them
+        raw = rel.encode("latin-1")  # the request's bytes, as the HTTP layer passes them
         return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
     except UnicodeError:
-        raw = rel.encode("utf-8")               # text that is already decoded
+        raw = rel.encode("utf-8")  # text that is already decoded
         return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
 
 
@@ -403,7 +463,7 @@ def _if_range_holds(value: str | None, entry: _Entry) -> bool:
     return date is not None and date == entry.mtime
 
 
-def _byte_range(value: str, size: int):
+def _byte_range(value: str, size: int) -> tuple[int, int] | Literal[_Range.UNSATISFIABLE] | None:
     """(first, last) byte of a single ``bytes=`` range over ``size`` bytes.
 
     None when the header is to be ignored (malformed, another unit, several
@@ -418,7 +478,7 @@ def _byte_range(value: str, size: int):
         return None
     if (first_text and not first_text.isdigit()) or (last_text and not last_text.isdigit()):
         return None
-    if not first_text:                          # "-n": the last n bytes
+    if not first_text:  # "-n": the last n bytes
         n = int(last_text)
         if n == 0 or size == 0:
             return _UNSATISFIABLE

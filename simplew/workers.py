@@ -15,6 +15,7 @@ so while one is down the others go on serving. What callers may rely on:
   0 if each one's last exit had status 0, else 1.
 * Every child is reaped: no zombie is left behind.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,13 +23,14 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("simplew")
 
-MIN_UPTIME = 1.0        # seconds a worker must live for its death not to count as "at start"
-FIRST_DELAY = 0.5       # seconds before restarting a worker that died at start
+MIN_UPTIME = 1.0  # seconds a worker must live for its death not to count as "at start"
+FIRST_DELAY = 0.5  # seconds before restarting a worker that died at start
 MAX_DELAY = 10.0
 
 
@@ -49,20 +51,21 @@ class _Slot:
         self.index = index
         self.process: Any = None
         self.started = 0.0
-        self.delay = FIRST_DELAY        # the wait after the next death at start
-        self.restart_at = 0.0           # when the process is None: when to start one
+        self.delay = FIRST_DELAY  # the wait after the next death at start
+        self.restart_at = 0.0  # when the process is None: when to start one
         self.last_exit: int | None = None
 
     def start(self, ctx: Any, target: Callable[..., None], argv: Sequence[str]) -> None:
-        self.process = ctx.Process(target=target, args=(list(argv), self.index),
-                                   name=f"simplew-worker-{self.index}")
+        self.process = ctx.Process(
+            target=target, args=(list(argv), self.index), name=f"simplew-worker-{self.index}"
+        )
         self.process.start()
         self.started = time.monotonic()
 
     def reap(self, stopping: bool) -> None:
         """The process has exited (its sentinel is ready): collect it, plan a restart."""
         process, self.process = self.process, None
-        process.join()                  # waitpid: no zombie
+        process.join()  # waitpid: no zombie
         pid, self.last_exit = process.pid, process.exitcode
         process.close()
         if stopping:
@@ -75,13 +78,19 @@ class _Slot:
             wait_for = self.delay
             self.delay = min(self.delay * 2, MAX_DELAY)
         self.restart_at = now + wait_for
-        log.warning("worker%d (pid %d) died with %s after %.1f s; restarting it %s",
-                    self.index, pid, describe_exit(self.last_exit), now - self.started,
-                    "now" if wait_for == 0 else f"in {wait_for:.1f} s")
+        log.warning(
+            "worker%d (pid %d) died with %s after %.1f s; restarting it %s",
+            self.index,
+            pid,
+            describe_exit(self.last_exit),
+            now - self.started,
+            "now" if wait_for == 0 else f"in {wait_for:.1f} s",
+        )
 
 
-def supervise(target: Callable[..., None], argv: Sequence[str], count: int,
-              kill_after: float = 30.0) -> int:
+def supervise(
+    target: Callable[..., None], argv: Sequence[str], count: int, kill_after: float = 30.0
+) -> int:
     """Run ``count`` processes of ``target(argv, index)`` until SIGTERM/SIGINT; see the module."""
     ctx = multiprocessing.get_context("spawn")
     wake_read, wake_write = os.pipe()
@@ -92,7 +101,7 @@ def supervise(target: Callable[..., None], argv: Sequence[str], count: int,
         nonlocal signalled
         signalled = True
         try:
-            os.write(wake_write, b"\0")     # wakes the wait below
+            os.write(wake_write, b"\0")  # wakes the wait below
         except BlockingIOError:
             pass
 
@@ -107,7 +116,7 @@ def supervise(target: Callable[..., None], argv: Sequence[str], count: int,
                 for slot in slots:
                     if slot.process is None and slot.restart_at <= now:
                         slot.start(ctx, target, argv)
-                        if slot.last_exit is not None:
+                        if slot.last_exit is not None and slot.process is not None:
                             log.info("worker%d restarted as pid %d", slot.index, slot.process.pid)
             running = [slot for slot in slots if slot.process is not None]
             if signalled and not running:
@@ -115,15 +124,16 @@ def supervise(target: Callable[..., None], argv: Sequence[str], count: int,
             if signalled:
                 timeout = None if kill_at is None else max(0.0, kill_at - now)
             else:
-                timeout = min((slot.restart_at - now for slot in slots if slot.process is None),
-                              default=None)
+                timeout = min(
+                    (slot.restart_at - now for slot in slots if slot.process is None), default=None
+                )
             ready = wait([wake_read] + [slot.process.sentinel for slot in running], timeout)
             if wake_read in ready:
                 os.read(wake_read, 512)
-                for slot in running:        # each signal is passed on, the first starts the stop
+                for slot in running:  # each signal is passed on, the first starts the stop
                     if slot.process.exitcode is None:
                         os.kill(slot.process.pid, signal.SIGTERM)
-                if kill_at is None:         # the first signal, or one after a SIGKILL
+                if kill_at is None:  # the first signal, or one after a SIGKILL
                     kill_at = time.monotonic() + kill_after
             for slot in running:
                 if slot.process.sentinel in ready:
@@ -131,12 +141,16 @@ def supervise(target: Callable[..., None], argv: Sequence[str], count: int,
             if kill_at is not None and time.monotonic() >= kill_at:
                 for slot in slots:
                     if slot.process is not None and slot.process.exitcode is None:
-                        log.warning("worker%d (pid %d) still runs %.0f s after SIGTERM: SIGKILL",
-                                    slot.index, slot.process.pid, kill_after)
+                        log.warning(
+                            "worker%d (pid %d) still runs %.0f s after SIGTERM: SIGKILL",
+                            slot.index,
+                            slot.process.pid,
+                            kill_after,
+                        )
                         slot.process.kill()
                 kill_at = None
     finally:
-        for slot in slots:              # only after an error in this loop: no orphans
+        for slot in slots:  # only after an error in this loop: no orphans
             if slot.process is not None and slot.process.exitcode is None:
                 slot.process.kill()
                 slot.process.join()

@@ -17,6 +17,7 @@ REST: ``GET /json`` is answered ``200`` with ``JSON_BODY`` (the simplew and
 Starlette peers encode the dict per request; the raw httptools peer writes it
 pre-built).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--static-dir", default=None,
-                        help="directory served under /static/ (optional)")
+    parser.add_argument(
+        "--static-dir", default=None, help="directory served under /static/ (optional)"
+    )
     return parser.parse_args()
 
 
@@ -60,6 +62,7 @@ async def serve_until_signal(server) -> None:
     """Announce ``server`` (an asyncio server) as ready, run until SIGTERM/SIGINT, close it."""
     import asyncio
     import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@
 Written as aiohttp's docs show (``app[websockets]`` set, ``await ws.send_str``
 for each client, ``web.static`` for files), on uvloop.
 """
+
 from __future__ import annotations
 
 import asyncio

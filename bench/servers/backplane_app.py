@@ -6,6 +6,7 @@
 landed on call ``server.multicast_text`` ``count`` times; with ``--redis`` each
 multicast also reaches the other worker's clients through the backplane.
 """
+
 from __future__ import annotations
 
 from _common import bcast_payloads

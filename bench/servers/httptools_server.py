@@ -7,6 +7,7 @@ complete request it writes the same pre-built ``200`` with a 27-byte JSON body
 (``Connection: close`` when the client asked for it). No routing, no request
 object, no JSON encoding: what an HTTP/1.1 server on this stack cannot go below.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,12 @@ import uvloop
 
 from _common import JSON_BODY, parse_args, serve_until_signal
 
-RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(JSON_BODY)).encode() + b"\r\n\r\n" + JSON_BODY)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(JSON_BODY)).encode()
+    + b"\r\n\r\n"
+    + JSON_BODY
+)
 RESPONSE_CLOSE = RESPONSE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
 
 
@@ -30,8 +35,9 @@ class FixedJson(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             self.transport.close()
 
     def on_message_complete(self) -> None:
@@ -47,8 +53,9 @@ def main() -> None:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        await serve_until_signal(await loop.create_server(FixedJson, args.host, args.port,
-                                                          backlog=4096))
+        await serve_until_signal(
+            await loop.create_server(FixedJson, args.host, args.port, backlog=4096)
+        )
 
     uvloop.run(serve())
 

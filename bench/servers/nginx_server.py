@@ -8,6 +8,7 @@ without a request limit; ``DIR`` is served under ``/static/``. The config, pid
 and error log live in a temporary directory removed on exit. The READY line
 carries nginx's pid.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -78,18 +79,19 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="simplew-bench-nginx-")
     conf = Path(tmp) / "nginx.conf"
     conf.write_text(CONFIG.format(tmp=tmp, host=args.host, port=args.port, static=static))
-    proc = subprocess.Popen([NGINX, "-p", tmp, "-c", str(conf), "-e", f"{tmp}/error.log"],
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [NGINX, "-p", tmp, "-c", str(conf), "-e", f"{tmp}/error.log"], stdin=subprocess.DEVNULL
+    )
 
     def forward(signum, frame) -> None:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)        # main() reaps it and cleans up
+            proc.send_signal(signal.SIGTERM)  # main() reaps it and cleans up
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
         wait_for_port(args.host, args.port, proc)
-        sys.stdout.write(f"READY {args.port} {proc.pid}\n")     # the harness measures nginx itself
+        sys.stdout.write(f"READY {args.port} {proc.pid}\n")  # the harness measures nginx itself
         sys.stdout.flush()
         proc.wait()
     except RuntimeError as exc:

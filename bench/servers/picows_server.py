@@ -8,6 +8,7 @@ dispatched on its url through a dict and answered. Static files under /static/
 are answered through picows's non-101 response (``Connection: close`` each time:
 picows has no HTTP keep-alive).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ import mimetypes
 import os
 
 import uvloop
-from picows import (WSListener, WSMsgType, WSTransport, WSUpgradeRequest,
-                    WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server)
+from picows import (
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
 from _common import ECHO_URL, bcast_payloads, parse_args, reply_text, serve_until_signal
 
@@ -73,15 +81,18 @@ def main() -> None:
             found = static.get(path)
             if found is None:
                 return WSUpgradeResponseWithListener(
-                    WSUpgradeResponse.create_error_response(404, b"not found\n"), None)
+                    WSUpgradeResponse.create_error_response(404, b"not found\n"), None
+                )
             body, ctype = found
             return WSUpgradeResponseWithListener(
-                WSUpgradeResponse.create_ok_response(body, {"Content-Type": ctype}), None)
+                WSUpgradeResponse.create_ok_response(body, {"Content-Type": ctype}), None
+            )
         return Listener()
 
     async def serve() -> None:
-        await serve_until_signal(await ws_create_server(factory, args.host, args.port,
-                                                        backlog=4096))
+        await serve_until_signal(
+            await ws_create_server(factory, args.host, args.port, backlog=4096)
+        )
 
     uvloop.run(serve())
 

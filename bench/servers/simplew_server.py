@@ -8,6 +8,7 @@
 ``GET /json`` is a ``map_get`` handler returning a dict (the REST case).
 Both endpoints share the server's hub, so a multicast reaches every client.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,7 @@ from simplew import Controller, SimpleWServer, WebSocketMessage, route
 class BenchController(Controller):
     @route("WEBSOCKET", "/echo")
     def echo(self, message: WebSocketMessage):
-        return message.body          # str → TEXT as is; anything else → JSON
+        return message.body  # str → TEXT as is; anything else → JSON
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     if args.static_dir:
         server.add_static_content(args.static_dir, "/static", timeout=86400)
     server.add_websocket_content(BenchController, "/ws")
-    server.map_get(JSON_PATH, lambda: {"message": "Hello, World!"})   # the REST case
+    server.map_get(JSON_PATH, lambda: {"message": "Hello, World!"})  # the REST case
 
     def on_control(session, data) -> None:
         if isinstance(data, str) and data.startswith("BCAST"):

@@ -8,6 +8,7 @@ As socketify's docs show: ``app.ws("/*", {...})`` with open/message handlers,
 maximum (960 s) because the fan-out clients never send, and uWS closes a
 connection that has received nothing for ``idle_timeout`` (default 120 s).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,13 +48,16 @@ def main() -> None:
         if route is not None:
             route(ws, envelope.get("body"))
 
-    app.ws("/*", {
-        "compression": CompressOptions.DISABLED,
-        "max_payload_length": 1 << 20,
-        "idle_timeout": 960,
-        "open": ws_open,
-        "message": ws_message,
-    })
+    app.ws(
+        "/*",
+        {
+            "compression": CompressOptions.DISABLED,
+            "max_payload_length": 1 << 20,
+            "idle_timeout": 960,
+            "open": ws_open,
+            "message": ws_message,
+        },
+    )
     if args.static_dir:
         app.static("/static", args.static_dir)
 

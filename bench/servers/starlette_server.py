@@ -6,6 +6,7 @@ uvicorn with its httptools parser and uvloop (both installed), one worker,
 access log off: the usual Python ASGI stack answering the same JSON as the
 other HTTP peers. Bench only (``pip install uvicorn starlette``).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,16 @@ class ReadyServer(uvicorn.Server):
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
-                            access_log=False, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
     ReadyServer(config).run()
 
 

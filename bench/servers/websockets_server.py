@@ -8,6 +8,7 @@ options (keepalive pings every 20 s, permessage-deflate offered but not
 requested by the load generator). Static files come from ``process_request``
 (a non-101 response; websockets closes the connection after it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,8 +68,12 @@ def main() -> None:
             if found is None:
                 return connection.respond(404, "not found\n")
             body, ctype = found
-            return Response(200, "OK", Headers([("Content-Type", ctype),
-                                                ("Content-Length", str(len(body)))]), body)
+            return Response(
+                200,
+                "OK",
+                Headers([("Content-Type", ctype), ("Content-Length", str(len(body)))]),
+                body,
+            )
         return None
 
     async def main_async() -> None:
@@ -76,8 +81,9 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with serve(handler, args.host, args.port, process_request=process_request,
-                         backlog=4096) as server:
+        async with serve(
+            handler, args.host, args.port, process_request=process_request, backlog=4096
+        ) as server:
             ready(list(server.sockets)[0].getsockname()[1])
             await stop.wait()
 

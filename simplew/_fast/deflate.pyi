@@ -1,8 +1,9 @@
 """permessage-deflate (RFC 7692): negotiation, per-connection codecs, multicast."""
+
 from collections.abc import Iterable
 from typing import Final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self, disjoint_base
 
 EXTENSION_NAME: Final[str]
 DEFAULT_LEVEL: Final[int]
@@ -14,6 +15,7 @@ class MessageTooBig(ValueError):
 class InflateError(ValueError):
     close_code: int  # 1002
 
+@disjoint_base
 class DeflateSettings:
     @property
     def server_no_context_takeover(self) -> bool: ...
@@ -25,14 +27,15 @@ class DeflateSettings:
     def client_max_window_bits(self) -> int: ...
     @property
     def key(self) -> tuple[bool, bool, int, int]: ...
-    def __init__(
-        self,
+    # Cython's __cinit__: the arguments go to __new__
+    def __new__(
+        cls,
         server_no_context_takeover: bool = False,
         client_no_context_takeover: bool = False,
         server_max_window_bits: int = 15,
         client_max_window_bits: int = 15,
-    ) -> None: ...
-    def __eq__(self, other: object) -> bool: ...
+    ) -> Self: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def negotiate(
@@ -45,6 +48,7 @@ def negotiate(
     client_max_window_bits: int | None = None,
 ) -> tuple[str, DeflateSettings] | tuple[None, None]: ...
 
+@disjoint_base
 class Inflater:
     @property
     def settings(self) -> DeflateSettings: ...
@@ -54,6 +58,7 @@ class Inflater:
     def inflate(self, data: Buffer, fin: bool) -> bytes: ...
     def reset(self) -> None: ...
 
+@disjoint_base
 class Deflater:
     @property
     def settings(self) -> DeflateSettings: ...
@@ -65,5 +70,9 @@ class Deflater:
     def deflate(self, payload: Buffer) -> bytes: ...
     def reset(self) -> None: ...
 
-def deflate_standalone(payload: Buffer, wbits: int = 15, level: int = 6, mem_level: int = 8) -> bytes: ...
-def deflate_once(settings: DeflateSettings | tuple[bool, bool, int, int], payload: Buffer) -> bytes: ...
+def deflate_standalone(
+    payload: Buffer, wbits: int = 15, level: int = 6, mem_level: int = 8
+) -> bytes: ...
+def deflate_once(
+    settings: DeflateSettings | tuple[bool, bool, int, int], payload: Buffer
+) -> bytes: ...

@@ -57,7 +57,8 @@ cdef class DeflateSettings:
     is the tuple of the four fields, for grouping clients by settings.
     """
 
-    def __cinit__(self, bint server_no_context_takeover=False, bint client_no_context_takeover=False,
+    def __cinit__(self, bint server_no_context_takeover=False,
+                  bint client_no_context_takeover=False,
                   int server_max_window_bits=15, int client_max_window_bits=15):
         if not 9 <= server_max_window_bits <= 15:
             raise ValueError("server_max_window_bits must be between 9 and 15")

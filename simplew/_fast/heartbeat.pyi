@@ -1,7 +1,10 @@
 import asyncio
 
+from typing_extensions import disjoint_base
+
 from simplew._fast.hub import Hub
 
+@disjoint_base
 class Heartbeat:
     interval: float
     timeout: float

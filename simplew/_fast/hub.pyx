@@ -150,7 +150,8 @@ cdef class Hub:
             shared = compressed.get(key)
             if shared is None:
                 source = v1 if key < 0 else payload
-                body = deflate_standalone(source, conn.deflate_wbits, conn.endpoint.compression_level)
+                body = deflate_standalone(source, conn.deflate_wbits,
+                                          conn.endpoint.compression_level)
                 shared = build_frame(1 if key < 0 else opcode, body, len(body), True)
                 compressed[key] = shared
                 self.compressions += 1
