@@ -14,10 +14,12 @@ wins:
 
 A handler that raises gets 500 and the traceback is logged.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from simplew._fast.context import ServerContext
 from simplew.request import Request
@@ -28,8 +30,11 @@ log = logging.getLogger("simplew")
 
 Response = tuple[int, list[tuple[str, str]], bytes]
 _NOT_FOUND: Response = (404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n")
-_UPGRADE_REQUIRED: Response = (426, [("Upgrade", "websocket"), ("Content-Type", "text/plain")],
-                               b"this is a WebSocket endpoint: send an upgrade request\n")
+_UPGRADE_REQUIRED: Response = (
+    426,
+    [("Upgrade", "websocket"), ("Content-Type", "text/plain")],
+    b"this is a WebSocket endpoint: send an upgrade request\n",
+)
 _SERVER_ERROR: Response = (500, [("Content-Type", "text/plain")], b"internal server error\n")
 
 
@@ -38,8 +43,8 @@ class HttpAnswers:
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
-        self.ops: dict[str, Callable[[], Response]] = {}   # GET path -> answer
-        self.statics: list[StaticFiles] = []               # longest prefix first
+        self.ops: dict[str, Callable[[], Response]] = {}  # GET path -> answer
+        self.statics: list[StaticFiles] = []  # longest prefix first
         self.router: Router | None = None
         self.cors: Cors | None = None
 
@@ -52,8 +57,11 @@ class HttpAnswers:
         the HTTP front keeps the order of answers)."""
         try:
             cors = self.cors
-            if cors is not None and request.method == "OPTIONS" \
-                    and "access-control-request-method" in request.headers:
+            if (
+                cors is not None
+                and request.method == "OPTIONS"
+                and "access-control-request-method" in request.headers
+            ):
                 return cors.preflight(request)
             response = self._answer(request)
             return response if cors is None else cors.apply(request, response)

@@ -19,15 +19,25 @@ decoded claims are ``self.jwt`` in the controller and ``message.claims``
 
 PyJWT is needed only when a key is set: ``pip install 'simplew[jwt]'``.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from simplew._fast.router import Unauthorized  # raised here, caught by the router
 
-__all__ = ["Unauthorized", "JwtAuth", "require_jwt", "allow_anonymous", "is_protected",
-           "select_subprotocol", "token_from_headers", "BEARER_PROTOCOL"]
+__all__ = [
+    "Unauthorized",
+    "JwtAuth",
+    "require_jwt",
+    "allow_anonymous",
+    "is_protected",
+    "select_subprotocol",
+    "token_from_headers",
+    "BEARER_PROTOCOL",
+]
 
 BEARER_PROTOCOL = "bearer"
 REQUIRE_ATTR = "__simplew_require_jwt__"
@@ -41,6 +51,7 @@ def require_jwt(obj: Any = None, *, required: bool = True) -> Any:
     ``@require_jwt(required=False)`` or :func:`allow_anonymous` on a method
     exempts it from its class's rule.
     """
+
     def mark(target: Any) -> Any:
         if isinstance(target, type):
             target.require_jwt = required
@@ -112,10 +123,17 @@ class JwtAuth:
     again for every message; ``exp`` and ``nbf`` are still checked each time.
     """
 
-    def __init__(self, key: Any, algorithms: Iterable[str] = ("HS256",), *,
-                 issuer: str | None = None, audience: str | Iterable[str] | None = None,
-                 leeway: float = 0.0, options: dict[str, Any] | None = None,
-                 cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        key: Any,
+        algorithms: Iterable[str] = ("HS256",),
+        *,
+        issuer: str | None = None,
+        audience: str | Iterable[str] | None = None,
+        leeway: float = 0.0,
+        options: dict[str, Any] | None = None,
+        cache_size: int = 4096,
+    ) -> None:
         try:
             import jwt
         except ImportError:
@@ -124,7 +142,7 @@ class JwtAuth:
             raise ValueError("set_token needs a key")
         algorithms = [algorithms] if isinstance(algorithms, str) else list(algorithms)
         if not algorithms or any(a.lower() == "none" for a in algorithms):
-            raise ValueError("give the signing algorithms to accept (\"none\" is refused)")
+            raise ValueError('give the signing algorithms to accept ("none" is refused)')
         self._jwt = jwt
         self.key = key
         self.algorithms = algorithms
@@ -137,7 +155,7 @@ class JwtAuth:
         self._cache: dict[str, tuple[dict[str, Any], float | None, float | None]] = {}
         self._cache_size = cache_size
 
-    select_subprotocol = staticmethod(select_subprotocol)   # what the endpoints answer
+    select_subprotocol = staticmethod(select_subprotocol)  # what the endpoints answer
 
     def decode(self, token: Any) -> dict[str, Any]:
         """The claims of a valid ``token``; raises :class:`Unauthorized` otherwise."""
@@ -155,9 +173,15 @@ class JwtAuth:
             return claims
         jwt = self._jwt
         try:
-            claims = jwt.decode(token, self.key, algorithms=self.algorithms,
-                                issuer=self.issuer, audience=self.audience,
-                                leeway=self.leeway, options=self.options)
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=self.algorithms,
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway,
+                options=self.options,
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the JWT has expired") from None
         except jwt.ImmatureSignatureError:
@@ -181,8 +205,9 @@ class JwtAuth:
             token = token_from_headers(headers)
             if token is None:
                 raise Unauthorized(
-                    "a valid JWT is required: send it as the message's \"jwt\", in an "
-                    "Authorization: Bearer header or as the \"bearer\" WebSocket subprotocol")
+                    'a valid JWT is required: send it as the message\'s "jwt", in an '
+                    'Authorization: Bearer header or as the "bearer" WebSocket subprotocol'
+                )
         return self.decode(token)
 
     def optional_claims(self, message_token: Any, headers: dict[str, str]) -> dict[str, Any] | None:

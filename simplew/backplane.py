@@ -32,6 +32,7 @@ commands sent), ``echoes`` (own channel messages seen back), ``malformed``
 (channel messages dropped), ``outages``; ``connected`` tells whether the
 backplane is up now.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,22 +41,23 @@ import os
 import random
 import struct
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("simplew.backplane")
 
 CHANNEL = "simplew:multicast"
 VERSION = 1
-HEADER = struct.Struct("!B8s")         # version, origin
-RECORD = struct.Struct("!BHI")         # opcode, room length, message length
+HEADER = struct.Struct("!B8s")  # version, origin
+RECORD = struct.Struct("!BHI")  # opcode, room length, message length
 NO_ROOM = 0xFFFF
-BACKOFF_MIN = 0.1                      # seconds before the first reconnection attempt
-BACKOFF_MAX = 5.0                      # the backoff doubles up to this
-PING_INTERVAL = 1.0                    # an idle backplane checks Redis this often
-MAX_PENDING = 100_000                  # multicasts waiting for Redis; past this: gaps
-MAX_BATCH = 1024                       # multicasts per channel message, at most
-MAX_BATCH_BYTES = 1 << 20              # and bytes (a bigger single multicast goes alone)
+BACKOFF_MIN = 0.1  # seconds before the first reconnection attempt
+BACKOFF_MAX = 5.0  # the backoff doubles up to this
+PING_INTERVAL = 1.0  # an idle backplane checks Redis this often
+MAX_PENDING = 100_000  # multicasts waiting for Redis; past this: gaps
+MAX_BATCH = 1024  # multicasts per channel message, at most
+MAX_BATCH_BYTES = 1 << 20  # and bytes (a bigger single multicast goes alone)
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 
@@ -105,11 +107,11 @@ def decode_records(data: bytes, offset: int = 0) -> list[tuple[int, str | None, 
         else:
             if end - offset < room_len:
                 raise ValueError("truncated room name")
-            room = data[offset:offset + room_len].decode("utf-8")
+            room = data[offset : offset + room_len].decode("utf-8")
             offset += room_len
         if end - offset < size:
             raise ValueError("truncated message")
-        out.append((opcode, room, data[offset:offset + size]))
+        out.append((opcode, room, data[offset : offset + size]))
         offset += size
     if not out:
         raise ValueError("no multicast in the message")
@@ -124,13 +126,16 @@ def redis_client(url: str) -> Any:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
     except ImportError:
-        raise ImportError("a Redis URL needs the Redis client: pip install 'simplew[redis]'") \
-            from None
-    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0),
-                               "socket_connect_timeout": CONNECT_TIMEOUT,
-                               "socket_timeout": COMMAND_TIMEOUT}
+        raise ImportError(
+            "a Redis URL needs the Redis client: pip install 'simplew[redis]'"
+        ) from None
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+    }
     if not url.startswith("unix:"):
-        options["socket_keepalive"] = True      # TCP only: a Unix socket has no keepalive
+        options["socket_keepalive"] = True  # TCP only: a Unix socket has no keepalive
     return Redis.from_url(url, **options)
 
 
@@ -155,11 +160,18 @@ class RedisBackplane:
     :meth:`close` are called on the loop thread (the server does that).
     """
 
-    def __init__(self, url: str, deliver: Callable[[int, bytes, str | None], Any], *,
-                 channel: str = CHANNEL, origin: bytes | None = None,
-                 backoff_min: float = BACKOFF_MIN, backoff_max: float = BACKOFF_MAX,
-                 ping_interval: float = PING_INTERVAL,
-                 max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        url: str,
+        deliver: Callable[[int, bytes, str | None], Any],
+        *,
+        channel: str = CHANNEL,
+        origin: bytes | None = None,
+        backoff_min: float = BACKOFF_MIN,
+        backoff_max: float = BACKOFF_MAX,
+        ping_interval: float = PING_INTERVAL,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self.url = url
         self.channel = channel
         self.origin = origin if origin is not None else os.urandom(8)
@@ -185,7 +197,7 @@ class RedisBackplane:
         self._pending_bytes = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._down_since: float | None = None   # loop time the current outage began
+        self._down_since: float | None = None  # loop time the current outage began
         self._outage_gaps = 0
         self._overflowing = False
 
@@ -196,10 +208,17 @@ class RedisBackplane:
 
     def stats(self) -> dict[str, Any]:
         """The counters, and whether the backplane is connected, as a dict."""
-        return {"connected": self.connected, "published": self.published,
-                "batches": self.batches, "received": self.received, "gaps": self.gaps,
-                "echoes": self.echoes, "malformed": self.malformed, "outages": self.outages,
-                "pending": len(self._pending)}
+        return {
+            "connected": self.connected,
+            "published": self.published,
+            "batches": self.batches,
+            "received": self.received,
+            "gaps": self.gaps,
+            "echoes": self.echoes,
+            "malformed": self.malformed,
+            "outages": self.outages,
+            "pending": len(self._pending),
+        }
 
     # -- the loop-thread API ----------------------------------------------------
 
@@ -222,8 +241,11 @@ class RedisBackplane:
         if len(self._pending) >= self.max_pending:
             if not self._overflowing:
                 self._overflowing = True
-                log.warning("Redis backplane: %d multicasts wait for Redis; dropping new ones "
-                            "(counted in gaps) until it catches up", len(self._pending))
+                log.warning(
+                    "Redis backplane: %d multicasts wait for Redis; dropping new ones "
+                    "(counted in gaps) until it catches up",
+                    len(self._pending),
+                )
             self._gap(1)
             return
         if room is None:
@@ -263,10 +285,14 @@ class RedisBackplane:
             log.info("Redis backplane connected to %s (channel %s)", redact(self.url), self.channel)
         else:
             since = self._down_since or loop.time()
-            log.info("Redis backplane %s %s after %.1f s; gap: %d multicasts were not sent "
-                     "to the other processes", "reconnected to" if self._ever_connected
-                     else "connected to", redact(self.url), loop.time() - since,
-                     self._outage_gaps)
+            log.info(
+                "Redis backplane %s %s after %.1f s; gap: %d multicasts were not sent "
+                "to the other processes",
+                "reconnected to" if self._ever_connected else "connected to",
+                redact(self.url),
+                loop.time() - since,
+                self._outage_gaps,
+            )
         self.connected = True
         self._ever_connected = True
         self._down_since = None
@@ -284,10 +310,13 @@ class RedisBackplane:
         if first:
             self.outages += 1
             self._down_since = asyncio.get_running_loop().time()
-            log.warning("Redis backplane %s %s: %s; multicasts reach this process's clients "
-                        "only (counted in gaps) until it is back; reconnecting",
-                        "lost" if self._ever_connected else "cannot reach",
-                        redact(self.url), _describe(exc))
+            log.warning(
+                "Redis backplane %s %s: %s; multicasts reach this process's clients "
+                "only (counted in gaps) until it is back; reconnecting",
+                "lost" if self._ever_connected else "cannot reach",
+                redact(self.url),
+                _describe(exc),
+            )
         else:
             log.debug("Redis backplane: still down: %s", _describe(exc))
 
@@ -383,8 +412,9 @@ class RedisBackplane:
             else:
                 batch = [pending.popleft()]
                 size = len(batch[0])
-                while pending and len(batch) < MAX_BATCH and \
-                        size + len(pending[0]) <= MAX_BATCH_BYTES:
+                while (
+                    pending and len(batch) < MAX_BATCH and size + len(pending[0]) <= MAX_BATCH_BYTES
+                ):
                     batch.append(pending.popleft())
                     size += len(batch[-1])
                 self._pending_bytes -= size
@@ -441,7 +471,7 @@ async def _close_quietly(*objects: Any) -> None:
             continue
         try:
             await asyncio.wait_for(obj.aclose(), 1.0)
-        except BaseException as exc:        # noqa: BLE001 - tearing down a broken connection
+        except BaseException as exc:  # noqa: BLE001 - tearing down a broken connection
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.debug("Redis backplane: closing %r: %r", obj, exc)

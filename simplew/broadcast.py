@@ -16,6 +16,7 @@ call :meth:`Broadcast.publish`, which takes one of three paths:
 The fan-out itself (one prebuilt frame for every client, rooms) is
 :class:`simplew._fast.hub.Hub`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,13 +29,13 @@ class Broadcast:
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
-        self.backplane: Any = None      # simplew.backplane.RedisBackplane or simplew.stream.RedisStream
+        self.backplane: Any = None  # simplew.backplane.RedisBackplane or simplew.stream.RedisStream
 
     def publish(self, opcode: int, payload: bytes, room: str | None) -> None:
         """Multicast ``payload`` (opcode 1 TEXT, 2 BINARY) to everyone or to ``room``."""
         recovery = self.context.recovery
         if recovery is not None:
-            recovery.publish(opcode, payload, room)     # a publication of the stream
+            recovery.publish(opcode, payload, room)  # a publication of the stream
             return
         self.fan_out(opcode, payload, room)
         if self.backplane is not None:

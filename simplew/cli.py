@@ -5,6 +5,7 @@ returning one), like uvicorn's ``module:app``. Without APP, ``--static`` and
 ``--ws`` describe the whole server. Every option also reads an environment
 variable ``SIMPLEW_<OPTION>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,8 @@ import os
 import socket
 import sys
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from simplew.server import REDIS_EXTRA, SimpleWServer
 from simplew.workers import supervise
@@ -34,67 +36,148 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
-FLAGS = {"1": True, "true": True, "yes": True, "on": True,
-         "0": False, "false": False, "no": False, "off": False, "": False}
+FLAGS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simplew", description="SimpleW's web server for Python")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a server")
-    serve.add_argument("app", nargs="?", default=_env("app"),
-                       help="module:attribute of a SimpleWServer (env SIMPLEW_APP)")
+    serve.add_argument(
+        "app",
+        nargs="?",
+        default=_env("app"),
+        help="module:attribute of a SimpleWServer (env SIMPLEW_APP)",
+    )
     serve.add_argument("--host", default=_env("host"), help="address to bind (env SIMPLEW_HOST)")
     serve.add_argument("--port", type=int, default=_env("port"), help="port (env SIMPLEW_PORT)")
-    serve.add_argument("--workers", type=int, default=_env("workers", "1"),
-                       help="processes sharing the port with SO_REUSEPORT; one that dies is "
-                            "restarted (env SIMPLEW_WORKERS)")
-    serve.add_argument("--static", action="append",
-                       default=[s for s in (_env("static") or "").split(",") if s],
-                       metavar="DIR[:PREFIX]", help="serve a directory (repeatable; env SIMPLEW_STATIC, comma-separated)")
-    serve.add_argument("--ws", action="append",
-                       default=[s for s in (_env("ws") or "").split(",") if s],
-                       metavar="PATH", help="open a WebSocket endpoint (repeatable; env SIMPLEW_WS)")
-    serve.add_argument("--publish", default=_env("publish"), metavar="PATH",
-                       help="POST PATH[?room=R] multicasts the request body: text, or binary when "
-                            "Content-Type is application/octet-stream (env SIMPLEW_PUBLISH)")
-    serve.add_argument("--publish-token", default=_env("publish_token"), metavar="TOKEN",
-                       help="the --publish POST must carry 'Authorization: Bearer TOKEN' "
-                            "(env SIMPLEW_PUBLISH_TOKEN keeps it off the command line)")
-    serve.add_argument("--metrics", action="store_true", default=_env("metrics", "0"),
-                       help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)")
-    serve.add_argument("--redis", default=_env("redis"), help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)")
-    serve.add_argument("--recovery", action="store_true",
-                       default=_env("recovery", "") not in ("", "0", "false", "no"),
-                       help="simplew.v1 clients recover what they missed while away (env SIMPLEW_RECOVERY=1)")
-    serve.add_argument("--recovery-window", type=float, default=_env("recovery_window", "120"),
-                       metavar="S", help="seconds a session can be recovered after its connection "
-                       "is gone (env SIMPLEW_RECOVERY_WINDOW)")
-    serve.add_argument("--history-size", type=int, default=_env("history_size", "10000"),
-                       metavar="N", help="publications kept for recovery (env SIMPLEW_HISTORY_SIZE)")
-    serve.add_argument("--certfile", default=_env("certfile"), help="TLS certificate (env SIMPLEW_CERTFILE)")
-    serve.add_argument("--keyfile", default=_env("keyfile"), help="TLS private key (env SIMPLEW_KEYFILE)")
-    serve.add_argument("--keyfile-password", default=_env("keyfile_password"),
-                       help="password of an encrypted --keyfile (env SIMPLEW_KEYFILE_PASSWORD)")
-    serve.add_argument("--log-level", type=str.lower, default=_env("log_level", "info"),
-                       choices=LOG_LEVELS,
-                       help="logging level (env SIMPLEW_LOG_LEVEL)")
-    serve.add_argument("--shutdown-grace", type=float, default=_env("shutdown_grace", "5"),
-                       help="seconds to let clients close on SIGTERM (env SIMPLEW_SHUTDOWN_GRACE)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=_env("workers", "1"),
+        help="processes sharing the port with SO_REUSEPORT; one that dies is "
+        "restarted (env SIMPLEW_WORKERS)",
+    )
+    serve.add_argument(
+        "--static",
+        action="append",
+        default=[s for s in (_env("static") or "").split(",") if s],
+        metavar="DIR[:PREFIX]",
+        help="serve a directory (repeatable; env SIMPLEW_STATIC, comma-separated)",
+    )
+    serve.add_argument(
+        "--ws",
+        action="append",
+        default=[s for s in (_env("ws") or "").split(",") if s],
+        metavar="PATH",
+        help="open a WebSocket endpoint (repeatable; env SIMPLEW_WS)",
+    )
+    serve.add_argument(
+        "--publish",
+        default=_env("publish"),
+        metavar="PATH",
+        help="POST PATH[?room=R] multicasts the request body: text, or binary when "
+        "Content-Type is application/octet-stream (env SIMPLEW_PUBLISH)",
+    )
+    serve.add_argument(
+        "--publish-token",
+        default=_env("publish_token"),
+        metavar="TOKEN",
+        help="the --publish POST must carry 'Authorization: Bearer TOKEN' "
+        "(env SIMPLEW_PUBLISH_TOKEN keeps it off the command line)",
+    )
+    serve.add_argument(
+        "--metrics",
+        action="store_true",
+        default=_env("metrics", "0"),
+        help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)",
+    )
+    serve.add_argument(
+        "--redis",
+        default=_env("redis"),
+        help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)",
+    )
+    serve.add_argument(
+        "--recovery",
+        action="store_true",
+        default=_env("recovery", "") not in ("", "0", "false", "no"),
+        help="simplew.v1 clients recover what they missed while away (env SIMPLEW_RECOVERY=1)",
+    )
+    serve.add_argument(
+        "--recovery-window",
+        type=float,
+        default=_env("recovery_window", "120"),
+        metavar="S",
+        help="seconds a session can be recovered after its connection "
+        "is gone (env SIMPLEW_RECOVERY_WINDOW)",
+    )
+    serve.add_argument(
+        "--history-size",
+        type=int,
+        default=_env("history_size", "10000"),
+        metavar="N",
+        help="publications kept for recovery (env SIMPLEW_HISTORY_SIZE)",
+    )
+    serve.add_argument(
+        "--certfile", default=_env("certfile"), help="TLS certificate (env SIMPLEW_CERTFILE)"
+    )
+    serve.add_argument(
+        "--keyfile", default=_env("keyfile"), help="TLS private key (env SIMPLEW_KEYFILE)"
+    )
+    serve.add_argument(
+        "--keyfile-password",
+        default=_env("keyfile_password"),
+        help="password of an encrypted --keyfile (env SIMPLEW_KEYFILE_PASSWORD)",
+    )
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        default=_env("log_level", "info"),
+        choices=LOG_LEVELS,
+        help="logging level (env SIMPLEW_LOG_LEVEL)",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=_env("shutdown_grace", "5"),
+        help="seconds to let clients close on SIGTERM (env SIMPLEW_SHUTDOWN_GRACE)",
+    )
     # connection limits and WebSocket origins (simplew._fast.admission)
-    serve.add_argument("--allowed-origin", action="append",
-                       default=[s.strip() for s in (_env("allowed_origin") or "").split(",")
-                                if s.strip()],
-                       metavar="ORIGIN", help="an origin allowed to open a WebSocket, like "
-                       "https://example.com or https://*.example.com (repeatable; default: any; "
-                       "env SIMPLEW_ALLOWED_ORIGIN, comma-separated)")
-    serve.add_argument("--max-connections", type=int, default=_env("max_connections"),
-                       metavar="N", help="open connections, HTTP and WebSocket, beyond which "
-                       "new ones get 503 (default: no limit; env SIMPLEW_MAX_CONNECTIONS)")
-    serve.add_argument("--max-connections-per-ip", type=int,
-                       default=_env("max_connections_per_ip"), metavar="N",
-                       help="the same limit for each client address "
-                       "(default: no limit; env SIMPLEW_MAX_CONNECTIONS_PER_IP)")
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[s.strip() for s in (_env("allowed_origin") or "").split(",") if s.strip()],
+        metavar="ORIGIN",
+        help="an origin allowed to open a WebSocket, like "
+        "https://example.com or https://*.example.com (repeatable; default: any; "
+        "env SIMPLEW_ALLOWED_ORIGIN, comma-separated)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=_env("max_connections"),
+        metavar="N",
+        help="open connections, HTTP and WebSocket, beyond which "
+        "new ones get 503 (default: no limit; env SIMPLEW_MAX_CONNECTIONS)",
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=_env("max_connections_per_ip"),
+        metavar="N",
+        help="the same limit for each client address "
+        "(default: no limit; env SIMPLEW_MAX_CONNECTIONS_PER_IP)",
+    )
     return parser
 
 
@@ -102,10 +185,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The options, with the values from environment variables checked as the options are."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.log_level not in LOG_LEVELS:      # from SIMPLEW_LOG_LEVEL: argparse checks only options
-        parser.error(f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
-                     f"got {args.log_level!r}")
-    if isinstance(args.metrics, str):         # from SIMPLEW_METRICS
+    if args.log_level not in LOG_LEVELS:  # from SIMPLEW_LOG_LEVEL: argparse checks only options
+        parser.error(
+            f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"
+        )
+    if isinstance(args.metrics, str):  # from SIMPLEW_METRICS
         if args.metrics.lower() not in FLAGS:
             parser.error(f"SIMPLEW_METRICS must be 1 or 0, got {args.metrics!r}")
         args.metrics = FLAGS[args.metrics.lower()]
@@ -123,10 +207,11 @@ def load_app(spec: str) -> SimpleWServer:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
-    except Exception as exc:          # the module itself failed: show where
+    except Exception as exc:  # the module itself failed: show where
         traceback.print_exc()
-        raise UsageError(f"cannot import module {module_name!r}: "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise UsageError(
+            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -174,8 +259,9 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         server.map_post(args.publish, _publisher(server, args.publish_token))
     if args.metrics:
         server.enable_metrics()
-    try:        # connection limits and WebSocket origins (per process with --workers)
+    try:  # connection limits and WebSocket origins (per process with --workers)
         from simplew._fast.admission import OriginPolicy
+
         if args.allowed_origin:
             server.admission.origins = OriginPolicy(args.allowed_origin)
         if args.max_connections is not None:
@@ -188,34 +274,38 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         raise UsageError("--certfile and --keyfile go together")
     if args.certfile:
         import ssl
+
         for option, name in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
             if not os.path.isfile(name):
                 raise UsageError(f"{option}: no such file: {name}")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             # a password callback: an encrypted key never prompts on the terminal
-            context.load_cert_chain(args.certfile, args.keyfile,
-                                    password=lambda: args.keyfile_password or "")
+            context.load_cert_chain(
+                args.certfile, args.keyfile, password=lambda: args.keyfile_password or ""
+            )
         except (ssl.SSLError, OSError) as exc:
             raise UsageError(f"cannot load the certificate/key: {exc}") from exc
         server.ssl = context
     if args.redis:
         if args.redis.partition("://")[0] not in ("redis", "rediss", "unix"):
-            raise UsageError(f"--redis must be a redis://, rediss:// or unix:// URL, "
-                             f"got {args.redis!r}")
+            raise UsageError(
+                f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}"
+            )
         if importlib.util.find_spec("redis") is None:
             raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")
         server.redis_url = args.redis
     settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
     if args.recovery:
-        settings.update(recovery=True, recovery_window=args.recovery_window,
-                        history_size=args.history_size)
+        settings.update(
+            recovery=True, recovery_window=args.recovery_window, history_size=args.history_size
+        )
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1:
         settings["reuse_port"] = True
     try:
-        server.options = server.options.replace(**settings)    # validated
+        server.options = server.options.replace(**settings)  # validated
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return server
@@ -234,14 +324,20 @@ def _publisher(server: SimpleWServer, token: str | None) -> Any:
     def publish(request: Any) -> Any:
         if expected is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or \
-                    not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode("utf-8"), expected
+            ):
                 challenge = 'Bearer realm="simplew"'
                 if scheme:
                     challenge += ', error="invalid_token"'
-                return Response(401, {"error": "unauthorized",
-                                      "message": "publishing needs 'Authorization: Bearer <token>'"},
-                                {"WWW-Authenticate": challenge})
+                return Response(
+                    401,
+                    {
+                        "error": "unauthorized",
+                        "message": "publishing needs 'Authorization: Bearer <token>'",
+                    },
+                    {"WWW-Authenticate": challenge},
+                )
         room = request.query.get("room") or None
         if request.headers.get("content-type", "").startswith("application/octet-stream"):
             server.multicast_binary(request.body, room=room)
@@ -279,22 +375,29 @@ def _is_loopback(host: str) -> bool:
 
 def _warn_open_publish(args: argparse.Namespace, server: SimpleWServer) -> None:
     if args.publish and not args.publish_token and not _is_loopback(server.host):
-        log.warning("--publish %s on %s without --publish-token: anyone who reaches this "
-                    "port can multicast to every client", args.publish, server.host)
+        log.warning(
+            "--publish %s on %s without --publish-token: anyone who reaches this "
+            "port can multicast to every client",
+            args.publish,
+            server.host,
+        )
 
 
 def _worker(argv: Sequence[str], index: int) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s worker{index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s worker{index} %(levelname)s %(name)s: %(message)s",
+    )
     configure(args).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         server = configure(args)
         _warn_open_publish(args, server)
@@ -302,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_port(server.host, server.port, False)
             try:
                 server.run()
-            except OSError as exc:            # lost a race for the port, or the like
+            except OSError as exc:  # lost a race for the port, or the like
                 raise UsageError(f"cannot listen on {server.host}:{server.port}: {exc}") from None
             return 0
         _check_port(server.host, server.port, True)

@@ -4,9 +4,11 @@
 ``@route("WEBSOCKET", "/index")`` on a method makes it answer WebSocket
 messages whose url is endpoint + class path + method path.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ROUTES_ATTR = "__simplew_routes__"
 CLASS_ROUTE_ATTR = "__simplew_route__"
@@ -83,8 +85,10 @@ class Controller:
 def has_before_hook(controller: type[Controller]) -> bool:
     """Whether ``controller`` overrides ``on_before_method`` or ``OnBeforeMethod``
     (the router then calls the hook; Controller's own does nothing)."""
-    return (getattr(controller, "on_before_method", None) is not Controller.on_before_method
-            or getattr(controller, "OnBeforeMethod", None) is not Controller.OnBeforeMethod)
+    return (
+        getattr(controller, "on_before_method", None) is not Controller.on_before_method
+        or getattr(controller, "OnBeforeMethod", None) is not Controller.OnBeforeMethod
+    )
 
 
 def join_path(*parts: str) -> str:

@@ -8,13 +8,15 @@ each raw message to one function. The facade decides here what the router
 must not import: which methods need a JWT, which controllers have a
 before-hook, the message class and how a handler's return value is sent.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import enum
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from simplew._fast.connection import SLOW_CLOSE, SLOW_SKIP, Endpoint, Flusher, WebSocketConnection
 from simplew._fast.context import ServerContext
@@ -30,28 +32,38 @@ SLOW_CLIENT_POLICIES = {"close": SLOW_CLOSE, "skip": SLOW_SKIP}
 class WebSocketSpec:
     """What ``add_websocket_content`` asked for; compiled into an Endpoint at start."""
 
-    def __init__(self, path: str, controllers: list[type[Controller]] | None,
-                 on_message: Callable[..., Any] | None, max_message_size: int,
-                 compression: bool | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        controllers: list[type[Controller]] | None,
+        on_message: Callable[..., Any] | None,
+        max_message_size: int,
+        compression: bool | None,
+    ) -> None:
         self.path = path
         self.controllers = controllers
         self.on_message = on_message
         self.max_message_size = max_message_size
         self.compression = compression
 
-    def compile(self, context: ServerContext, options: ServerOptions,
-                flusher: Flusher) -> Endpoint:
+    def compile(self, context: ServerContext, options: ServerOptions, flusher: Flusher) -> Endpoint:
         """The endpoint serving this path, with the server's fan-out settings."""
         endpoint: Endpoint
         if self.on_message is not None:
             endpoint = CallbackEndpoint(self.path, self.max_message_size, self.on_message, context)
         else:
-            endpoint = RouteEndpoint(self.path, self.max_message_size, self.routes(),
-                                     WebSocketMessage, BodyMappingError, reply, context)
+            endpoint = RouteEndpoint(
+                self.path,
+                self.max_message_size,
+                self.routes(),
+                WebSocketMessage,
+                BodyMappingError,
+                reply,
+                context,
+            )
         endpoint.max_write_buffer = options.max_write_buffer
         endpoint.slow_client_policy = SLOW_CLIENT_POLICIES[options.slow_client_policy]
-        endpoint.compression = options.compression if self.compression is None \
-            else self.compression
+        endpoint.compression = options.compression if self.compression is None else self.compression
         endpoint.compression_level = options.compression_level
         endpoint.flusher = flusher
         return endpoint
@@ -64,13 +76,19 @@ class WebSocketSpec:
                 url = join_path(self.path, route_path)
                 if url in routes:
                     raise ValueError(f"two WEBSOCKET methods answer {url}")
-                routes[url] = RouteTarget(url, controller, func, is_protected(controller, func),
-                                          has_before_hook(controller))
+                routes[url] = RouteTarget(
+                    url,
+                    controller,
+                    func,
+                    is_protected(controller, func),
+                    has_before_hook(controller),
+                )
         return routes
 
 
-def controllers_and_path(path_or_controller: str | type[Controller], path: str | None,
-                         default: str) -> tuple[list[type[Controller]] | None, str]:
+def controllers_and_path(
+    path_or_controller: str | type[Controller], path: str | None, default: str
+) -> tuple[list[type[Controller]] | None, str]:
     """``(Cls, "/p")`` → ([Cls], "/p"); ``("/p")`` → (None: every controller, "/p")."""
     controllers = None
     if isinstance(path_or_controller, type):

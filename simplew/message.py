@@ -3,6 +3,7 @@
 Also the body converter REST parameters share (:func:`convert`); envelopes and
 REST bodies are decoded by :func:`decode_json` (:mod:`simplew._fast.plainjson`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,8 @@ import sys
 import types
 import typing
 import uuid
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from simplew._fast.plainjson import decode_json, has_lone_surrogate  # noqa: F401 (re-exported)
 
@@ -32,8 +34,13 @@ class WebSocketMessage:
 
     __slots__ = ("url", "body", "jwt", "claims")
 
-    def __init__(self, url: str, body: Any = None, jwt: str | None = None,
-                 claims: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        body: Any = None,
+        jwt: str | None = None,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
         self.body = body
         self.jwt = jwt
@@ -62,7 +69,7 @@ def convert(value: Any, tp: Any, where: str) -> Any:
     """
     try:
         fast = _COMPILED[tp]
-    except (KeyError, TypeError):       # first use, or an unhashable annotation
+    except (KeyError, TypeError):  # first use, or an unhashable annotation
         fast = _compile(tp)
     result = fast(value)
     if result is _NO:
@@ -102,10 +109,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             args = (args[0],) * len(value)
-        elif args == ((),):              # tuple[()]
+        elif args == ((),):  # tuple[()]
             args = ()
         elif args and len(args) != len(value):
-            raise BodyMappingError(f"{where}: expected a list of {len(args)} items, got {len(value)}")
+            raise BodyMappingError(
+                f"{where}: expected a list of {len(args)} items, got {len(value)}"
+            )
         elif not args:
             args = (Any,) * len(value)
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
@@ -117,7 +126,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         try:
             return origin(items)
-        except TypeError as exc:         # unhashable items for a set
+        except TypeError as exc:  # unhashable items for a set
             raise BodyMappingError(f"{where}: {exc}") from None
     if origin is dict:
         if not isinstance(value, dict):
@@ -166,7 +175,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         except ValueError:
             choices = ", ".join(repr(m.value) for m in tp)
             raise BodyMappingError(
-                f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}") from None
+                f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}"
+            ) from None
     elif isinstance(tp, type):
         if isinstance(value, tp):
             return value
@@ -185,7 +195,7 @@ def _fields_of(cls: type) -> dict[str, tuple[Any, bool]]:
     if fields is None:
         try:
             hints = typing.get_type_hints(cls)
-        except Exception:                # a name some annotation uses is not resolvable
+        except Exception:  # a name some annotation uses is not resolvable
             hints = None
         module = sys.modules.get(cls.__module__)
         fields = {}
@@ -193,7 +203,7 @@ def _fields_of(cls: type) -> dict[str, tuple[Any, bool]]:
             if not f.init:
                 continue
             tp = hints[f.name] if hints is not None else f.type
-            if isinstance(tp, str):      # resolve this one alone, else accept any value
+            if isinstance(tp, str):  # resolve this one alone, else accept any value
                 try:
                     tp = eval(tp, dict(vars(module)) if module else {})
                 except Exception:
@@ -206,11 +216,15 @@ def _fields_of(cls: type) -> dict[str, tuple[Any, bool]]:
 
 def _to_dataclass(value: Any, cls: type, where: str) -> Any:
     if not isinstance(value, dict):
-        raise BodyMappingError(f"{where}: expected an object for {cls.__name__}, got {_kind(value)}")
+        raise BodyMappingError(
+            f"{where}: expected an object for {cls.__name__}, got {_kind(value)}"
+        )
     fields = _fields_of(cls)
     unknown = sorted(k for k in value if k not in fields)
     if unknown:
-        raise BodyMappingError(f"{where}: unknown field(s) for {cls.__name__}: {', '.join(unknown)}")
+        raise BodyMappingError(
+            f"{where}: unknown field(s) for {cls.__name__}: {', '.join(unknown)}"
+        )
     kwargs = {}
     for name, (tp, required) in fields.items():
         if name in value:
@@ -232,7 +246,7 @@ _COMPILED: dict[Any, Callable[[Any], Any]] = {}
 def _compile(tp: Any) -> Callable[[Any], Any]:
     try:
         fast = _COMPILED.get(tp)
-    except TypeError:               # an unhashable annotation: not cached
+    except TypeError:  # an unhashable annotation: not cached
         return _general(tp)
     if fast is None:
         fast = _build(tp)
@@ -247,6 +261,7 @@ def _identity(value: Any) -> Any:
 def _exact(kind: type) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         return value if type(value) is kind else _NO
+
     return check
 
 
@@ -271,6 +286,7 @@ def _parser(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
             return parse(value)
         except ValueError:
             return _NO
+
     return check
 
 
@@ -279,19 +295,27 @@ def _datetime(text: str) -> datetime.datetime:
 
 
 _LEAVES: dict[Any, Callable[[Any], Any]] = {
-    Any: _identity, bool: _exact(bool), int: _exact(int), float: _to_float, str: _exact(str),
-    type(None): _to_none, uuid.UUID: _parser(uuid.UUID), datetime.datetime: _parser(_datetime),
+    Any: _identity,
+    bool: _exact(bool),
+    int: _exact(int),
+    float: _to_float,
+    str: _exact(str),
+    type(None): _to_none,
+    uuid.UUID: _parser(uuid.UUID),
+    datetime.datetime: _parser(_datetime),
     datetime.date: _parser(datetime.date.fromisoformat),
 }
 
 
 def _general(tp: Any) -> Callable[[Any], Any]:
     """The general walk behind the compiled interface (types not compiled)."""
+
     def walk(value: Any) -> Any:
         try:
             return _convert(value, tp, "")
         except BodyMappingError:
             return _NO
+
     return walk
 
 
@@ -313,12 +337,18 @@ def _build(tp: Any) -> Callable[[Any], Any]:
         return _build_dataclass(tp)
     if origin is None and isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _build_enum(tp)
-    if origin is None and isinstance(tp, type) and tp not in (bytes, bytearray) \
-            and not issubclass(tp, (datetime.date, uuid.UUID)):
+    if (
+        origin is None
+        and isinstance(tp, type)
+        and tp not in (bytes, bytearray)
+        and not issubclass(tp, (datetime.date, uuid.UUID))
+    ):
+
         def instance(value: Any) -> Any:
             return value if isinstance(value, tp) else _NO
+
         return instance
-    return _general(tp)             # Literal, tuple, and what the walk alone knows
+    return _general(tp)  # Literal, tuple, and what the walk alone knows
 
 
 def _build_union(args: tuple[Any, ...]) -> Callable[[Any], Any]:
@@ -333,6 +363,7 @@ def _build_union(args: tuple[Any, ...]) -> Callable[[Any], Any]:
             if result is not _NO:
                 return result
         return _NO
+
     return union
 
 
@@ -353,8 +384,9 @@ def _build_list(origin: type, item_type: Any) -> Callable[[Any], Any]:
             return out
         try:
             return origin(out)
-        except TypeError:           # unhashable items: the walk names them
+        except TypeError:  # unhashable items: the walk names them
             return _NO
+
     return items
 
 
@@ -371,6 +403,7 @@ def _build_dict(value_type: Any) -> Callable[[Any], Any]:
                 return _NO
             out[k] = v
         return out
+
     return mapping
 
 
@@ -380,6 +413,7 @@ def _build_enum(tp: type[enum.Enum]) -> Callable[[Any], Any]:
             return tp(value)
         except ValueError:
             return _NO
+
     return member
 
 
@@ -414,6 +448,7 @@ def _build_dataclass(cls: type) -> Callable[[Any], Any]:
         fields[:] = [(name, _compile(tp), required) for name, (tp, required) in spec.items()]
         names = frozenset(spec)
         ready = True
+
     return instance
 
 
@@ -424,5 +459,11 @@ def _name(tp: Any) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

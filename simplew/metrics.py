@@ -7,13 +7,17 @@ handler errors, :class:`simplew._fast.http.HttpStats` for HTTP requests,
 per-message cost is one integer increment. They are read, and summed over the
 endpoints, only when ``/metrics`` is scraped.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-HEALTHY = (200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
-           b'{"status":"ok"}')
+HEALTHY = (
+    200,
+    [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+    b'{"status":"ok"}',
+)
 
 # name, type, help
 _METRICS = (
@@ -21,46 +25,87 @@ _METRICS = (
     ("simplew_http_connections", "gauge", "Open HTTP/1.1 connections (not yet upgraded)."),
     ("simplew_http_requests_total", "counter", "HTTP requests answered (upgrades included)."),
     ("simplew_messages_in_total", "counter", "WebSocket messages received."),
-    ("simplew_messages_out_total", "counter",
-     "WebSocket messages queued to clients (a multicast counts once per client)."),
-    ("simplew_bytes_in_total", "counter",
-     "Bytes received: WebSocket frame payloads, HTTP request bytes."),
-    ("simplew_bytes_out_total", "counter",
-     "Bytes sent: WebSocket frames, HTTP responses."),
+    (
+        "simplew_messages_out_total",
+        "counter",
+        "WebSocket messages queued to clients (a multicast counts once per client).",
+    ),
+    (
+        "simplew_bytes_in_total",
+        "counter",
+        "Bytes received: WebSocket frame payloads, HTTP request bytes.",
+    ),
+    ("simplew_bytes_out_total", "counter", "Bytes sent: WebSocket frames, HTTP responses."),
     ("simplew_multicasts_total", "counter", "Multicasts (to every client or to a room)."),
-    ("simplew_multicast_compressions_total", "counter",
-     "Multicast payloads compressed (once per window size in use)."),
-    ("simplew_dropped_slow_clients_total", "counter",
-     "WebSocket clients closed (1008) for lagging over max_write_buffer."),
-    ("simplew_dropped_messages_total", "counter",
-     "Messages not sent to slow clients (slow_client_policy 'skip', or the one that closed them)."),
-    ("simplew_handler_errors_total", "counter",
-     "HTTP and WebSocket handlers that raised."),
-    ("simplew_open_connections", "gauge",
-     "Open client connections, HTTP and WebSocket, counted against max_connections."),
-    ("simplew_rejected_connections_total", "counter",
-     "Connections answered 503 for exceeding max_connections."),
-    ("simplew_rejected_connections_per_ip_total", "counter",
-     "Connections answered 503 for exceeding max_connections_per_ip."),
-    ("simplew_rejected_origins_total", "counter",
-     "WebSocket upgrades refused (403) for an Origin not allowed."),
-    ("simplew_ping_timeouts_total", "counter",
-     "WebSocket clients closed (1011) for not answering a ping within ping_timeout."),
+    (
+        "simplew_multicast_compressions_total",
+        "counter",
+        "Multicast payloads compressed (once per window size in use).",
+    ),
+    (
+        "simplew_dropped_slow_clients_total",
+        "counter",
+        "WebSocket clients closed (1008) for lagging over max_write_buffer.",
+    ),
+    (
+        "simplew_dropped_messages_total",
+        "counter",
+        "Messages not sent to slow clients (slow_client_policy 'skip', or the one that closed them).",
+    ),
+    ("simplew_handler_errors_total", "counter", "HTTP and WebSocket handlers that raised."),
+    (
+        "simplew_open_connections",
+        "gauge",
+        "Open client connections, HTTP and WebSocket, counted against max_connections.",
+    ),
+    (
+        "simplew_rejected_connections_total",
+        "counter",
+        "Connections answered 503 for exceeding max_connections.",
+    ),
+    (
+        "simplew_rejected_connections_per_ip_total",
+        "counter",
+        "Connections answered 503 for exceeding max_connections_per_ip.",
+    ),
+    (
+        "simplew_rejected_origins_total",
+        "counter",
+        "WebSocket upgrades refused (403) for an Origin not allowed.",
+    ),
+    (
+        "simplew_ping_timeouts_total",
+        "counter",
+        "WebSocket clients closed (1011) for not answering a ping within ping_timeout.",
+    ),
     ("simplew_stream_offset", "gauge", "The last offset of the publication stream (recovery)."),
     ("simplew_history_publications", "gauge", "Publications held for recovery."),
     ("simplew_history_bytes", "gauge", "Bytes of the publications held for recovery."),
     ("simplew_sessions_recovered_total", "counter", "simplew.v1 sessions resumed."),
-    ("simplew_sessions_reset_total", "counter",
-     "simplew.v1 clients that asked to resume and got a fresh session."),
-    ("simplew_sessions_expired_total", "counter",
-     "simplew.v1 sessions ended for good (the recovery window passed; without Redis)."),
+    (
+        "simplew_sessions_reset_total",
+        "counter",
+        "simplew.v1 clients that asked to resume and got a fresh session.",
+    ),
+    (
+        "simplew_sessions_expired_total",
+        "counter",
+        "simplew.v1 sessions ended for good (the recovery window passed; without Redis).",
+    ),
 )
 
 
 def collect(server: Any) -> dict[str, Any]:
     """The current values: an int, or a dict of label value → int for ``protocol``."""
-    ws = {"messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0,
-          "dropped_slow_clients": 0, "dropped_messages": 0, "handler_errors": 0}
+    ws = {
+        "messages_in": 0,
+        "messages_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "dropped_slow_clients": 0,
+        "dropped_messages": 0,
+        "handler_errors": 0,
+    }
     context = server.context
     for endpoint in list(context.endpoints.values()):
         for key in ws:

@@ -11,6 +11,7 @@ Most settings are read when the server starts (``start``, ``run``,
 the ``healthz``/``metrics`` switches are applied when the server is built
 (change them afterwards through ``server.limits`` and ``server.admission``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -152,7 +153,12 @@ def _int(name: str, value: Any, low: int, high: int | None = None) -> None:
 
 
 def _seconds(name: str, value: Any, low: float, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value < low or (positive and value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < low
+        or (positive and value <= 0)
+    ):
         need = "a finite number > 0" if positive else f"a finite number >= {low:g}"
         raise ValueError(f"{name} must be {need} of seconds, not {value!r}")

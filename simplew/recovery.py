@@ -20,6 +20,7 @@ that needs Redis to be admitted waits, outside the hub, until it answers.
 A session id is 128 random bits and works like a bearer token: the server
 logs only a digest of it, and looks ended sessions up by their SHA-256.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,8 @@ import logging
 import re
 import secrets
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from simplew._fast.connection import v1_payload
 from simplew._fast.context import ServerContext
@@ -40,7 +42,7 @@ log = logging.getLogger("simplew.recovery")
 DEFAULT_WINDOW = 120.0
 DEFAULT_HISTORY_SIZE = 10_000
 DEFAULT_HISTORY_BYTES = 64 << 20
-MAX_RETAINED = 200_000          # ended sessions kept at most (oldest forgotten first)
+MAX_RETAINED = 200_000  # ended sessions kept at most (oldest forgotten first)
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _OFFSET = re.compile(r"[0-9]{1,18}\Z")
@@ -76,7 +78,7 @@ class Resume:
         self.offset = offset
 
     @classmethod
-    def from_query(cls, query: dict[str, str]) -> "Resume | None":
+    def from_query(cls, query: dict[str, str]) -> Resume | None:
         """The request, or None when absent or malformed (a fresh session then)."""
         session, epoch, offset = query.get("session"), query.get("epoch"), query.get("offset")
         if session is None or epoch is None or offset is None:
@@ -111,9 +113,13 @@ class Recovery:
     :meth:`opened` / :meth:`closed` for every ``simplew.v1`` connection.
     """
 
-    def __init__(self, context: ServerContext, window: float = DEFAULT_WINDOW,
-                 history_size: int = DEFAULT_HISTORY_SIZE,
-                 history_bytes: int = DEFAULT_HISTORY_BYTES) -> None:
+    def __init__(
+        self,
+        context: ServerContext,
+        window: float = DEFAULT_WINDOW,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+    ) -> None:
         if window < 0:
             raise ValueError("recovery_window must be >= 0")
         self.context = context
@@ -121,22 +127,22 @@ class Recovery:
         self.window = float(window)
         self.history = History(history_size, history_bytes)
         self.epoch = new_epoch()
-        self.store: Any = None          # simplew.stream.RedisStream with Redis
+        self.store: Any = None  # simplew.stream.RedisStream with Redis
         self._ended: OrderedDict[bytes, Ended] = OrderedDict()
         self._waiting: set[Any] = set()  # connections waiting for Redis to be admitted
         self._sweeper: asyncio.TimerHandle | None = None
         self.on_session_end: list[Callable[[str], Any]] = []
         # counters (/metrics)
         self.sessions_recovered = 0
-        self.sessions_reset = 0        # asked to recover, could not
-        self.sessions_expired = 0      # ended for good: the window passed
+        self.sessions_reset = 0  # asked to recover, could not
+        self.sessions_expired = 0  # ended for good: the window passed
 
     # -- publications ------------------------------------------------------------
 
     def publish(self, opcode: int, payload: bytes, room: str | None) -> None:
         """A multicast of this process: the next offset of the stream."""
         if self.store is not None:
-            self.store.publish(opcode, payload, room)   # offsets come from Redis
+            self.store.publish(opcode, payload, room)  # offsets come from Redis
             return
         self.deliver(self.history.top + 1, opcode, payload, room)
 
@@ -152,8 +158,11 @@ class Recovery:
     def reset_stream(self, epoch: str) -> None:
         """The history could not be continued (simplew.stream reloaded it): close
         the simplew.v1 clients (1012) so that they come back and learn it."""
-        log.warning("the stream could not be continued (epoch %s); simplew.v1 clients "
-                    "reconnect and start fresh sessions", epoch)
+        log.warning(
+            "the stream could not be continued (epoch %s); simplew.v1 clients "
+            "reconnect and start fresh sessions",
+            epoch,
+        )
         self.epoch = epoch
         for session in self.hub.sessions():
             if session.v1:
@@ -167,7 +176,7 @@ class Recovery:
         asked = resume is not None
         store = self.store
         if store is not None and (not store.ready or (asked and resume.epoch == self.epoch)):
-            self._waiting.add(conn)     # the ended session (or the stream) is in Redis
+            self._waiting.add(conn)  # the ended session (or the stream) is in Redis
             store.admit_later(conn, resume, asked, self._admit_waiting)
             return
         if resume is not None and resume.epoch != self.epoch:
@@ -175,15 +184,16 @@ class Recovery:
         ended = self._take_ended(resume.session) if resume is not None else None
         self._admit(conn, resume, ended, asked)
 
-    def _admit_waiting(self, conn: Any, resume: Resume | None, ended: Ended | None,
-                       asked: bool) -> None:
+    def _admit_waiting(
+        self, conn: Any, resume: Resume | None, ended: Ended | None, asked: bool
+    ) -> None:
         """Redis answered for ``conn`` (simplew.stream calls this)."""
         if conn not in self._waiting:
-            return                      # gone meanwhile
+            return  # gone meanwhile
         self._waiting.discard(conn)
         if resume is not None and resume.epoch != self.epoch:
             resume, ended = None, None
-        self._admit(conn, resume, ended, asked)     # with Redis, ended sessions are there only
+        self._admit(conn, resume, ended, asked)  # with Redis, ended sessions are there only
 
     def _admit(self, conn: Any, resume: Resume | None, ended: Ended | None, asked: bool) -> None:
         missed = None
@@ -215,8 +225,14 @@ class Recovery:
             if conn.user is None:
                 conn.user = user
             offset = resume.offset
-        welcome = {"type": "welcome", "session": conn.id, "epoch": self.epoch,
-                   "offset": offset, "recovered": conn.recovered, "missed": len(missed)}
+        welcome = {
+            "type": "welcome",
+            "session": conn.id,
+            "epoch": self.epoch,
+            "offset": offset,
+            "recovered": conn.recovered,
+            "missed": len(missed),
+        }
         conn.send_protocol(json.dumps(welcome, separators=(",", ":")).encode())
         for message in missed:
             conn.send_protocol(message)
@@ -231,7 +247,7 @@ class Recovery:
         """A simplew.v1 connection is gone: keep its session for the window."""
         if conn in self._waiting:
             self._waiting.discard(conn)
-            return                      # never admitted: nothing to keep
+            return  # never admitted: nothing to keep
         rooms = conn.rooms
         self.hub.remove(conn)
         self.context.session_closed(conn)
@@ -240,8 +256,9 @@ class Recovery:
         if self.store is not None:
             self.store.session_ended(conn.id, rooms, conn.user)
             return
-        self._keep(Ended(conn.id, rooms, conn.user,
-                         asyncio.get_running_loop().time() + self.window))
+        self._keep(
+            Ended(conn.id, rooms, conn.user, asyncio.get_running_loop().time() + self.window)
+        )
 
     def _keep(self, ended: Ended) -> None:
         key = digest(ended.session_id)

@@ -21,6 +21,7 @@ What a handler returns becomes the response: dict / list / dataclass → JSON 20
 error. Routes are compiled once at start: exact paths in a dict, parameterised
 ones in one alternation regex (one match call per request whatever their number).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,16 +31,17 @@ import logging
 import re
 import types
 import typing
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import msgspec
 
+from simplew._fast.context import ServerContext
+from simplew._fast.plainjson import decode_json, has_lone_surrogate
+from simplew._fast.plainjson import plain as _plain
 from simplew.controller import CLASS_ROUTE_ATTR, ROUTES_ATTR, Controller, join_path
 from simplew.message import BodyMappingError, _convert, convert
-from simplew._fast.plainjson import decode_json, has_lone_surrogate
-from simplew._fast.context import ServerContext
-from simplew._fast.plainjson import plain as _plain
 from simplew.request import Request
 
 log = logging.getLogger("simplew.rest")
@@ -52,7 +54,7 @@ BINARY_TYPE = "application/octet-stream"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MISSING = object()
-_RESULTS = frozenset((dict, list, str, bytes, type(None)))   # results that are not awaitable
+_RESULTS = frozenset((dict, list, str, bytes, type(None)))  # results that are not awaitable
 
 
 class Response:
@@ -64,9 +66,13 @@ class Response:
 
     __slots__ = ("status", "body", "headers", "content_type")
 
-    def __init__(self, status: int = 200, body: Any = None,
-                 headers: dict[str, str] | Iterable[tuple[str, str]] | None = None,
-                 content_type: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int = 200,
+        body: Any = None,
+        headers: dict[str, str] | Iterable[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.headers = headers
@@ -86,9 +92,18 @@ class HttpError(Exception):
         self.error = error or _ERROR_NAMES.get(status, "error")
 
 
-_ERROR_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 422: "unprocessable",
-                429: "too_many_requests", 500: "handler_error", 503: "unavailable"}
+_ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "handler_error",
+    503: "unavailable",
+}
 
 
 class _BadRequest(Exception):
@@ -126,13 +141,13 @@ def _strip_optional(tp: Any) -> Any:
 def _params_of(func: Callable[..., Any], path_params: set[str], is_method: bool) -> list[_Param]:
     try:
         hints = typing.get_type_hints(func)
-    except Exception:               # an unresolvable annotation: use the raw ones
+    except Exception:  # an unresolvable annotation: use the raw ones
         hints = {}
     params = []
     signature = inspect.signature(func)
     items = list(signature.parameters.values())
     if is_method:
-        items = items[1:]           # self
+        items = items[1:]  # self
     for p in items:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
@@ -159,8 +174,10 @@ def _params_of(func: Callable[..., Any], path_params: set[str], is_method: bool)
         params.append(_Param(p.name, source, tp, default))
     missing = path_params - {p.name for p in params if p.source == PATH}
     if missing and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
-        raise TypeError(f"{func.__qualname__} has no parameter for path parameter(s) "
-                        f"{', '.join(sorted(missing))}")
+        raise TypeError(
+            f"{func.__qualname__} has no parameter for path parameter(s) "
+            f"{', '.join(sorted(missing))}"
+        )
     return params
 
 
@@ -181,8 +198,9 @@ def _from_string(raw: str, tp: Any, name: str) -> Any:
                 return _from_string(raw, arg, name)
             except _BadRequest:
                 pass
-        raise _BadRequest("bad_parameter", f"parameter {name!r}: cannot convert {raw!r} "
-                          f"to {_type_name(tp)}", name)
+        raise _BadRequest(
+            "bad_parameter", f"parameter {name!r}: cannot convert {raw!r} to {_type_name(tp)}", name
+        )
     try:
         if tp is int:
             return int(raw)
@@ -195,10 +213,11 @@ def _from_string(raw: str, tp: Any, name: str) -> Any:
             if low in _FALSE:
                 return False
             raise ValueError(raw)
-        return _convert(raw, tp, name)      # UUID, datetime, date, enums, Literal, str
+        return _convert(raw, tp, name)  # UUID, datetime, date, enums, Literal, str
     except (ValueError, BodyMappingError):
-        raise _BadRequest("bad_parameter", f"parameter {name!r}: expected {_type_name(tp)}, "
-                          f"got {raw!r}", name) from None
+        raise _BadRequest(
+            "bad_parameter", f"parameter {name!r}: expected {_type_name(tp)}, got {raw!r}", name
+        ) from None
 
 
 def _type_name(tp: Any) -> str:
@@ -207,14 +226,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | None) -> dict[str, Any]:
+def _bind(
+    params: list[_Param], request: Request, path_args: dict[str, str] | None
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     query = None
     body: Any = _MISSING
     for p in params:
         source = p.source
         if source == PATH:
-            raw = path_args[p.name]         # type: ignore[index]
+            raw = path_args[p.name]  # type: ignore[index]
             kwargs[p.name] = _from_string(unquote(raw) if "%" in raw else raw, p.type, p.name)
         elif source == QUERY:
             if query is None:
@@ -222,8 +243,9 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
             raw = query.get(p.name)
             if raw is None:
                 if p.default is _MISSING:
-                    raise _BadRequest("missing_parameter",
-                                      f"missing required parameter {p.name!r}", p.name)
+                    raise _BadRequest(
+                        "missing_parameter", f"missing required parameter {p.name!r}", p.name
+                    )
                 kwargs[p.name] = p.default
             else:
                 kwargs[p.name] = _from_string(raw, p.type, p.name)
@@ -231,16 +253,20 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
             values = parse_qs(request.query_string, keep_blank_values=True).get(p.name)
             if values is None:
                 if p.default is _MISSING:
-                    raise _BadRequest("missing_parameter",
-                                      f"missing required parameter {p.name!r}", p.name)
+                    raise _BadRequest(
+                        "missing_parameter", f"missing required parameter {p.name!r}", p.name
+                    )
                 kwargs[p.name] = p.default
                 continue
             tp = _strip_optional(p.type)
             args = typing.get_args(tp)
             if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
-                if len(values) != len(args):    # tuple[int, str]: one value per item type
-                    raise _BadRequest("bad_parameter", f"parameter {p.name!r}: expected "
-                                      f"{len(args)} values, got {len(values)}", p.name)
+                if len(values) != len(args):  # tuple[int, str]: one value per item type
+                    raise _BadRequest(
+                        "bad_parameter",
+                        f"parameter {p.name!r}: expected {len(args)} values, got {len(values)}",
+                        p.name,
+                    )
                 kwargs[p.name] = tuple(_from_string(v, a, p.name) for v, a in zip(values, args))
                 continue
             item = args[0] if args else Any
@@ -254,8 +280,10 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
             try:
                 kwargs[p.name] = request.body.decode("utf-8")
             except UnicodeDecodeError:
-                raise _BadRequest("bad_body", "the request body is not UTF-8 text", p.name) from None
-        else:                               # BODY_JSON
+                raise _BadRequest(
+                    "bad_body", "the request body is not UTF-8 text", p.name
+                ) from None
+        else:  # BODY_JSON
             if not request.body:
                 if p.default is not _MISSING:
                     kwargs[p.name] = p.default
@@ -265,11 +293,14 @@ def _bind(params: list[_Param], request: Request, path_args: dict[str, str] | No
                 try:
                     body = decode_json(request.body)
                     # a \uD800-\uDFFF escape (UTF-8 text) or UTF-16/32 (NUL bytes) may hold one
-                    if (b"\\u" in request.body or b"\x00" in request.body) and has_lone_surrogate(body):
+                    if (b"\\u" in request.body or b"\x00" in request.body) and has_lone_surrogate(
+                        body
+                    ):
                         raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)")
                 except (ValueError, RecursionError) as exc:
-                    raise _BadRequest("bad_json", f"the request body is not valid JSON: {exc}",
-                                      p.name) from None
+                    raise _BadRequest(
+                        "bad_json", f"the request body is not valid JSON: {exc}", p.name
+                    ) from None
             try:
                 kwargs[p.name] = convert(body, p.type, "body")
             except BodyMappingError as exc:
@@ -289,11 +320,21 @@ _fast_encode = msgspec.json.Encoder().encode
 class Target:
     """One compiled route: what to call for one method and path."""
 
-    __slots__ = ("method", "path", "func", "controller", "params", "is_async", "protected", "name",
-                 "bare")
+    __slots__ = (
+        "method",
+        "path",
+        "func",
+        "controller",
+        "params",
+        "is_async",
+        "protected",
+        "name",
+        "bare",
+    )
 
-    def __init__(self, method: str, path: str, func: Callable[..., Any],
-                 controller: type[Controller] | None) -> None:
+    def __init__(
+        self, method: str, path: str, func: Callable[..., Any], controller: type[Controller] | None
+    ) -> None:
         self.method = method
         self.path = path
         self.func = func
@@ -318,13 +359,19 @@ def _is_protected(controller: type, func: Callable[..., Any]) -> bool:
 class Router:
     """The HTTP routes of a server, compiled once at start."""
 
-    def __init__(self, targets: list[Target], prefixes: list[str],
-                 context: ServerContext | None, json_default: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        prefixes: list[str],
+        context: ServerContext | None,
+        json_default: Callable[[Any], Any],
+    ) -> None:
         self.context = context
         self.app = None if context is None else context.app  # controllers' self.server
         self.prefixes = sorted(set(prefixes), key=len, reverse=True)
-        self._dumps = json.JSONEncoder(default=json_default, ensure_ascii=False,
-                                       separators=(",", ":")).encode
+        self._dumps = json.JSONEncoder(
+            default=json_default, ensure_ascii=False, separators=(",", ":")
+        ).encode
         self.exact: dict[str, dict[str, Target]] = {}
         patterns: dict[str, dict[str, Target]] = {}
         for target in targets:
@@ -345,7 +392,7 @@ class Router:
             regex = []
             pos = 0
             for m in _PARAM.finditer(path):
-                regex.append(re.escape(path[pos:m.start()]))
+                regex.append(re.escape(path[pos : m.start()]))
                 group += 1
                 names.append((m.group(1), group))
                 regex.append("([^/]+)")
@@ -356,8 +403,9 @@ class Router:
         self._regex = re.compile("(?:" + "|".join(parts) + r")\Z") if parts else None
 
     def __len__(self) -> int:
-        return sum(len(m) for m in self.exact.values()) + \
-            sum(len(m) for m, _ in self._groups.values())
+        return sum(len(m) for m in self.exact.values()) + sum(
+            len(m) for m, _ in self._groups.values()
+        )
 
     def routes(self) -> list[str]:
         """``"METHOD /path"`` of every route."""
@@ -377,7 +425,7 @@ class Router:
         m = self._regex.match(path)
         if m is None:
             return None
-        methods, names = self._groups[m.lastindex]      # type: ignore[index]
+        methods, names = self._groups[m.lastindex]  # type: ignore[index]
         return methods, {name: m.group(i) for name, i in names}
 
     def owns(self, path: str) -> bool:
@@ -416,9 +464,18 @@ class Router:
             allow = _allow(methods)
             if method == "OPTIONS":
                 return 204, [("Allow", allow)], b""
-            return 405, [("Allow", allow), ("Content-Type", JSON_TYPE)], self._dumps(
-                {"error": "method_not_allowed", "method": method, "path": request.path,
-                 "allowed": allow.split(", ")}).encode()
+            return (
+                405,
+                [("Allow", allow), ("Content-Type", JSON_TYPE)],
+                self._dumps(
+                    {
+                        "error": "method_not_allowed",
+                        "method": method,
+                        "path": request.path,
+                        "allowed": allow.split(", "),
+                    }
+                ).encode(),
+            )
         return self.call(target, request, path_args)
 
     def json_body(self, value: Any) -> bytes:
@@ -458,12 +515,13 @@ class Router:
         auth = None if self.context is None else self.context.jwt_auth
         if auth is None:
             if target.protected:
-                raise HttpError(401, "this route requires a JWT but the server has no key "
-                                     "(set_token)")
+                raise HttpError(
+                    401, "this route requires a JWT but the server has no key (set_token)"
+                )
             return
         try:
             instance.jwt = auth.claims_for(None, request.headers)
-        except Exception as exc:    # simplew.auth.Unauthorized
+        except Exception as exc:  # simplew.auth.Unauthorized
             if target.protected:
                 raise HttpError(401, str(exc)) from None
 
@@ -485,8 +543,9 @@ class Router:
             if result.content_type is not None:
                 headers = [("Content-Type", result.content_type)]
             if result.headers:
-                extra = result.headers.items() if isinstance(result.headers, dict) \
-                    else result.headers
+                extra = (
+                    result.headers.items() if isinstance(result.headers, dict) else result.headers
+                )
                 headers = headers + [(str(k), str(v)) for k, v in extra]
             return status, headers, body
         return self._body(result, 200)
@@ -515,15 +574,23 @@ class Router:
         log.error("handler for %s raised", name, exc_info=exc)
         if self.context is not None:
             self.context.http_stats.handler_errors += 1
-        return self.error(500, {"error": "handler_error",
-                                "message": f"{type(exc).__name__} in handler for {name}"})
+        return self.error(
+            500,
+            {"error": "handler_error", "message": f"{type(exc).__name__} in handler for {name}"},
+        )
 
     def error(self, status: int, payload: dict[str, Any]) -> HttpResponse:
         return status, [("Content-Type", JSON_TYPE)], self.json_body(payload)
 
     def not_found(self, request: Request) -> HttpResponse:
-        return self.error(404, {"error": "not_found", "path": request.path,
-                                "message": f"no route for {request.method} {request.path}"})
+        return self.error(
+            404,
+            {
+                "error": "not_found",
+                "path": request.path,
+                "message": f"no route for {request.method} {request.path}",
+            },
+        )
 
 
 def _allow(methods: dict[str, Target]) -> str:
@@ -532,7 +599,8 @@ def _allow(methods: dict[str, Target]) -> str:
         allowed.add("HEAD")
     allowed.add("OPTIONS")
     return ", ".join(m for m in HTTP_METHODS if m in allowed) + "".join(
-        ", " + m for m in sorted(allowed) if m not in HTTP_METHODS)
+        ", " + m for m in sorted(allowed) if m not in HTTP_METHODS
+    )
 
 
 def http_routes_of(controller: type[Controller]) -> list[tuple[str, str, Callable[..., Any]]]:
@@ -562,9 +630,12 @@ class DynamicSpec:
         return out
 
 
-def compile_router(specs: list[DynamicSpec], inline: list[tuple[str, str, Callable[..., Any]]],
-                   context: ServerContext | None,
-                   json_default: Callable[[Any], Any]) -> Router | None:
+def compile_router(
+    specs: list[DynamicSpec],
+    inline: list[tuple[str, str, Callable[..., Any]]],
+    context: ServerContext | None,
+    json_default: Callable[[Any], Any],
+) -> Router | None:
     """The router of ``specs`` (controllers) and ``inline`` (map_get...) routes, or None."""
     if not specs and not inline:
         return None
@@ -586,11 +657,15 @@ class Cors:
     ``credentials``) the request's Origin is echoed when allowed, with ``Vary: Origin``.
     """
 
-    def __init__(self, origin: str | Iterable[str] = "*",
-                 methods: str | Iterable[str] | None = None,
-                 headers: str | Iterable[str] | None = None,
-                 credentials: bool = False, max_age: int | None = None,
-                 expose_headers: str | Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        origin: str | Iterable[str] = "*",
+        methods: str | Iterable[str] | None = None,
+        headers: str | Iterable[str] | None = None,
+        credentials: bool = False,
+        max_age: int | None = None,
+        expose_headers: str | Iterable[str] | None = None,
+    ) -> None:
         if isinstance(origin, str):
             origins = [o.strip() for o in origin.split(",") if o.strip()]
         else:
@@ -600,7 +675,7 @@ class Cors:
         self.credentials = credentials
         self.echo = credentials or not self.any_origin
         self.methods = _join(methods) or "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-        self.headers = _join(headers)           # None: echo Access-Control-Request-Headers
+        self.headers = _join(headers)  # None: echo Access-Control-Request-Headers
         self.max_age = max_age
         self.expose = _join(expose_headers)
 
@@ -615,10 +690,15 @@ class Cors:
         origin = request.headers.get("origin")
         allowed = self._origin_for(origin)
         if origin is None or allowed is None:
-            return 403, [("Content-Type", JSON_TYPE), ("Vary", "Origin")], \
-                b'{"error":"cors_origin","message":"origin not allowed"}'
-        out = [("Access-Control-Allow-Origin", allowed),
-               ("Access-Control-Allow-Methods", self.methods)]
+            return (
+                403,
+                [("Content-Type", JSON_TYPE), ("Vary", "Origin")],
+                b'{"error":"cors_origin","message":"origin not allowed"}',
+            )
+        out = [
+            ("Access-Control-Allow-Origin", allowed),
+            ("Access-Control-Allow-Methods", self.methods),
+        ]
         if self.headers is not None:
             out.append(("Access-Control-Allow-Headers", self.headers))
             vary = "Origin"
@@ -672,5 +752,12 @@ def _join(value: str | Iterable[str] | None) -> str | None:
     return ", ".join(value)
 
 
-__all__ = ["Response", "HttpError", "Router", "Cors", "DynamicSpec", "compile_router",
-           "http_routes_of"]
+__all__ = [
+    "Response",
+    "HttpError",
+    "Router",
+    "Cors",
+    "DynamicSpec",
+    "compile_router",
+    "http_routes_of",
+]

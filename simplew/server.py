@@ -14,6 +14,7 @@ layers get a :class:`~simplew._fast.context.ServerContext`, never the server:
 
 docs/architecture.md shows how a request and a multicast flow through them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,8 @@ import importlib.util
 import logging
 import signal
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from simplew import browser as _browser
 from simplew import metrics as _metrics
@@ -40,7 +42,8 @@ from simplew.endpoints import json_default as _json_default
 from simplew.options import ServerOptions
 from simplew.recovery import Recovery
 from simplew.rest import Cors, DynamicSpec, compile_router
-from simplew.sessions import Sessions, access_log as _access_log
+from simplew.sessions import Sessions
+from simplew.sessions import access_log as _access_log
 from simplew.static import StaticFiles
 
 try:
@@ -58,10 +61,17 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 Session = WebSocketConnection
 
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
-REDIS_EXTRA = "pip install 'simplew[redis]'"     # what redis_url needs that is not installed
+REDIS_EXTRA = "pip install 'simplew[redis]'"  # what redis_url needs that is not installed
 
-__all__ = ["SimpleWServer", "ServerOptions", "Session", "Response", "DEFAULT_MAX_MESSAGE_SIZE",
-           "REDIS_EXTRA", "SLOW_CLIENT_POLICIES"]
+__all__ = [
+    "SimpleWServer",
+    "ServerOptions",
+    "Session",
+    "Response",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "REDIS_EXTRA",
+    "SLOW_CLIENT_POLICIES",
+]
 
 
 class _Option:
@@ -105,36 +115,41 @@ class SimpleWServer:
     history_size = _Option()
     history_bytes = _Option()
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 2015, *,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 max_body_size: int = 1 << 20,
-                 max_header_size: int = 16384,
-                 idle_timeout: float | None = 60.0,
-                 header_timeout: float | None = 30.0,
-                 read_buffer_size: int = 2048,
-                 handshake_timeout: float = 10.0,
-                 ping_interval: float | None = 20.0,
-                 ping_timeout: float = 20.0,
-                 backlog: int = 4096,
-                 reuse_port: bool = False,
-                 ssl: Any = None,
-                 shutdown_grace: float = 5.0,
-                 max_write_buffer: int = 1 << 20,
-                 slow_client_policy: str = "close",
-                 compression: bool = False,
-                 compression_level: int = 1,
-                 use_aiofastnet: bool = False,
-                 redis_url: str | None = None,
-                 recovery: bool = False,
-                 recovery_window: float = 120.0,
-                 history_size: int = 10_000,
-                 history_bytes: int = 64 << 20,
-                 healthz: bool = True,
-                 metrics: bool = False,
-                 access_log: bool = True,
-                 allowed_origins: list[str] | None = None,
-                 max_connections: int | None = None,
-                 max_connections_per_ip: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 2015,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_body_size: int = 1 << 20,
+        max_header_size: int = 16384,
+        idle_timeout: float | None = 60.0,
+        header_timeout: float | None = 30.0,
+        read_buffer_size: int = 2048,
+        handshake_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        backlog: int = 4096,
+        reuse_port: bool = False,
+        ssl: Any = None,
+        shutdown_grace: float = 5.0,
+        max_write_buffer: int = 1 << 20,
+        slow_client_policy: str = "close",
+        compression: bool = False,
+        compression_level: int = 1,
+        use_aiofastnet: bool = False,
+        redis_url: str | None = None,
+        recovery: bool = False,
+        recovery_window: float = 120.0,
+        history_size: int = 10_000,
+        history_bytes: int = 64 << 20,
+        healthz: bool = True,
+        metrics: bool = False,
+        access_log: bool = True,
+        allowed_origins: list[str] | None = None,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+    ) -> None:
         """Every parameter is a field of :class:`~simplew.options.ServerOptions`,
         documented there (and in docs/configuration.md); a value that cannot
         work raises :class:`ValueError`."""
@@ -143,13 +158,18 @@ class SimpleWServer:
         self.options = options = ServerOptions(**settings)
         # connection limits and allowed WebSocket origins (docs/security.md)
         self.admission = Admission(max_connections, max_connections_per_ip, allowed_origins)
-        self.limits = HttpLimits(max_body_size, max_header_size,
-                                 idle_timeout=idle_timeout, header_timeout=header_timeout,
-                                 admission=self.admission)
+        self.limits = HttpLimits(
+            max_body_size,
+            max_header_size,
+            idle_timeout=idle_timeout,
+            header_timeout=header_timeout,
+            admission=self.admission,
+        )
         self.hub = Hub()
         # pings every client each ping_interval, drops those silent for ping_timeout (None: off)
-        self.heartbeat = None if ping_interval is None else \
-            Heartbeat(self.hub, ping_interval, ping_timeout)
+        self.heartbeat = (
+            None if ping_interval is None else Heartbeat(self.hub, ping_interval, ping_timeout)
+        )
         self.http_stats = HttpStats()
         # what the lower layers get instead of this object (simplew._fast.context)
         self.context = context = ServerContext(self, self.hub, self.limits, self.http_stats)
@@ -161,7 +181,7 @@ class SimpleWServer:
         self._sessions = Sessions(context)
         self._broadcast = Broadcast(context)
         self._answers = HttpAnswers(context)
-        self.recovery: Recovery | None = None   # simplew.v1 sessions (simplew.recovery), at start
+        self.recovery: Recovery | None = None  # simplew.v1 sessions (simplew.recovery), at start
         self.jwt_auth: JwtAuth | None = None
         self.access_log = options.access_log
         self._ws_specs: list[WebSocketSpec] = []
@@ -208,20 +228,25 @@ class SimpleWServer:
 
     # -- registration -----------------------------------------------------------
 
-    def add_static_content(self, path: str, prefix: str = "/", timeout: float | None = None,
-                           **cache: int) -> StaticFiles:
+    def add_static_content(
+        self, path: str, prefix: str = "/", timeout: float | None = None, **cache: int
+    ) -> StaticFiles:
         """Serve the files of directory ``path`` under URL ``prefix``
         (``cache``: ``cache_max_file``, ``cache_budget`` of :class:`StaticFiles`)."""
         static = StaticFiles(path, prefix, timeout, **cache)
         self._answers.add_static(static)
         return static
 
-    def add_websocket_content(self, path_or_controller: str | type[Controller] = "/websocket",
-                              path: str | None = None, *,
-                              on_message: Callable[..., Any] | None = None,
-                              max_message_size: int | None = None,
-                              compression: bool | None = None,
-                              allowed_origins: list[str] | None = None) -> None:
+    def add_websocket_content(
+        self,
+        path_or_controller: str | type[Controller] = "/websocket",
+        path: str | None = None,
+        *,
+        on_message: Callable[..., Any] | None = None,
+        max_message_size: int | None = None,
+        compression: bool | None = None,
+        allowed_origins: list[str] | None = None,
+    ) -> None:
         """Open a WebSocket endpoint.
 
         ``add_websocket_content("/websocket")`` routes messages to the WEBSOCKET
@@ -237,9 +262,15 @@ class SimpleWServer:
             raise ValueError(f"a WebSocket endpoint is already at {endpoint_path}")
         if allowed_origins is not None:
             self.admission.endpoint_origins[endpoint_path] = OriginPolicy(allowed_origins)
-        self._ws_specs.append(WebSocketSpec(
-            endpoint_path, controllers, on_message, max_message_size or self.max_message_size,
-            compression))
+        self._ws_specs.append(
+            WebSocketSpec(
+                endpoint_path,
+                controllers,
+                on_message,
+                max_message_size or self.max_message_size,
+                compression,
+            )
+        )
 
     def on_connect(self, callback: Callable[[Session], Any]) -> Callable[[Session], Any]:
         """Call ``callback(session)`` when a WebSocket client connects (usable as a decorator)."""
@@ -258,26 +289,35 @@ class SimpleWServer:
         self._sessions.on_session_end.append(callback)
         return callback
 
-    def set_token(self, key: Any, *, algorithms: Any = ("HS256",), issuer: str | None = None,
-                  audience: Any = None, leeway: float = 0.0,
-                  options: dict[str, Any] | None = None) -> JwtAuth:
+    def set_token(
+        self,
+        key: Any,
+        *,
+        algorithms: Any = ("HS256",),
+        issuer: str | None = None,
+        audience: Any = None,
+        leeway: float = 0.0,
+        options: dict[str, Any] | None = None,
+    ) -> JwtAuth:
         """Validate JWTs on WebSocket messages with ``key`` (SimpleW's ``SetToken``).
 
         Routes of controllers marked ``require_jwt`` then answer only messages
         with a valid token, and every controller sees the claims as ``self.jwt``.
         Needs PyJWT (``pip install 'simplew[jwt]'``); see :mod:`simplew.auth`.
         """
-        auth = JwtAuth(key, algorithms, issuer=issuer, audience=audience, leeway=leeway,
-                       options=options)
+        auth = JwtAuth(
+            key, algorithms, issuer=issuer, audience=audience, leeway=leeway, options=options
+        )
         self.jwt_auth = auth
-        self.context.jwt_auth = auth        # read at each use: takes effect while serving
+        self.context.jwt_auth = auth  # read at each use: takes effect while serving
         return auth
 
     def SetToken(self, key: Any, issuer: str | None = None) -> JwtAuth:
         return self.set_token(key, issuer=issuer)
 
-    def add_dynamic_content(self, path_or_controller: str | type[Controller] = "/",
-                            path: str | None = None) -> None:
+    def add_dynamic_content(
+        self, path_or_controller: str | type[Controller] = "/", path: str | None = None
+    ) -> None:
         """Serve REST controllers under ``path`` (SimpleW's ``AddDynamicContent``).
 
         ``add_dynamic_content("/api")`` routes HTTP requests to the non-WEBSOCKET
@@ -317,12 +357,18 @@ class SimpleWServer:
         return self.map("PATCH", url, handler)
 
     def _routes_changed(self) -> None:
-        if self._server is not None:        # added while serving: recompile now
+        if self._server is not None:  # added while serving: recompile now
             self._compile_router()
 
-    def add_cors(self, origin: str | list[str] = "*", methods: str | list[str] | None = None,
-                 headers: str | list[str] | None = None, credentials: bool = False,
-                 max_age: int | None = None, expose_headers: str | list[str] | None = None) -> Cors:
+    def add_cors(
+        self,
+        origin: str | list[str] = "*",
+        methods: str | list[str] | None = None,
+        headers: str | list[str] | None = None,
+        credentials: bool = False,
+        max_age: int | None = None,
+        expose_headers: str | list[str] | None = None,
+    ) -> Cors:
         """Answer CORS preflights and add Access-Control-* headers (SimpleW's ``AddCORS``).
 
         ``origin``: ``"*"``, one origin or a list (the request's Origin is then
@@ -429,16 +475,19 @@ class SimpleWServer:
         if self._ws_specs:
             self._answers.ops.setdefault(_browser.PATH, _browser.response)
         if self.recovery_enabled:
-            self.recovery = Recovery(context, self.recovery_window, self.history_size,
-                                     self.history_bytes)
+            self.recovery = Recovery(
+                context, self.recovery_window, self.history_size, self.history_bytes
+            )
             self.recovery.on_session_end = self._sessions.on_session_end
         context.recovery = self.recovery
-        context.endpoints = {spec.path: spec.compile(context, self.options, self._flusher)
-                             for spec in self._ws_specs}
+        context.endpoints = {
+            spec.path: spec.compile(context, self.options, self._flusher) for spec in self._ws_specs
+        }
 
     def _compile_router(self) -> None:
-        self._answers.router = compile_router(self._dynamic, self._inline_routes, self.context,
-                                              _json_default)
+        self._answers.router = compile_router(
+            self._dynamic, self._inline_routes, self.context, _json_default
+        )
 
     @property
     def _router(self) -> Any:
@@ -451,17 +500,21 @@ class SimpleWServer:
         """Start listening in the running loop and return once the port is bound."""
         if self._server is not None:
             raise RuntimeError("server is already started")
-        if self.redis_url and importlib.util.find_spec("redis") is None:   # before binding
+        if self.redis_url and importlib.util.find_spec("redis") is None:  # before binding
             raise ImportError(f"redis_url needs the Redis client: {REDIS_EXTRA}")
         self._compile()
         loop = asyncio.get_running_loop()
-        options: dict[str, Any] = {"backlog": self.options.backlog, "reuse_address": True,
-                                   "ssl": self.ssl}
+        options: dict[str, Any] = {
+            "backlog": self.options.backlog,
+            "reuse_address": True,
+            "ssl": self.ssl,
+        }
         if self.options.reuse_port:
             options["reuse_port"] = True
         if self._use_aiofastnet:
-            server = await aiofastnet.create_server(loop, self._protocol, self.host, self.port,
-                                                    **options)
+            server = await aiofastnet.create_server(
+                loop, self._protocol, self.host, self.port, **options
+            )
         else:
             server = await loop.create_server(self._protocol, self.host, self.port, **options)
         self._server = server
@@ -472,15 +525,21 @@ class SimpleWServer:
             self.port = server.sockets[0].getsockname()[1]
         if self.redis_url and self.recovery is not None:
             from simplew.stream import RedisStream
+
             stream = RedisStream(self.redis_url, self.recovery)
             self._broadcast.backplane = self.recovery.store = stream
-            stream.start()                  # one stream for every process sharing Redis
+            stream.start()  # one stream for every process sharing Redis
         elif self.redis_url:
             from simplew.backplane import RedisBackplane
+
             self._broadcast.backplane = RedisBackplane(self.redis_url, self._broadcast.fan_out)
-            self._broadcast.backplane.start()   # connects in the background, retrying
-        log.info("simplew listening on %s://%s:%d/", "https" if self.ssl else "http",
-                 self.host, self.port)
+            self._broadcast.backplane.start()  # connects in the background, retrying
+        log.info(
+            "simplew listening on %s://%s:%d/",
+            "https" if self.ssl else "http",
+            self.host,
+            self.port,
+        )
 
     async def serve(self) -> None:
         """Serve in the running loop until :meth:`stop` (or cancellation)."""
@@ -496,18 +555,18 @@ class SimpleWServer:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()                      # stop accepting
+        server.close()  # stop accepting
         for conn in list(self._http_connections):
             conn.shutdown()
         for session in self.sessions:
             session.close(1001, "server shutting down")
         deadline = asyncio.get_running_loop().time() + self.shutdown_grace
         while len(self.hub) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)       # clients answer the CLOSE, buffers drain
+            await asyncio.sleep(0.02)  # clients answer the CLOSE, buffers drain
         for session in self.sessions:
             session.abort()
         if self.backplane is not None:
-            await self.backplane.close()    # its counters stay readable
+            await self.backplane.close()  # its counters stay readable
         if self.recovery is not None:
             self.recovery.close()
         self._loop = None
@@ -562,6 +621,7 @@ class SimpleWServer:
         On a signal the server stops accepting, sends close 1001 to every client,
         lets what was already sent drain and returns within ``shutdown_grace`` seconds.
         """
+
         async def main() -> None:
             await self.listen()
             loop = asyncio.get_running_loop()

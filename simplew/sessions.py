@@ -6,11 +6,13 @@ The endpoints (:mod:`simplew._fast.connection`) and the recovery code call
 (``session_opened`` / ``session_closed``) once a session is in the hub and once
 it has left it. Loop thread only, but for the hook lists.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from simplew._fast.connection import WebSocketConnection
 from simplew._fast.context import ServerContext
@@ -30,7 +32,7 @@ class Sessions:
         self.context = context
         self.on_connect: list[Hook] = []
         self.on_disconnect: list[Hook] = []
-        self.on_session_end: list[Callable[[str], Any]] = []   # given to simplew.recovery
+        self.on_session_end: list[Callable[[str], Any]] = []  # given to simplew.recovery
 
     # -- called by the lower layers (ServerContext.session_opened / _closed) -------
 
@@ -42,17 +44,25 @@ class Sessions:
             if claims is not None and isinstance(claims.get("sub"), str):
                 session.user = claims["sub"]
         if self.context.access_log is not None:
-            access_log.info("%s WebSocket connect %s %s%s", _peer(session),
-                            session.endpoint.path, _log_id(session),
-                            " recovered" if session.recovered else "")
+            access_log.info(
+                "%s WebSocket connect %s %s%s",
+                _peer(session),
+                session.endpoint.path,
+                _log_id(session),
+                " recovered" if session.recovered else "",
+            )
         for callback in self.on_connect:
             _call_hook(callback, session)
 
     def closed(self, session: Session) -> None:
         """``session`` has left the hub: log, run hooks."""
         if self.context.access_log is not None:
-            access_log.info("%s WebSocket disconnect %s %s", _peer(session),
-                            session.endpoint.path, _log_id(session))
+            access_log.info(
+                "%s WebSocket disconnect %s %s",
+                _peer(session),
+                session.endpoint.path,
+                _log_id(session),
+            )
         for callback in self.on_disconnect:
             _call_hook(callback, session)
 

@@ -32,6 +32,7 @@ While Redis is unreachable, multicasts wait (up to ``max_pending``, then they
 are dropped and counted) and connections that need Redis to be admitted
 wait outside the hub.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,21 +41,33 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from simplew.backplane import (BACKOFF_MAX, BACKOFF_MIN, COMMAND_TIMEOUT, MAX_BATCH,
-                               MAX_BATCH_BYTES, _close_quietly, _describe, cancel_quietly, decode_records,
-                               encode_record, redact, redis_client,
-                               until_either_fails)
+from simplew.backplane import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    COMMAND_TIMEOUT,
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    _close_quietly,
+    _describe,
+    cancel_quietly,
+    decode_records,
+    encode_record,
+    redact,
+    redis_client,
+    until_either_fails,
+)
 from simplew.recovery import Ended, Recovery, Resume, digest, new_epoch, pub_message
 
 log = logging.getLogger("simplew.stream")
 
 PREFIX = "simplew"
 MAX_PENDING = 100_000
-SYNC_INTERVAL = 1.0         # seconds between two writes of session and presence changes
-PRESENCE_TTL = 10.0         # a presence entry not refreshed for this long is gone
-FETCH_CHUNK = 1000          # Stream entries per XRANGE
+SYNC_INTERVAL = 1.0  # seconds between two writes of session and presence changes
+PRESENCE_TTL = 10.0  # a presence entry not refreshed for this long is gone
+FETCH_CHUNK = 1000  # Stream entries per XRANGE
 
 # The epoch of the stream; a fresh one (and no stale entries) when the meta hash is gone.
 _EPOCH = """
@@ -66,7 +79,9 @@ if not epoch then
 end
 """
 
-_PUBLISH = _EPOCH + """
+_PUBLISH = (
+    _EPOCH
+    + """
 local n = #ARGV - 3
 local top = redis.call('HINCRBY', KEYS[1], 'top', n)
 local first = top - n + 1
@@ -78,17 +93,28 @@ redis.call('PUBLISH', ARGV[3], epoch .. '\\n' .. string.format('%d', first) .. '
            .. table.concat(ARGV, '', 4))
 return {epoch, first}
 """
+)
 
-_META = _EPOCH + """
+_META = (
+    _EPOCH
+    + """
 return {epoch, redis.call('HGET', KEYS[1], 'top')}
 """
+)
 
 
 class RedisStream:
     """The Redis side of :class:`~simplew.recovery.Recovery` (loop thread only)."""
 
-    def __init__(self, url: str, recovery: Recovery, *, prefix: str = PREFIX,
-                 max_pending: int = MAX_PENDING, sync_interval: float = SYNC_INTERVAL) -> None:
+    def __init__(
+        self,
+        url: str,
+        recovery: Recovery,
+        *,
+        prefix: str = PREFIX,
+        max_pending: int = MAX_PENDING,
+        sync_interval: float = SYNC_INTERVAL,
+    ) -> None:
         self.url = url
         self.recovery = recovery
         self.hub = recovery.hub
@@ -98,15 +124,15 @@ class RedisStream:
         self.meta_key = f"{prefix}:meta"
         self.stream_key = f"{prefix}:stream"
         self.channel = f"{prefix}:pubs"
-        self.ready = False              # the history mirrors the stream up to now
+        self.ready = False  # the history mirrors the stream up to now
         self.connected = False
         self.closed = False
         self._epoch: str | None = None  # the epoch the history belongs to
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._waiters: list[tuple[Any, Resume | None, bool, Callable[..., Any]]] = []
-        self._commands: deque[tuple[str, tuple[Any, ...]]] = deque()   # session/presence writes
-        self._written: dict[str, tuple[frozenset[str], float]] = {}    # id -> (rooms, when)
+        self._commands: deque[tuple[str, tuple[Any, ...]]] = deque()  # session/presence writes
+        self._written: dict[str, tuple[frozenset[str], float]] = {}  # id -> (rooms, when)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._client: Any = None
@@ -114,8 +140,8 @@ class RedisStream:
         self.published = 0
         self.batches = 0
         self.received = 0
-        self.dropped = 0            # multicasts dropped while Redis was unreachable too long
-        self.refetched = 0          # publications fetched from the Stream to fill a hole
+        self.dropped = 0  # multicasts dropped while Redis was unreachable too long
+        self.refetched = 0  # publications fetched from the Stream to fill a hole
         self.resets = 0
         self.outages = 0
 
@@ -133,16 +159,24 @@ class RedisStream:
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
-                log.warning("Redis stream: %d multicasts wait for Redis; %d dropped so far",
-                            len(self._pending), self.dropped)
+                log.warning(
+                    "Redis stream: %d multicasts wait for Redis; %d dropped so far",
+                    len(self._pending),
+                    self.dropped,
+                )
             return
         record = encode_record(opcode, room, payload)
         self._pending.append(record)
         self._pending_bytes += len(record)
         self._wakeup.set()
 
-    def admit_later(self, conn: Any, resume: Resume | None, asked: bool,
-                    admit: Callable[[Any, Resume | None, Ended | None, bool], None]) -> None:
+    def admit_later(
+        self,
+        conn: Any,
+        resume: Resume | None,
+        asked: bool,
+        admit: Callable[[Any, Resume | None, Ended | None, bool], None],
+    ) -> None:
         """Admit ``conn`` once the history is ready and its ended session (if it
         asks for one) was read from Redis."""
         self._waiters.append((conn, resume, asked, admit))
@@ -151,8 +185,13 @@ class RedisStream:
     def session_admitted(self, session: Any) -> None:
         """Record a session (and its rooms) in Redis at once, so that a crash of this
         process right after it connected does not lose it."""
-        self._write_live(session, frozenset(session.rooms), frozenset(),
-                         str(time.time() + PRESENCE_TTL), time.monotonic())
+        self._write_live(
+            session,
+            frozenset(session.rooms),
+            frozenset(),
+            str(time.time() + PRESENCE_TTL),
+            time.monotonic(),
+        )
         self._wakeup.set()
 
     def session_ended(self, session_id: str, rooms: Any, user: Any) -> None:
@@ -183,10 +222,19 @@ class RedisStream:
         self.connected = False
 
     def stats(self) -> dict[str, Any]:
-        return {"connected": self.connected, "ready": self.ready, "published": self.published,
-                "batches": self.batches, "received": self.received, "dropped": self.dropped,
-                "refetched": self.refetched, "resets": self.resets, "outages": self.outages,
-                "pending": len(self._pending), "top": self.recovery.history.top}
+        return {
+            "connected": self.connected,
+            "ready": self.ready,
+            "published": self.published,
+            "batches": self.batches,
+            "received": self.received,
+            "dropped": self.dropped,
+            "refetched": self.refetched,
+            "resets": self.resets,
+            "outages": self.outages,
+            "pending": len(self._pending),
+            "top": self.recovery.history.top,
+        }
 
     # -- keys and records ---------------------------------------------------------------
 
@@ -211,7 +259,7 @@ class RedisStream:
                 client = redis_client(self.url)
                 pubsub = client.pubsub()
                 await pubsub.subscribe(self.channel)
-                while True:             # nothing published after this is missed
+                while True:  # nothing published after this is missed
                     message = await pubsub.get_message(timeout=COMMAND_TIMEOUT)
                     if message is None:
                         raise TimeoutError("no answer to SUBSCRIBE")
@@ -232,9 +280,12 @@ class RedisStream:
                 if not self.closed:
                     if self.connected or self.outages == 0:
                         self.outages += 1
-                        log.warning("Redis stream: %s %s: %s; publications wait until it is back",
-                                    "lost" if self.connected else "cannot reach",
-                                    redact(self.url), _describe(exc))
+                        log.warning(
+                            "Redis stream: %s %s: %s; publications wait until it is back",
+                            "lost" if self.connected else "cannot reach",
+                            redact(self.url),
+                            _describe(exc),
+                        )
                     self.connected = False
                     self.ready = False
             finally:
@@ -257,7 +308,7 @@ class RedisStream:
                 continue
             data = message["data"]
             if not self._apply(data):
-                await self._catch_up(client)        # a hole: fill it from the Stream
+                await self._catch_up(client)  # a hole: fill it from the Stream
                 if not self._apply(data):
                     log.debug("Redis stream: a publication of a stale epoch dropped")
 
@@ -276,7 +327,7 @@ class RedisStream:
             return False
         last = first + len(records) - 1
         if last <= history.top:
-            return True                 # already had it (fetched while catching up)
+            return True  # already had it (fetched while catching up)
         if first > history.top + 1:
             return False
         deliver = self.recovery.deliver
@@ -292,8 +343,9 @@ class RedisStream:
         start, after a reconnection, or when a channel message shows a hole."""
         self.ready = False
         history = self.recovery.history
-        epoch_raw, top_raw = await client.eval(_META, 2, self.meta_key, self.stream_key,
-                                               new_epoch())
+        epoch_raw, top_raw = await client.eval(
+            _META, 2, self.meta_key, self.stream_key, new_epoch()
+        )
         epoch, top = epoch_raw.decode(), int(top_raw)
         first_start = self._epoch is None
         if not first_start and epoch == self._epoch and top > history.top:
@@ -397,11 +449,12 @@ class RedisStream:
             size += len(batch[-1])
         self._pending_bytes -= size
         try:
-            await publish(keys=[self.meta_key, self.stream_key],
-                          args=[new_epoch(), self.recovery.history.max_count or 1,
-                                self.channel, *batch])
+            await publish(
+                keys=[self.meta_key, self.stream_key],
+                args=[new_epoch(), self.recovery.history.max_count or 1, self.channel, *batch],
+            )
         except BaseException:
-            pending.extendleft(reversed(batch))     # sent again when Redis is back
+            pending.extendleft(reversed(batch))  # sent again when Redis is back
             self._pending_bytes += size
             raise
         self.published += len(batch)
@@ -419,7 +472,7 @@ class RedisStream:
         try:
             values = await pipe.execute()
         except BaseException:
-            self._waiters[:0] = waiters     # they wait on, for the next connection to Redis
+            self._waiters[:0] = waiters  # they wait on, for the next connection to Redis
             raise
         for (conn, resume, asked, admit), value in zip(waiters, values):
             ended = None
@@ -429,8 +482,9 @@ class RedisStream:
             if value is not None:
                 try:
                     record = json.loads(value)
-                    ended = Ended(resume.session, record.get("rooms") or (), record.get("user"),
-                                  0.0)
+                    ended = Ended(
+                        resume.session, record.get("rooms") or (), record.get("user"), 0.0
+                    )
                 except (ValueError, TypeError, AttributeError):
                     ended = None
             if ended is None:
@@ -460,11 +514,13 @@ class RedisStream:
             previous = self._written.get(session_id)
             if previous is not None and previous[0] == rooms and now - previous[1] < refresh_every:
                 continue
-            self._write_live(session, rooms, frozenset() if previous is None else previous[0],
-                             expiry, now)
+            self._write_live(
+                session, rooms, frozenset() if previous is None else previous[0], expiry, now
+            )
 
-    def _write_live(self, session: Any, rooms: frozenset[str], before: frozenset[str],
-                    expiry: str, now: float) -> None:
+    def _write_live(
+        self, session: Any, rooms: frozenset[str], before: frozenset[str], expiry: str, now: float
+    ) -> None:
         """Queue the writes for a connected session: its presence in ``rooms`` (out
         of the rooms of ``before`` it left) and, for simplew.v1, its record."""
         commands = self._commands
@@ -475,4 +531,3 @@ class RedisStream:
         if session.v1 and self.recovery.window > 0:
             self._session_record(session.id, rooms, session.user)
         self._written[session.id] = (rooms, now)
-

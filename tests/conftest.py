@@ -1,12 +1,13 @@
 """Shared fixtures: a real SimpleWServer on a loopback port, per test."""
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -64,8 +65,12 @@ def run_example() -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "examples" / script), "--port", str(port), *args],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         procs.append(proc)
         try:
             wait_for_port(port, proc=proc)
@@ -73,8 +78,8 @@ def run_example() -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
             proc.kill()
             output = proc.stdout.read()
             if "address already in use" in output and attempts > 1:
-                return run(script, *args, attempts=attempts - 1)   # lost a race for the port
-            raise RuntimeError(f"{script} did not start:\n{output}")
+                return run(script, *args, attempts=attempts - 1)  # lost a race for the port
+            raise RuntimeError(f"{script} did not start:\n{output}") from None
         return proc, port
 
     yield run
@@ -106,9 +111,16 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -117,6 +129,7 @@ def browser():
 def redis_server():
     """A throwaway ``redis-server`` on a free port (tests/multiproc.py)."""
     from multiproc import RedisServer
+
     server = RedisServer().start()
     yield server
     server.stop()

@@ -5,18 +5,20 @@ Test modules import these from here, never from one another nor from conftest.py
 (which holds the fixtures). multiproc.py (processes, Redis), rawclient.py, httpclient.py,
 staticclient.py and v1client.py are the other shared modules.
 """
+
 from __future__ import annotations
 
 import asyncio
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
-BIG_SIZE = 512 * 1024           # big.bin in the ``site`` fixture (conftest.py)
+BIG_SIZE = 512 * 1024  # big.bin in the ``site`` fixture (conftest.py)
 
 
 def run(coro: Any, timeout: float = 30.0) -> Any:
@@ -25,8 +27,12 @@ def run(coro: Any, timeout: float = 30.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition",
-               interval: float = 0.005) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = TIMEOUT,
+    what: str = "condition",
+    interval: float = 0.005,
+) -> Any:
     """Call ``predicate`` every ``interval`` seconds until it returns something true,
     and return that; AssertionError naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -41,7 +47,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))              # free on every address: examples bind 0.0.0.0
+        s.bind(("0.0.0.0", 0))  # free on every address: examples bind 0.0.0.0
         return s.getsockname()[1]
 
 

@@ -3,6 +3,7 @@ that nothing fixes them up, and responses are parsed off the byte stream.
 
 Used by test_http.py and test_hardening.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,7 +30,7 @@ class Conn:
 
     def __init__(self, port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:                  # before connect, so the window is small
+        if rcvbuf is not None:  # before connect, so the window is small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
@@ -81,7 +82,7 @@ class Conn:
                 if not chunk:
                     return not self.buf
                 self.buf += chunk
-        except socket.timeout:
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return False
@@ -90,7 +91,7 @@ class Conn:
         self.sock.settimeout(wait)
         try:
             chunk = self.sock.recv(1)
-        except socket.timeout:
+        except TimeoutError:
             return True
         finally:
             self.sock.settimeout(5.0)
@@ -138,7 +139,9 @@ def assert_rejected(port: int, data: bytes, status: int, *, lingering: bool = Fa
 
 def upgrade_request(path: str = "/ws") -> tuple[bytes, str]:
     key = base64.b64encode(os.urandom(16)).decode()
-    data = (f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    data = (
+        f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
     accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
     return data, accept

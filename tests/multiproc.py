@@ -4,6 +4,7 @@
 
 Used by test_redis.py, test_workers.py and bench/backplane.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
     """SIGTERM the process group this helper started ``proc`` in; SIGKILL after ``timeout``."""
     if proc.poll() is not None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)     # leftover children, if any
+            os.killpg(proc.pid, signal.SIGKILL)  # leftover children, if any
         except (ProcessLookupError, PermissionError):
             pass
         return
@@ -74,15 +75,37 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [self.path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
-             "--loglevel", "warning", "--dir", tempfile.gettempdir()],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                self.path,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
+                "--dir",
+                tempfile.gettempdir(),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            wait_until(lambda: port_open(self.port) or self.proc.poll() is not None,
-                       10, "redis-server listening")
+            wait_until(
+                lambda: port_open(self.port) or self.proc.poll() is not None,
+                10,
+                "redis-server listening",
+            )
         except AssertionError:
             self.stop()
             raise
@@ -101,25 +124,55 @@ class ServerProcess:
     """``python -m simplew serve tests.apps.relay:server ...`` in its own process group;
     its output goes to a file (``log()``)."""
 
-    def __init__(self, *args: str, port: int | None = None, app: str = "tests.apps.relay:server",
-                 redis_url: str | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        *args: str,
+        port: int | None = None,
+        app: str = "tests.apps.relay:server",
+        redis_url: str | None = None,
+        workers: int = 1,
+    ) -> None:
         self.port = port or free_port()
         self._log = tempfile.NamedTemporaryFile(prefix="simplew-", suffix=".log", delete=False)
-        argv = [sys.executable, "-m", "simplew", "serve", app, "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "info", "--shutdown-grace", "1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "simplew",
+            "serve",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "info",
+            "--shutdown-grace",
+            "1",
+        ]
         if redis_url:
             argv += ["--redis", redis_url]
         if workers != 1:
             argv += ["--workers", str(workers)]
         argv += list(args)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
-    def wait_ready(self, timeout: float = 15.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 15.0) -> ServerProcess:
         try:
-            wait_until(lambda: port_open(self.port) or self.proc.poll() is not None,
-                       timeout, f"server on port {self.port}", interval=0.05)
+            wait_until(
+                lambda: port_open(self.port) or self.proc.poll() is not None,
+                timeout,
+                f"server on port {self.port}",
+                interval=0.05,
+            )
         except AssertionError:
             raise AssertionError(f"server did not start:\n{self.log()}") from None
         if self.proc.poll() is not None:
@@ -154,8 +207,15 @@ class Clients:
 
     def connect(self, url: str) -> ClientConnection:
         return self._stack.enter_context(
-            connect(url, proxy=None, compression=None, open_timeout=TIMEOUT,
-                    close_timeout=1, max_size=None))
+            connect(
+                url,
+                proxy=None,
+                compression=None,
+                open_timeout=TIMEOUT,
+                close_timeout=1,
+                max_size=None,
+            )
+        )
 
     def close(self) -> None:
         self._stack.close()
@@ -182,7 +242,7 @@ def ask(ws: ClientConnection, command: str, prefix: str | None = None) -> str:
     while True:
         message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
         if isinstance(message, str) and message.startswith(want):
-            return message[len(want):]
+            return message[len(want) :]
 
 
 def stats(ws: ClientConnection) -> dict[str, Any]:
@@ -191,6 +251,7 @@ def stats(ws: ClientConnection) -> dict[str, Any]:
 
 def wait_backplane(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
     """Wait until the backplane of ``ws``'s server process is connected."""
+
     def connected() -> dict[str, Any] | None:
         current = stats(ws)
         return current if current["backplane"]["connected"] else None

@@ -1,4 +1,5 @@
 """A blocking WebSocket client on a plain socket that can send any frame, valid or not."""
+
 from __future__ import annotations
 
 import base64
@@ -17,12 +18,15 @@ class RawClient:
     def __init__(self, port: int, path: str = "/echo", extensions: str | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n"
-            + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "")
-            + "\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n"
+                + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "")
+                + "\r\n"
+            ).encode()
+        )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             chunk = self.sock.recv(4096)
@@ -30,15 +34,17 @@ class RawClient:
             self.buf += chunk
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101"), head
-        accept = base64.b64encode(hashlib.sha1(
-            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
         assert f"sec-websocket-accept: {accept}".lower().encode() in head.lower()
         self.head = head.decode("latin-1")
         self.rsv_allowed = extensions is not None
 
     @staticmethod
-    def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0,
-              mask: bool = True) -> bytes:
+    def frame(
+        opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, mask: bool = True
+    ) -> bytes:
         head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
         n = len(payload)
         bit = 0x80 if mask else 0
@@ -51,9 +57,13 @@ class RawClient:
         if not mask:
             return head + payload
         key = os.urandom(4)
-        masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
-            (int.from_bytes(payload, "big") ^ int.from_bytes((key * (n // 4 + 1))[:n], "big")
-             ).to_bytes(n, "big")
+        masked = (
+            bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+            if n < 4096
+            else (
+                int.from_bytes(payload, "big") ^ int.from_bytes((key * (n // 4 + 1))[:n], "big")
+            ).to_bytes(n, "big")
+        )
         return head + key + masked
 
     def send(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
@@ -102,7 +112,7 @@ class RawClient:
             if not chunk:
                 return
             self.buf += chunk
-            assert False, f"unexpected data after CLOSE: {self.buf[:50]!r}"
+            raise AssertionError(f"unexpected data after CLOSE: {self.buf[:50]!r}")
 
     def expect_failure(self, code: int) -> str:
         """The server fails the connection with ``code``; answer like a client, see EOF."""
@@ -111,7 +121,7 @@ class RawClient:
         try:
             self.send_close(got)
         except OSError:
-            pass                                    # it may already have dropped us
+            pass  # it may already have dropped us
         self.expect_eof()
         return reason
 

@@ -5,6 +5,7 @@ connection.
 
 Used by test_static.py and test_static_stream.py.
 """
+
 from __future__ import annotations
 
 import socket
@@ -39,7 +40,9 @@ class Conn:
         return self.read(method)
 
     def send(self, target: bytes, method: bytes = b"GET", headers: bytes = b"") -> None:
-        self.sock.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n")
+        self.sock.sendall(
+            method + b" " + target + b" HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n"
+        )
 
     def read(self, method: bytes = b"GET") -> Response:
         """The next response on the connection (to a request of ``method``)."""

@@ -1,4 +1,5 @@
 """The guide's three pages in a real browser (headless Chromium via Playwright)."""
+
 from __future__ import annotations
 
 import json

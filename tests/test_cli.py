@@ -4,6 +4,7 @@ Serving (options, APP, environment variables), the errors that end it with
 status 2, SIGTERM (clients get close 1001, exit 0 within the grace period) and
 ``--workers 2``. Workers with Redis are tested in test_workers.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,37 +41,54 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Served:
     """A ``simplew serve`` process; stopped (SIGKILL if need be) at the end of the test."""
 
-    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None,
-                 command: list[str] | None = None, cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.port = port
-        self.proc = subprocess.Popen((command or SIMPLEW) + args, cwd=cwd,
-                                     env=env if env is not None else clean_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            (command or SIMPLEW) + args,
+            cwd=cwd,
+            env=env if env is not None else clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 15
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"simplew exited with {self.proc.returncode}:\n"
-                                     f"{self.proc.stdout.read()}")
+                raise AssertionError(
+                    f"simplew exited with {self.proc.returncode}:\n{self.proc.stdout.read()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     break
             except OSError:
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise AssertionError("simplew did not start listening")
+                    raise AssertionError("simplew did not start listening") from None
                 time.sleep(0.03)
 
     def get(self, path: str = "/") -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
-                                        timeout=TIMEOUT) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}{path}", timeout=TIMEOUT
+            ) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
     def ws(self, path: str):
-        return connect(f"ws://127.0.0.1:{self.port}{path}", open_timeout=TIMEOUT,
-                       close_timeout=TIMEOUT, proxy=None)
+        return connect(
+            f"ws://127.0.0.1:{self.port}{path}",
+            open_timeout=TIMEOUT,
+            close_timeout=TIMEOUT,
+            proxy=None,
+        )
 
     def terminate(self, timeout: float = 15) -> tuple[int, str, float]:
         """SIGTERM; (exit status, output, seconds until it exited)."""
@@ -108,14 +126,20 @@ def ask(ws, message: dict) -> dict:
     return json.loads(ws.recv(timeout=TIMEOUT))
 
 
-def run_error(*args: str, env: dict[str, str] | None = None,
-              cwd: Path = ROOT) -> tuple[int, str]:
-    proc = subprocess.run(SIMPLEW + list(args), cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=30)
+def run_error(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[int, str]:
+    proc = subprocess.run(
+        SIMPLEW + list(args),
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return proc.returncode, proc.stderr
 
 
 # -- serving ---------------------------------------------------------------------
+
 
 def test_serve_static_and_websocket_options(serve):
     served = serve("serve", "--static", "www/push", "--ws", "/websocket")
@@ -124,7 +148,7 @@ def test_serve_static_and_websocket_options(serve):
     with served.ws("/websocket") as ws:
         reply = ask(ws, {"url": "/websocket/nothing/here"})
         assert reply["error"] == "unknown_url"
-    assert served.get("/metrics")[0] == 404          # only with --metrics
+    assert served.get("/metrics")[0] == 404  # only with --metrics
     status, out, _ = served.terminate()
     assert status == 0, out
     assert f"listening on http://127.0.0.1:{served.port}/" in out
@@ -135,14 +159,18 @@ def test_publish_option_multicasts_without_a_python_file(serve):
     served = serve("serve", "--static", "www/push", "--ws", "/websocket", "--publish", "/publish")
     url = f"http://127.0.0.1:{served.port}/publish"
     with served.ws("/websocket") as a, served.ws("/websocket") as b:
-        request = urllib.request.Request(url, data="hello from a backend".encode(), method="POST")
+        request = urllib.request.Request(url, data=b"hello from a backend", method="POST")
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             assert response.status == 200
             assert json.loads(response.read()) == {"published": 20, "room": None}
         for ws in (a, b):
             assert ws.recv(timeout=TIMEOUT) == "hello from a backend"
-        binary = urllib.request.Request(url, data=b"\x00\x01", method="POST",
-                                        headers={"Content-Type": "application/octet-stream"})
+        binary = urllib.request.Request(
+            url,
+            data=b"\x00\x01",
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
         urllib.request.urlopen(binary, timeout=TIMEOUT).close()
         for ws in (a, b):
             assert ws.recv(timeout=TIMEOUT) == b"\x00\x01"
@@ -152,13 +180,15 @@ def test_publish_option_multicasts_without_a_python_file(serve):
         assert error.value.code == 400
     status, out, _ = served.terminate()
     assert status == 0
-    assert "--publish-token" not in out          # no warning on a loopback address
+    assert "--publish-token" not in out  # no warning on a loopback address
 
 
-def post(port: int, path: str, body: bytes,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                     method="POST", headers=headers or {})
+def post(
+    port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers=headers or {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             return response.status, dict(response.headers), response.read()
@@ -174,18 +204,29 @@ def assert_refused(port: int, headers: dict[str, str], challenge: str) -> None:
 
 
 def test_publish_token_is_required(serve):
-    served = serve("serve", "--ws", "/websocket", "--publish", "/publish",
-                   "--publish-token", "s3cret")
+    served = serve(
+        "serve", "--ws", "/websocket", "--publish", "/publish", "--publish-token", "s3cret"
+    )
     with served.ws("/websocket") as ws:
         assert_refused(served.port, {}, 'Bearer realm="simplew"')
-        for wrong in ("Bearer wrong", "Bearer s3cret-and-more", "Bearer s3cre", "Bearer ",
-                      "Basic czNjcmV0", "s3cret"):
-            assert_refused(served.port, {"Authorization": wrong},
-                           'Bearer realm="simplew", error="invalid_token"')
+        for wrong in (
+            "Bearer wrong",
+            "Bearer s3cret-and-more",
+            "Bearer s3cre",
+            "Bearer ",
+            "Basic czNjcmV0",
+            "s3cret",
+        ):
+            assert_refused(
+                served.port,
+                {"Authorization": wrong},
+                'Bearer realm="simplew", error="invalid_token"',
+            )
         with pytest.raises(TimeoutError):
-            ws.recv(timeout=0.2)                  # nothing refused was published
-        status, _, body = post(served.port, "/publish", b"signed",
-                               {"Authorization": "bearer s3cret"})
+            ws.recv(timeout=0.2)  # nothing refused was published
+        status, _, body = post(
+            served.port, "/publish", b"signed", {"Authorization": "bearer s3cret"}
+        )
         assert status == 200, body
         assert ws.recv(timeout=TIMEOUT) == "signed"
     status, out, _ = served.terminate()
@@ -194,9 +235,14 @@ def test_publish_token_is_required(serve):
 
 def test_publish_token_and_metrics_from_the_environment_and_the_open_publish_warning(serve):
     port = free_port()
-    env = clean_env(SIMPLEW_HOST="0.0.0.0", SIMPLEW_PORT=str(port), SIMPLEW_WS="/ws",
-                    SIMPLEW_PUBLISH="/publish", SIMPLEW_PUBLISH_TOKEN="from-env",
-                    SIMPLEW_METRICS="1")
+    env = clean_env(
+        SIMPLEW_HOST="0.0.0.0",
+        SIMPLEW_PORT=str(port),
+        SIMPLEW_WS="/ws",
+        SIMPLEW_PUBLISH="/publish",
+        SIMPLEW_PUBLISH_TOKEN="from-env",
+        SIMPLEW_METRICS="1",
+    )
     served = serve("serve", port=port, env=env)
     assert_refused(port, {}, 'Bearer realm="simplew"')
     assert post(port, "/publish", b"x", {"Authorization": "Bearer from-env"})[0] == 200
@@ -206,8 +252,19 @@ def test_publish_token_and_metrics_from_the_environment_and_the_open_publish_war
     assert status == 0 and "WARNING" not in out, out
 
     # no token on an address other machines reach: served, with a WARNING at start
-    served = serve("serve", "--ws", "/ws", "--publish", "/publish", "--host", "0.0.0.0",
-                   "--port", str(port), "--metrics", port=port)
+    served = serve(
+        "serve",
+        "--ws",
+        "/ws",
+        "--publish",
+        "/publish",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--metrics",
+        port=port,
+    )
     assert post(port, "/publish", b"open", {})[0] == 200
     assert served.get("/metrics")[0] == 200
     status, out, _ = served.terminate()
@@ -221,8 +278,10 @@ def test_serve_app_with_console_script(serve):
     served = serve("serve", "tests.apps.cli_app:server", command=command)
     assert served.get("/") == (200, PAGE)
     with served.ws("/app") as ws:
-        assert ask(ws, {"url": "/app/cli/pid", "body": "hi"}) == \
-            {"pid": served.proc.pid, "body": "hi"}
+        assert ask(ws, {"url": "/app/cli/pid", "body": "hi"}) == {
+            "pid": served.proc.pid,
+            "body": "hi",
+        }
     assert served.terminate()[0] == 0
 
 
@@ -238,9 +297,14 @@ def test_serve_app_factory_with_extra_static(serve, tmp_path):
 
 def test_environment_variables(serve):
     port = free_port()
-    env = clean_env(SIMPLEW_HOST="127.0.0.1", SIMPLEW_PORT=str(port),
-                    SIMPLEW_STATIC="www/push", SIMPLEW_WS="/websocket,/other",
-                    SIMPLEW_LOG_LEVEL="WARNING", SIMPLEW_SHUTDOWN_GRACE="1.5")
+    env = clean_env(
+        SIMPLEW_HOST="127.0.0.1",
+        SIMPLEW_PORT=str(port),
+        SIMPLEW_STATIC="www/push",
+        SIMPLEW_WS="/websocket,/other",
+        SIMPLEW_LOG_LEVEL="WARNING",
+        SIMPLEW_SHUTDOWN_GRACE="1.5",
+    )
     served = serve("serve", port=port, env=env)
     assert served.get("/") == (200, PAGE)
     for path in ("/websocket", "/other"):
@@ -248,7 +312,7 @@ def test_environment_variables(serve):
             assert ask(ws, {"url": path + "/x"})["error"] == "unknown_url"
     status, out, _ = served.terminate()
     assert status == 0
-    assert "listening" not in out              # SIMPLEW_LOG_LEVEL=warning hides INFO
+    assert "listening" not in out  # SIMPLEW_LOG_LEVEL=warning hides INFO
 
     # the APP from the environment, and an option wins over its variable
     other = free_port()
@@ -262,6 +326,7 @@ def test_environment_variables(serve):
 
 
 # -- errors: a clear message and status 2 -------------------------------------------
+
 
 def _garbage_pem(tmp_path: Path) -> str:
     path = tmp_path / "garbage.pem"
@@ -277,20 +342,32 @@ ERRORS = {
     "bad log level": (["--ws", "/ws", "--log-level", "loud"], "invalid choice: 'loud'"),
     "missing static dir": (["--static", "no/such/dir"], "--static: no such directory: no/such/dir"),
     "duplicate ws": (["--ws", "/a", "--ws", "/a/"], "--ws: a WebSocket endpoint is already at /a"),
-    "missing cert file": (["--ws", "/ws", "--certfile", "/no/cert.pem", "--keyfile",
-                           "/no/key.pem"], "--certfile: no such file: /no/cert.pem"),
-    "cert without key": (["--ws", "/ws", "--certfile", "README.md"],
-                         "--certfile and --keyfile go together"),
-    "module not found": (["no_such_module_xyz:server"],
-                         "cannot import module 'no_such_module_xyz'"),
-    "no attribute": (["tests.apps.cli_app:nope"],
-                     "module 'tests.apps.cli_app' has no attribute 'nope'"),
+    "missing cert file": (
+        ["--ws", "/ws", "--certfile", "/no/cert.pem", "--keyfile", "/no/key.pem"],
+        "--certfile: no such file: /no/cert.pem",
+    ),
+    "cert without key": (
+        ["--ws", "/ws", "--certfile", "README.md"],
+        "--certfile and --keyfile go together",
+    ),
+    "module not found": (
+        ["no_such_module_xyz:server"],
+        "cannot import module 'no_such_module_xyz'",
+    ),
+    "no attribute": (
+        ["tests.apps.cli_app:nope"],
+        "module 'tests.apps.cli_app' has no attribute 'nope'",
+    ),
     "not a server": (["simplew.cli:LOG_LEVELS"], "is a list, not a SimpleWServer"),
     "no attribute part": (["tests.apps.cli_app"], "APP must look like module:attribute"),
-    "token without publish": (["--ws", "/ws", "--publish-token", "t"],
-                              "--publish-token goes with --publish"),
-    "empty token": (["--ws", "/ws", "--publish", "/p", "--publish-token", ""],
-                    "--publish-token must not be empty"),
+    "token without publish": (
+        ["--ws", "/ws", "--publish-token", "t"],
+        "--publish-token goes with --publish",
+    ),
+    "empty token": (
+        ["--ws", "/ws", "--publish", "/p", "--publish-token", ""],
+        "--publish-token must not be empty",
+    ),
 }
 
 
@@ -305,8 +382,17 @@ def test_usage_errors_exit_2(case):
 
 def test_unloadable_certificate(tmp_path):
     garbage = _garbage_pem(tmp_path)
-    status, err = run_error("serve", "--ws", "/ws", "--port", str(free_port()),
-                            "--certfile", garbage, "--keyfile", garbage)
+    status, err = run_error(
+        "serve",
+        "--ws",
+        "/ws",
+        "--port",
+        str(free_port()),
+        "--certfile",
+        garbage,
+        "--keyfile",
+        garbage,
+    )
     assert status == 2
     assert "cannot load the certificate/key" in err and "Traceback" not in err
 
@@ -317,8 +403,9 @@ def test_port_in_use():
         taken.listen()
         port = taken.getsockname()[1]
         for extra in ([], ["--workers", "2"]):
-            status, err = run_error("serve", "--ws", "/ws", "--host", "127.0.0.1",
-                                    "--port", str(port), *extra)
+            status, err = run_error(
+                "serve", "--ws", "/ws", "--host", "127.0.0.1", "--port", str(port), *extra
+            )
             assert status == 2, err
             assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
 
@@ -326,23 +413,27 @@ def test_port_in_use():
 def test_app_module_that_raises(tmp_path):
     (tmp_path / "broken_app.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "factory_app.py").write_text(
-        "def make():\n    raise ValueError('factory says no')\n")
+        "def make():\n    raise ValueError('factory says no')\n"
+    )
     status, err = run_error("serve", "broken_app:server", cwd=tmp_path)
     assert status == 2
     assert "cannot import module 'broken_app': RuntimeError: boom at import" in err
-    assert "Traceback" in err                 # where it failed, for the author of the app
+    assert "Traceback" in err  # where it failed, for the author of the app
     status, err = run_error("serve", "factory_app:make", cwd=tmp_path)
     assert status == 2
     assert "factory_app:make() failed: ValueError: factory says no" in err
 
 
-@pytest.mark.parametrize("variable, value, message", [
-    ("SIMPLEW_PORT", "http", "invalid int value: 'http'"),
-    ("SIMPLEW_WORKERS", "many", "invalid int value: 'many'"),
-    ("SIMPLEW_SHUTDOWN_GRACE", "soon", "invalid float value: 'soon'"),
-    ("SIMPLEW_LOG_LEVEL", "loud", "SIMPLEW_LOG_LEVEL must be one of"),
-    ("SIMPLEW_METRICS", "maybe", "SIMPLEW_METRICS must be 1 or 0, got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("SIMPLEW_PORT", "http", "invalid int value: 'http'"),
+        ("SIMPLEW_WORKERS", "many", "invalid int value: 'many'"),
+        ("SIMPLEW_SHUTDOWN_GRACE", "soon", "invalid float value: 'soon'"),
+        ("SIMPLEW_LOG_LEVEL", "loud", "SIMPLEW_LOG_LEVEL must be one of"),
+        ("SIMPLEW_METRICS", "maybe", "SIMPLEW_METRICS must be 1 or 0, got 'maybe'"),
+    ],
+)
 def test_bad_environment_variables_exit_2(variable, value, message):
     status, err = run_error("serve", "--ws", "/ws", env=clean_env(**{variable: value}))
     assert status == 2, err
@@ -350,6 +441,7 @@ def test_bad_environment_variables_exit_2(variable, value, message):
 
 
 # -- SIGTERM ----------------------------------------------------------------------
+
 
 def test_sigterm_closes_clients_with_1001_and_exits_0(serve):
     served = serve("serve", "--ws", "/websocket", "--shutdown-grace", "3")
@@ -361,7 +453,7 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(serve):
                 ws.recv(timeout=TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
     assert status == 0, out
-    assert elapsed < 2.5          # clients that answer the CLOSE do not hold it up
+    assert elapsed < 2.5  # clients that answer the CLOSE do not hold it up
 
 
 def test_sigterm_exits_within_grace_despite_a_silent_client(serve):
@@ -369,21 +461,26 @@ def test_sigterm_exits_within_grace_despite_a_silent_client(serve):
     served = serve("serve", "--ws", "/websocket", "--shutdown-grace", str(grace))
     silent = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
-    silent.sendall((f"GET /websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    silent.sendall(
+        (
+            f"GET /websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     assert silent.recv(4096).startswith(b"HTTP/1.1 101")
     try:
         status, out, elapsed = served.terminate()
         assert status == 0, out
         assert grace * 0.8 < elapsed < grace + 2.0
         close = silent.recv(4096)
-        assert close[0] == 0x88 and close[2:4] == b"\x03\xe9", close   # CLOSE 1001 was sent
+        assert close[0] == 0x88 and close[2:4] == b"\x03\xe9", close  # CLOSE 1001 was sent
     finally:
         silent.close()
 
 
 # -- workers -----------------------------------------------------------------------
+
 
 def test_two_workers_both_serve(serve):
     served = serve("serve", "tests.apps.cli_app:server", "--workers", "2")
@@ -397,7 +494,7 @@ def test_two_workers_both_serve(serve):
             if len(pids) == 2:
                 break
         assert len(pids) == 2, "every connection reached the same worker"
-        assert served.proc.pid not in pids        # the parent only supervises
+        assert served.proc.pid not in pids  # the parent only supervises
         assert served.get("/") == (200, PAGE)
         status, out, _ = served.terminate()
         for ws in clients:

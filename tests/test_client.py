@@ -4,6 +4,7 @@ cut with a TCP RST during a 500 msg/s multicast and recovered without a loss or
 a duplicate, rooms kept across the reconnection, reset after the recovery
 window, and ``/simplew.js`` served to browsers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,9 @@ import struct
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any
 
 import jwt as pyjwt
 import pytest
@@ -24,7 +26,7 @@ from simplew import Controller, SimpleWServer, WebSocketMessage, require_jwt, ro
 from simplew.client import Client, Event, NotConnected, ProtocolError, backoff_delay
 
 TIMEOUT = 10.0
-RATE = 500                      # multicasts per second while a connection is cut
+RATE = 500  # multicasts per second while a connection is cut
 
 
 class LiveController(Controller):
@@ -39,7 +41,6 @@ class LiveController(Controller):
         self.session.join(message.body)
         return f"joined {message.body}"
 
-
     @require_jwt
     @route("WEBSOCKET", "/me")
     def me(self, message: WebSocketMessage) -> str:
@@ -53,6 +54,7 @@ def recovery_server(make_server, **options):
     def configure(server) -> None:
         server.add_websocket_content(LiveController, "/ws")
         server.set_token(SECRET, algorithms=["HS256"])
+
     options.setdefault("recovery", True)
     return make_server(configure, **options)
 
@@ -63,11 +65,13 @@ def url(server) -> str:
 
 async def next_event(events: AsyncIterator[Event], kind: str) -> Any:
     """The next event of type ``kind`` (others are skipped)."""
+
     async def find() -> Any:
         async for event in events:
             if event.type == kind:
                 return event
         raise AssertionError(f"events ended before a {kind!r} event")
+
     return await asyncio.wait_for(find(), TIMEOUT)
 
 
@@ -134,6 +138,7 @@ class Ticker:
 
 # -- tests --------------------------------------------------------------------------
 
+
 def test_welcome_direct_messages_and_pubs_in_order(make_server):
     server = recovery_server(make_server)
 
@@ -146,8 +151,11 @@ def test_welcome_direct_messages_and_pubs_in_order(make_server):
         welcome = await client.connect()
         assert welcome.type == "open" and welcome.recovered is False and welcome.missed == 0
         assert len(welcome.session) >= 22 and isinstance(welcome.epoch, str)
-        assert (client.session, client.epoch, client.offset) == \
-            (welcome.session, welcome.epoch, welcome.offset)
+        assert (client.session, client.epoch, client.offset) == (
+            welcome.session,
+            welcome.epoch,
+            welcome.offset,
+        )
         assert client.connected
         assert (await next_event(events, "open")) == welcome
 
@@ -170,7 +178,7 @@ def test_welcome_direct_messages_and_pubs_in_order(make_server):
         await client.close()
         closed = await next_event(events, "close")
         assert closed.code == 1000 and closed.reconnecting is False
-        assert [event async for event in events] == []     # the iterator ends
+        assert [event async for event in events] == []  # the iterator ends
         assert not client.connected
         with pytest.raises(NotConnected):
             client.send("/ws/echo", 1)
@@ -188,13 +196,13 @@ def test_rst_during_multicast_every_offset_exactly_once_in_order(make_server):
         try:
             seen = [(await next_event(events, "pub")).offset for _ in range(100)]
             recovered = await cut_and_recover(client, events)
-            assert recovered.missed >= RATE // 4       # the second without a connection
+            assert recovered.missed >= RATE // 4  # the second without a connection
             cut_at = recovered.offset
             while True:
                 pub = await next_event(events, "pub")
                 seen.append(pub.offset)
                 if pub.offset > cut_at + recovered.missed + 100:
-                    break                               # recovered ones, then live ones
+                    break  # recovered ones, then live ones
         finally:
             ticker.stop()
         await client.close()
@@ -220,7 +228,7 @@ def test_rooms_joined_by_a_handler_are_restored_after_reconnect(make_server):
         finally:
             ticker.stop()
         await client.close()
-        for pubs in (before, missed, live):             # never "blue"
+        for pubs in (before, missed, live):  # never "blue"
             assert {p.room for p in pubs} == {"red", None}
         pubs = before + missed + live
         assert all(p.data.endswith(f" {p.room}") for p in pubs)
@@ -252,7 +260,7 @@ def test_reset_when_the_window_has_expired(make_server):
             ticker.stop()
         await client.close()
         assert after.offset > before.offset
-        assert after.room is None                       # a new session: no room
+        assert after.room is None  # a new session: no room
 
     run(main())
 
@@ -265,8 +273,12 @@ def test_a_slow_consumer_is_bounded_and_loses_nothing(make_server):
     peak = [0]
 
     async def main() -> None:
-        client = Client(url(server), backoff_min=0.05, jitter=False,
-                        on_pub=lambda pub: peak.__setitem__(0, max(peak[0], client.pending)))
+        client = Client(
+            url(server),
+            backoff_min=0.05,
+            jitter=False,
+            on_pub=lambda pub: peak.__setitem__(0, max(peak[0], client.pending)),
+        )
         events = client.events(max_pending=max_pending)
         welcome = await client.connect()
         endpoint = server.endpoint_for("/ws")
@@ -279,7 +291,7 @@ def test_a_slow_consumer_is_bounded_and_loses_nothing(make_server):
                 assert int(event.data) == len(offsets)
                 offsets.append(event.offset)
             closes += event.type == "close"
-            if len(offsets) == 1:                       # stop consuming until the server
+            if len(offsets) == 1:  # stop consuming until the server
                 await until(lambda: endpoint.dropped_slow_clients)  # drops this slow client
         await client.close()
         assert offsets == list(range(welcome.offset + 1, welcome.offset + count + 1))
@@ -296,7 +308,7 @@ def tcp_receive_buffer_max() -> int:
         with open("/proc/sys/net/ipv4/tcp_rmem") as f:
             return int(f.read().split()[2])
     except OSError:
-        return 6 << 20                                  # Linux's default
+        return 6 << 20  # Linux's default
 
 
 def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_server):
@@ -310,7 +322,7 @@ def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_serve
         await asyncio.get_running_loop().run_in_executor(None, first.stop)
         closed = await next_event(events, "close")
         assert (closed.code, closed.reconnecting) == (1001, True)
-        await asyncio.sleep(0.5)                        # a few refused attempts
+        await asyncio.sleep(0.5)  # a few refused attempts
         second = SimpleWServer("127.0.0.1", port, recovery=True)
         second.add_websocket_content(LiveController, "/ws")
         second.start()
@@ -329,16 +341,21 @@ def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_serve
 
 def test_token_is_sent_on_every_upgrade(make_server):
     server = recovery_server(make_server)
-    tokens = iter([pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
-                   pyjwt.encode({"sub": "bob"}, SECRET, algorithm="HS256")])
+    tokens = iter(
+        [
+            pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+            pyjwt.encode({"sub": "bob"}, SECRET, algorithm="HS256"),
+        ]
+    )
 
     async def main() -> None:
-        client, events, _ = await connected(server, token=lambda: next(tokens),
-                                            backoff_min=0.05, jitter=False)
+        client, events, _ = await connected(
+            server, token=lambda: next(tokens), backoff_min=0.05, jitter=False
+        )
         client.send("/ws/me")
         assert (await next_event(events, "msg")).data == "alice"
         await cut_and_recover(client, events)
-        client.send("/ws/me")                           # the function gave a fresh token
+        client.send("/ws/me")  # the function gave a fresh token
         assert (await next_event(events, "msg")).data == "bob"
         await client.close()
 
@@ -354,13 +371,13 @@ def test_backoff_is_full_jitter_doubling_to_the_cap():
     for attempt, cap in enumerate([0.5, 1, 2, 4, 8, 16, 20, 20]):
         delays = [backoff_delay(attempt, 0.5, 20.0) for _ in range(2000)]
         assert all(0 <= d <= cap for d in delays)
-        assert 0.4 * cap < sum(delays) / len(delays) < 0.6 * cap   # uniform: mean cap / 2
+        assert 0.4 * cap < sum(delays) / len(delays) < 0.6 * cap  # uniform: mean cap / 2
         assert backoff_delay(attempt, 0.5, 20.0, jitter=False) == cap
     assert backoff_delay(10_000, 0.5, 20.0, jitter=False) == 20.0
 
 
 def test_connect_refuses_a_server_without_recovery(make_server):
-    server = recovery_server(make_server, recovery=False)   # plain WebSocket frames
+    server = recovery_server(make_server, recovery=False)  # plain WebSocket frames
 
     async def main() -> None:
         client = Client(url(server))
@@ -380,7 +397,7 @@ def test_simplew_js_is_served_by_servers_with_a_websocket_endpoint(make_server):
     assert body == resources.files("simplew").joinpath("js/simplew.js").read_bytes()
     assert b"export class SimplewClient" in body
 
-    plain = make_server()                               # no WebSocket endpoint
+    plain = make_server()  # no WebSocket endpoint
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(f"http://127.0.0.1:{plain.port}/simplew.js", timeout=5)
     assert error.value.code == 404

@@ -1,5 +1,6 @@
 """permessage-deflate (RFC 7692) through a real server: negotiation, per-endpoint
 switch, shared multicast compression, and the decompression-bomb limit."""
+
 from __future__ import annotations
 
 import asyncio
@@ -42,14 +43,15 @@ def test_compression_is_off_by_default(make_server):
 
 
 def test_negotiated_and_round_trips(make_server):
-    server = make_server(lambda s: s.add_websocket_content("/echo", on_message=echo),
-                         compression=True)
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=echo), compression=True
+    )
     text = "simplew " * 5000
 
     async def main():
         async with deflate_client(server) as ws:
             assert negotiated(ws).startswith("permessage-deflate")
-            for _ in range(3):                      # context takeover across messages
+            for _ in range(3):  # context takeover across messages
                 await ws.send(text)
                 assert await ws.recv() == text
             await ws.send(text.encode())
@@ -62,6 +64,7 @@ def test_compression_can_be_switched_off_per_endpoint(make_server):
     def configure(s):
         s.add_websocket_content("/echo", on_message=echo)
         s.add_websocket_content("/plain", on_message=echo, compression=False)
+
     server = make_server(configure, compression=True)
 
     async def main():
@@ -76,15 +79,16 @@ def test_compression_can_be_switched_off_per_endpoint(make_server):
 
 
 def test_frames_on_the_wire_are_compressed(make_server):
-    server = make_server(lambda s: s.add_websocket_content("/echo", on_message=echo),
-                         compression=True)
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=echo), compression=True
+    )
     raw = RawClient(server.port, "/echo", extensions="permessage-deflate")
     try:
         assert "permessage-deflate" in raw.head.lower()
         message = b"a" * 10000
         body = zlib.compressobj(1, zlib.DEFLATED, -15)
         data = body.compress(message) + body.flush(zlib.Z_SYNC_FLUSH)
-        raw.send(0x2, data[:-4], rsv=4)             # RSV1: compressed
+        raw.send(0x2, data[:-4], rsv=4)  # RSV1: compressed
         opcode, fin, payload = raw.recv()
         assert (opcode, fin, raw.last_rsv1) == (0x2, True, True)
         assert len(payload) < 200
@@ -94,11 +98,14 @@ def test_frames_on_the_wire_are_compressed(make_server):
 
 
 def test_a_small_frame_that_inflates_past_the_limit_closes_1009(make_server):
-    server = make_server(lambda s: s.add_websocket_content("/echo", on_message=echo),
-                         compression=True, max_message_size=1 << 20)
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=echo),
+        compression=True,
+        max_message_size=1 << 20,
+    )
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
     data = bomb.compress(bytes(8 << 20)) + bomb.flush(zlib.Z_SYNC_FLUSH)
-    assert len(data) < 20000                          # 8 MiB of zeros in a few KiB
+    assert len(data) < 20000  # 8 MiB of zeros in a few KiB
     raw = RawClient(server.port, "/echo", extensions="permessage-deflate")
     try:
         raw.send(0x2, data[:-4], rsv=4)
@@ -115,9 +122,10 @@ def test_a_small_frame_that_inflates_past_the_limit_closes_1009(make_server):
 
 
 def test_compressed_data_frames_need_a_negotiation(make_server):
-    server = make_server(lambda s: s.add_websocket_content("/echo", on_message=echo),
-                         compression=True)
-    raw = RawClient(server.port, "/echo")                 # no extension offered
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=echo), compression=True
+    )
+    raw = RawClient(server.port, "/echo")  # no extension offered
     try:
         raw.send(0x1, b"x", rsv=4)
         raw.expect_failure(1002)
@@ -128,15 +136,15 @@ def test_compressed_data_frames_need_a_negotiation(make_server):
 def test_multicast_is_compressed_once_per_window_size(make_server):
     """Clients of two window sizes and plain clients: each gets the message,
     the server compresses it twice per multicast, not once per client."""
-    server = make_server(lambda s: s.add_websocket_content("/echo", on_message=echo),
-                         compression=True)
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=echo), compression=True
+    )
     text = "broadcast " * 300
 
     async def main():
         wide = [deflate_client(server) for _ in range(3)]
         narrow = [deflate_client(server, server_max_window_bits=10) for _ in range(3)]
-        plain = [connect(f"ws://127.0.0.1:{server.port}/echo", compression=None)
-                 for _ in range(2)]
+        plain = [connect(f"ws://127.0.0.1:{server.port}/echo", compression=None) for _ in range(2)]
         clients = [await c.__aenter__() for c in wide + narrow + plain]
         try:
             await asyncio.to_thread(wait_until, lambda: len(server.hub) == 8, interval=0.01)
@@ -159,17 +167,19 @@ def test_multicast_is_compressed_once_per_window_size(make_server):
 
 @pytest.mark.parametrize("fragment", [100, 4096])
 def test_fragmented_compressed_messages(make_server, fragment):
-    server = make_server(lambda s: s.add_websocket_content("/echo", on_message=echo),
-                         compression=True)
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=echo), compression=True
+    )
     message = ("fragmented " * 2000).encode()
     body = zlib.compressobj(6, zlib.DEFLATED, -15)
     data = (body.compress(message) + body.flush(zlib.Z_SYNC_FLUSH))[:-4]
     raw = RawClient(server.port, "/echo", extensions="permessage-deflate")
     try:
-        pieces = [data[i:i + fragment] for i in range(0, len(data), fragment)]
+        pieces = [data[i : i + fragment] for i in range(0, len(data), fragment)]
         for i, piece in enumerate(pieces):
-            raw.send(0x1 if i == 0 else 0x0, piece, fin=i == len(pieces) - 1,
-                     rsv=4 if i == 0 else 0)
+            raw.send(
+                0x1 if i == 0 else 0x0, piece, fin=i == len(pieces) - 1, rsv=4 if i == 0 else 0
+            )
         opcode, fin, payload = raw.recv()
         assert opcode == 0x1 and fin
         assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == message

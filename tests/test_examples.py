@@ -1,4 +1,5 @@
 """The example programs, run as subprocesses and driven by real WebSocket clients."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ from helpers import ROOT, run
 TIMEOUT = 5.0
 
 
-run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
+run = partial(run, timeout=20)  # helpers.run, failing after 20 s rather than 30
 
 
 async def recv(ws, timeout: float = TIMEOUT):
@@ -35,6 +36,7 @@ async def ask(ws, message: dict):
 
 # -- push --------------------------------------------------------------------
 
+
 def test_push_interval_reaches_two_clients(run_example):
     _, port = run_example("push.py", "--interval", "0.2")
 
@@ -43,7 +45,8 @@ def test_push_interval_reaches_two_clients(run_example):
         async with connect(url) as a, connect(url) as b:
             assert await recv(a) == "hello"
             assert await recv(b) == "hello"
-            assert await recv(a) == "hello"     # the timer keeps going
+            assert await recv(a) == "hello"  # the timer keeps going
+
     run(scenario())
 
 
@@ -53,13 +56,14 @@ def test_push_line_s_on_stdin(run_example):
     async def scenario():
         url = f"ws://127.0.0.1:{port}/websocket"
         async with connect(url) as a, connect(url) as b:
-            proc.stdin.write("x\n")              # other lines are ignored
+            proc.stdin.write("x\n")  # other lines are ignored
             proc.stdin.write("s\n")
             proc.stdin.flush()
             assert await recv(a) == "hello"
             assert await recv(b) == "hello"
             with pytest.raises(asyncio.TimeoutError):
-                await recv(a, timeout=0.3)       # one line, one hello
+                await recv(a, timeout=0.3)  # one line, one hello
+
     run(scenario())
 
 
@@ -70,6 +74,7 @@ def test_push_keeps_serving_after_stdin_eof(run_example):
     async def scenario():
         async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
             assert await recv(ws) == "hello"
+
     run(scenario())
     assert proc.poll() is None
 
@@ -85,7 +90,11 @@ def test_push_key_press_on_a_terminal():
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "push.py"), "--port", str(port)],
-        cwd=ROOT, stdin=terminal, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=ROOT,
+        stdin=terminal,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(terminal)
     try:
         wait_for_port(port)
@@ -94,6 +103,7 @@ def test_push_key_press_on_a_terminal():
             async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
                 os.write(controller, b"s")
                 assert await recv(ws) == "hello"
+
         run(scenario())
     finally:
         proc.terminate()
@@ -102,6 +112,7 @@ def test_push_key_press_on_a_terminal():
 
 
 # -- receiving ---------------------------------------------------------------
+
 
 def test_receiving_routes_to_test_controller(run_example):
     _, port = run_example("receiving.py")
@@ -112,20 +123,24 @@ def test_receiving_routes_to_test_controller(run_example):
             assert await recv(ws) == "index"
             await ws.send(json.dumps({"url": "/websocket/test/create"}))
             assert await recv(ws) == "create"
+
     run(scenario())
 
 
 # -- advanced ----------------------------------------------------------------
+
 
 def test_advanced_index_and_create(run_example):
     proc, port = run_example("advanced.py")
 
     async def scenario():
         async with connect(f"ws://127.0.0.1:{port}/websocket") as ws:
-            assert await ask(ws, {"url": "/websocket/user/index", "body": "hello"}) \
-                == {"hello": "world"}
-            user = await ask(ws, {"url": "/websocket/user/create",
-                                  "body": {"name": "John Doe", "enabled": True}})
+            assert await ask(ws, {"url": "/websocket/user/index", "body": "hello"}) == {
+                "hello": "world"
+            }
+            user = await ask(
+                ws, {"url": "/websocket/user/create", "body": {"name": "John Doe", "enabled": True}}
+            )
             assert set(user) == {"id", "name", "creation", "enabled"}
             assert uuid.UUID(user["id"]).version == 4
             assert user["name"] == "John Doe"
@@ -134,6 +149,7 @@ def test_advanced_index_and_create(run_example):
             other = await ask(ws, {"url": "/websocket/user/create", "body": {"name": "Jane"}})
             assert other["id"] != user["id"]
             assert other["enabled"] is False
+
     run(scenario())
 
 
@@ -149,10 +165,12 @@ def test_advanced_create_with_a_body_that_does_not_fit(run_example):
                 assert error["message"]
                 # the connection stays usable
                 assert await ask(ws, {"url": "/websocket/user/index"}) == {"hello": "world"}
+
     run(scenario())
 
 
 # -- echo --------------------------------------------------------------------
+
 
 def test_echo_returns_every_message_as_it_came(run_example):
     _, port = run_example("echo.py")
@@ -160,8 +178,15 @@ def test_echo_returns_every_message_as_it_came(run_example):
 
     async def scenario():
         async with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
-            for message in ["hello", "héllo wörld ✓ 日本語 🎉", "", b"\x00\x01\xff", b"", big,
-                            "x" * 70000]:
+            for message in [
+                "hello",
+                "héllo wörld ✓ 日本語 🎉",
+                "",
+                b"\x00\x01\xff",
+                b"",
+                big,
+                "x" * 70000,
+            ]:
                 await ws.send(message)
                 echoed = await recv(ws)
                 assert type(echoed) is type(message)
@@ -171,10 +196,12 @@ def test_echo_returns_every_message_as_it_came(run_example):
             assert await recv(ws) == "fragmented ünïcode"
             await ws.send([b"ab", b"cd"])
             assert await recv(ws) == b"abcd"
+
     run(scenario())
 
 
 # -- pages and process behaviour ---------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["push", "receiving", "advanced"])
 def test_page_is_served(run_example, name):
@@ -192,9 +219,19 @@ def test_examples_serve_their_page_whatever_the_working_directory(tmp_path):
     from helpers import free_port, wait_for_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "receiving.py"),
-                             "--port", str(port), "--host", "127.0.0.1"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "receiving.py"),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as response:
@@ -204,11 +241,18 @@ def test_examples_serve_their_page_whatever_the_working_directory(tmp_path):
         assert proc.wait(timeout=10) == 0
 
 
-@pytest.mark.parametrize("script, signum", [
-    ("push.py", signal.SIGTERM), ("receiving.py", signal.SIGTERM),
-    ("advanced.py", signal.SIGTERM), ("echo.py", signal.SIGTERM),
-    ("push.py", signal.SIGINT), ("echo.py", signal.SIGINT),
-], ids=lambda v: v.name if isinstance(v, signal.Signals) else v)
+@pytest.mark.parametrize(
+    "script, signum",
+    [
+        ("push.py", signal.SIGTERM),
+        ("receiving.py", signal.SIGTERM),
+        ("advanced.py", signal.SIGTERM),
+        ("echo.py", signal.SIGTERM),
+        ("push.py", signal.SIGINT),
+        ("echo.py", signal.SIGINT),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
+)
 def test_example_prints_its_address_and_stops_cleanly(run_example, script, signum):
     proc, port = run_example(script)
 
@@ -218,7 +262,8 @@ def test_example_prints_its_address_and_stops_cleanly(run_example, script, signu
             proc.send_signal(signum)
             await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
             return ws.close_code
-    assert run(scenario()) == 1001               # clients are told the server goes away
+
+    assert run(scenario()) == 1001  # clients are told the server goes away
     assert proc.wait(timeout=10) == 0
     output = proc.stdout.read()
     scheme = "ws" if script == "echo.py" else "http"

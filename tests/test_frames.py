@@ -1,4 +1,5 @@
 """simplew._fast.frames: server frames checked against a tiny pure-Python RFC 6455 parser."""
+
 from __future__ import annotations
 
 import os
@@ -25,16 +26,23 @@ def parse_frame(data: bytes) -> tuple[dict, bytes]:
     masked = bool(b1 & 0x80)
     mask = b""
     if masked:
-        mask = data[pos:pos + 4]
+        mask = data[pos : pos + 4]
         pos += 4
-    payload = data[pos:pos + length]
+    payload = data[pos : pos + length]
     assert len(payload) == length, "truncated frame"
     if masked:
         payload = py_mask(payload, mask)
-    frame = {"fin": bool(b0 & 0x80), "rsv1": bool(b0 & 0x40), "rsv2": bool(b0 & 0x20),
-             "rsv3": bool(b0 & 0x10), "opcode": b0 & 0x0F, "masked": masked,
-             "header_size": pos, "payload": payload}
-    return frame, data[pos + length:]
+    frame = {
+        "fin": bool(b0 & 0x80),
+        "rsv1": bool(b0 & 0x40),
+        "rsv2": bool(b0 & 0x20),
+        "rsv3": bool(b0 & 0x10),
+        "opcode": b0 & 0x0F,
+        "masked": masked,
+        "header_size": pos,
+        "payload": payload,
+    }
+    return frame, data[pos + length :]
 
 
 def py_mask(data: bytes, mask: bytes) -> bytes:
@@ -58,7 +66,7 @@ def test_binary_frame_round_trip(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_text_frame_round_trip(size):
-    text = ("é" * (size // 2)) + ("x" * (size % 2))    # exactly ``size`` UTF-8 bytes
+    text = ("é" * (size // 2)) + ("x" * (size % 2))  # exactly ``size`` UTF-8 bytes
     raw = frames.text_frame(text)
     frame, rest = parse_frame(raw)
     assert rest == b""
@@ -67,8 +75,10 @@ def test_text_frame_round_trip(size):
     assert frame["payload"].decode("utf-8") == text
 
 
-@pytest.mark.parametrize("data", [bytearray(b"abc" * 50), memoryview(b"xyz" * 30000),
-                                  memoryview(bytearray(300))[10:200], b""])
+@pytest.mark.parametrize(
+    "data",
+    [bytearray(b"abc" * 50), memoryview(b"xyz" * 30000), memoryview(bytearray(300))[10:200], b""],
+)
 def test_binary_frame_accepts_bytes_like(data):
     frame, _ = parse_frame(frames.binary_frame(data))
     assert frame["payload"] == bytes(data)
@@ -76,6 +86,7 @@ def test_binary_frame_accepts_bytes_like(data):
 
 def test_binary_frame_of_typed_memoryview():
     import array
+
     arr = array.array("i", range(100))
     frame, _ = parse_frame(frames.binary_frame(memoryview(arr)))
     assert frame["payload"] == arr.tobytes()
@@ -99,15 +110,17 @@ def test_close_frame():
 
 
 def test_close_frame_reason_is_cut_on_a_character_boundary():
-    frame, _ = parse_frame(frames.close_frame(1001, "é" * 100))    # 200 bytes of UTF-8
+    frame, _ = parse_frame(frames.close_frame(1001, "é" * 100))  # 200 bytes of UTF-8
     payload = frame["payload"]
-    assert len(payload) <= 125                                      # control frame limit
+    assert len(payload) <= 125  # control frame limit
     assert payload[:2] == b"\x03\xe9"
-    assert payload[2:].decode("utf-8") == "é" * 61                 # 122 bytes, never half a char
+    assert payload[2:].decode("utf-8") == "é" * 61  # 122 bytes, never half a char
 
 
 def test_frames_concatenate_into_a_stream():
-    stream = frames.text_frame("a") + frames.binary_frame(b"\x00" * 70000) + frames.close_frame(1000)
+    stream = (
+        frames.text_frame("a") + frames.binary_frame(b"\x00" * 70000) + frames.close_frame(1000)
+    )
     first, stream = parse_frame(stream)
     second, stream = parse_frame(stream)
     third, stream = parse_frame(stream)
@@ -121,7 +134,7 @@ def test_apply_mask_matches_python_xor(size):
     mask = os.urandom(4)
     masked = frames.apply_mask(data, mask)
     assert masked == py_mask(data, mask)
-    assert frames.apply_mask(masked, mask) == data                  # involution
+    assert frames.apply_mask(masked, mask) == data  # involution
 
 
 def test_apply_mask_accepts_bytes_like_and_rejects_bad_masks():

@@ -7,6 +7,7 @@ RSS and per-input time limits. Two harnesses run at a time (the suite has 2
 cores). Any crash, hang, OOM or invariant failure fails the test of that
 harness; the libFuzzer log and the failing input are named in the message.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
-    "simplew_fuzz_run", Path(__file__).resolve().parent / "fuzz" / "run.py")
+    "simplew_fuzz_run", Path(__file__).resolve().parent / "fuzz" / "run.py"
+)
 fuzz_run = sys.modules["simplew_fuzz_run"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz_run)
 
@@ -33,8 +35,7 @@ def results(tmp_path_factory) -> dict[tuple[str, str], fuzz_run.Result]:
 
 def _explain(r: fuzz_run.Result) -> str:
     tail = Path(r.log).read_text("utf-8", "replace")[-4000:] if r.log else ""
-    return (f"{r.harness} {r.mode}: exit {r.returncode}, findings {r.findings}\n"
-            f"log {r.log}:\n{tail}")
+    return f"{r.harness} {r.mode}: exit {r.returncode}, findings {r.findings}\nlog {r.log}:\n{tail}"
 
 
 @pytest.mark.timeout(600)

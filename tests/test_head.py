@@ -6,6 +6,7 @@ oracle is tests/fuzz/request_head.py's ``check``), and end to end: a real
 server answers the same bytes identically whether they arrive in one read
 (scanned) or one byte at a time (httptools).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,9 @@ from simplew._fast.head import RequestScanner
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "fuzz"))
-_spec = importlib.util.spec_from_file_location("simplew_fuzz_request_head",
-                                               HERE / "fuzz" / "request_head.py")
+_spec = importlib.util.spec_from_file_location(
+    "simplew_fuzz_request_head", HERE / "fuzz" / "request_head.py"
+)
 harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(harness)
 
@@ -34,59 +36,74 @@ def scan(data: bytes, **limits) -> RequestScanner | None:
     if n == 0:
         return None
     assert n == len(data)
-    assert harness.check(data, scanner) >= 1       # and httptools agrees
+    assert harness.check(data, scanner) >= 1  # and httptools agrees
     scanner.scan_bytes(data)
     return scanner
 
 
 def test_a_plain_get_is_scanned():
     s = scan(b"GET /json HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
-    assert (s.method, s.path, s.query, s.headers, s.body, s.keep_alive, s.http10) == \
-        ("GET", "/json", "", {"host": "127.0.0.1:8080"}, b"", True, False)
+    assert (s.method, s.path, s.query, s.headers, s.body, s.keep_alive, s.http10) == (
+        "GET",
+        "/json",
+        "",
+        {"host": "127.0.0.1:8080"},
+        b"",
+        True,
+        False,
+    )
 
 
 def test_query_headers_and_body_are_read_as_httptools_reads_them():
-    s = scan(b"POST /api/u?a=1&b=%20?c HTTP/1.1\r\nHOST: x\r\nX-Pad:  \tv a l \t\r\n"
-             b"Empty:\r\nContent-Length: 05\r\n\r\nhello")
+    s = scan(
+        b"POST /api/u?a=1&b=%20?c HTTP/1.1\r\nHOST: x\r\nX-Pad:  \tv a l \t\r\n"
+        b"Empty:\r\nContent-Length: 05\r\n\r\nhello"
+    )
     assert s.method == "POST" and s.path == "/api/u" and s.query == "a=1&b=%20?c"
     assert s.headers == {"host": "x", "x-pad": "v a l \t", "empty": "", "content-length": "05"}
     assert s.body == b"hello"
 
 
-@pytest.mark.parametrize("head, keep_alive", [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n", True),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: CLOSE\r\n", False),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n", True),
-    (b"GET / HTTP/1.0\r\n", False),
-    (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n", True),
-    (b"GET / HTTP/1.0\r\nHost: x\r\nConnection: close\r\n", False),
-])
+@pytest.mark.parametrize(
+    "head, keep_alive",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: CLOSE\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n", True),
+        (b"GET / HTTP/1.0\r\n", False),
+        (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n", True),
+        (b"GET / HTTP/1.0\r\nHost: x\r\nConnection: close\r\n", False),
+    ],
+)
 def test_keep_alive_follows_the_version_and_connection(head, keep_alive):
     assert scan(head + b"\r\n").keep_alive is keep_alive
 
 
-@pytest.mark.parametrize("data", [
-    b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",                   # not a common method
-    b"get / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",                   # absolute form
-    b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /a\"b HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET / HTTP/1.1\r\n\r\n",                                       # HTTP/1.1 without Host
-    b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\na: 2\r\n\r\n",            # a repeated name
-    b"GET / HTTP/1.1\nHost: x\n\n",                                  # bare LF
-    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: \xe9\r\n\r\n",                         # obs-text
-    b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhell",  # body not all here
-    b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
-    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\n",                                # head not complete
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",  # not a common method
+        b"get / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute form
+        b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+        b'GET /a"b HTTP/1.1\r\nHost: x\r\n\r\n',
+        b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\na: 2\r\n\r\n",  # a repeated name
+        b"GET / HTTP/1.1\nHost: x\n\n",  # bare LF
+        b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \xe9\r\n\r\n",  # obs-text
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhell",  # body not all here
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n",  # head not complete
+    ],
+)
 def test_other_requests_are_left_to_httptools(data):
     assert RequestScanner().scan_bytes(data) == 0
 
@@ -96,11 +113,11 @@ def test_limits_leave_large_requests_to_httptools():
     assert RequestScanner().scan_bytes(data) == len(data)
     assert RequestScanner(max_url_size=20).scan_bytes(data) == 0
     assert RequestScanner(max_body_size=3).scan_bytes(data) == 0
-    assert RequestScanner(max_header_size=28).scan_bytes(data) == len(data)   # 9 + 19
+    assert RequestScanner(max_header_size=28).scan_bytes(data) == len(data)  # 9 + 19
     assert RequestScanner(max_header_size=27).scan_bytes(data) == 0
 
 
-INTERESTING = b" \t\r\n:/?#%\"\x00\x7f\x80\xff,0123456789Hh-"
+INTERESTING = b' \t\r\n:/?#%"\x00\x7f\x80\xff,0123456789Hh-'
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
@@ -119,7 +136,7 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
             b[j] = ord(chr(b[j]).swapcase()) if b[j] < 128 else b[j]
         else:
             j = rng.randrange(len(b) + 1)
-            b[i:i] = b[min(i, j):max(i, j)][:16]
+            b[i:i] = b[min(i, j) : max(i, j)][:16]
     return bytes(b)
 
 
@@ -135,20 +152,27 @@ def test_mutated_requests_are_read_as_httptools_reads_them_or_left_to_it():
 
 # -- end to end: a real server answers scanned and unscanned bytes alike -----
 
-PIPELINE = (b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /echo?x=1&y=%C3%A9 HTTP/1.1\r\nHost: x\r\nX-A: a \r\n\r\n"
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-            b"HEAD /json HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /json HTTP/1.1\r\n\r\n")                       # no Host: 400, then closed
+PIPELINE = (
+    b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"GET /echo?x=1&y=%C3%A9 HTTP/1.1\r\nHost: x\r\nX-A: a \r\n\r\n"
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    b"HEAD /json HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"GET /json HTTP/1.1\r\n\r\n"
+)  # no Host: 400, then closed
 
 
 def _configure(server):
     server.map_get("/json", lambda: {"message": "Hello, World!"})
 
     def echo(request):
-        return {"method": request.method, "path": request.path, "query": request.query_string,
-                "headers": request.headers, "body": request.body.decode()}
+        return {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "headers": request.headers,
+            "body": request.body.decode(),
+        }
 
     server.map_get("/echo", echo)
     server.map_post("/echo", echo)
@@ -159,7 +183,7 @@ def _exchange(port: int, data: bytes, one_byte_at_a_time: bool) -> bytes:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if one_byte_at_a_time:
             for i in range(len(data)):
-                sock.sendall(data[i:i + 1])
+                sock.sendall(data[i : i + 1])
                 time.sleep(0.0005)
         else:
             sock.sendall(data)
@@ -186,10 +210,12 @@ def test_a_server_answers_the_same_bytes_read_whole_or_byte_by_byte(make_server)
 
 # -- the response head written in one buffer equals the general encoder's ----
 
+
 def test_the_one_buffer_encoder_writes_what_the_general_one_writes(tmp_path):
     import os
 
     from simplew._fast.http import FileBody, PreparedBody, _both_encodings
+
     path = tmp_path / "f"
     path.write_bytes(b"x" * 1000)
     json_headers = [("Content-Type", "application/json")]
@@ -208,8 +234,12 @@ def test_the_one_buffer_encoder_writes_what_the_general_one_writes(tmp_path):
         (200, json_headers, b"b" * 100000),
     ]
     for status, headers, content in cases:
-        for keep_alive, head, echo in [(True, False, False), (False, False, False),
-                                       (True, True, False), (True, False, True)]:
+        for keep_alive, head, echo in [
+            (True, False, False),
+            (False, False, False),
+            (True, True, False),
+            (True, False, True),
+        ]:
             fast, general = _both_encodings(status, headers, content, keep_alive, head, echo)
             assert fast == general, (status, headers, keep_alive, head, echo)
     fd = os.open(path, os.O_RDONLY)
@@ -224,8 +254,13 @@ def test_the_one_buffer_encoder_writes_what_the_general_one_writes(tmp_path):
 
 def test_request_keeps_what_it_is_given_and_derives_query_and_url():
     from simplew import Request
+
     r = Request("GET", "/a", "x=1&x=2&y", {"host": "h"})
-    assert (r.query, r.url, r.body, repr(r)) == ({"x": "2", "y": ""}, "/a?x=1&x=2&y", b"",
-                                                 "<Request GET /a?x=1&x=2&y>")
+    assert (r.query, r.url, r.body, repr(r)) == (
+        {"x": "2", "y": ""},
+        "/a?x=1&x=2&y",
+        b"",
+        "<Request GET /a?x=1&x=2&y>",
+    )
     r.method = "POST"
     assert Request("GET", "/", "", {}, b"b").url == "/" and r.method == "POST"

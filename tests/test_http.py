@@ -4,6 +4,7 @@ Requests are written byte for byte so that nothing (no client library) fixes
 them up; responses are parsed by httpclient.py. After every bad input a fresh client
 must still get 200: one bad connection never hurts the server.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ import pytest
 
 from helpers import BIG_SIZE
 from httpclient import Conn, assert_rejected, assert_serving, exchange, get, upgrade_request
-
 
 # -- WebSocket frames, by hand -------------------------------------------------
 
@@ -59,6 +59,7 @@ def server(make_server, site):
     def configure(s):
         s.add_static_content(str(site), "/")
         s.add_websocket_content("/ws", on_message=lambda session, data: session.send(data))
+
     return make_server(configure, max_body_size=1000, max_header_size=2048)
 
 
@@ -68,7 +69,7 @@ class Recorder:
     def __init__(self, server) -> None:
         self.handler = server.http_handler
         self.requests = []
-        server.context.http_handler = self      # what the HTTP front calls
+        server.context.http_handler = self  # what the HTTP front calls
 
     def __call__(self, request):
         self.requests.append(request)
@@ -99,7 +100,11 @@ def test_pipelined_requests_are_answered_in_order(server):
     conn.send(get("/a.txt") + get("/missing") + get("/b.txt") + get("/hello.txt"))
     answers = [conn.read_response() for _ in range(4)]
     assert [(r.status, r.body) for r in answers] == [
-        (200, b"AAA"), (404, b"not found\n"), (200, b"BBBB"), (200, b"hello\n")]
+        (200, b"AAA"),
+        (404, b"not found\n"),
+        (200, b"BBBB"),
+        (200, b"hello\n"),
+    ]
     assert conn.still_open()
     conn.close()
 
@@ -107,8 +112,8 @@ def test_pipelined_requests_are_answered_in_order(server):
 def test_many_pipelined_requests_split_anywhere(server):
     data = b"".join(get("/a.txt" if i % 2 else "/b.txt") for i in range(300))
     conn = Conn(server.port)
-    for start in range(0, len(data), 997):     # cuts requests at arbitrary bytes
-        conn.send(data[start:start + 997])
+    for start in range(0, len(data), 997):  # cuts requests at arbitrary bytes
+        conn.send(data[start : start + 997])
     bodies = [conn.read_response().body for _ in range(300)]
     assert bodies == [b"AAA" if i % 2 else b"BBBB" for i in range(300)]
     conn.close()
@@ -203,10 +208,11 @@ def test_connection_close_is_honoured_and_later_pipelined_requests_ignored(serve
 def test_request_bodies_with_length_and_chunked_reach_the_handler(server):
     recorder = Recorder(server)
     conn = Conn(server.port)
-    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world"
-              b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"5\r\nchunk\r\n7;ext=1\r\ned body\r\n0\r\nX-Trailer: t\r\n\r\n"
-              + get("/a.txt"))
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nchunk\r\n7;ext=1\r\ned body\r\n0\r\nX-Trailer: t\r\n\r\n" + get("/a.txt")
+    )
     assert conn.read_response().body == b"hello world"
     assert conn.read_response().body == b"chunked body"
     assert conn.read_response().body == b"AAA"
@@ -217,14 +223,18 @@ def test_request_bodies_with_length_and_chunked_reach_the_handler(server):
 def test_body_at_the_limit_is_accepted(server):
     Recorder(server)
     body = b"x" * 1000
-    response = exchange(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n" + body)
+    response = exchange(
+        server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n" + body
+    )
     assert response.status == 200 and response.body == body
 
 
 def test_expect_100_continue(server):
     Recorder(server)
     conn = Conn(server.port)
-    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    )
     interim = conn.read_response()
     assert interim.status == 100
     conn.send(b"data")
@@ -234,31 +244,38 @@ def test_expect_100_continue(server):
 
 
 def test_expect_100_continue_with_a_body_too_large_gets_413_at_once(server):
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
-                                 b"Expect: 100-continue\r\n\r\n", 413)
+    assert_rejected(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+        413,
+    )
 
 
 # -- errors: the answer, the close, and the server afterwards ----------------------
 
 
-@pytest.mark.parametrize("data", [
-    b"garbage\r\n\r\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),   # a TLS ClientHello
-    b"GET / HTTP/9.9\r\n\r\n",
-    b"GET /a b HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/1.1\nHost: x\n\n",
-    b"G\x00T / HTTP/1.1\r\n\r\n",
-    b"GET /index.html\x00 HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
-    b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-    b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-    b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    b"GET docs HTTP/1.1\r\n\r\n",
-], ids=lambda d: repr(d[:24]))
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),  # a TLS ClientHello
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"G\x00T / HTTP/1.1\r\n\r\n",
+        b"GET /index.html\x00 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET docs HTTP/1.1\r\n\r\n",
+    ],
+    ids=lambda d: repr(d[:24]),
+)
 def test_malformed_request_gets_400_and_the_connection_closes(server, data):
     assert_rejected(server.port, data, 400)
 
@@ -286,8 +303,10 @@ def test_404_keeps_the_connection(server):
 
 def test_405_has_allow(server):
     conn = Conn(server.port)
-    conn.send(b"POST /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
-              b"DELETE /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+    conn.send(
+        b"POST /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+        b"DELETE /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
     for _ in range(2):
         response = conn.read_response()
         assert response.status == 405
@@ -302,20 +321,25 @@ def test_unknown_path_is_404_whatever_the_method(make_server):
 
 
 def test_connect_is_refused_with_405(server):
-    response = assert_rejected(server.port, b"CONNECT example.com:443 HTTP/1.1\r\n"
-                                            b"Host: example.com:443\r\n\r\n", 405)
+    response = assert_rejected(
+        server.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405
+    )
     assert response.headers["allow"] == "GET, HEAD"
 
 
 def test_413_by_content_length_before_any_body(server):
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1001\r\n\r\n", 413)
+    assert_rejected(
+        server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1001\r\n\r\n", 413
+    )
 
 
 def test_413_while_the_client_is_still_sending_its_body(server):
     # The server answers after the first bytes and drains the rest (a lingering
     # close): the client reads the 413 rather than a connection reset.
     conn = Conn(server.port, timeout=10)
-    conn.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000)
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000
+    )
     response = conn.read_response()
     assert response.status == 413
     assert conn.at_eof()
@@ -325,8 +349,13 @@ def test_413_while_the_client_is_still_sending_its_body(server):
 
 def test_413_by_chunked_body(server):
     chunk = b"200\r\n" + b"y" * 0x200 + b"\r\n"
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                 + chunk * 3 + b"0\r\n\r\n", 413)
+    assert_rejected(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk * 3
+        + b"0\r\n\r\n",
+        413,
+    )
 
 
 def test_413_by_chunked_body_sent_slowly(server):
@@ -343,7 +372,7 @@ def test_413_by_chunked_body_sent_slowly(server):
 
 
 def test_431_for_too_many_header_bytes(server):
-    headers = "".join(f"X-Filler-{i}: {'v' * 60}\r\n" for i in range(40))     # ~3 KB > 2048
+    headers = "".join(f"X-Filler-{i}: {'v' * 60}\r\n" for i in range(40))  # ~3 KB > 2048
     assert_rejected(server.port, get("/", headers), 431)
 
 
@@ -353,7 +382,7 @@ def test_431_for_one_header_line_that_never_ends(server):
     conn = Conn(server.port)
     conn.send(b"GET / HTTP/1.1\r\nX-Endless: ")
     time.sleep(0.05)
-    for _ in range(8):                                  # 8 KiB > max_header_size
+    for _ in range(8):  # 8 KiB > max_header_size
         conn.send(b"v" * 1024)
         time.sleep(0.02)
     response = conn.read_response()
@@ -381,11 +410,15 @@ def test_handler_exception_gives_500_and_the_connection_goes_on(server):
 
 
 def test_abrupt_disconnects_do_not_hurt_the_server(server):
-    for data in (get("/big.bin") * 4, b"GET /a.txt HT", b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 900\r\n\r\nxx"):
+    for data in (
+        get("/big.bin") * 4,
+        b"GET /a.txt HT",
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 900\r\n\r\nxx",
+    ):
         conn = Conn(server.port)
         conn.send(data)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()                                    # RST
+        conn.close()  # RST
     assert_serving(server.port)
 
 
@@ -451,7 +484,7 @@ def test_upgrade_split_across_writes(server):
     data, accept = upgrade_request()
     conn = Conn(server.port)
     for i in range(0, len(data), 7):
-        conn.send(data[i:i + 7])
+        conn.send(data[i : i + 7])
         time.sleep(0.001)
     assert_switched(conn, accept)
     assert_echo(conn, "split")
@@ -460,8 +493,14 @@ def test_upgrade_split_across_writes(server):
 
 def test_other_upgrades_are_ignored_and_answered_as_http11(server):
     conn = Conn(server.port)
-    conn.send(get("/a.txt", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-                            "HTTP2-Settings: AAMAAABkAAQAAP__\r\n") + get("/b.txt"))
+    conn.send(
+        get(
+            "/a.txt",
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            "HTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+        )
+        + get("/b.txt")
+    )
     assert conn.read_response().body == b"AAA"
     assert conn.read_response().body == b"BBBB"
     assert conn.still_open()
@@ -470,8 +509,12 @@ def test_other_upgrades_are_ignored_and_answered_as_http11(server):
 
 def test_ignored_upgrade_with_a_body_is_refused(server):
     # Its body would otherwise be parsed as a request of its own (smuggling).
-    assert_rejected(server.port, b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-                                 b"Content-Length: 20\r\n\r\nGET /a.txt HTTP/1.1\r\n", 400)
+    assert_rejected(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 20\r\n\r\nGET /a.txt HTTP/1.1\r\n",
+        400,
+    )
 
 
 # -- timeouts ---------------------------------------------------------------------
@@ -484,6 +527,7 @@ def quick_server(make_server, site):
         s.limits.idle_timeout = 0.4
         s.limits.header_timeout = 0.3
         s.limits.linger_timeout = 0.5
+
     return make_server(configure, max_body_size=1000)
 
 
@@ -507,7 +551,7 @@ def test_connection_that_never_sends_is_closed(quick_server):
 
 def test_activity_keeps_a_connection_open(quick_server):
     conn = Conn(quick_server.port)
-    for _ in range(5):                                  # 5 x 0.2 s > idle_timeout
+    for _ in range(5):  # 5 x 0.2 s > idle_timeout
         conn.send(get("/a.txt"))
         assert conn.read_response().body == b"AAA"
         time.sleep(0.2)
@@ -519,7 +563,7 @@ def test_slowloris_headers_get_408(quick_server):
     conn.send(b"GET /a.txt HTTP/1.1\r\n")
     started = time.monotonic()
     response = None
-    for i in range(40):                                 # a header line every 50 ms
+    for i in range(40):  # a header line every 50 ms
         try:
             conn.send(f"X-Slow-{i}: 1\r\n".encode())
         except (BrokenPipeError, ConnectionResetError):
@@ -551,11 +595,11 @@ def test_slow_reader_of_a_big_answer_is_not_cut_off(quick_server, site):
     conn.send(get("/big.bin") * 3)
     got = 0
     started = time.monotonic()
-    while time.monotonic() - started < 1.2:            # trickle: <= 8 KiB every 20 ms
+    while time.monotonic() - started < 1.2:  # trickle: <= 8 KiB every 20 ms
         conn.buf += conn.sock.recv(8192)
         got = len(conn.buf)
         time.sleep(0.02)
-    assert got < 3 * BIG_SIZE                           # still downloading after the timeout
+    assert got < 3 * BIG_SIZE  # still downloading after the timeout
     for _ in range(3):
         assert conn.read_response().body == expected
     conn.close()
@@ -564,7 +608,7 @@ def test_slow_reader_of_a_big_answer_is_not_cut_off(quick_server, site):
 def test_client_that_never_reads_is_dropped(quick_server):
     conn = Conn(quick_server.port, timeout=10, rcvbuf=4096)
     conn.send(get("/big.bin") * 20)
-    time.sleep(1.5)                                     # > idle_timeout without any progress
+    time.sleep(1.5)  # > idle_timeout without any progress
     total = 0
     with pytest.raises((EOFError, ConnectionResetError)):
         while True:

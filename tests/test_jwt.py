@@ -6,6 +6,7 @@ request's ``Authorization: Bearer`` header, or in its Sec-WebSocket-Protocol
 answers a message without a valid one with ``{"error": "unauthorized"}`` and
 the connection stays open.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,12 +37,17 @@ def make_token(secret: str = SECRET, **claims: Any) -> str:
     return pyjwt.encode(claims, secret, algorithm="HS256")
 
 
-run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
+run = partial(run, timeout=20)  # helpers.run, failing after 20 s rather than 30
 
 
 def client(server, path: str = "/jwt", **kwargs):
-    return connect(f"ws://127.0.0.1:{server.port}{path}", proxy=None, compression=None,
-                   open_timeout=TIMEOUT, **kwargs)
+    return connect(
+        f"ws://127.0.0.1:{server.port}{path}",
+        proxy=None,
+        compression=None,
+        open_timeout=TIMEOUT,
+        **kwargs,
+    )
 
 
 async def ask(ws, message: dict) -> Any:
@@ -50,6 +56,7 @@ async def ask(ws, message: dict) -> Any:
 
 
 # -- controllers ---------------------------------------------------------------
+
 
 @route("/mixed")
 class JwtMixedController(Controller):
@@ -97,6 +104,7 @@ def configure(with_key: bool = True):
         server.add_websocket_content(JwtMixedController, "/jwt")
         server.add_websocket_content(JwtClassController, "/jwtcls")
         server.add_websocket_content(JwtDecoratedController, "/jwtdeco")
+
     return setup
 
 
@@ -113,6 +121,7 @@ def assert_unauthorized(reply: Any, url: str, words: str) -> None:
 
 # -- the three carriers ----------------------------------------------------------
 
+
 def test_token_in_message_jwt_field(server):
     async def go():
         async with client(server) as ws:
@@ -121,6 +130,7 @@ def test_token_in_message_jwt_field(server):
             # the next message without a token is refused: the token is per message
             reply = await ask(ws, {"url": "/jwt/mixed/secret"})
             assert_unauthorized(reply, "/jwt/mixed/secret", "a valid JWT is required")
+
     run(go())
 
 
@@ -128,12 +138,15 @@ def test_token_in_authorization_header(server):
     async def go():
         headers = {"Authorization": "Bearer " + make_token(sub="bob")}
         async with client(server, additional_headers=headers) as ws:
-            for _ in range(3):      # every message of the connection is authorized
-                assert await ask(ws, {"url": "/jwt/mixed/secret"}) == \
-                    {"sub": "bob", "claims_sub": "bob"}
+            for _ in range(3):  # every message of the connection is authorized
+                assert await ask(ws, {"url": "/jwt/mixed/secret"}) == {
+                    "sub": "bob",
+                    "claims_sub": "bob",
+                }
             # a message's own token wins over the connection's
             reply = await ask(ws, {"url": "/jwt/mixed/secret", "jwt": make_token(sub="carol")})
             assert reply["sub"] == "carol"
+
     run(go())
 
 
@@ -144,8 +157,11 @@ def test_token_in_subprotocol_list_form(server):
         async with client(server, subprotocols=["bearer", token]) as ws:
             assert ws.subprotocol == "bearer"
             assert ws.response.headers["Sec-WebSocket-Protocol"] == "bearer"
-            assert await ask(ws, {"url": "/jwt/mixed/secret"}) == \
-                {"sub": "dave", "claims_sub": "dave"}
+            assert await ask(ws, {"url": "/jwt/mixed/secret"}) == {
+                "sub": "dave",
+                "claims_sub": "dave",
+            }
+
     run(go())
 
 
@@ -156,6 +172,7 @@ def test_token_in_subprotocol_dotted_form(server):
         async with client(server, subprotocols=[f"bearer.{token}"]) as ws:
             assert ws.subprotocol == f"bearer.{token}"
             assert (await ask(ws, {"url": "/jwt/mixed/secret"}))["sub"] == "erin"
+
     run(go())
 
 
@@ -164,10 +181,13 @@ def test_subprotocol_answer_in_raw_101(server):
     token = make_token()
     key = base64.b64encode(os.urandom(16)).decode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall((
-            f"GET /jwt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: bearer, {token}\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"GET /jwt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: bearer, {token}\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = sock.recv(4096)
@@ -177,8 +197,9 @@ def test_subprotocol_answer_in_raw_101(server):
     assert lines[0].startswith("HTTP/1.1 101")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     assert headers["sec-websocket-protocol"] == "bearer"
-    accept = base64.b64encode(hashlib.sha1(
-        (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    accept = base64.b64encode(
+        hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    ).decode()
     assert headers["sec-websocket-accept"] == accept
 
 
@@ -195,13 +216,16 @@ def test_browser_token_in_subprotocol(browser, make_server, tmp_path):
     page = browser.new_page()
     try:
         page.goto(f"http://127.0.0.1:{server.port}/")
-        result = page.evaluate("""([url, token]) => new Promise((resolve) => {
+        result = page.evaluate(
+            """([url, token]) => new Promise((resolve) => {
             const ws = new WebSocket(url, ["bearer", token]);
             ws.onopen = () => ws.send(JSON.stringify({url: "/jwt/mixed/secret"}));
             ws.onmessage = (e) => { resolve({protocol: ws.protocol, data: e.data}); ws.close(); };
             ws.onerror = () => resolve({error: true});
             setTimeout(() => resolve({timeout: true}), 5000);
-        })""", [f"ws://127.0.0.1:{server.port}/jwt", token])
+        })""",
+            [f"ws://127.0.0.1:{server.port}/jwt", token],
+        )
     finally:
         page.close()
     assert result.get("protocol") == "bearer", result
@@ -209,6 +233,7 @@ def test_browser_token_in_subprotocol(browser, make_server, tmp_path):
 
 
 # -- refusals ---------------------------------------------------------------------
+
 
 def test_expired_token_is_refused_and_connection_stays_open(server):
     expired = make_token(exp=int(time.time()) - 30)
@@ -218,11 +243,13 @@ def test_expired_token_is_refused_and_connection_stays_open(server):
             reply = await ask(ws, {"url": "/jwt/mixed/secret", "jwt": expired})
             assert_unauthorized(reply, "/jwt/mixed/secret", "expired")
             assert (await ask(ws, {"url": "/jwt/mixed/open"}))["open"] is True
-            assert (await ask(ws, {"url": "/jwt/mixed/secret", "jwt": make_token()}))["sub"] \
-                == "alice"
+            assert (await ask(ws, {"url": "/jwt/mixed/secret", "jwt": make_token()}))[
+                "sub"
+            ] == "alice"
         async with client(server, subprotocols=["bearer", expired]) as ws:
             reply = await ask(ws, {"url": "/jwt/mixed/secret"})
             assert_unauthorized(reply, "/jwt/mixed/secret", "expired")
+
     run(go())
 
 
@@ -241,6 +268,7 @@ def test_bad_signature_is_refused(server):
             unsigned = pyjwt.encode({"sub": "mallory"}, None, algorithm="none")
             reply = await ask(ws, {"url": "/jwt/mixed/secret", "jwt": unsigned})
             assert_unauthorized(reply, "/jwt/mixed/secret", "invalid JWT")
+
     run(go())
 
 
@@ -257,27 +285,37 @@ def test_no_token_on_protected_routes(server):
         async with client(server, "/jwtdeco") as ws:
             reply = await ask(ws, {"url": "/jwtdeco/deco/whoami"})
             assert_unauthorized(reply, "/jwtdeco/deco/whoami", "a valid JWT is required")
-            reply = await ask(ws, {"url": "/jwtdeco/deco/whoami",
-                                   "jwt": make_token(sub="yan", role="admin")})
+            reply = await ask(
+                ws, {"url": "/jwtdeco/deco/whoami", "jwt": make_token(sub="yan", role="admin")}
+            )
             assert reply == {"sub": "yan", "role": "admin"}
+
     run(go())
 
 
 # -- unprotected routes ---------------------------------------------------------------
 
+
 def test_unprotected_routes_unaffected(server):
     async def go():
         async with client(server) as ws:
-            assert await ask(ws, {"url": "/jwt/mixed/open"}) == \
-                {"open": True, "jwt": None, "claims": None}
+            assert await ask(ws, {"url": "/jwt/mixed/open"}) == {
+                "open": True,
+                "jwt": None,
+                "claims": None,
+            }
             # a bad token on an open route is not an error: there are just no claims
-            assert await ask(ws, {"url": "/jwt/mixed/open", "jwt": "garbage"}) == \
-                {"open": True, "jwt": None, "claims": None}
+            assert await ask(ws, {"url": "/jwt/mixed/open", "jwt": "garbage"}) == {
+                "open": True,
+                "jwt": None,
+                "claims": None,
+            }
             reply = await ask(ws, {"url": "/jwt/mixed/open", "jwt": make_token(sub="opt")})
             assert reply["jwt"]["sub"] == "opt" and reply["claims"]["sub"] == "opt"
         # a client offering other subprotocols gets no bearer answer and may still connect
         async with client(server, additional_headers={"Authorization": "Basic eDp5"}) as ws:
             assert (await ask(ws, {"url": "/jwt/mixed/open"}))["open"] is True
+
     run(go())
 
 
@@ -289,6 +327,7 @@ def test_server_without_key(make_server):
             assert (await ask(ws, {"url": "/jwt/mixed/open", "jwt": make_token()}))["jwt"] is None
             reply = await ask(ws, {"url": "/jwt/mixed/secret", "jwt": make_token()})
             assert_unauthorized(reply, "/jwt/mixed/secret", "no key")
+
     run(go())
 
 
@@ -298,19 +337,22 @@ def test_set_token_after_start(make_server):
 
     async def go():
         async with client(server) as ws:
-            assert (await ask(ws, {"url": "/jwt/mixed/secret", "jwt": make_token()}))["sub"] \
-                == "alice"
+            assert (await ask(ws, {"url": "/jwt/mixed/secret", "jwt": make_token()}))[
+                "sub"
+            ] == "alice"
+
     run(go())
 
 
 # -- simplew.auth unit checks ------------------------------------------------------
+
 
 def test_cached_token_still_expires(monkeypatch):
     auth = JwtAuth(SECRET)
     now = time.time()
     token = make_token(exp=int(now) + 60)
     assert auth.decode(token)["sub"] == "alice"
-    assert auth.decode(token)["sub"] == "alice"        # from the cache
+    assert auth.decode(token)["sub"] == "alice"  # from the cache
     monkeypatch.setattr("simplew.auth.time.time", lambda: now + 120)
     with pytest.raises(Unauthorized, match="expired"):
         auth.decode(token)

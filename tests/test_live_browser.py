@@ -4,6 +4,7 @@ example (``examples/live.py``, ``www/live``), whose page sees every offset
 exactly once across a dropped connection and across a restart of the server
 process (the history then lives in a real Redis).
 """
+
 from __future__ import annotations
 
 import signal
@@ -11,25 +12,36 @@ import subprocess
 import sys
 
 import jwt as pyjwt
-import pytest
 import redis as redis_py
-
-from simplew import Controller, WebSocketMessage, require_jwt, route, stream
-from simplew.recovery import digest
 
 from helpers import ROOT
 from multiproc import free_port, port_open, wait_until
+from simplew import Controller, WebSocketMessage, require_jwt, route, stream
+from simplew.recovery import digest
+
 INTERVAL_MS = 20
 
 
 def start_live(port: int, redis_url: str | None = None) -> subprocess.Popen:
     """``examples/live.py`` on ``port``, ticking every INTERVAL_MS, listening."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "live.py"), "--host", "127.0.0.1",
-         "--port", str(port), "--interval", str(INTERVAL_MS)]
+        [
+            sys.executable,
+            str(ROOT / "examples" / "live.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--interval",
+            str(INTERVAL_MS),
+        ]
         + (["--redis", redis_url] if redis_url else []),
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 15, "live.py listening")
     except AssertionError:
@@ -67,12 +79,14 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
     def configure(server) -> None:
         server.add_websocket_content(WhoAmI, "/ws")
         server.set_token(SECRET, algorithms=["HS256"])
+
     server = make_server(configure, recovery=True)
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"http://127.0.0.1:{server.port}/healthz")         # an origin for the import
-    opened = page.evaluate("""async (token) => {
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")  # an origin for the import
+    opened = page.evaluate(
+        """async (token) => {
         const { SimplewClient, NotConnectedError } = await import("/simplew.js");
         const client = window.client = new SimplewClient({ token });
         const got = window.got = [];
@@ -85,7 +99,9 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
         const welcome = await client.connect("/ws");
         client.send("/ws/browser/me");
         return { welcome, refused, connected: client.connected };
-    }""", pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"))
+    }""",
+        pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+    )
     welcome = opened["welcome"]
     assert opened["refused"] and opened["connected"]
     assert welcome["recovered"] is False and len(welcome["session"]) >= 22
@@ -99,7 +115,7 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
     assert [event[0] for event in got] == ["open", "msg", "pub", "pub", "close"]
     assert got[1][1] == {"data": "alice"}
     binary, text = got[2][1], got[3][1]
-    assert binary == [0, 1, 254, 255]                   # a Uint8Array, from base64
+    assert binary == [0, 1, 254, 255]  # a Uint8Array, from base64
     assert text["data"] == "héllo" and text["room"] is None
     assert text["offset"] > welcome["offset"]
     assert got[4][1] == {"code": 1000, "reason": "", "reconnecting": False}
@@ -127,15 +143,16 @@ def status(page) -> str:
 def open_live_page(browser, port: int, errors: list[str]):
     page = browser.new_page()
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"http://127.0.0.1:{port}/?backoffMax=1")    # a slow restart: no long waits
+    page.goto(f"http://127.0.0.1:{port}/?backoffMax=1")  # a slow restart: no long waits
     page.wait_for_function("window.stats && window.stats.received >= 25", timeout=10_000)
     return page
 
 
 def wait_recovered_and_more(page) -> None:
     """Wait for the "recovered" status, then for 25 live pubs more."""
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('recovered')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('recovered')", timeout=30_000
+    )
     received = stats(page)["received"]
     page.wait_for_function(f"window.stats.received >= {received + 25}", timeout=10_000)
 
@@ -176,12 +193,13 @@ def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis_
             if crash:
                 session = page.evaluate("window.client.session")
                 key = f"{stream.PREFIX}:session:{digest(session).hex()}"
-                wait_until(lambda: store.exists(key), 10, "the session written to Redis")
+                wait_until(lambda key=key: store.exists(key), 10, "the session written to Redis")
                 procs[-1].kill()
             stop(procs[-1])
             page.wait_for_function(
                 "document.getElementById('status').textContent.startsWith('reconnecting')",
-                timeout=10_000)
+                timeout=10_000,
+            )
             procs.append(start_live(port, redis_server.url))
             wait_recovered_and_more(page)
         assert_every_offset_once(page, errors)

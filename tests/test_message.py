@@ -1,4 +1,5 @@
 """WebSocketMessage: the envelope's fields and ``map_body`` onto dataclasses."""
+
 from __future__ import annotations
 
 import enum
@@ -15,7 +16,7 @@ from simplew import BodyMappingError, WebSocketMessage
 @dataclass
 class Address:
     street: str
-    zip: Optional[str] = None
+    zip: str | None = None
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Profile:
     score: float = 0.0
     tags: list[str] = field(default_factory=list)
     addresses: list[Address] = field(default_factory=list)
-    nickname: Optional[str] = None
+    nickname: str | None = None
     born: date | None = None
     color: Color = Color.RED
     mode: Literal["a", "b"] = "a"
@@ -62,7 +63,7 @@ def test_fields_and_defaults():
 def test_map_body_guide_user():
     user = msg({"name": "John Doe", "enabled": True}).map_body(User)
     assert user == User(name="John Doe", enabled=True)
-    assert msg({"name": "x"}).MapBody(User).enabled is False          # SimpleW spelling
+    assert msg({"name": "x"}).MapBody(User).enabled is False  # SimpleW spelling
 
 
 def test_map_body_uuid_and_datetime():
@@ -79,7 +80,7 @@ def test_map_body_nested_optional_lists_and_defaults():
     body = {
         "user": {"name": "Ann", "enabled": True},
         "age": 41,
-        "score": 3,                                   # int accepted for float
+        "score": 3,  # int accepted for float
         "tags": ["a", "b"],
         "addresses": [{"street": "Main"}, {"street": "High", "zip": "12345"}],
         "nickname": None,
@@ -112,32 +113,87 @@ def test_map_body_plain_types():
     assert msg(5).map_body(Any) == 5
 
 
-@pytest.mark.parametrize("body, cls, expected", [
-    ({"user": {}, "age": "41"}, Profile, "body.age: expected int, got a string"),
-    ({"user": {}, "age": True}, Profile, "body.age: expected int, got a boolean"),
-    ({"user": {}}, Profile, "body: missing field 'age' for Profile"),
-    ({"user": {"enabled": "yes"}, "age": 1}, Profile, "body.user.enabled: expected bool, got a string"),
-    ({"user": {"id": "not-a-uuid"}, "age": 1}, Profile, "body.user.id: expected UUID, got a string"),
-    ({"user": {"creation": "yesterday"}, "age": 1}, Profile,
-     "body.user.creation: expected datetime, got a string"),
-    ({"user": {}, "age": 1, "tags": "a,b"}, Profile, "body.tags: expected a list, got a string"),
-    ({"user": {}, "age": 1, "tags": ["a", 2]}, Profile, "body.tags[1]: expected str, got a number"),
-    ({"user": {}, "age": 1, "addresses": [{"street": "x"}, {}]}, Profile,
-     "body.addresses[1]: missing field 'street' for Address"),
-    ({"user": {}, "age": 1, "addresses": [{"street": 5}]}, Profile,
-     "body.addresses[0].street: expected str, got a number"),
-    ({"user": {}, "age": 1, "nickname": 3}, Profile, "body.nickname: expected str, got a number"),
-    ({"user": {}, "age": 1, "color": "blue"}, Profile,
-     "body.color: expected one of 'red', 'green' for Color, got 'blue'"),
-    ({"user": {}, "age": 1, "mode": "c"}, Profile, "body.mode: expected one of 'a', 'b', got 'c'"),
-    ({"user": {}, "age": 1, "pair": [1]}, Profile, "body.pair: expected a list of 2 items, got 1"),
-    ({"user": {}, "age": 1, "extra": {"k": "v"}}, Profile, "body.extra.k: expected int, got a string"),
-    ({"user": {}, "age": 1, "surname": "x"}, Profile, "body: unknown field(s) for Profile: surname"),
-    ({"user": "Ann", "age": 1}, Profile, "body.user: expected an object for User, got a string"),
-    (None, User, "body: expected an object for User, got null"),
-    ("John", User, "body: expected an object for User, got a string"),
-    ([1], User, "body: expected an object for User, got a list"),
-])
+@pytest.mark.parametrize(
+    "body, cls, expected",
+    [
+        ({"user": {}, "age": "41"}, Profile, "body.age: expected int, got a string"),
+        ({"user": {}, "age": True}, Profile, "body.age: expected int, got a boolean"),
+        ({"user": {}}, Profile, "body: missing field 'age' for Profile"),
+        (
+            {"user": {"enabled": "yes"}, "age": 1},
+            Profile,
+            "body.user.enabled: expected bool, got a string",
+        ),
+        (
+            {"user": {"id": "not-a-uuid"}, "age": 1},
+            Profile,
+            "body.user.id: expected UUID, got a string",
+        ),
+        (
+            {"user": {"creation": "yesterday"}, "age": 1},
+            Profile,
+            "body.user.creation: expected datetime, got a string",
+        ),
+        (
+            {"user": {}, "age": 1, "tags": "a,b"},
+            Profile,
+            "body.tags: expected a list, got a string",
+        ),
+        (
+            {"user": {}, "age": 1, "tags": ["a", 2]},
+            Profile,
+            "body.tags[1]: expected str, got a number",
+        ),
+        (
+            {"user": {}, "age": 1, "addresses": [{"street": "x"}, {}]},
+            Profile,
+            "body.addresses[1]: missing field 'street' for Address",
+        ),
+        (
+            {"user": {}, "age": 1, "addresses": [{"street": 5}]},
+            Profile,
+            "body.addresses[0].street: expected str, got a number",
+        ),
+        (
+            {"user": {}, "age": 1, "nickname": 3},
+            Profile,
+            "body.nickname: expected str, got a number",
+        ),
+        (
+            {"user": {}, "age": 1, "color": "blue"},
+            Profile,
+            "body.color: expected one of 'red', 'green' for Color, got 'blue'",
+        ),
+        (
+            {"user": {}, "age": 1, "mode": "c"},
+            Profile,
+            "body.mode: expected one of 'a', 'b', got 'c'",
+        ),
+        (
+            {"user": {}, "age": 1, "pair": [1]},
+            Profile,
+            "body.pair: expected a list of 2 items, got 1",
+        ),
+        (
+            {"user": {}, "age": 1, "extra": {"k": "v"}},
+            Profile,
+            "body.extra.k: expected int, got a string",
+        ),
+        (
+            {"user": {}, "age": 1, "surname": "x"},
+            Profile,
+            "body: unknown field(s) for Profile: surname",
+        ),
+        (
+            {"user": "Ann", "age": 1},
+            Profile,
+            "body.user: expected an object for User, got a string",
+        ),
+        (None, User, "body: expected an object for User, got null"),
+        ("John", User, "body: expected an object for User, got a string"),
+        ([1], User, "body: expected an object for User, got a list"),
+    ],
+)
 def test_map_body_errors_name_the_field(body, cls, expected):
     with pytest.raises(BodyMappingError) as info:
         msg(body).map_body(cls)
@@ -147,7 +203,7 @@ def test_map_body_errors_name_the_field(body, cls, expected):
 
 def test_map_body_local_dataclass_with_unresolvable_annotations():
     @dataclass
-    class Local:                      # "Inner" is not resolvable from the module globals
+    class Local:  # "Inner" is not resolvable from the module globals
         inner: Inner
         n: int = 0
 
@@ -156,14 +212,15 @@ def test_map_body_local_dataclass_with_unresolvable_annotations():
         x: int
 
     value = msg({"inner": {"x": 1}, "n": 2}).map_body(Local)
-    assert value.inner == {"x": 1} and value.n == 2    # unresolvable: passed through as is
+    assert value.inner == {"x": 1} and value.n == 2  # unresolvable: passed through as is
     with pytest.raises(BodyMappingError, match="unknown field"):
         msg({"inner": 1, "zzz": 2}).map_body(Local)
-    with pytest.raises(BodyMappingError, match=r"body\.n: expected int"):     # still checked
+    with pytest.raises(BodyMappingError, match=r"body\.n: expected int"):  # still checked
         msg({"inner": 1, "n": "2"}).map_body(Local)
 
 
 # -- the compiled converter against the general walk ----------------------------
+
 
 class Level(enum.IntEnum):
     LOW = 1
@@ -171,7 +228,7 @@ class Level(enum.IntEnum):
 
 
 @dataclass
-class Node:                         # refers to itself
+class Node:  # refers to itself
     name: str
     children: list[Node] = field(default_factory=list)
 
@@ -181,28 +238,88 @@ class Text(str):
 
 
 AGREEMENT_VALUES = [
-    None, True, False, 0, 1, -7, 2 ** 70, 1.5, -0.0, float("nan"), "", "x", Text("sub"),
-    "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f", "{6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f}",
-    "2024-05-06T07:08:09Z", "2024-05-06", "2024-05-06T07:08:09+02:00", "red", "green", "a",
-    [], [1, 2], ["a", 2], [[1]], [{"name": "n"}], {}, {"a": 1}, {"k": "v"}, {1: 2},
-    {"name": "root", "children": [{"name": "leaf"}]}, {"name": "r", "children": [{"nom": 1}]},
-    {"user": {}, "age": 1}, {"user": {"id": "bad"}, "age": 1}, {"user": {}, "age": 1, "x": 0},
+    None,
+    True,
+    False,
+    0,
+    1,
+    -7,
+    2**70,
+    1.5,
+    -0.0,
+    float("nan"),
+    "",
+    "x",
+    Text("sub"),
+    "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f",
+    "{6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f}",
+    "2024-05-06T07:08:09Z",
+    "2024-05-06",
+    "2024-05-06T07:08:09+02:00",
+    "red",
+    "green",
+    "a",
+    [],
+    [1, 2],
+    ["a", 2],
+    [[1]],
+    [{"name": "n"}],
+    {},
+    {"a": 1},
+    {"k": "v"},
+    {1: 2},
+    {"name": "root", "children": [{"name": "leaf"}]},
+    {"name": "r", "children": [{"nom": 1}]},
+    {"user": {}, "age": 1},
+    {"user": {"id": "bad"}, "age": 1},
+    {"user": {}, "age": 1, "x": 0},
     {"user": {}, "age": 1, "pair": [1, "one"], "extra": {"k": 2}, "color": "green"},
-    {"user": {}, "age": 1, "tags": ["a", Text("b")]}, {"street": "s", "zip": None},
+    {"user": {}, "age": 1, "tags": ["a", Text("b")]},
+    {"street": "s", "zip": None},
 ]
 AGREEMENT_TYPES = [
-    Any, bool, int, float, str, type(None), uuid.UUID, datetime, date, Color, Level,
-    Optional[int], int | str, str | int, float | None, list[int], list[str], set[int],
-    frozenset[str], tuple[int, ...], tuple[int, str], dict[str, int], dict, list, Literal["a", 1],
-    list[Address], Optional[list[Address]], Address, User, Profile, Node, list[Node],
-    dict[str, list[int]], bytes, Text,
+    Any,
+    bool,
+    int,
+    float,
+    str,
+    type(None),
+    uuid.UUID,
+    datetime,
+    date,
+    Color,
+    Level,
+    Optional[int],
+    int | str,
+    str | int,
+    float | None,
+    list[int],
+    list[str],
+    set[int],
+    frozenset[str],
+    tuple[int, ...],
+    tuple[int, str],
+    dict[str, int],
+    dict,
+    list,
+    Literal["a", 1],
+    list[Address],
+    Optional[list[Address]],
+    Address,
+    User,
+    Profile,
+    Node,
+    list[Node],
+    dict[str, list[int]],
+    bytes,
+    Text,
 ]
 
 
 def _outcome(func, value, tp):
     try:
         result = func(value, tp, "body")
-    except Exception as exc:                # noqa: BLE001 - the exception is the outcome
+    except Exception as exc:  # noqa: BLE001 - the exception is the outcome
         return ("raised", type(exc), str(exc))
     return ("value", type(result), repr(result))
 
@@ -210,6 +327,7 @@ def _outcome(func, value, tp):
 @pytest.mark.parametrize("tp", AGREEMENT_TYPES, ids=repr)
 def test_compiled_converter_gives_the_general_walks_values_and_errors(tp):
     from simplew.message import _convert, convert
+
     for value in AGREEMENT_VALUES:
-        for _ in range(2):                  # the second call uses the cached converter
+        for _ in range(2):  # the second call uses the cached converter
             assert _outcome(convert, value, tp) == _outcome(_convert, value, tp), (value, tp)

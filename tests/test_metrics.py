@@ -1,4 +1,5 @@
 """/healthz, Prometheus /metrics and the access log, against a real server."""
+
 from __future__ import annotations
 
 import json
@@ -65,15 +66,16 @@ def test_healthz_is_on_by_default(make_server):
     status, content_type, body = get(server.port, "/healthz")
     assert (status, content_type, json.loads(body)) == (200, "application/json", {"status": "ok"})
     assert get(server.port, "/healthz", "HEAD")[0] == 200
-    assert get(server.port, "/metrics")[0] == 404              # metrics are opt-in
+    assert get(server.port, "/metrics")[0] == 404  # metrics are opt-in
 
 
 def test_healthz_and_metrics_are_switchable(make_server):
     server = make_server(healthz=False, metrics=True)
     assert get(server.port, "/healthz")[0] == 404
     assert "simplew_connections" in scrape(server.port)
-    other = make_server(lambda s: (s.enable_metrics("/internal/metrics"),
-                                   s.enable_healthz("/live")), healthz=False)
+    other = make_server(
+        lambda s: (s.enable_metrics("/internal/metrics"), s.enable_healthz("/live")), healthz=False
+    )
     assert get(other.port, "/live")[0] == 200
     assert get(other.port, "/metrics")[0] == 404
     assert "simplew_http_requests_total" in scrape(other.port, "/internal/metrics")
@@ -83,18 +85,30 @@ def test_healthz_and_metrics_are_switchable(make_server):
 
 
 EXPECTED = {
-    "simplew_connections", "simplew_http_connections", "simplew_http_requests_total",
-    "simplew_messages_in_total", "simplew_messages_out_total",
-    'simplew_bytes_in_total{protocol="websocket"}', 'simplew_bytes_in_total{protocol="http"}',
-    'simplew_bytes_out_total{protocol="websocket"}', 'simplew_bytes_out_total{protocol="http"}',
-    "simplew_multicasts_total", "simplew_multicast_compressions_total",
-    "simplew_dropped_slow_clients_total", "simplew_dropped_messages_total",
+    "simplew_connections",
+    "simplew_http_connections",
+    "simplew_http_requests_total",
+    "simplew_messages_in_total",
+    "simplew_messages_out_total",
+    'simplew_bytes_in_total{protocol="websocket"}',
+    'simplew_bytes_in_total{protocol="http"}',
+    'simplew_bytes_out_total{protocol="websocket"}',
+    'simplew_bytes_out_total{protocol="http"}',
+    "simplew_multicasts_total",
+    "simplew_multicast_compressions_total",
+    "simplew_dropped_slow_clients_total",
+    "simplew_dropped_messages_total",
     "simplew_handler_errors_total",
-    "simplew_open_connections", "simplew_rejected_connections_total",
-    "simplew_rejected_connections_per_ip_total", "simplew_rejected_origins_total",
+    "simplew_open_connections",
+    "simplew_rejected_connections_total",
+    "simplew_rejected_connections_per_ip_total",
+    "simplew_rejected_origins_total",
     "simplew_ping_timeouts_total",
-    "simplew_stream_offset", "simplew_history_publications", "simplew_history_bytes",
-    "simplew_sessions_recovered_total", "simplew_sessions_reset_total",
+    "simplew_stream_offset",
+    "simplew_history_publications",
+    "simplew_history_bytes",
+    "simplew_sessions_recovered_total",
+    "simplew_sessions_reset_total",
     "simplew_sessions_expired_total",
 }
 
@@ -105,8 +119,9 @@ def test_metrics_page_is_valid_prometheus_text(make_server):
     text = body.decode()
     assert text.endswith("\n")
     for line in text.splitlines():
-        assert re.fullmatch(r"# (HELP|TYPE) simplew_\w+ .+|simplew_\w+(\{protocol=\"\w+\"\})? \d+",
-                            line), line
+        assert re.fullmatch(
+            r"# (HELP|TYPE) simplew_\w+ .+|simplew_\w+(\{protocol=\"\w+\"\})? \d+", line
+        ), line
     samples = scrape(server.port)
     assert set(samples) == EXPECTED
     assert "# TYPE simplew_connections gauge" in text
@@ -116,9 +131,13 @@ def test_metrics_page_is_valid_prometheus_text(make_server):
 def test_counters_follow_websocket_and_http_traffic(make_server, caplog):
     caplog.set_level(logging.CRITICAL, logger="simplew.websocket")
     caplog.set_level(logging.CRITICAL, logger="simplew.rest")
-    server = make_server(lambda s: (s.add_websocket_content(MetricsController, "/ws"),
-                                    s.add_dynamic_content(MetricsController, "/api")),
-                         metrics=True)
+    server = make_server(
+        lambda s: (
+            s.add_websocket_content(MetricsController, "/ws"),
+            s.add_dynamic_content(MetricsController, "/api"),
+        ),
+        metrics=True,
+    )
     before = scrape(server.port)
     assert before["simplew_connections"] == 0
     assert before["simplew_messages_in_total"] == 0
@@ -142,10 +161,11 @@ def test_counters_follow_websocket_and_http_traffic(make_server, caplog):
     # 3 echoes + 1 error reply + 2 multicasts x 2 clients
     assert during["simplew_messages_out_total"] == 8
     assert during["simplew_multicasts_total"] == 2
-    assert during["simplew_handler_errors_total"] == 2           # one WebSocket, one HTTP
+    assert during["simplew_handler_errors_total"] == 2  # one WebSocket, one HTTP
     sent = sum(len(json.dumps({"url": "/ws/metrics-ctl/echo", "body": i})) for i in range(3))
-    assert during['simplew_bytes_in_total{protocol="websocket"}'] == \
-        sent + len(json.dumps({"url": "/ws/metrics-ctl/boom"}))
+    assert during['simplew_bytes_in_total{protocol="websocket"}'] == sent + len(
+        json.dumps({"url": "/ws/metrics-ctl/boom"})
+    )
     # frames: "0" "1" "2" (3 bytes each), the error reply, 2 x (102 + 12)
     assert during['simplew_bytes_out_total{protocol="websocket"}'] > 2 * (102 + 12) + 9
     # the scrape before, 2 upgrades, 1 /api request and the scrape in progress
@@ -157,13 +177,16 @@ def test_counters_follow_websocket_and_http_traffic(make_server, caplog):
 
 
 def test_dropped_slow_clients_are_counted(make_server):
-    server = make_server(lambda s: s.add_websocket_content("/quiet", on_message=lambda *a: None),
-                         metrics=True, max_write_buffer=64 * 1024)
-    sleeper = RawClient(server.port, "/quiet")             # never reads
+    server = make_server(
+        lambda s: s.add_websocket_content("/quiet", on_message=lambda *a: None),
+        metrics=True,
+        max_write_buffer=64 * 1024,
+    )
+    sleeper = RawClient(server.port, "/quiet")  # never reads
     try:
         wait_until(lambda: len(server.hub) == 1)
         chunk = "s" * 65536
-        for _ in range(200):                               # 13 MB: more than socket buffers
+        for _ in range(200):  # 13 MB: more than socket buffers
             server.multicast_text(chunk)
             if len(server.hub) == 0:
                 break
@@ -179,22 +202,29 @@ LINE = re.compile(r'127\.0\.0\.1:\d+ "(\S+) (\S+)" (\d{3}) (\d+) (\d+\.\d\d)ms')
 
 def access_lines(caplog) -> list[logging.LogRecord]:
     """The HTTP request lines of the access log."""
-    return [r for r in caplog.records
-            if r.name == "simplew.access" and "WebSocket" not in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "simplew.access" and "WebSocket" not in r.getMessage()
+    ]
 
 
 def test_one_access_line_per_websocket_connect_and_disconnect(make_server, caplog):
     caplog.set_level(logging.INFO, logger="simplew.access")
-    server = make_server(lambda s: s.add_websocket_content("/echo",
-                                                           on_message=lambda c, d: c.send(d)))
+    server = make_server(
+        lambda s: s.add_websocket_content("/echo", on_message=lambda c, d: c.send(d))
+    )
     with connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=TIMEOUT) as ws:
         session_id = server.sessions[0].id if server.sessions else None
         for i in range(5):
             ws.send(str(i))
             assert ws.recv(timeout=TIMEOUT) == str(i)
     wait_until(lambda: len(server.hub) == 0)
-    lines = [r.getMessage() for r in caplog.records
-             if r.name == "simplew.access" and "WebSocket" in r.getMessage()]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "simplew.access" and "WebSocket" in r.getMessage()
+    ]
     assert len(lines) == 2, lines
     assert "WebSocket connect /echo" in lines[0] and "WebSocket disconnect /echo" in lines[1]
     assert lines[0].startswith("127.0.0.1:") and session_id in lines[0]
@@ -202,9 +232,12 @@ def test_one_access_line_per_websocket_connect_and_disconnect(make_server, caplo
 
 def test_one_access_log_line_per_http_request(make_server, caplog):
     caplog.set_level(logging.INFO, logger="simplew.access")
-    server = make_server(lambda s: (s.add_websocket_content("/echo",
-                                                            on_message=lambda c, d: c.send(d)),
-                                    s.map_post("/items", lambda body: {"n": len(body)})))
+    server = make_server(
+        lambda s: (
+            s.add_websocket_content("/echo", on_message=lambda c, d: c.send(d)),
+            s.map_post("/items", lambda body: {"n": len(body)}),
+        )
+    )
     get(server.port, "/healthz")
     get(server.port, "/items?x=1", "POST", b"[1,2,3]")
     get(server.port, "/nowhere")
@@ -223,9 +256,9 @@ def test_one_access_log_line_per_http_request(make_server, caplog):
         ("GET", "/healthz", "200", "15"),
         ("POST", "/items?x=1", "200", "7"),
         ("GET", "/nowhere", "404", "10"),
-        ("GET", "/echo", "101", "0"),                   # the upgrade, never the messages
+        ("GET", "/echo", "101", "0"),  # the upgrade, never the messages
     ]
-    assert parsed[4].group(1, 2, 3) == ("-", "-", "400")   # a request that did not parse
+    assert parsed[4].group(1, 2, 3) == ("-", "-", "400")  # a request that did not parse
     assert len(records) == 5
     assert all(r.levelno == logging.INFO for r in records)
     first = records[1]
@@ -238,7 +271,7 @@ def test_access_log_can_be_switched_off(make_server, caplog):
     server = make_server(access_log=False)
     assert get(server.port, "/healthz")[0] == 200
     assert access_lines(caplog) == []
-    assert server.http_stats.requests == 1                 # still counted
+    assert server.http_stats.requests == 1  # still counted
 
 
 def test_async_request_durations_are_measured(make_server, caplog):

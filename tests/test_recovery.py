@@ -3,6 +3,7 @@
 Real server on a loopback port, real websockets clients offering the
 ``simplew.v1`` subprotocol; connections are cut with a TCP reset.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from simplew import Controller, Session, WebSocketMessage, route
+from simplew import Controller, WebSocketMessage, route
 
 TIMEOUT = 5.0
 
@@ -35,9 +36,15 @@ class RoomsController(Controller):
 
 def open_v1(port: int, query: str = "", **kwargs):
     """An open simplew.v1 connection; usable in ``with`` or cut with ``reset``."""
-    return connect(f"ws://127.0.0.1:{port}/ws{query}", subprotocols=["simplew.v1"], proxy=None,
-                   open_timeout=TIMEOUT, close_timeout=1, compression=None,
-                   **kwargs).__enter__()
+    return connect(
+        f"ws://127.0.0.1:{port}/ws{query}",
+        subprotocols=["simplew.v1"],
+        proxy=None,
+        open_timeout=TIMEOUT,
+        close_timeout=1,
+        compression=None,
+        **kwargs,
+    ).__enter__()
 
 
 def resume_query(welcome: dict[str, Any], offset: int) -> str:
@@ -90,11 +97,13 @@ def v1_server(make_server):
     def make(**options):
         options.setdefault("recovery", True)
         return make_server(lambda s: s.add_websocket_content(RoomsController, "/ws"), **options)
+
     return make
 
 
-def collect_pubs(ws, pubs: list[dict[str, Any]], until_text: str | None = None,
-                 duration: float | None = None) -> None:
+def collect_pubs(
+    ws, pubs: list[dict[str, Any]], until_text: str | None = None, duration: float | None = None
+) -> None:
     """Append every ``pub`` received to ``pubs`` until the text ``until_text`` arrives
     or ``duration`` seconds pass."""
     deadline = time.monotonic() + (duration if duration is not None else TIMEOUT)
@@ -140,10 +149,12 @@ def test_welcome_pub_and_msg_frames(v1_server):
 
 def test_plain_clients_unchanged(v1_server):
     server = v1_server()
-    with connect(f"ws://127.0.0.1:{server.port}/ws", proxy=None, compression=None) as plain, \
-            open_v1(server.port) as v1:
+    with (
+        connect(f"ws://127.0.0.1:{server.port}/ws", proxy=None, compression=None) as plain,
+        open_v1(server.port) as v1,
+    ):
         assert plain.subprotocol is None
-        recv_json(v1)                                       # welcome
+        recv_json(v1)  # welcome
         server.multicast_text("raw")
         assert plain.recv(timeout=TIMEOUT) == "raw"
         assert recv_json(v1)["text"] == "raw"
@@ -196,7 +207,7 @@ def test_rooms_restored_without_application_code(v1_server):
     assert recv_json(ws)["recovered"] is True
     collect_pubs(ws, pubs, duration=0.5)
     total = publisher.stop()
-    last = max(i for i in range(total) if i % 5 != 4)       # the last one not for "d"
+    last = max(i for i in range(total) if i % 5 != 4)  # the last one not for "d"
     collect_pubs(ws, pubs, until_text=str(last))
     ws.send(json.dumps({"url": "/ws/rooms/whoami"}))
     while (reply := recv_json(ws))["type"] != "msg":
@@ -207,7 +218,7 @@ def test_rooms_restored_without_application_code(v1_server):
     assert all(p["room"] in (None, "a", "b", "c") for p in pubs)
     offsets = [p["offset"] for p in pubs]
     assert offsets == sorted(set(offsets))
-    assert len(joins) == 2                  # on_connect runs per connection
+    assert len(joins) == 2  # on_connect runs per connection
 
 
 def test_beyond_the_window_is_a_fresh_session(v1_server):
@@ -217,7 +228,7 @@ def test_beyond_the_window_is_a_fresh_session(v1_server):
     ws = open_v1(server.port)
     welcome = recv_json(ws)
     ws.close()
-    time.sleep(1.6)                         # the sweep runs every second
+    time.sleep(1.6)  # the sweep runs every second
     assert ended == [welcome["session"]]
     with open_v1(server.port, resume_query(welcome, welcome["offset"])) as ws:
         again = recv_json(ws)
@@ -236,28 +247,33 @@ def test_history_trimmed_means_not_recovered(v1_server):
         assert again["recovered"] is False and again["offset"] == 10
 
 
-@pytest.mark.parametrize("query", [
-    "?session=AAAAAAAAAAAAAAAAAAAAAA&epoch={epoch}&offset=0",     # another id
-    "?session={session}&epoch=forged&offset=0",
-    "?session={session}&epoch={epoch}&offset=-1",
-    "?session={session}&epoch={epoch}&offset=99999999999999999999999",
-    "?session={session}&epoch={epoch}&offset=5",                  # beyond the top
-    "?session={session}'%22&epoch={epoch}&offset=0",
-    "?session=&epoch=&offset=",
-    "?session={session}&epoch={epoch}",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?session=AAAAAAAAAAAAAAAAAAAAAA&epoch={epoch}&offset=0",  # another id
+        "?session={session}&epoch=forged&offset=0",
+        "?session={session}&epoch={epoch}&offset=-1",
+        "?session={session}&epoch={epoch}&offset=99999999999999999999999",
+        "?session={session}&epoch={epoch}&offset=5",  # beyond the top
+        "?session={session}'%22&epoch={epoch}&offset=0",
+        "?session=&epoch=&offset=",
+        "?session={session}&epoch={epoch}",
+    ],
+)
 def test_forged_or_malformed_resume_is_a_fresh_session(v1_server, query):
     server = v1_server()
     with open_v1(server.port) as other:
         first = recv_json(other)
         with open_v1(server.port) as victim_probe:
             recv_json(victim_probe)
-        with open_v1(server.port, query.format(session=first["session"], epoch=first["epoch"])) as ws:
+        with open_v1(
+            server.port, query.format(session=first["session"], epoch=first["epoch"])
+        ) as ws:
             welcome = recv_json(ws)
             assert welcome["recovered"] is False
             assert welcome["session"] != first["session"]
         server.multicast_text("still here")
-        assert recv_json(other)["text"] == "still here"       # the real owner is untouched
+        assert recv_json(other)["text"] == "still here"  # the real owner is untouched
 
 
 def test_a_live_session_is_taken_over(v1_server):
@@ -304,6 +320,7 @@ def test_session_ids_are_not_logged(v1_server, caplog):
 
 def test_recovery_metrics(v1_server):
     import urllib.request
+
     server = v1_server(metrics=True)
     ws = open_v1(server.port)
     welcome = recv_json(ws)
@@ -317,8 +334,11 @@ def test_recovery_metrics(v1_server):
         assert recv_json(fresh)["recovered"] is False
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as response:
         text = response.read().decode()
-    values = dict(line.split(" ") for line in text.splitlines() if line.startswith("simplew_s")
-                  or line.startswith("simplew_h"))
+    values = dict(
+        line.split(" ")
+        for line in text.splitlines()
+        if line.startswith("simplew_s") or line.startswith("simplew_h")
+    )
     assert values["simplew_stream_offset"] == "1"
     assert values["simplew_history_publications"] == "1"
     assert values["simplew_sessions_recovered_total"] == "1"
@@ -333,12 +353,16 @@ def test_fanout_survives_clients_dropped_while_it_writes(make_server, use_aiofas
     client that stays gets every message, on both transports. (The hub's loop
     also runs over a snapshot, so a client dropped synchronously by a write,
     which neither transport does today, could not make it skip another.)"""
-    server = make_server(lambda s: s.add_websocket_content("/ws", on_message=lambda s, d: None),
-                         use_aiofastnet=use_aiofastnet, max_write_buffer=1024,
-                         slow_client_policy="skip")
+    server = make_server(
+        lambda s: s.add_websocket_content("/ws", on_message=lambda s, d: None),
+        use_aiofastnet=use_aiofastnet,
+        max_write_buffer=1024,
+        slow_client_policy="skip",
+    )
     url = f"ws://127.0.0.1:{server.port}/ws"
-    clients = [connect(url, proxy=None, compression=None, max_size=None).__enter__()
-               for _ in range(60)]
+    clients = [
+        connect(url, proxy=None, compression=None, max_size=None).__enter__() for _ in range(60)
+    ]
     deadline = time.monotonic() + TIMEOUT
     while len(server.sessions) < 60 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -348,7 +372,7 @@ def test_fanout_survives_clients_dropped_while_it_writes(make_server, use_aiofas
 
     def busy_then_burst() -> None:
         blocked.set()
-        time.sleep(0.3)                  # the resets happen now, unseen by the loop
+        time.sleep(0.3)  # the resets happen now, unseen by the loop
         for text in big:
             server.multicast_text(text)
 

@@ -4,6 +4,7 @@
 simplew.v1 client cut by a TCP reset, by ``kill -9`` of its worker or by a
 rolling restart comes back (to any process) and gets every offset once, in order.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,10 @@ import pytest
 from multiproc import ServerProcess, redis_server_path, wait_until
 from v1client import HttpPublisher, V1Client
 
-pytestmark = pytest.mark.skipif(redis_server_path() is None,
-                                reason="redis-server is not installed (apt-get install redis-server)")
+pytestmark = pytest.mark.skipif(
+    redis_server_path() is None,
+    reason="redis-server is not installed (apt-get install redis-server)",
+)
 
 APP = "tests.apps.feed:server"
 
@@ -25,10 +28,12 @@ APP = "tests.apps.feed:server"
 def processes():
     started: list[ServerProcess] = []
 
-    def start(redis_url: str, *args: str, port: int | None = None, workers: int = 1,
-              ready: bool = True) -> ServerProcess:
-        proc = ServerProcess("--recovery", *args, app=APP, redis_url=redis_url, port=port,
-                             workers=workers)
+    def start(
+        redis_url: str, *args: str, port: int | None = None, workers: int = 1, ready: bool = True
+    ) -> ServerProcess:
+        proc = ServerProcess(
+            "--recovery", *args, app=APP, redis_url=redis_url, port=port, workers=workers
+        )
         started.append(proc)
         return proc.wait_ready() if ready else proc
 
@@ -39,6 +44,7 @@ def processes():
 
 def redis_top(redis_server) -> int:
     import redis
+
     client = redis.Redis.from_url(redis_server.url)
     try:
         return int(client.hget("simplew:meta", "top") or 0)
@@ -49,7 +55,9 @@ def redis_top(redis_server) -> int:
 def offsets_for(redis_server, rooms: set[str], after: int) -> list[int]:
     """The offsets in the Redis stream after ``after`` meant for a client in ``rooms``."""
     import redis
+
     from simplew.backplane import decode_records
+
     client = redis.Redis.from_url(redis_server.url)
     try:
         entries = client.xrange("simplew:stream", f"{after + 1}-0", "+")
@@ -66,7 +74,8 @@ def offsets_for(redis_server, rooms: set[str], after: int) -> list[int]:
 def assert_every_offset_once(client: V1Client, first: int, last: int) -> None:
     assert client.offsets == list(range(first, last + 1)), (
         f"missing {sorted(set(range(first, last + 1)) - set(client.offsets))[:10]}, "
-        f"{len(client.offsets) - len(set(client.offsets))} duplicates")
+        f"{len(client.offsets) - len(set(client.offsets))} duplicates"
+    )
 
 
 def finish(client: V1Client, publisher: HttpPublisher, redis_server, first_welcome) -> None:
@@ -108,12 +117,12 @@ def test_kill_9_of_the_worker(redis_server, processes):
     for room in ("a", "b", "c"):
         assert client.request("/ws/feed/join", room) == "joined " + room
     pid = client.request("/ws/feed/pid")["pid"]
-    time.sleep(1.2)                     # the rooms reach Redis (synced every second)
+    time.sleep(1.2)  # the rooms reach Redis (synced every second)
     publisher = HttpPublisher([server.port], 500, rooms=[None, "a", "b", "c", "d"])
     publisher.start()
     client.collect(0.5)
     os.kill(pid, signal.SIGKILL)
-    client.collect(2.0)                 # returns as soon as the connection is gone
+    client.collect(2.0)  # returns as soon as the connection is gone
     time.sleep(1.0)
     again = client.connect_any([server.url], time.monotonic() + 10)
     assert again["recovered"] is True and again["session"] == welcome["session"]
@@ -157,6 +166,7 @@ def test_flushed_redis_means_not_recovered(redis_server, processes):
     welcome = client.connect(server.url)
     client.request("/ws/feed/join", "x")
     import redis
+
     r = redis.Redis.from_url(redis_server.url)
     wait_until(lambda: r.hgetall("simplew:presence:x"), 5, "the session present")
     client.close()
@@ -179,11 +189,19 @@ def test_presence_across_processes(redis_server, processes):
     one.request("/ws/feed/join", "lobby")
     two.request("/ws/feed/join", "lobby")
     expected = sorted([one.session, two.session])
-    wait_until(lambda: one.request("/ws/feed/presence", "lobby") == expected, 5,
-               "both sessions present", interval=0.2)
+    wait_until(
+        lambda: one.request("/ws/feed/presence", "lobby") == expected,
+        5,
+        "both sessions present",
+        interval=0.2,
+    )
     two.close()
-    wait_until(lambda: one.request("/ws/feed/presence", "lobby") == [one.session], 5,
-               "the closed session gone", interval=0.2)
+    wait_until(
+        lambda: one.request("/ws/feed/presence", "lobby") == [one.session],
+        5,
+        "the closed session gone",
+        interval=0.2,
+    )
     one.close()
 
 
@@ -191,13 +209,16 @@ def test_rolling_restart_of_the_workers(redis_server, processes):
     """--workers 2: each worker in turn gets SIGTERM (close 1001 to its clients)
     and the parent starts a new one; the client follows, misses nothing."""
     import psutil
+
     server = processes(redis_server.url, workers=2)
     parent = psutil.Process(server.proc.pid)
 
     def workers() -> list[int]:
-        return sorted(child.pid for child in parent.children()
-                      if child.status() != psutil.STATUS_ZOMBIE
-                      and "spawn_main" in " ".join(child.cmdline()))
+        return sorted(
+            child.pid
+            for child in parent.children()
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline())
+        )
 
     wait_until(lambda: len(workers()) == 2, 10, "two workers")
     client = V1Client()
@@ -207,9 +228,10 @@ def test_rolling_restart_of_the_workers(redis_server, processes):
     client.collect(0.5)
     for old in workers():
         os.kill(old, signal.SIGTERM)
-        wait_until(lambda: old not in workers() and len(workers()) == 2, 15,
-                   "the worker replaced")
-        if not client.collect(1.0):     # its connection was on the stopped worker
+        wait_until(
+            lambda old=old: old not in workers() and len(workers()) == 2, 15, "the worker replaced"
+        )
+        if not client.collect(1.0):  # its connection was on the stopped worker
             client.connect_any([server.url], time.monotonic() + 10)
             assert client.welcomes[-1]["recovered"] is True, client.welcomes[-1]
         client.collect(0.3)
@@ -221,6 +243,7 @@ def test_welcome_waits_for_redis_to_come_back(processes):
     """Redis goes away (and comes back empty): a returning client's welcome waits
     for it, then says the history is lost; publications flow again."""
     from multiproc import RedisServer
+
     redis = RedisServer().start()
     try:
         server = processes(redis.url)
@@ -231,7 +254,8 @@ def test_welcome_waits_for_redis_to_come_back(processes):
         time.sleep(0.5)
         redis = RedisServer(port=redis.port)
         import threading
-        back = threading.Timer(1.0, redis.start)      # back, without its data, in a second
+
+        back = threading.Timer(1.0, redis.start)  # back, without its data, in a second
         back.start()
         again = client.connect(server.url, timeout=20)
         assert not back.is_alive() and redis.proc is not None, "welcomed before Redis was back"

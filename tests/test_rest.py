@@ -3,6 +3,7 @@
 Requests go out with http.client (and raw sockets for pipelining); the
 multicast check uses a websockets client.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,9 @@ class Reply:
         return f"<Reply {self.status} {self.headers} {self.body[:100]!r}>"
 
 
-def call(port: int, method: str, path: str, body: Any = None,
-         headers: dict[str, str] | None = None) -> Reply:
+def call(
+    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> Reply:
     if body is not None and not isinstance(body, (bytes, str)):
         body = json.dumps(body)
         headers = {"Content-Type": "application/json", **(headers or {})}
@@ -113,8 +115,14 @@ class ItemController(Controller):
         return {"id": id, "item": item, "verbose": verbose}
 
     @route("GET", "/")
-    def search(self, q: str, limit: int = 10, ratio: float = 1.0,
-               color: Color = Color.RED, ids: list[int] | None = None) -> dict:
+    def search(
+        self,
+        q: str,
+        limit: int = 10,
+        ratio: float = 1.0,
+        color: Color = Color.RED,
+        ids: list[int] | None = None,
+    ) -> dict:
         return {"q": q, "limit": limit, "ratio": ratio, "color": color, "ids": ids}
 
     @route("POST", "/")
@@ -165,8 +173,13 @@ class MiscController(Controller):
     @route("POST", "/echo-request")
     def echo_request(self) -> dict:
         r = self.request
-        return {"method": r.method, "path": r.path, "query": r.query,
-                "header": r.headers.get("x-test"), "body": r.body.decode()}
+        return {
+            "method": r.method,
+            "path": r.path,
+            "query": r.query,
+            "header": r.headers.get("x-test"),
+            "body": r.body.decode(),
+        }
 
     @route("POST", "/raw-body")
     def raw_body(self, body: bytes) -> dict:
@@ -246,12 +259,14 @@ def test_path_and_query_parameters_are_converted(server):
     ITEMS[7] = Item("seven", 7.5)
     r = call(server.port, "GET", "/api/rest-items/7?verbose=true")
     assert r.status == 200
-    assert r.json() == {"id": 7, "item": {"name": "seven", "price": 7.5, "tags": [], "id": None},
-                        "verbose": True}
-    r = call(server.port, "GET", "/api/rest-items?q=a%20b&limit=3&ratio=0.5&color=blue"
-                                 "&ids=1&ids=2")
+    assert r.json() == {
+        "id": 7,
+        "item": {"name": "seven", "price": 7.5, "tags": [], "id": None},
+        "verbose": True,
+    }
+    r = call(server.port, "GET", "/api/rest-items?q=a%20b&limit=3&ratio=0.5&color=blue&ids=1&ids=2")
     assert r.json() == {"q": "a b", "limit": 3, "ratio": 0.5, "color": "blue", "ids": [1, 2]}
-    r = call(server.port, "GET", "/api/rest-items?q=x")          # defaults
+    r = call(server.port, "GET", "/api/rest-items?q=x")  # defaults
     assert r.json() == {"q": "x", "limit": 10, "ratio": 1.0, "color": "red", "ids": None}
     key = uuid.uuid4()
     r = call(server.port, "GET", f"/api/rest-items/by-uuid/{key}?flag=0")
@@ -273,16 +288,23 @@ def test_bad_and_missing_parameters_are_400_naming_them(server):
     assert r.status == 400 and r.json()["parameter"] == "key"
     r = call(server.port, "GET", "/api/rest-items?limit=3")
     assert r.status == 400
-    assert r.json() == {"error": "missing_parameter", "parameter": "q",
-                        "message": "missing required parameter 'q'"}
+    assert r.json() == {
+        "error": "missing_parameter",
+        "parameter": "q",
+        "message": "missing required parameter 'q'",
+    }
 
 
 def test_json_body_maps_onto_a_dataclass(server):
     r = call(server.port, "POST", "/api/rest-items", {"name": "pen", "price": 2, "tags": ["a"]})
     assert r.status == 201
     assert r.headers["location"] == "/api/rest-items/1"
-    assert r.json() == {"name": "pen", "price": 2.0, "tags": ["a"],
-                        "id": "00000000-0000-0000-0000-000000000001"}
+    assert r.json() == {
+        "name": "pen",
+        "price": 2.0,
+        "tags": ["a"],
+        "id": "00000000-0000-0000-0000-000000000001",
+    }
     assert ITEMS[1] == Item("pen", 2.0, ["a"], uuid.UUID(int=1))
     r = call(server.port, "GET", "/api/rest-items/1")
     assert r.json()["item"]["name"] == "pen"
@@ -306,11 +328,11 @@ def test_bad_bodies_are_400(server):
 def test_body_parameter_put_patch_delete(server):
     r = call(server.port, "PUT", "/api/rest-items/4", {"a": [1, 2]})
     assert r.status == 200 and r.json() == {"replaced": 4, "with": {"a": [1, 2]}}
-    r = call(server.port, "PUT", "/api/rest-items/4", [1, 2])          # not a dict
+    r = call(server.port, "PUT", "/api/rest-items/4", [1, 2])  # not a dict
     assert r.status == 400 and r.json()["error"] == "bad_body"
     r = call(server.port, "PATCH", "/api/rest-items/4", "null")
     assert r.json() == {"patched": 4, "body": None}
-    r = call(server.port, "PATCH", "/api/rest-items/4")                # optional body
+    r = call(server.port, "PATCH", "/api/rest-items/4")  # optional body
     assert r.json() == {"patched": 4, "body": None}
     ITEMS[4] = Item("x")
     r = call(server.port, "DELETE", "/api/rest-items/4")
@@ -333,10 +355,16 @@ def test_return_values_become_responses(server):
 
 
 def test_self_request_and_request_parameters(server):
-    r = call(server.port, "POST", "/api/rest-misc/echo-request?a=1&b=two", b"payload",
-             {"X-Test": "yes"})
-    assert r.json() == {"method": "POST", "path": "/api/rest-misc/echo-request",
-                        "query": {"a": "1", "b": "two"}, "header": "yes", "body": "payload"}
+    r = call(
+        server.port, "POST", "/api/rest-misc/echo-request?a=1&b=two", b"payload", {"X-Test": "yes"}
+    )
+    assert r.json() == {
+        "method": "POST",
+        "path": "/api/rest-misc/echo-request",
+        "query": {"a": "1", "b": "two"},
+        "header": "yes",
+        "body": "payload",
+    }
     r = call(server.port, "POST", "/api/rest-misc/raw-body", b"\xff" * 100)
     assert r.json() == {"size": 100}
     r = call(server.port, "POST", "/api/rest-misc/text-body", "héllo".encode())
@@ -350,7 +378,7 @@ def test_parameterised_paths(server):
     assert r.body == b"file report"
     r = call(server.port, "GET", "/api/rest-misc/users/ann%20b/posts/12")
     assert r.json() == {"user": "ann b", "post": 12}
-    r = call(server.port, "GET", "/api/rest-misc/users/ann/posts/12/")   # trailing slash
+    r = call(server.port, "GET", "/api/rest-misc/users/ann/posts/12/")  # trailing slash
     assert r.json() == {"user": "ann", "post": 12}
     r = call(server.port, "GET", "/api/rest-misc/users/ann/posts")
     assert r.status == 404
@@ -363,7 +391,7 @@ def test_on_before_method_runs_and_may_refuse(server):
     r = call(server.port, "GET", "/api/rest-misc/text", headers={"X-Deny": "1"})
     assert r.status == 403
     assert r.json() == {"error": "forbidden", "message": "denied by on_before_method"}
-    r = call(server.port, "GET", "/api/rest-items/99")                 # HttpError in a handler
+    r = call(server.port, "GET", "/api/rest-items/99")  # HttpError in a handler
     assert r.status == 404 and r.json() == {"error": "not_found", "message": "no item 99"}
 
 
@@ -371,7 +399,7 @@ def test_unknown_routes_are_404_json_and_wrong_methods_405(server):
     r = call(server.port, "GET", "/api/nothing/here")
     assert r.status == 404
     assert r.json()["error"] == "not_found" and r.json()["path"] == "/api/nothing/here"
-    r = call(server.port, "GET", "/elsewhere")                         # outside the prefix
+    r = call(server.port, "GET", "/elsewhere")  # outside the prefix
     assert r.status == 404 and r.headers["content-type"].startswith("text/plain")
     r = call(server.port, "POST", "/api/rest-misc/text")
     assert r.status == 405
@@ -398,14 +426,18 @@ def test_handler_exception_is_500_json_and_logged(server, caplog):
     caplog.set_level(logging.ERROR, logger="simplew.rest")
     r = call(server.port, "GET", "/api/rest-misc/boom")
     assert r.status == 500
-    assert r.json() == {"error": "handler_error",
-                        "message": "ZeroDivisionError in handler for GET /api/rest-misc/boom"}
-    assert any(rec.name == "simplew.rest" and rec.exc_info and
-               rec.exc_info[0] is ZeroDivisionError for rec in caplog.records)
+    assert r.json() == {
+        "error": "handler_error",
+        "message": "ZeroDivisionError in handler for GET /api/rest-misc/boom",
+    }
+    assert any(
+        rec.name == "simplew.rest" and rec.exc_info and rec.exc_info[0] is ZeroDivisionError
+        for rec in caplog.records
+    )
     r = call(server.port, "GET", "/api/rest-async/boom")
     assert r.status == 500 and "ValueError" in r.json()["message"]
     assert server.http_stats.handler_errors == 2
-    assert call(server.port, "GET", "/api/rest-misc/text").status == 200    # still serving
+    assert call(server.port, "GET", "/api/rest-misc/text").status == 200  # still serving
 
 
 # -- async handlers and ordering --------------------------------------------------
@@ -421,24 +453,32 @@ def test_async_handlers_are_awaited(server):
 def test_pipelined_responses_keep_request_order_behind_async_handlers(server):
     """A slow async answer holds the fast ones pipelined behind it: order is request order."""
     requests = [
-        "GET /api/rest-async/sleep/150", "GET /api/rest-async/fast/1",
-        "GET /api/rest-async/sleep/10", "GET /api/rest-misc/text",
-        "POST /api/rest-async/echo", "GET /api/rest-async/fast/2", "GET /api/rest-async/boom",
+        "GET /api/rest-async/sleep/150",
+        "GET /api/rest-async/fast/1",
+        "GET /api/rest-async/sleep/10",
+        "GET /api/rest-misc/text",
+        "POST /api/rest-async/echo",
+        "GET /api/rest-async/fast/2",
+        "GET /api/rest-async/boom",
         "GET /api/rest-async/fast/3",
     ]
     data = b""
     for line in requests:
         body = b'"e"' if line.startswith("POST") else b""
-        data += (f"{line} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-                 .encode() + body)
+        data += f"{line} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(data)
         got = read_responses(sock, len(requests))
     assert [body for _, body in got] == [
-        b'{"slept":150}', b'{"fast":1}', b'{"slept":10}', "plain text é".encode(), b'e',  # str: text
+        b'{"slept":150}',
+        b'{"fast":1}',
+        b'{"slept":10}',
+        "plain text é".encode(),
+        b"e",  # str: text
         b'{"fast":2}',
         b'{"error":"handler_error","message":"ValueError in handler for GET /api/rest-async/boom"}',
-        b'{"fast":3}']
+        b'{"fast":3}',
+    ]
     assert [s for s, _ in got] == [200, 200, 200, 200, 200, 200, 500, 200]
 
 
@@ -461,12 +501,12 @@ def test_a_slow_async_handler_does_not_block_other_connections(server):
 def test_client_closing_during_an_async_handler(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /api/rest-async/sleep/100 HTTP/1.1\r\nHost: x\r\n\r\n")
-        sock.shutdown(socket.SHUT_WR)          # half-close: the answer must still come
+        sock.shutdown(socket.SHUT_WR)  # half-close: the answer must still come
         assert read_responses(sock, 1) == [(200, b'{"slept":100}')]
-        assert sock.recv(100) == b""           # then the server closes
+        assert sock.recv(100) == b""  # then the server closes
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /api/rest-async/sleep/50 HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.1)                            # the answer finds the connection gone
+    time.sleep(0.1)  # the answer finds the connection gone
     assert call(server.port, "GET", "/api/rest-async/fast/1").status == 200
 
 
@@ -488,11 +528,13 @@ def test_many_requests_pipelined_behind_an_async_handler(server):
 def test_an_async_handler_slower_than_idle_timeout_still_answers(make_server):
     server = make_server(configure, idle_timeout=0.2, header_timeout=0.2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"GET /api/rest-async/sleep/600 HTTP/1.1\r\nHost: x\r\n\r\n"
-                     b"GET /api/rest-async/fast/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(
+            b"GET /api/rest-async/sleep/600 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /api/rest-async/fast/2 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         assert read_responses(sock, 2) == [(200, b'{"slept":600}'), (200, b'{"fast":2}')]
         started = time.monotonic()
-        assert sock.recv(100) == b""               # then the idle timeout closes it
+        assert sock.recv(100) == b""  # then the idle timeout closes it
         assert time.monotonic() - started < 2
 
 
@@ -502,8 +544,13 @@ def test_an_async_handler_slower_than_idle_timeout_still_answers(make_server):
 def test_add_dynamic_content_registers_every_controller(make_server):
     server = make_server(lambda s: s.AddDynamicContent("/all"))
     routes = set(server._router.routes())
-    assert {"GET /all/rest-items/{id}", "POST /all/rest-items", "GET /all/rest-misc/text",
-            "POST /all/rest-news/publish", "GET /all/rest-async/sleep/{ms}"} <= routes
+    assert {
+        "GET /all/rest-items/{id}",
+        "POST /all/rest-items",
+        "GET /all/rest-misc/text",
+        "POST /all/rest-news/publish",
+        "GET /all/rest-async/sleep/{ms}",
+    } <= routes
     assert not any(r.startswith("WEBSOCKET") for r in routes)
     assert call(server.port, "GET", "/all/rest-async/fast/5").json() == {"fast": 5}
 
@@ -526,6 +573,7 @@ def test_two_handlers_for_one_route_fail_at_start(make_server):
     def configure(s):
         s.map_get("/dup", lambda: 1)
         s.map_get("/dup", lambda: 2)
+
     with pytest.raises(ValueError, match="two handlers answer GET /dup"):
         make_server(configure)
 
@@ -611,9 +659,16 @@ def test_cors_any_origin(make_server):
         s.AddCORS(max_age=600)
 
     server = make_server(configure)
-    r = call(server.port, "OPTIONS", "/api/rest-misc/echo-request",
-             headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST",
-                      "Access-Control-Request-Headers": "content-type, x-test"})
+    r = call(
+        server.port,
+        "OPTIONS",
+        "/api/rest-misc/echo-request",
+        headers={
+            "Origin": "https://a.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-test",
+        },
+    )
     assert r.status == 204 and r.body == b""
     assert r.headers["access-control-allow-origin"] == "*"
     assert "POST" in r.headers["access-control-allow-methods"]
@@ -624,15 +679,20 @@ def test_cors_any_origin(make_server):
     assert r.status == 200 and r.headers["access-control-allow-origin"] == "*"
     r = call(server.port, "GET", "/api/rest-misc/nope", headers={"Origin": "https://a.example"})
     assert r.status == 404 and r.headers["access-control-allow-origin"] == "*"
-    r = call(server.port, "GET", "/api/rest-misc/text")             # same-origin request
+    r = call(server.port, "GET", "/api/rest-misc/text")  # same-origin request
     assert r.headers["access-control-allow-origin"] == "*"
 
 
 def test_cors_origin_list_echoes_and_varies(make_server):
     def configure(s):
         s.add_dynamic_content(AsyncController, "/api")
-        s.add_cors(origin=["https://a.example", "https://b.example"], methods=["GET", "POST"],
-                   headers="Content-Type", credentials=True, expose_headers=["X-Total"])
+        s.add_cors(
+            origin=["https://a.example", "https://b.example"],
+            methods=["GET", "POST"],
+            headers="Content-Type",
+            credentials=True,
+            expose_headers=["X-Total"],
+        )
 
     server = make_server(configure)
     preflight = {"Origin": "https://b.example", "Access-Control-Request-Method": "POST"}
@@ -643,8 +703,12 @@ def test_cors_origin_list_echoes_and_varies(make_server):
     assert r.headers["access-control-allow-headers"] == "Content-Type"
     assert r.headers["access-control-allow-credentials"] == "true"
     assert r.headers["vary"] == "Origin"
-    r = call(server.port, "OPTIONS", "/api/rest-async/echo",
-             headers={**preflight, "Origin": "https://evil.example"})
+    r = call(
+        server.port,
+        "OPTIONS",
+        "/api/rest-async/echo",
+        headers={**preflight, "Origin": "https://evil.example"},
+    )
     assert r.status == 403 and "access-control-allow-origin" not in r.headers
     # actual requests, async handler included
     r = call(server.port, "GET", "/api/rest-async/sleep/1", headers={"Origin": "https://a.example"})
@@ -653,7 +717,9 @@ def test_cors_origin_list_echoes_and_varies(make_server):
     assert r.headers["access-control-allow-credentials"] == "true"
     assert r.headers["access-control-expose-headers"] == "X-Total"
     assert r.headers["vary"] == "Origin"
-    r = call(server.port, "GET", "/api/rest-async/fast/1", headers={"Origin": "https://evil.example"})
+    r = call(
+        server.port, "GET", "/api/rest-async/fast/1", headers={"Origin": "https://evil.example"}
+    )
     assert r.status == 200 and "access-control-allow-origin" not in r.headers
     assert r.headers["vary"] == "Origin"
 
@@ -675,41 +741,77 @@ class SecureController(Controller):
 
 def test_require_jwt_on_rest_routes(make_server):
     pyjwt = pytest.importorskip("jwt")
-    server = make_server(lambda s: (s.add_dynamic_content(SecureController, "/api"),
-                                    s.set_token("s3cret-key-for-tests-0123456789abcdef")))
+    server = make_server(
+        lambda s: (
+            s.add_dynamic_content(SecureController, "/api"),
+            s.set_token("s3cret-key-for-tests-0123456789abcdef"),
+        )
+    )
     token = pyjwt.encode({"sub": "ann"}, "s3cret-key-for-tests-0123456789abcdef", algorithm="HS256")
     bearer = {"Authorization": f"Bearer {token}"}
     assert call(server.port, "GET", "/api/rest-secure/open").json() == {"sub": None}
-    assert call(server.port, "GET", "/api/rest-secure/open", headers=bearer).json() == {"sub": "ann"}
+    assert call(server.port, "GET", "/api/rest-secure/open", headers=bearer).json() == {
+        "sub": "ann"
+    }
     r = call(server.port, "GET", "/api/rest-secure/closed")
     assert r.status == 401 and r.json()["error"] == "unauthorized"
     r = call(server.port, "GET", "/api/rest-secure/closed", headers={"Authorization": "Bearer x"})
     assert r.status == 401
-    assert call(server.port, "GET", "/api/rest-secure/closed", headers=bearer).json() == {"sub": "ann"}
+    assert call(server.port, "GET", "/api/rest-secure/closed", headers=bearer).json() == {
+        "sub": "ann"
+    }
 
 
 def test_json_bodies_are_the_stdlib_encoding_byte_for_byte():
     """msgspec writes plain values; the rest goes through json with the server's default."""
     import datetime as dt
+
     from simplew.rest import compile_router
     from simplew.server import _json_default
 
     router = compile_router([], [("GET", "/x", lambda: None)], None, _json_default)
     stdlib = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
     deep: Any = 1
-    for _ in range(40):                             # deeper than msgspec is trusted with
+    for _ in range(40):  # deeper than msgspec is trusted with
         deep = [deep]
     values = [
-        {"message": "Hello, World!"}, {"é": "ü\u2028\x00\"\\"}, [1, -2, 2 ** 70, True, None],
-        {"f": [0.0, -0.0, 0.1, 1e-4, 9.999e15, 1e16, 1e-5, 1.5e-7, 1e300, float("nan"),
-               float("inf")]},
-        {1: "int key"}, {True: 1}, {None: 2}, {1.5: 3}, (1, 2), {"t": (1, 2)}, {"s": {3}},
-        {"when": dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)}, {"d": dt.date(2024, 1, 2)},
-        {"u": uuid.UUID(int=7)}, {"e": Color.RED},
+        {"message": "Hello, World!"},
+        {"é": 'ü\u2028\x00"\\'},
+        [1, -2, 2**70, True, None],
+        {
+            "f": [
+                0.0,
+                -0.0,
+                0.1,
+                1e-4,
+                9.999e15,
+                1e16,
+                1e-5,
+                1.5e-7,
+                1e300,
+                float("nan"),
+                float("inf"),
+            ]
+        },
+        {1: "int key"},
+        {True: 1},
+        {None: 2},
+        {1.5: 3},
+        (1, 2),
+        {"t": (1, 2)},
+        {"s": {3}},
+        {"when": dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)},
+        {"d": dt.date(2024, 1, 2)},
+        {"u": uuid.UUID(int=7)},
+        {"e": Color.RED},
         {"deep": deep},
-        "text", 5, 1e20, None, [],
+        "text",
+        5,
+        1e20,
+        None,
+        [],
     ]
     for value in values:
         assert router.json_body(value) == stdlib.encode(value).encode("utf-8"), value
-    with pytest.raises(UnicodeEncodeError):         # as before: the handler's failure, a 500
+    with pytest.raises(UnicodeEncodeError):  # as before: the handler's failure, a 500
         router.json_body({"bad": "\ud800"})

@@ -4,6 +4,7 @@ The room index lives in the Hub (Cython): room name -> list of members with
 O(1) swap removal, like the hub's main list; a room multicast runs the same
 one-frame fan-out over the room's list.
 """
+
 from __future__ import annotations
 
 import random
@@ -46,11 +47,19 @@ def server(make_server):
 @pytest.fixture
 def clients():
     with ExitStack() as stack:
+
         def open_client(server, **kwargs):
             kwargs.setdefault("compression", None)
-            return stack.enter_context(connect(
-                f"ws://127.0.0.1:{server.port}/ws", proxy=None, open_timeout=TIMEOUT,
-                close_timeout=1, **kwargs))
+            return stack.enter_context(
+                connect(
+                    f"ws://127.0.0.1:{server.port}/ws",
+                    proxy=None,
+                    open_timeout=TIMEOUT,
+                    close_timeout=1,
+                    **kwargs,
+                )
+            )
+
         yield open_client
 
 
@@ -75,18 +84,19 @@ def test_room_multicast_reaches_only_members(server, clients):
     assert command(b, "rooms") == "blue,red"
     assert command(c, "rooms") == ""
     assert server.rooms == {"red": 2, "blue": 1}
-    assert {s.id for s in server.room_sessions("red")} == \
-        {s.id for s in server.sessions if s.rooms & {"red"}}
+    assert {s.id for s in server.room_sessions("red")} == {
+        s.id for s in server.sessions if s.rooms & {"red"}
+    }
 
     server.multicast_text("to red", room="red")
     assert a.recv(timeout=TIMEOUT) == "to red"
     assert b.recv(timeout=TIMEOUT) == "to red"
     server.multicast_binary(b"\x00blue", room="blue")
     assert b.recv(timeout=TIMEOUT) == b"\x00blue"
-    server.multicast_text("nobody", room="green")         # no member: nothing, no error
+    server.multicast_text("nobody", room="green")  # no member: nothing, no error
     server.multicast_text("all")
     for ws in (a, b, c):
-        assert ws.recv(timeout=TIMEOUT) == "all"           # and nothing before it
+        assert ws.recv(timeout=TIMEOUT) == "all"  # and nothing before it
     nothing(a)
     nothing(c)
 
@@ -96,7 +106,7 @@ def test_leave_and_disconnect(server, clients):
     command(a, "join red")
     command(b, "join red")
     assert command(a, "leave red") == "left red"
-    assert command(a, "leave red") == "left red"           # leaving twice is harmless
+    assert command(a, "leave red") == "left red"  # leaving twice is harmless
     server.multicast_text("red only", room="red")
     assert b.recv(timeout=TIMEOUT) == "red only"
     nothing(a)
@@ -106,7 +116,7 @@ def test_leave_and_disconnect(server, clients):
     assert session_b.rooms == {"red"}
     b.close()
     wait_until(lambda: server.rooms == {"red": 1})
-    assert session_b.rooms == set()                         # a gone session is in no room
+    assert session_b.rooms == set()  # a gone session is in no room
     server.multicast_text("still", room="red")
     assert a.recv(timeout=TIMEOUT) == "still"
     a.close()
@@ -117,14 +127,14 @@ def test_join_and_leave_from_another_thread(server, clients):
     a, b = clients(server), clients(server)
     first = server.find_session(command(a, "id"))
     second = server.find_session(command(b, "id"))
-    first.join("x")                                         # not the loop thread: queued on it
+    first.join("x")  # not the loop thread: queued on it
     second.join("x")
     second.JoinRoom("y")
     wait_until(lambda: server.rooms == {"x": 2, "y": 1})
     assert first.rooms == {"x"} and second.Rooms == {"x", "y"}
     second.leave("x")
     wait_until(lambda: server.rooms == {"x": 1, "y": 1})
-    server.MulticastText("x!", room="x")                    # the SimpleW spelling takes room= too
+    server.MulticastText("x!", room="x")  # the SimpleW spelling takes room= too
     assert a.recv(timeout=TIMEOUT) == "x!"
     nothing(b)
     second.LeaveRoom("y")
@@ -151,10 +161,11 @@ def test_room_multicasts_keep_their_order(server, clients):
 
 
 def test_room_multicast_is_compressed_once_per_window(make_server, clients):
-    server = make_server(lambda s: s.add_websocket_content("/ws", on_message=on_message),
-                         compression=True)
+    server = make_server(
+        lambda s: s.add_websocket_content("/ws", on_message=on_message), compression=True
+    )
     members = [clients(server, compression="deflate") for _ in range(3)]
-    plain = clients(server)                                  # no deflate: the shared frame
+    plain = clients(server)  # no deflate: the shared frame
     outsider = clients(server, compression="deflate")
     for ws in members + [plain]:
         command(ws, "join room")
@@ -163,7 +174,7 @@ def test_room_multicast_is_compressed_once_per_window(make_server, clients):
     server.multicast_text(text, room="room")
     for ws in members + [plain]:
         assert ws.recv(timeout=TIMEOUT) == text
-    assert server.hub.compressions - before == 1             # one window size in use
+    assert server.hub.compressions - before == 1  # one window size in use
     nothing(outsider)
 
 
@@ -171,10 +182,10 @@ def test_room_argument_types(server, clients):
     a = clients(server)
     wait_until(lambda: len(server.sessions) == 1)
     with pytest.raises(TypeError):
-        server.multicast_text("x", room=5)                   # type: ignore[arg-type]
+        server.multicast_text("x", room=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        server.sessions[0].join(None)                        # type: ignore[arg-type]
-    command(a, "join ")                                      # "" is a room like any other
+        server.sessions[0].join(None)  # type: ignore[arg-type]
+    command(a, "join ")  # "" is a room like any other
     server.multicast_text("empty", room="")
     assert a.recv(timeout=TIMEOUT) == "empty"
 
@@ -228,7 +239,7 @@ def test_session_that_is_gone_joins_nothing():
     hub = Hub()
     endpoint = Endpoint("/t", 1024, ServerContext(hub=hub))
     conn = WebSocketConnection(endpoint, None)
-    assert hub.join(conn, "r") is False                      # never added to the hub
+    assert hub.join(conn, "r") is False  # never added to the hub
     hub.add(conn)
     assert hub.join(conn, "r") is True
     assert hub.join(conn, "r") is False
@@ -239,12 +250,16 @@ def test_session_that_is_gone_joins_nothing():
 def test_room_multicast_from_many_threads(server, clients):
     a = clients(server)
     command(a, "join t")
-    threads = [threading.Thread(target=lambda n=n: [server.multicast_text(f"{n}:{i}", room="t")
-                                                    for i in range(50)]) for n in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda n=n: [server.multicast_text(f"{n}:{i}", room="t") for i in range(50)]
+        )
+        for n in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     got = [a.recv(timeout=TIMEOUT) for _ in range(200)]
-    for n in range(4):                                       # each thread's order is kept
+    for n in range(4):  # each thread's order is kept
         assert [m for m in got if m.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(50)]

@@ -4,6 +4,7 @@ A url is endpoint path + class route + method route, matched exactly; every
 message that cannot be served is answered with the documented JSON error and
 the connection stays open.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +24,7 @@ from simplew import BodyMappingError, Controller, WebSocketMessage, route
 TIMEOUT = 5.0
 
 
-run = partial(run, timeout=20)           # helpers.run, failing after 20 s rather than 30
+run = partial(run, timeout=20)  # helpers.run, failing after 20 s rather than 30
 
 
 def ws_url(server, path: str = "/websocket") -> str:
@@ -32,8 +33,14 @@ def ws_url(server, path: str = "/websocket") -> str:
 
 def client(server, path: str = "/websocket", **kwargs):
     kwargs.setdefault("additional_headers", {"X-Test": "yes"})
-    return connect(ws_url(server, path), proxy=None, compression=None, open_timeout=TIMEOUT,
-                   max_size=None, **kwargs)
+    return connect(
+        ws_url(server, path),
+        proxy=None,
+        compression=None,
+        open_timeout=TIMEOUT,
+        max_size=None,
+        **kwargs,
+    )
 
 
 async def ask(ws, message: Any) -> Any:
@@ -93,14 +100,22 @@ class RoutingController(Controller):
     def context(self, message: WebSocketMessage) -> dict:
         SEEN["server"] = self.server
         SEEN["session"] = self.session
-        return {"path": self.request.path, "query": self.request.query,
-                "header": self.request.headers.get("x-test"), "session": self.session.id,
-                "same": self.Session is self.session and self.Request is self.request}
+        return {
+            "path": self.request.path,
+            "query": self.request.query,
+            "header": self.request.headers.get("x-test"),
+            "session": self.session.id,
+            "same": self.Session is self.session and self.Request is self.request,
+        }
 
     @route("WEBSOCKET", "/message")
     def message(self, message: WebSocketMessage) -> dict:
-        return {"url": message.url, "body": message.body, "jwt": message.jwt,
-                "body_is_none": message.body is None}
+        return {
+            "url": message.url,
+            "body": message.body,
+            "jwt": message.jwt,
+            "body_is_none": message.body is None,
+        }
 
     @route("WEBSOCKET", "/item")
     def item(self, message: WebSocketMessage) -> dict:
@@ -123,7 +138,7 @@ class RoutingController(Controller):
     def unserialisable(self, message: WebSocketMessage) -> Any:
         loop: list = []
         loop.append(loop)
-        return loop                                 # json.dumps fails: circular
+        return loop  # json.dumps fails: circular
 
     @route("WEBSOCKET", "/async")
     async def async_ok(self, message: WebSocketMessage) -> dict:
@@ -160,7 +175,7 @@ class OtherController(Controller):
         return f"other hello at {self.request.path}"
 
 
-class SimpleWSpelling(Controller):        # no class route: urls are endpoint + method route
+class SimpleWSpelling(Controller):  # no class route: urls are endpoint + method route
     def OnBeforeMethod(self) -> None:
         EVENTS.append("OnBeforeMethod")
 
@@ -182,6 +197,7 @@ def every_controller(server) -> None:
 
 # -- routing --------------------------------------------------------------------
 
+
 def test_url_is_endpoint_class_and_method_route(make_server):
     server = make_server(every_controller)
 
@@ -192,11 +208,22 @@ def test_url_is_endpoint_class_and_method_route(make_server):
             assert await ask(ws, {"url": "/websocket/rt/Case"}) == "Case"
             assert await ask(ws, {"url": "/websocket/solo/hello"}) == "solo hello"
             assert await ask(ws, {"url": "/websocket/simplew-spelling"}) == "spelled"
-            for wrong in ["/websocket/rt/case", "/websocket/RT/index", "/websocket/rt/index/",
-                          "/rt/index", "/websocket/rt", "/websocket/rt/index?x=1", "websocket/rt/index",
-                          "/Websocket/rt/index", " /websocket/rt/index"]:
+            for wrong in [
+                "/websocket/rt/case",
+                "/websocket/RT/index",
+                "/websocket/rt/index/",
+                "/rt/index",
+                "/websocket/rt",
+                "/websocket/rt/index?x=1",
+                "websocket/rt/index",
+                "/Websocket/rt/index",
+                " /websocket/rt/index",
+            ]:
                 assert await ask_json(ws, {"url": wrong}) == {
-                    "error": "unknown_url", "url": wrong, "message": f"no WEBSOCKET route for {wrong}"}
+                    "error": "unknown_url",
+                    "url": wrong,
+                    "message": f"no WEBSOCKET route for {wrong}",
+                }
             assert await ask(ws, {"url": "/websocket/rt/index"}) == "index"
 
     run(main())
@@ -210,7 +237,7 @@ def test_one_class_on_its_own_endpoint(make_server):
     async def main():
         async with client(server, "/ws") as ws:
             assert await ask(ws, {"url": "/ws/solo/hello"}) == "solo hello"
-            reply = await ask_json(ws, {"url": "/ws/rt/create"})      # another class: not here
+            reply = await ask_json(ws, {"url": "/ws/rt/create"})  # another class: not here
             assert reply["error"] == "unknown_url"
             reply = await ask_json(ws, {"url": "/websocket/solo/hello"})
             assert reply["error"] == "unknown_url"
@@ -221,14 +248,17 @@ def test_one_class_on_its_own_endpoint(make_server):
 def test_several_endpoints(make_server):
     def configure(s):
         s.add_websocket_content(SoloController, "/one")
-        s.AddWebSocketContent(OtherController, "/two/")              # trailing slash is dropped
+        s.AddWebSocketContent(OtherController, "/two/")  # trailing slash is dropped
         s.add_websocket_content("/all")
 
     server = make_server(configure)
 
     async def main():
-        async with client(server, "/one") as one, client(server, "/two") as two, \
-                client(server, "/all") as every:
+        async with (
+            client(server, "/one") as one,
+            client(server, "/two") as two,
+            client(server, "/all") as every,
+        ):
             assert await ask(one, {"url": "/one/solo/hello"}) == "solo hello"
             assert await ask(two, {"url": "/two/other/hello"}) == "other hello at /two"
             assert await ask(every, {"url": "/all/other/hello"}) == "other hello at /all"
@@ -257,11 +287,14 @@ def test_on_before_method_runs_first_and_can_reject(make_server):
         EVENTS.clear()
         async with client(server, "/websocket?deny=1") as ws:
             reply = await ask_json(ws, {"url": "/websocket/rt/index"})
-            assert reply == {"error": "handler_error", "url": "/websocket/rt/index",
-                             "message": "PermissionError in handler for /websocket/rt/index"}
-            assert EVENTS == ["before"]                                # the method never ran
+            assert reply == {
+                "error": "handler_error",
+                "url": "/websocket/rt/index",
+                "message": "PermissionError in handler for /websocket/rt/index",
+            }
+            assert EVENTS == ["before"]  # the method never ran
             reply = await ask_json(ws, {"url": "/websocket/rt/count"})
-            assert reply["error"] == "handler_error"                    # every call is checked
+            assert reply["error"] == "handler_error"  # every call is checked
 
     run(main())
 
@@ -272,7 +305,10 @@ def test_a_new_controller_per_message(make_server):
     async def main():
         async with client(server) as ws:
             for n in range(1, 6):
-                assert await ask_json(ws, {"url": "/websocket/rt/count"}) == {"calls": 1, "instances": n}
+                assert await ask_json(ws, {"url": "/websocket/rt/count"}) == {
+                    "calls": 1,
+                    "instances": n,
+                }
 
     run(main())
 
@@ -300,11 +336,23 @@ def test_message_fields_reach_the_handler(make_server):
         async with client(server) as ws:
             url = "/websocket/rt/message"
             assert await ask_json(ws, {"url": url}) == {
-                "url": url, "body": None, "jwt": None, "body_is_none": True}
+                "url": url,
+                "body": None,
+                "jwt": None,
+                "body_is_none": True,
+            }
             assert await ask_json(ws, {"url": url, "body": {"x": [1, 2]}, "jwt": "tok"}) == {
-                "url": url, "body": {"x": [1, 2]}, "jwt": "tok", "body_is_none": False}
+                "url": url,
+                "body": {"x": [1, 2]},
+                "jwt": "tok",
+                "body_is_none": False,
+            }
             assert await ask_json(ws, {"url": url, "body": "hello"}) == {
-                "url": url, "body": "hello", "jwt": None, "body_is_none": False}
+                "url": url,
+                "body": "hello",
+                "jwt": None,
+                "body_is_none": False,
+            }
             assert (await ask_json(ws, {"url": url, "body": None}))["body_is_none"] is True
 
     run(main())
@@ -315,11 +363,15 @@ def test_return_values_are_sent(make_server):
 
     async def main():
         async with client(server) as ws:
-            assert await ask(ws, {"url": "/websocket/rt/create"}) == "create"         # str → TEXT
-            assert await ask(ws, {"url": "/websocket/rt/binary"}) == b"\x00\x01\x02"  # bytes → BINARY
+            assert await ask(ws, {"url": "/websocket/rt/create"}) == "create"  # str → TEXT
+            assert (
+                await ask(ws, {"url": "/websocket/rt/binary"}) == b"\x00\x01\x02"
+            )  # bytes → BINARY
             assert await ask_json(ws, {"url": "/websocket/rt/item", "body": {"name": "n"}}) == {
-                "name": "n", "count": 1}                                            # dict → JSON
-            await ws.send(json.dumps({"url": "/websocket/rt/nothing"}))              # None → nothing
+                "name": "n",
+                "count": 1,
+            }  # dict → JSON
+            await ws.send(json.dumps({"url": "/websocket/rt/nothing"}))  # None → nothing
             assert await ask(ws, {"url": "/websocket/rt/create"}) == "create"
 
     run(main())
@@ -332,18 +384,24 @@ def test_async_handlers(make_server, caplog):
         async with client(server) as ws:
             assert await ask_json(ws, {"url": "/websocket/rt/async", "body": 7}) == {"async": 7}
             assert await ask_json(ws, {"url": "/websocket/rt/async-boom"}) == {
-                "error": "handler_error", "url": "/websocket/rt/async-boom",
-                "message": "KeyError in handler for /websocket/rt/async-boom"}
+                "error": "handler_error",
+                "url": "/websocket/rt/async-boom",
+                "message": "KeyError in handler for /websocket/rt/async-boom",
+            }
             reply = await ask_json(ws, {"url": "/websocket/rt/async-item", "body": {"count": 2}})
-            assert reply == {"error": "bad_body", "url": "/websocket/rt/async-item",
-                             "message": "body: missing field 'name' for Item"}
+            assert reply == {
+                "error": "bad_body",
+                "url": "/websocket/rt/async-item",
+                "message": "body: missing field 'name' for Item",
+            }
             assert await ask(ws, {"url": "/websocket/rt/async-item", "body": {"name": "x"}}) == "x"
             assert await ask(ws, {"url": "/websocket/rt/async-send"}) == "sent later"
             # many in flight at once, all answered
             for i in range(50):
                 await ws.send(json.dumps({"url": "/websocket/rt/async", "body": i}))
-            got = sorted([json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["async"]
-                          for _ in range(50)])
+            got = sorted(
+                [json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["async"] for _ in range(50)]
+            )
             assert got == list(range(50))
 
     with caplog.at_level(logging.ERROR, logger="simplew"):
@@ -358,31 +416,64 @@ GOOD = {"url": "/websocket/rt/create"}
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-@pytest.mark.parametrize("sent, error, url, message", [
-    ("not json", "bad_json", None, "message is not valid JSON: "),
-    ("{\"url\": ", "bad_json", None, "message is not valid JSON: "),
-    ("", "bad_json", None, "message is not valid JSON: "),
-    (b"\xff\xfe\xfa not utf-8", "bad_json", None, "message is not valid JSON: "),
-    (DEEP, "bad_json", None, "message is not valid JSON: "),
-    ("[1, 2]", "bad_envelope", None, "message must be a JSON object with a \"url\""),
-    ("\"/websocket/rt/create\"", "bad_envelope", None, "message must be a JSON object with a \"url\""),
-    ("null", "bad_envelope", None, "message must be a JSON object with a \"url\""),
-    ({"body": 1}, "missing_url", None, "message has no \"url\" string"),
-    ({"url": 5}, "missing_url", None, "message has no \"url\" string"),
-    ({"url": None}, "missing_url", None, "message has no \"url\" string"),
-    ({"url": "/websocket/nope"}, "unknown_url", "/websocket/nope",
-     "no WEBSOCKET route for /websocket/nope"),
-    ({"url": "/websocket/rt/item", "body": {"name": 3}}, "bad_body", "/websocket/rt/item",
-     "body.name: expected str, got a number"),
-    ({"url": "/websocket/rt/item", "body": {"name": "a", "colour": 1}}, "bad_body",
-     "/websocket/rt/item", "body: unknown field(s) for Item: colour"),
-    ({"url": "/websocket/rt/item"}, "bad_body", "/websocket/rt/item",
-     "body: expected an object for Item, got null"),
-    ({"url": "/websocket/rt/boom"}, "handler_error", "/websocket/rt/boom",
-     "ZeroDivisionError in handler for /websocket/rt/boom"),
-    ({"url": "/websocket/rt/unserialisable"}, "handler_error", "/websocket/rt/unserialisable",
-     "ValueError in handler for /websocket/rt/unserialisable"),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None)
+@pytest.mark.parametrize(
+    "sent, error, url, message",
+    [
+        ("not json", "bad_json", None, "message is not valid JSON: "),
+        ('{"url": ', "bad_json", None, "message is not valid JSON: "),
+        ("", "bad_json", None, "message is not valid JSON: "),
+        (b"\xff\xfe\xfa not utf-8", "bad_json", None, "message is not valid JSON: "),
+        (DEEP, "bad_json", None, "message is not valid JSON: "),
+        ("[1, 2]", "bad_envelope", None, 'message must be a JSON object with a "url"'),
+        (
+            '"/websocket/rt/create"',
+            "bad_envelope",
+            None,
+            'message must be a JSON object with a "url"',
+        ),
+        ("null", "bad_envelope", None, 'message must be a JSON object with a "url"'),
+        ({"body": 1}, "missing_url", None, 'message has no "url" string'),
+        ({"url": 5}, "missing_url", None, 'message has no "url" string'),
+        ({"url": None}, "missing_url", None, 'message has no "url" string'),
+        (
+            {"url": "/websocket/nope"},
+            "unknown_url",
+            "/websocket/nope",
+            "no WEBSOCKET route for /websocket/nope",
+        ),
+        (
+            {"url": "/websocket/rt/item", "body": {"name": 3}},
+            "bad_body",
+            "/websocket/rt/item",
+            "body.name: expected str, got a number",
+        ),
+        (
+            {"url": "/websocket/rt/item", "body": {"name": "a", "colour": 1}},
+            "bad_body",
+            "/websocket/rt/item",
+            "body: unknown field(s) for Item: colour",
+        ),
+        (
+            {"url": "/websocket/rt/item"},
+            "bad_body",
+            "/websocket/rt/item",
+            "body: expected an object for Item, got null",
+        ),
+        (
+            {"url": "/websocket/rt/boom"},
+            "handler_error",
+            "/websocket/rt/boom",
+            "ZeroDivisionError in handler for /websocket/rt/boom",
+        ),
+        (
+            {"url": "/websocket/rt/unserialisable"},
+            "handler_error",
+            "/websocket/rt/unserialisable",
+            "ValueError in handler for /websocket/rt/unserialisable",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None,
+)
 def test_errors_are_answered_and_the_connection_stays_open(make_server, sent, error, url, message):
     server = make_server(every_controller)
 
@@ -390,14 +481,14 @@ def test_errors_are_answered_and_the_connection_stays_open(make_server, sent, er
         async with client(server) as ws:
             for _ in range(2):
                 reply = await ask(ws, json.dumps(sent) if isinstance(sent, dict) else sent)
-                assert isinstance(reply, str)                       # errors are TEXT
+                assert isinstance(reply, str)  # errors are TEXT
                 reply = json.loads(reply)
                 assert set(reply) == {"error", "url", "message"}
                 assert reply["error"] == error and reply["url"] == url
                 assert reply["message"].startswith(message)
                 if error != "bad_json":
                     assert reply["message"] == message
-                assert await ask(ws, json.dumps(GOOD)) == "create"   # still open and served
+                assert await ask(ws, json.dumps(GOOD)) == "create"  # still open and served
 
     run(main())
 
@@ -408,14 +499,16 @@ def test_binary_messages_carrying_an_envelope_are_routed(make_server):
     async def main():
         async with client(server) as ws:
             assert await ask(ws, json.dumps(GOOD).encode()) == "create"
-            assert await ask(ws, '{"url": "/websocket/rt/message", "body": "é"}'.encode()) \
-                == json.dumps({"url": "/websocket/rt/message", "body": "é", "jwt": None,
-                               "body_is_none": False})
+            assert await ask(
+                ws, '{"url": "/websocket/rt/message", "body": "é"}'.encode()
+            ) == json.dumps(
+                {"url": "/websocket/rt/message", "body": "é", "jwt": None, "body_is_none": False}
+            )
             assert (await ask_json(ws, b"\x00\x01"))["error"] == "bad_json"
             assert (await ask_json(ws, b'{"url": "/nope"}'))["error"] == "unknown_url"
             # fragmented binary envelope
             data = json.dumps({"url": "/websocket/rt/message", "body": "x" * 5000}).encode()
-            await ws.send([data[i:i + 100] for i in range(0, len(data), 100)])
+            await ws.send([data[i : i + 100] for i in range(0, len(data), 100)])
             assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["body"] == "x" * 5000
 
     run(main())
@@ -426,8 +519,14 @@ def test_handler_errors_are_logged_request_errors_are_not(make_server, caplog):
 
     async def main():
         async with client(server) as ws:
-            for bad in ["nope", "[]", "{}", json.dumps({"url": "/x"}), DEEP,
-                        json.dumps({"url": "/websocket/rt/item", "body": 1})]:
+            for bad in [
+                "nope",
+                "[]",
+                "{}",
+                json.dumps({"url": "/x"}),
+                DEEP,
+                json.dumps({"url": "/websocket/rt/item", "body": 1}),
+            ]:
                 assert "error" in await ask_json(ws, bad)
             assert (await ask_json(ws, {"url": "/websocket/rt/boom"}))["error"] == "handler_error"
 
@@ -467,7 +566,7 @@ def test_handlers_can_send_from_other_threads(make_server):
 
     run(main())
     assert done.is_set()
-    Controller._registry.remove(Threaded)        # keep "/websocket" servers of other tests clean
+    Controller._registry.remove(Threaded)  # keep "/websocket" servers of other tests clean
 
 
 def test_two_routes_for_one_url_fail_at_start(make_server):

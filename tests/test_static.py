@@ -3,6 +3,7 @@
 Path-escape attempts are sent as exact bytes: HTTP client libraries would
 normalise ``..`` and re-encode the path before it ever reached the server.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def tree(tmp_path: Path) -> Path:
     (root / "docs" / "index.html").write_text("<h1>docs</h1>")
     (root / "docs" / "page.html").write_text("page")
     (root / "empty").mkdir()
-    (root / "%2e%2e").mkdir()                              # a real directory with that name
+    (root / "%2e%2e").mkdir()  # a real directory with that name
     (root / "%2e%2e" / "inside.txt").write_text("literal name")
     # symlinks: pointing out (refused) and pointing in (served)
     (root / "out").symlink_to(tmp_path)
@@ -58,6 +59,7 @@ def server(make_server, tree):
     def configure(s):
         s.add_static_content(str(tree), "/")
         s.add_websocket_content("/ws", on_message=lambda session, data: session.send(data))
+
     return make_server(configure)
 
 
@@ -69,16 +71,19 @@ def assert_serving(port: int) -> None:
 # -- serving ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path, content_type", [
-    ("/index.html", "text/html; charset=utf-8"),
-    ("/style.css", "text/css; charset=utf-8"),
-    ("/app.js", "text/javascript; charset=utf-8"),
-    ("/data.json", "application/json"),
-    ("/pic.png", "image/png"),
-    ("/logo.svg", "image/svg+xml"),
-    ("/notes.txt", "text/plain; charset=utf-8"),
-    ("/blob.zzzunknown", "application/octet-stream"),
-])
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/data.json", "application/json"),
+        ("/pic.png", "image/png"),
+        ("/logo.svg", "image/svg+xml"),
+        ("/notes.txt", "text/plain; charset=utf-8"),
+        ("/blob.zzzunknown", "application/octet-stream"),
+    ],
+)
 def test_mime_types(server, tree, path, content_type):
     response = fetch(server.port, path)
     assert response.status == 200
@@ -89,6 +94,7 @@ def test_mime_types(server, tree, path, content_type):
 def test_added_mime_type(make_server, tree):
     def configure(s):
         s.add_static_content(str(tree), "/").add_mime_type("zzzunknown", "application/x-zzz")
+
     server = make_server(configure)
     assert fetch(server.port, "/blob.zzzunknown").headers["content-type"] == "application/x-zzz"
 
@@ -96,9 +102,9 @@ def test_added_mime_type(make_server, tree):
 def test_encoded_names(server):
     assert fetch(server.port, "/caf%C3%A9.txt").body == b"utf-8 name"
     assert fetch(server.port, "/with%20space.txt").body == b"spaced"
-    assert fetch(server.port, "/%2e%2e/inside.txt").status == 404        # decoded once: ".."
+    assert fetch(server.port, "/%2e%2e/inside.txt").status == 404  # decoded once: ".."
     assert fetch(server.port, "/%252e%252e/inside.txt").body == b"literal name"
-    assert fetch(server.port, "/%ff.txt").status == 404                  # not UTF-8
+    assert fetch(server.port, "/%ff.txt").status == 404  # not UTF-8
 
 
 def test_default_document(server):
@@ -139,6 +145,7 @@ def test_missing_file_is_404(server):
 def test_prefix(make_server, tree):
     def configure(s):
         s.add_static_content(str(tree), "/static")
+
     server = make_server(configure)
     assert fetch(server.port, "/static/notes.txt").body == b"notes"
     assert fetch(server.port, "/static/").body == b"<h1>root</h1>"
@@ -191,16 +198,20 @@ def test_last_modified_and_if_modified_since(server, tree):
     assert last_modified == formatdate(mtime, usegmt=True)
 
     def ims(value: str) -> int:
-        return fetch(server.port, "/notes.txt",
-                     headers=f"If-Modified-Since: {value}\r\n".encode()).status
+        return fetch(
+            server.port, "/notes.txt", headers=f"If-Modified-Since: {value}\r\n".encode()
+        ).status
 
     assert ims(last_modified) == 304
     assert ims(formatdate(mtime + 3600, usegmt=True)) == 304
     assert ims(formatdate(mtime - 3600, usegmt=True)) == 200
     assert ims("not a date") == 200
     # If-None-Match wins over If-Modified-Since
-    status = fetch(server.port, "/notes.txt", headers=(
-        f'If-None-Match: "stale"\r\nIf-Modified-Since: {last_modified}\r\n').encode()).status
+    status = fetch(
+        server.port,
+        "/notes.txt",
+        headers=(f'If-None-Match: "stale"\r\nIf-Modified-Since: {last_modified}\r\n').encode(),
+    ).status
     assert status == 200
 
 
@@ -219,6 +230,7 @@ def test_304_keeps_the_connection_usable(server):
 def cached_server(make_server, tree):
     def configure(s):
         s.add_static_content(str(tree), "/", timeout=60)
+
     return make_server(configure)
 
 
@@ -237,16 +249,22 @@ def test_cache_is_refreshed_when_a_file_changes(cached_server, tree):
     assert second.body == b"changed content, longer"
     assert second.headers["etag"] != first.headers["etag"]
     # the old validator no longer matches
-    assert fetch(cached_server.port, "/docs/page.html",
-                 headers=f"If-None-Match: {first.headers['etag']}\r\n".encode()).status == 200
+    assert (
+        fetch(
+            cached_server.port,
+            "/docs/page.html",
+            headers=f"If-None-Match: {first.headers['etag']}\r\n".encode(),
+        ).status
+        == 200
+    )
 
 
 def test_cache_sees_a_same_size_change_within_the_same_second(cached_server, tree):
     page = tree / "notes.txt"
     assert fetch(cached_server.port, "/notes.txt").body == b"notes"
     stat = page.stat()
-    page.write_text("NOTES")                                   # same size
-    os.utime(page, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # and the same mtime
+    page.write_text("NOTES")  # same size
+    os.utime(page, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
     time.sleep(1.1)
     assert fetch(cached_server.port, "/notes.txt").body == b"NOTES"
 
@@ -324,14 +342,16 @@ def test_escaping_the_root_is_refused(server, target):
     assert b"root:" not in response.body
 
 
-@pytest.mark.parametrize("target", [b"/notes.txt\x00", b"/\x00/../secret.txt", b"/..\x00/secret.txt"])
+@pytest.mark.parametrize(
+    "target", [b"/notes.txt\x00", b"/\x00/../secret.txt", b"/..\x00/secret.txt"]
+)
 def test_raw_nul_in_the_path_is_refused(server, target):
     conn = Conn(server.port)
     try:
         response = conn.request(target)
     finally:
         conn.close()
-    assert response.status in (400, 404)        # the parser refuses a raw NUL outright
+    assert response.status in (400, 404)  # the parser refuses a raw NUL outright
     assert SECRET not in response.body
     assert_serving(server.port)
 
@@ -353,8 +373,16 @@ def test_symlink_inside_the_root_is_served(server):
 def test_resolve_refuses_what_the_network_cannot_send(tree):
     # Paths a handler could pass on its own: the guard does not rely on the parser.
     static = StaticFiles(str(tree))
-    for path in ("/../secret.txt", "/notes.txt\x00", "/..\\secret.txt", "/C:\\Windows",
-                 "/out/secret.txt", "/leak.txt", "/%2e%2e/secret.txt", "/\u2025/secret.txt"):
+    for path in (
+        "/../secret.txt",
+        "/notes.txt\x00",
+        "/..\\secret.txt",
+        "/C:\\Windows",
+        "/out/secret.txt",
+        "/leak.txt",
+        "/%2e%2e/secret.txt",
+        "/\u2025/secret.txt",
+    ):
         assert static.serve("GET", path, {}) is None, path
     assert static.serve("GET", "/café.txt", {})[2] == b"utf-8 name"
 

@@ -4,11 +4,11 @@ Most tests talk to ``simplew serve --static DIR`` in a subprocess (so its
 memory and open descriptors can be measured on their own) with real curl and
 raw sockets; the cache and TLS tests use an in-process server.
 """
+
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import random
 import socket
 import ssl
@@ -27,10 +27,10 @@ from staticclient import Conn, fetch
 
 MIB = 1 << 20
 BIG_SIZE = 200 * MIB
-MID = random.Random(7).randbytes(3 * MIB + 123)        # above the 1 MiB cache limit: streamed
+MID = random.Random(7).randbytes(3 * MIB + 123)  # above the 1 MiB cache limit: streamed
 SMALL = b"small file, kept in memory\n"
 APP_JS = b"console.log('plain');\n" * 50
-APP_BR = b"pretend-brotli:" + bytes(range(256))       # any bytes: the server does not decode
+APP_BR = b"pretend-brotli:" + bytes(range(256))  # any bytes: the server does not decode
 CURL = "/usr/bin/curl"
 
 
@@ -64,7 +64,7 @@ def site(tmp_path_factory) -> tuple[Path, str]:
     (root / "style.css").write_bytes(b"body{}")
     (root / "style.css.gz").write_bytes(gzip.compress(b"body{}"))
     (root / "leaky.txt").write_bytes(b"public")
-    (root / "leaky.txt.gz").symlink_to(base / "secret.txt")    # a sibling pointing out of the root
+    (root / "leaky.txt.gz").symlink_to(base / "secret.txt")  # a sibling pointing out of the root
     return root, big_sha
 
 
@@ -74,9 +74,24 @@ def served(site):
     root, big_sha = site
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simplew", "serve", "--static", str(root), "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "simplew",
+            "serve",
+            "--static",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_port(port)
         yield port, proc.pid, root, big_sha
@@ -97,8 +112,10 @@ def curl(*args: str) -> subprocess.CompletedProcess:
 
 def test_fast_download_matches(served):
     port, _, _, big_sha = served
-    proc = subprocess.Popen([CURL, "-sS", "--max-time", "60", f"http://127.0.0.1:{port}/big.bin"],
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [CURL, "-sS", "--max-time", "60", f"http://127.0.0.1:{port}/big.bin"],
+        stdout=subprocess.PIPE,
+    )
     digest, size = hashlib.sha256(), 0
     while chunk := proc.stdout.read(4 * MIB):
         digest.update(chunk)
@@ -111,7 +128,7 @@ def test_fast_download_matches(served):
 def test_slow_downloads_keep_memory_flat_and_free_everything(served):
     port, pid, _, _ = served
     server = psutil.Process(pid)
-    assert fetch(port, "/small.txt").body == SMALL                  # warm up
+    assert fetch(port, "/small.txt").body == SMALL  # warm up
     assert fetch(port, "/big.bin", headers=b"Range: bytes=0-99\r\n").status == 206
     base_rss, base_fds = server.memory_info().rss, server.num_fds()
     clients = []
@@ -125,7 +142,7 @@ def test_slow_downloads_keep_memory_flat_and_free_everything(served):
     received = [0] * len(clients)
     peak = base_rss
     start = time.monotonic()
-    while time.monotonic() - start < 5.0:               # ~1 MB/s each: 100 KB every 0.1 s
+    while time.monotonic() - start < 5.0:  # ~1 MB/s each: 100 KB every 0.1 s
         tick = time.monotonic()
         for i, sock in enumerate(clients):
             try:
@@ -134,13 +151,13 @@ def test_slow_downloads_keep_memory_flat_and_free_everything(served):
                 pass
         peak = max(peak, server.memory_info().rss)
         time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
-    assert fetch(port, "/small.txt").body == SMALL      # the server still answers others at once
+    assert fetch(port, "/small.txt").body == SMALL  # the server still answers others at once
     assert all(MIB < n < BIG_SIZE for n in received), received
     growth = (peak - base_rss) / MIB
     assert growth <= 32, f"server RSS grew by {growth:.1f} MiB"
-    assert server.num_fds() >= base_fds + 100           # each download: socket and file
+    assert server.num_fds() >= base_fds + 100  # each download: socket and file
     for sock in clients:
-        sock.close()                                    # mid-download
+        sock.close()  # mid-download
     deadline = time.monotonic() + 10
     while server.num_fds() > base_fds and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -168,7 +185,7 @@ def test_head_and_pipelined_requests_after_a_streamed_body(served):
         assert conn.read(b"HEAD").headers["content-length"] == str(len(SMALL))
         conn.sock.settimeout(0.3)
         with pytest.raises(socket.timeout):
-            conn._fill()                                # HEAD sent no body: nothing more came
+            conn._fill()  # HEAD sent no body: nothing more came
     finally:
         conn.close()
 
@@ -188,26 +205,38 @@ def test_connection_close_after_a_streamed_body(served):
 # -- ranges ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, data", [("mid.bin", MID), ("small.txt", SMALL)],
-                         ids=["streamed", "cached"])
+@pytest.mark.parametrize(
+    "name, data", [("mid.bin", MID), ("small.txt", SMALL)], ids=["streamed", "cached"]
+)
 def test_single_ranges(served, name, data):
     port, size = served[0], len(data)
     target = f"/{name}".encode()
-    for header, first, last in ((b"bytes=0-9", 0, 9), (b"bytes=5-", 5, size - 1),
-                                (b"bytes=-7", size - 7, size - 1), (b"bytes=3-3", 3, 3),
-                                (b"bytes=2-999999999", 2, size - 1),
-                                (b"bytes=-999999999", 0, size - 1)):
+    for header, first, last in (
+        (b"bytes=0-9", 0, 9),
+        (b"bytes=5-", 5, size - 1),
+        (b"bytes=-7", size - 7, size - 1),
+        (b"bytes=3-3", 3, 3),
+        (b"bytes=2-999999999", 2, size - 1),
+        (b"bytes=-999999999", 0, size - 1),
+    ):
         response = fetch(port, target, headers=b"Range: " + header + b"\r\n")
         assert response.status == 206, header
         assert response.headers["content-range"] == f"bytes {first}-{last}/{size}"
-        assert response.body == data[first:last + 1], header
+        assert response.body == data[first : last + 1], header
     for header in (b"bytes=999999999-", b"bytes=-0", f"bytes={size}-".encode()):
         response = fetch(port, target, headers=b"Range: " + header + b"\r\n")
         assert response.status == 416, header
         assert response.headers["content-range"] == f"bytes */{size}"
-    for header in (b"bytes=0-1,5-6", b"bytes=9-2", b"bytes=x-y", b"items=0-1", b"bytes=", b"bytes=-"):
+    for header in (
+        b"bytes=0-1,5-6",
+        b"bytes=9-2",
+        b"bytes=x-y",
+        b"items=0-1",
+        b"bytes=",
+        b"bytes=-",
+    ):
         response = fetch(port, target, headers=b"Range: " + header + b"\r\n")
-        assert response.status == 200 and response.body == data, header       # ignored
+        assert response.status == 200 and response.body == data, header  # ignored
 
 
 def test_if_range(served):
@@ -217,13 +246,14 @@ def test_if_range(served):
     mtime = (served[2] / "mid.bin").stat().st_mtime
 
     def status(if_range: str) -> int:
-        return fetch(port, "/mid.bin", headers=(
-            f"Range: bytes=0-9\r\nIf-Range: {if_range}\r\n").encode()).status
+        return fetch(
+            port, "/mid.bin", headers=(f"Range: bytes=0-9\r\nIf-Range: {if_range}\r\n").encode()
+        ).status
 
     assert status(etag) == 206
     assert status(modified) == 206
     assert status('"other"') == 200
-    assert status("W/" + etag) == 200                   # a weak tag never matches
+    assert status("W/" + etag) == 200  # a weak tag never matches
     assert status(formatdate(mtime - 60, usegmt=True)) == 200
     assert status("garbage") == 200
 
@@ -233,7 +263,9 @@ def test_conditional_requests_on_a_streamed_file(served):
     first = fetch(port, "/mid.bin", b"HEAD")
     etag, modified = first.headers["etag"], first.headers["last-modified"]
     assert fetch(port, "/mid.bin", headers=f"If-None-Match: {etag}\r\n".encode()).status == 304
-    assert fetch(port, "/mid.bin", headers=f"If-Modified-Since: {modified}\r\n".encode()).status == 304
+    assert (
+        fetch(port, "/mid.bin", headers=f"If-Modified-Since: {modified}\r\n".encode()).status == 304
+    )
 
 
 def test_curl_resumes_a_partial_download(served, tmp_path):
@@ -248,17 +280,20 @@ def test_curl_resumes_a_partial_download(served, tmp_path):
 # -- precompressed siblings -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("accept, coding, body", [
-    ("gzip, deflate, br", "br", APP_BR),
-    ("br;q=1.0, gzip;q=0.8", "br", APP_BR),
-    ("gzip", "gzip", gzip.compress(APP_JS)),
-    ("br;q=0, gzip", "gzip", gzip.compress(APP_JS)),
-    ("*", "br", APP_BR),
-    ("*, br;q=0", "gzip", gzip.compress(APP_JS)),
-    ("identity", None, APP_JS),
-    ("br;q=0, gzip;q=0", None, APP_JS),
-    (None, None, APP_JS),
-])
+@pytest.mark.parametrize(
+    "accept, coding, body",
+    [
+        ("gzip, deflate, br", "br", APP_BR),
+        ("br;q=1.0, gzip;q=0.8", "br", APP_BR),
+        ("gzip", "gzip", gzip.compress(APP_JS)),
+        ("br;q=0, gzip", "gzip", gzip.compress(APP_JS)),
+        ("*", "br", APP_BR),
+        ("*, br;q=0", "gzip", gzip.compress(APP_JS)),
+        ("identity", None, APP_JS),
+        ("br;q=0, gzip;q=0", None, APP_JS),
+        (None, None, APP_JS),
+    ],
+)
 def test_precompressed_variants(served, accept, coding, body):
     port = served[0]
     headers = f"Accept-Encoding: {accept}\r\n".encode() if accept else b""
@@ -278,8 +313,14 @@ def test_precompressed_variants_have_their_own_validators_and_ranges(served):
     plain = fetch(port, "/app.js")
     br = fetch(port, "/app.js", headers=b"Accept-Encoding: br\r\n")
     assert br.headers["etag"] != plain.headers["etag"]
-    assert fetch(port, "/app.js", headers=(
-        f"Accept-Encoding: br\r\nIf-None-Match: {br.headers['etag']}\r\n").encode()).status == 304
+    assert (
+        fetch(
+            port,
+            "/app.js",
+            headers=(f"Accept-Encoding: br\r\nIf-None-Match: {br.headers['etag']}\r\n").encode(),
+        ).status
+        == 304
+    )
     part = fetch(port, "/app.js", headers=b"Accept-Encoding: br\r\nRange: bytes=3-9\r\n")
     assert part.status == 206 and part.body == APP_BR[3:10]
     assert part.headers["content-range"] == f"bytes 3-9/{len(APP_BR)}"
@@ -317,8 +358,10 @@ def test_cache_budget_evicts_least_recently_used(make_server, tmp_path):
     holder = {}
 
     def configure(s):
-        holder["static"] = s.add_static_content(str(tmp_path), "/", timeout=60,
-                                                cache_budget=10_000, cache_max_file=4000)
+        holder["static"] = s.add_static_content(
+            str(tmp_path), "/", timeout=60, cache_budget=10_000, cache_max_file=4000
+        )
+
     server = make_server(configure)
     static = holder["static"]
     for _ in range(2):
@@ -340,10 +383,11 @@ def test_deleted_file_leaves_the_cache(make_server, tmp_path):
 
     def configure(s):
         holder["static"] = s.add_static_content(str(tmp_path), "/", cache_max_file=4096)
+
     server = make_server(configure)
     static = holder["static"]
     assert fetch(server.port, "/gone.txt").status == 200
-    assert static.cache_files == 0                   # above cache_max_file: streamed, not held
+    assert static.cache_files == 0  # above cache_max_file: streamed, not held
     (tmp_path / "gone.txt").write_bytes(b"x" * 100)
     assert fetch(server.port, "/gone.txt").body == b"x" * 100
     assert static.cache_files == 1 and static.cache_bytes >= 100
@@ -362,18 +406,22 @@ def test_streamed_file_over_tls(make_server, tmp_path):
     server = make_server(lambda s: s.add_static_content(str(tmp_path), "/"), ssl=server_ctx)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
-            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        tls.sendall(b"GET /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n"
-                    b"GET /mid.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=-5\r\n\r\n")
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+        client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(
+            b"GET /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /mid.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=-5\r\n\r\n"
+        )
         data = b""
-        while b"\r\n\r\n" not in data[len(MID):] or not data.endswith(MID[-5:]):
+        while b"\r\n\r\n" not in data[len(MID) :] or not data.endswith(MID[-5:]):
             chunk = tls.recv(1 << 16)
             assert chunk
             data += chunk
     head, rest = data.split(b"\r\n\r\n", 1)
-    assert b" 200 " in head and rest[:len(MID)] == MID
-    head, rest = rest[len(MID):].split(b"\r\n\r\n", 1)
+    assert b" 200 " in head and rest[: len(MID)] == MID
+    head, rest = rest[len(MID) :].split(b"\r\n\r\n", 1)
     assert b" 206 " in head and rest == MID[-5:]
 
 
@@ -385,13 +433,13 @@ def test_a_client_that_stops_reading_is_dropped(make_server, tmp_path):
     sock.connect(("127.0.0.1", server.port))
     sock.sendall(b"GET /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n")
     try:
-        time.sleep(1.5)                                 # > 2 x idle_timeout without reading
+        time.sleep(1.5)  # > 2 x idle_timeout without reading
         sock.settimeout(5)
         got = 0
         with pytest.raises(ConnectionResetError):
             while chunk := sock.recv(1 << 16):
                 got += len(chunk)
-            raise ConnectionResetError("closed")        # a plain close is as good
+            raise ConnectionResetError("closed")  # a plain close is as good
         assert got < len(MID) * 4
     finally:
         sock.close()
@@ -405,6 +453,7 @@ def test_reused_response_bytes_follow_the_request(make_server, tmp_path):
 
     def configure(s):
         holder["static"] = s.add_static_content(str(tmp_path), "/", timeout=60)
+
     server = make_server(configure)
     first = fetch(server.port, "/page.txt")
     again = fetch(server.port, "/page.txt")
@@ -425,7 +474,7 @@ def test_reused_response_bytes_follow_the_request(make_server, tmp_path):
     holder["static"].add_mime_type("txt", "text/x-notes")
     assert fetch(server.port, "/page.txt").headers["content-type"] == "text/x-notes"
     (tmp_path / "page.txt.gz").write_bytes(gzip.compress(b"page"))
-    time.sleep(1.1)                                     # the revalidation second
+    time.sleep(1.1)  # the revalidation second
     plain = fetch(server.port, "/page.txt")
     assert plain.body == b"page" and plain.headers["vary"] == "Accept-Encoding"
 
@@ -437,6 +486,7 @@ def test_a_file_that_fills_the_budget_alone_keeps_the_count_right(make_server, t
 
     def configure(s):
         holder["static"] = s.add_static_content(str(tmp_path), "/", timeout=60, cache_budget=1000)
+
     server = make_server(configure)
     static = holder["static"]
     for _ in range(3):
@@ -446,4 +496,6 @@ def test_a_file_that_fills_the_budget_alone_keeps_the_count_right(make_server, t
     assert static.cache_bytes == sum(
         len(e.body) * (2 if e.prepared is not None else 1)
         + (WIRE_OVERHEAD if e.prepared is not None else 0)
-        for e in static._cache.values() if e.body is not None)
+        for e in static._cache.values()
+        if e.body is not None
+    )

@@ -3,6 +3,7 @@ restarted under them (with Redis); all recover within 30 s, nothing lost.
 
 Runs ``bench/storm.py`` (which reports the time and the server's CPU).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,29 @@ def _raise_fd_limit() -> None:
 
 
 @pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
-@pytest.mark.skipif(resource.getrlimit(resource.RLIMIT_NOFILE)[1] < CLIENTS + 1000,
-                    reason="the hard limit of open files is too low for 2,000 connections")
+@pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_NOFILE)[1] < CLIENTS + 1000,
+    reason="the hard limit of open files is too low for 2,000 connections",
+)
 @pytest.mark.timeout(240)
 def test_two_thousand_clients_recover_after_a_restart():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "storm.py"), "--clients", str(CLIENTS),
-         "--processes", "4", "--rate", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=230, preexec_fn=_raise_fd_limit)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "storm.py"),
+            "--clients",
+            str(CLIENTS),
+            "--processes",
+            "4",
+            "--rate",
+            "20",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        preexec_fn=_raise_fd_limit,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     print(report)

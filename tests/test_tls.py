@@ -4,6 +4,7 @@ A throw-away CA and a server certificate for 127.0.0.1/localhost are made at
 run time with trustme; the clients trust that CA only. Every test runs on both
 transports: aiofastnet's own TLS transport (the default) and asyncio's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,8 @@ import pytest
 import trustme
 from websockets.asyncio.client import connect
 
-from simplew import Controller, WebSocketMessage, route
 from helpers import ROOT, free_port, run, wait_for_port
+from simplew import Controller, WebSocketMessage, route
 
 TIMEOUT = 5.0
 MIB = 1 << 20
@@ -55,7 +56,7 @@ def cert(ca) -> trustme.LeafCert:
 
 @pytest.fixture(scope="module")
 def client_ctx(ca) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)   # verification on
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # verification on
     ca.configure_trust(ctx)
     return ctx
 
@@ -76,8 +77,15 @@ def tls_server(request, make_server, cert):
 
 
 def wss(server, ctx, path: str, **kwargs):
-    return connect(f"wss://localhost:{server.port}{path}", ssl=ctx, proxy=None,
-                   compression=None, open_timeout=TIMEOUT, max_size=None, **kwargs)
+    return connect(
+        f"wss://localhost:{server.port}{path}",
+        ssl=ctx,
+        proxy=None,
+        compression=None,
+        open_timeout=TIMEOUT,
+        max_size=None,
+        **kwargs,
+    )
 
 
 def test_https_static_file(tls_server, client_ctx):
@@ -96,27 +104,34 @@ def test_https_static_file(tls_server, client_ctx):
 
 def test_wss_controller_round_trip_and_multicast(tls_server, client_ctx):
     async def go():
-        async with wss(tls_server, client_ctx, "/websocket") as a, \
-                wss(tls_server, client_ctx, "/websocket") as b:
+        async with (
+            wss(tls_server, client_ctx, "/websocket") as a,
+            wss(tls_server, client_ctx, "/websocket") as b,
+        ):
             await a.send(json.dumps({"url": "/websocket/tls/echo", "body": {"n": 1}}))
-            assert json.loads(await asyncio.wait_for(a.recv(), TIMEOUT)) == \
-                {"echo": {"n": 1}, "scheme": "wss"}
+            assert json.loads(await asyncio.wait_for(a.recv(), TIMEOUT)) == {
+                "echo": {"n": 1},
+                "scheme": "wss",
+            }
             tls_server.multicast_text("to everyone")
             for ws in (a, b):
                 assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "to everyone"
             tls_server.multicast_binary(b"\x00\x01")
             for ws in (a, b):
                 assert await asyncio.wait_for(ws.recv(), TIMEOUT) == b"\x00\x01"
+
     run(go())
 
 
 def test_one_mib_messages_both_ways(tls_server, client_ctx):
-    binary = os.urandom(MIB)                  # exactly max_message_size
-    text = "é" * (MIB // 2)                   # 1 MiB of UTF-8
+    binary = os.urandom(MIB)  # exactly max_message_size
+    text = "é" * (MIB // 2)  # 1 MiB of UTF-8
 
     async def go():
-        async with wss(tls_server, client_ctx, "/echo") as a, \
-                wss(tls_server, client_ctx, "/echo") as b:
+        async with (
+            wss(tls_server, client_ctx, "/echo") as a,
+            wss(tls_server, client_ctx, "/echo") as b,
+        ):
             await a.send(binary)
             assert await asyncio.wait_for(a.recv(), TIMEOUT) == binary
             await a.send(text)
@@ -128,6 +143,7 @@ def test_one_mib_messages_both_ways(tls_server, client_ctx):
             await b.send(binary + b"x")
             await asyncio.wait_for(b.wait_closed(), TIMEOUT)
             assert b.close_code == 1009
+
     run(go())
 
 
@@ -135,36 +151,56 @@ def test_get_then_upgrade_hand_off_over_tls(tls_server, client_ctx):
     """A keep-alive GET, then the upgrade on the same TLS connection, with a frame
     in the same write as the upgrade request: the TLS transport moves to picows
     without losing a byte."""
+
     async def go():
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", tls_server.port, ssl=client_ctx, server_hostname="localhost")
+            "127.0.0.1", tls_server.port, ssl=client_ctx, server_hostname="localhost"
+        )
         try:
             writer.write(b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
             assert head.startswith(b"HTTP/1.1 200")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
             assert await reader.readexactly(length) == PAGE
 
             key = base64.b64encode(os.urandom(16))
             payload = b"right after the upgrade"
             mask = os.urandom(4)
-            frame = bytes([0x81, 0x80 | len(payload)]) + mask + \
-                bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-            writer.write(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
-                         b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + frame)
+            frame = (
+                bytes([0x81, 0x80 | len(payload)])
+                + mask
+                + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+            )
+            writer.write(
+                b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: "
+                + key
+                + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                + frame
+            )
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
             assert head.startswith(b"HTTP/1.1 101")
-            assert await asyncio.wait_for(reader.readexactly(2 + len(payload)), TIMEOUT) == \
-                bytes([0x81, len(payload)]) + payload
+            assert (
+                await asyncio.wait_for(reader.readexactly(2 + len(payload)), TIMEOUT)
+                == bytes([0x81, len(payload)]) + payload
+            )
             # a clean close over TLS
-            writer.write(bytes([0x88, 0x82]) + mask + bytes(
-                c ^ mask[i % 4] for i, c in enumerate(b"\x03\xe8")))
+            writer.write(
+                bytes([0x88, 0x82])
+                + mask
+                + bytes(c ^ mask[i % 4] for i, c in enumerate(b"\x03\xe8"))
+            )
             close = await asyncio.wait_for(reader.readexactly(4), TIMEOUT)
             assert close == b"\x88\x02\x03\xe8"
         finally:
             writer.close()
+
     run(go())
 
 
@@ -177,22 +213,46 @@ def test_cli_serves_https_and_wss(cert, client_ctx, tmp_path):
     cert.private_key_pem.write_to_path(str(keyfile))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simplew", "serve", "--static", "www/push", "--ws", "/websocket",
-         "--host", "127.0.0.1", "--port", str(port),
-         "--certfile", str(certfile), "--keyfile", str(keyfile)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "simplew",
+            "serve",
+            "--static",
+            "www/push",
+            "--ws",
+            "/websocket",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--certfile",
+            str(certfile),
+            "--keyfile",
+            str(keyfile),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_port(port)
-        with urllib.request.urlopen(f"https://localhost:{port}/", context=client_ctx,
-                                    timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(
+            f"https://localhost:{port}/", context=client_ctx, timeout=TIMEOUT
+        ) as response:
             assert response.read() == PAGE
 
         async def go():
-            async with connect(f"wss://localhost:{port}/websocket", ssl=client_ctx, proxy=None,
-                               open_timeout=TIMEOUT) as ws:
+            async with connect(
+                f"wss://localhost:{port}/websocket",
+                ssl=client_ctx,
+                proxy=None,
+                open_timeout=TIMEOUT,
+            ) as ws:
                 await ws.send("not json")
-                assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["error"] == \
-                    "bad_json"
+                assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["error"] == "bad_json"
+
         run(go())
     finally:
         proc.terminate()

@@ -2,6 +2,7 @@
 handshake, and multicast, with real clients: websockets 17, picows's own client
 and a raw socket for the frames no library will send.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,10 +20,9 @@ from picows import WSListener, WSMsgType, ws_connect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from simplew import Controller, Session, WebSocketMessage, route
-
 from helpers import run, wait_until
 from rawclient import RawClient
+from simplew import Controller, Session, WebSocketMessage, route
 
 TIMEOUT = 5.0
 MiB = 1 << 20
@@ -30,10 +30,17 @@ MiB = 1 << 20
 
 # -- helpers ----------------------------------------------------------------------
 
+
 def client(server, path: str = "/echo", **kwargs):
     kwargs.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{server.port}{path}", proxy=None, compression=None,
-                   open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
+    return connect(
+        f"ws://127.0.0.1:{server.port}{path}",
+        proxy=None,
+        compression=None,
+        open_timeout=TIMEOUT,
+        close_timeout=TIMEOUT,
+        **kwargs,
+    )
 
 
 async def recv(ws) -> Any:
@@ -50,12 +57,14 @@ def echo_server(make_server, **options):
 
 def assert_still_serving(server, path: str = "/echo") -> None:
     """A fresh client on ``server`` gets its echo: the server survived."""
+
     async def main():
         async with client(server, path) as ws:
             await ws.send("still here")
             assert await recv(ws) == "still here"
             await ws.send(b"\x00bin")
             assert await recv(ws) == b"\x00bin"
+
     run(main())
 
 
@@ -70,26 +79,27 @@ def no_error_logs(caplog):
 
 # -- fragmentation and UTF-8 ---------------------------------------------------------
 
+
 def test_fragmented_messages_are_reassembled(make_server):
     server = echo_server(make_server)
 
     async def main():
         async with client(server) as ws:
-            await ws.send(["he", "ll", "o"])                                # text, 3 fragments
+            await ws.send(["he", "ll", "o"])  # text, 3 fragments
             assert await recv(ws) == "hello"
-            await ws.send([b"\x00", b"\x01\x02", b"", b"\x03"])             # binary
+            await ws.send([b"\x00", b"\x01\x02", b"", b"\x03"])  # binary
             assert await recv(ws) == b"\x00\x01\x02\x03"
-            parts = [f"{i:05d}" for i in range(2000)]                       # many fragments
+            parts = [f"{i:05d}" for i in range(2000)]  # many fragments
             await ws.send(parts)
             assert await recv(ws) == "".join(parts)
             blob = os.urandom(300_000)
-            await ws.send([blob[i:i + 7000] for i in range(0, len(blob), 7000)])
+            await ws.send([blob[i : i + 7000] for i in range(0, len(blob), 7000)])
             assert await recv(ws) == blob
-            text = "aé€😀" * 1000                                        # UTF-8 split anywhere
+            text = "aé€😀" * 1000  # UTF-8 split anywhere
             raw = text.encode()
-            chunks = [raw[i:i + 3] for i in range(0, len(raw), 3)]
-            await ws.send(chunks)                   # websockets sends bytes chunks as BINARY,
-            assert await recv(ws) == raw           # so check TEXT splits with the raw client
+            chunks = [raw[i : i + 3] for i in range(0, len(raw), 3)]
+            await ws.send(chunks)  # websockets sends bytes chunks as BINARY,
+            assert await recv(ws) == raw  # so check TEXT splits with the raw client
             await ws.send("")
             assert await recv(ws) == ""
             await ws.send([""])
@@ -104,13 +114,13 @@ def test_control_frames_inside_a_fragmented_message(make_server):
     try:
         text = "aé€😀" * 50
         data = text.encode()
-        raw.send(0x1, data[:1], fin=False)                     # TEXT start
+        raw.send(0x1, data[:1], fin=False)  # TEXT start
         for i in range(1, len(data)):
             if i % 50 == 0:
-                raw.send(0x9, b"ping%d" % i)                    # PING in the middle
+                raw.send(0x9, b"ping%d" % i)  # PING in the middle
             if i % 70 == 0:
-                raw.send(0xA, b"unsolicited")                   # PONG: ignored
-            raw.send(0x0, data[i:i + 1], fin=i == len(data) - 1)
+                raw.send(0xA, b"unsolicited")  # PONG: ignored
+            raw.send(0x0, data[i : i + 1], fin=i == len(data) - 1)
         pongs = []
         while True:
             opcode, fin, payload = raw.recv()
@@ -122,7 +132,7 @@ def test_control_frames_inside_a_fragmented_message(make_server):
             break
         assert pongs == [b"ping%d" % i for i in range(50, len(data), 50)]
 
-        blob = os.urandom(1000)                                 # BINARY, same
+        blob = os.urandom(1000)  # BINARY, same
         raw.send(0x2, blob[:10], fin=False)
         raw.send(0x9, b"")
         raw.send(0x0, blob[10:500], fin=False)
@@ -156,16 +166,26 @@ def test_pings_are_answered_with_the_same_payload(make_server):
     run(main())
 
 
-@pytest.mark.parametrize("frames", [
-    pytest.param([(0x1, b"bad \xff byte", True)], id="single-frame"),
-    pytest.param([(0x1, b"\xed\xa0\x80", True)], id="surrogate"),
-    pytest.param([(0x1, b"\xf4\x90\x80\x80", True)], id="above-U+10FFFF"),
-    pytest.param([(0x1, b"\xc0\xaf", True)], id="overlong"),
-    pytest.param([(0x1, b"ok \xe2\x82", False), (0x0, b"(", True)], id="split-invalid"),
-    pytest.param([(0x1, b"ok", False), (0x0, b"\xe2\x82", True)], id="truncated-at-end"),
-    pytest.param([(0x1, b"ok", False), (0x0, b"fine", False), (0x0, b"\x80", False),
-                  (0x0, b"more", True)], id="middle-fragment"),
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([(0x1, b"bad \xff byte", True)], id="single-frame"),
+        pytest.param([(0x1, b"\xed\xa0\x80", True)], id="surrogate"),
+        pytest.param([(0x1, b"\xf4\x90\x80\x80", True)], id="above-U+10FFFF"),
+        pytest.param([(0x1, b"\xc0\xaf", True)], id="overlong"),
+        pytest.param([(0x1, b"ok \xe2\x82", False), (0x0, b"(", True)], id="split-invalid"),
+        pytest.param([(0x1, b"ok", False), (0x0, b"\xe2\x82", True)], id="truncated-at-end"),
+        pytest.param(
+            [
+                (0x1, b"ok", False),
+                (0x0, b"fine", False),
+                (0x0, b"\x80", False),
+                (0x0, b"more", True),
+            ],
+            id="middle-fragment",
+        ),
+    ],
+)
 def test_invalid_utf8_closes_1007(make_server, no_error_logs, frames):
     server = echo_server(make_server)
     raw = RawClient(server.port)
@@ -176,15 +196,18 @@ def test_invalid_utf8_closes_1007(make_server, no_error_logs, frames):
     finally:
         raw.close()
     assert_still_serving(server)
-    assert any("1007" in r.getMessage() for r in no_error_logs.records
-               if r.name == "simplew.websocket" and r.levelno == logging.DEBUG)
+    assert any(
+        "1007" in r.getMessage()
+        for r in no_error_logs.records
+        if r.name == "simplew.websocket" and r.levelno == logging.DEBUG
+    )
 
 
 def test_invalid_utf8_split_valid_utf8_is_fine(make_server):
     server = echo_server(make_server)
     raw = RawClient(server.port)
     try:
-        data = "€😀".encode()                                   # 3 + 4 bytes
+        data = "€😀".encode()  # 3 + 4 bytes
         raw.send(0x1, data[:2], fin=False)
         raw.send(0x0, data[2:5], fin=False)
         raw.send(0x0, data[5:], fin=True)
@@ -209,6 +232,7 @@ def test_invalid_utf8_with_websockets_client(make_server):
 
 
 # -- on_message callbacks ------------------------------------------------------------------
+
 
 def test_on_message_callbacks(make_server, caplog):
     async def async_echo(session: Session, data: Any) -> None:
@@ -248,7 +272,7 @@ def test_on_message_callbacks(make_server, caplog):
             assert [await recv(ws) for _ in range(5)] == ["str", b"ba", b"mv", b"bytes", "done"]
             await ws.send(b"bin")
             assert await recv(ws) == "bytes"
-        for path in ("/broken", "/async-broken"):           # an application bug: 1011
+        for path in ("/broken", "/async-broken"):  # an application bug: 1011
             async with client(server, path) as ws:
                 await ws.send("x")
                 with pytest.raises(ConnectionClosed):
@@ -263,30 +287,34 @@ def test_on_message_callbacks(make_server, caplog):
 
 # -- protocol violations: 1002 ---------------------------------------------------------
 
-@pytest.mark.parametrize("frames", [
-    pytest.param([(0x0, b"orphan", True, 0)], id="continuation-without-start"),
-    pytest.param([(0x0, b"orphan", False, 0)], id="continuation-without-start-nofin"),
-    pytest.param([(0x1, b"a", False, 0), (0x1, b"b", True, 0)], id="text-inside-fragmented"),
-    pytest.param([(0x2, b"a", False, 0), (0x1, b"b", False, 0)], id="text-inside-binary"),
-    pytest.param([(0x1, b"a", False, 0), (0x2, b"b", True, 0)], id="binary-inside-text"),
-    pytest.param([(0x1, b"a", True, 4)], id="rsv1"),
-    pytest.param([(0x1, b"a", True, 2)], id="rsv2"),
-    pytest.param([(0x2, b"a", True, 1)], id="rsv3"),
-    pytest.param([(0x1, b"a", False, 0), (0x0, b"b", True, 4)], id="rsv1-on-continuation"),
-    pytest.param([(0xA, b"a", True, 4)], id="rsv1-on-pong"),
-    pytest.param([(0x3, b"", True, 0)], id="reserved-opcode-3"),
-    pytest.param([(0xB, b"", True, 0)], id="reserved-opcode-B"),
-    pytest.param([(0x9, b"p", False, 0)], id="fragmented-ping"),
-    pytest.param([(0x9, b"p" * 126, True, 0)], id="ping-over-125"),
-    pytest.param([(0x8, b"\x03", True, 0)], id="close-1-byte"),
-    pytest.param([(0x8, struct.pack("!H", 1005), True, 0)], id="close-1005"),
-    pytest.param([(0x8, struct.pack("!H", 1006), True, 0)], id="close-1006"),
-    pytest.param([(0x8, struct.pack("!H", 999), True, 0)], id="close-999"),
-    pytest.param([(0x8, struct.pack("!H", 0), True, 0)], id="close-0"),
-    pytest.param([(0x8, struct.pack("!H", 1015), True, 0)], id="close-1015"),
-    pytest.param([(0x8, struct.pack("!H", 2000), True, 0)], id="close-2000"),
-    pytest.param([(0x8, struct.pack("!H", 5000), True, 0)], id="close-5000"),
-])
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([(0x0, b"orphan", True, 0)], id="continuation-without-start"),
+        pytest.param([(0x0, b"orphan", False, 0)], id="continuation-without-start-nofin"),
+        pytest.param([(0x1, b"a", False, 0), (0x1, b"b", True, 0)], id="text-inside-fragmented"),
+        pytest.param([(0x2, b"a", False, 0), (0x1, b"b", False, 0)], id="text-inside-binary"),
+        pytest.param([(0x1, b"a", False, 0), (0x2, b"b", True, 0)], id="binary-inside-text"),
+        pytest.param([(0x1, b"a", True, 4)], id="rsv1"),
+        pytest.param([(0x1, b"a", True, 2)], id="rsv2"),
+        pytest.param([(0x2, b"a", True, 1)], id="rsv3"),
+        pytest.param([(0x1, b"a", False, 0), (0x0, b"b", True, 4)], id="rsv1-on-continuation"),
+        pytest.param([(0xA, b"a", True, 4)], id="rsv1-on-pong"),
+        pytest.param([(0x3, b"", True, 0)], id="reserved-opcode-3"),
+        pytest.param([(0xB, b"", True, 0)], id="reserved-opcode-B"),
+        pytest.param([(0x9, b"p", False, 0)], id="fragmented-ping"),
+        pytest.param([(0x9, b"p" * 126, True, 0)], id="ping-over-125"),
+        pytest.param([(0x8, b"\x03", True, 0)], id="close-1-byte"),
+        pytest.param([(0x8, struct.pack("!H", 1005), True, 0)], id="close-1005"),
+        pytest.param([(0x8, struct.pack("!H", 1006), True, 0)], id="close-1006"),
+        pytest.param([(0x8, struct.pack("!H", 999), True, 0)], id="close-999"),
+        pytest.param([(0x8, struct.pack("!H", 0), True, 0)], id="close-0"),
+        pytest.param([(0x8, struct.pack("!H", 1015), True, 0)], id="close-1015"),
+        pytest.param([(0x8, struct.pack("!H", 2000), True, 0)], id="close-2000"),
+        pytest.param([(0x8, struct.pack("!H", 5000), True, 0)], id="close-5000"),
+    ],
+)
 def test_protocol_violations_close_1002(make_server, no_error_logs, frames):
     server = echo_server(make_server)
     raw = RawClient(server.port)
@@ -344,7 +372,7 @@ def test_a_failed_client_that_never_answers_is_dropped(make_server):
     try:
         raw.send(0x0, b"orphan")
         assert raw.recv_close()[0] == 1002
-        raw.expect_eof()                        # no answer from us: dropped after 0.2 s
+        raw.expect_eof()  # no answer from us: dropped after 0.2 s
     finally:
         raw.close()
     wait_until(lambda: len(server.hub) == 0)
@@ -352,23 +380,24 @@ def test_a_failed_client_that_never_answers_is_dropped(make_server):
 
 # -- message size ------------------------------------------------------------------------
 
+
 def test_max_message_size_default_is_1_mib(make_server, no_error_logs):
     server = echo_server(make_server)
     assert server.endpoint_for("/echo").max_message_size == MiB
 
     async def main():
         async with client(server) as ws:
-            await ws.send("a" * MiB)                                   # exactly the limit
+            await ws.send("a" * MiB)  # exactly the limit
             assert await recv(ws) == "a" * MiB
-            await ws.send([b"b" * 1024] * 1024)                         # 1 MiB in fragments
+            await ws.send([b"b" * 1024] * 1024)  # 1 MiB in fragments
             assert await recv(ws) == b"b" * MiB
         async with client(server) as ws:
-            await ws.send("a" * (MiB + 1))                             # one frame, too big
+            await ws.send("a" * (MiB + 1))  # one frame, too big
             with pytest.raises(ConnectionClosed):
                 await recv(ws)
             assert ws.close_code == 1009
         async with client(server) as ws:
-            await ws.send([b"c" * 1000] * 1049 + [b"c" * 577])        # MiB + 1 in fragments
+            await ws.send([b"c" * 1000] * 1049 + [b"c" * 577])  # MiB + 1 in fragments
             with pytest.raises(ConnectionClosed):
                 await recv(ws)
             assert ws.close_code == 1009
@@ -383,10 +412,10 @@ def test_max_message_size_many_small_fragments_raw(make_server, no_error_logs):
     try:
         raw.send(0x1, b"x" * 10, fin=False)
         for _ in range(98):
-            raw.send(0x0, b"x" * 10, fin=False)               # 990 bytes: fine so far
-        raw.send(0x0, b"x" * 10, fin=False)                    # 1000: still fine
-        raw.send(0x0, b"x", fin=False)                         # 1001: too big
-        for _ in range(200):                                  # a client that keeps sending
+            raw.send(0x0, b"x" * 10, fin=False)  # 990 bytes: fine so far
+        raw.send(0x0, b"x" * 10, fin=False)  # 1000: still fine
+        raw.send(0x0, b"x", fin=False)  # 1001: too big
+        for _ in range(200):  # a client that keeps sending
             raw.send(0x0, b"y" * 100, fin=False)
         assert "1000" in raw.expect_failure(1009)
     finally:
@@ -452,6 +481,7 @@ def test_max_message_size_per_endpoint(make_server):
 
 # -- close handshake -----------------------------------------------------------------------
 
+
 def test_client_close_is_echoed_then_tcp_dropped(make_server, no_error_logs):
     server = echo_server(make_server)
     raw = RawClient(server.port)
@@ -466,7 +496,7 @@ def test_client_close_is_echoed_then_tcp_dropped(make_server, no_error_logs):
         raw.close()
     wait_until(lambda: len(server.hub) == 0)
 
-    for code in (None, 1001, 4321):                 # no code → 1000; other codes echoed
+    for code in (None, 1001, 4321):  # no code → 1000; other codes echoed
         raw = RawClient(server.port)
         try:
             raw.send_close(code)
@@ -479,7 +509,7 @@ def test_client_close_is_echoed_then_tcp_dropped(make_server, no_error_logs):
         async with client(server) as ws:
             await ws.send("x")
             assert await recv(ws) == "x"
-        assert ws.close_code == 1000                # the code the server sent back
+        assert ws.close_code == 1000  # the code the server sent back
 
     run(main())
     wait_until(lambda: len(server.hub) == 0)
@@ -505,19 +535,19 @@ def test_server_initiated_close(make_server):
             await ws.send("hi")
             assert await recv(ws) == "hi"
             (session,) = server.sessions
-            session.close(4000, "bye")                  # from this (non-loop) thread
+            session.close(4000, "bye")  # from this (non-loop) thread
             await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
             assert (ws.close_code, ws.close_reason) == (4000, "bye")
 
     run(main())
     wait_until(lambda: len(server.hub) == 0)
 
-    raw = RawClient(server.port)                        # same, on the wire
+    raw = RawClient(server.port)  # same, on the wire
     try:
         wait_until(lambda: len(server.hub) == 1)
         server.sessions[0].Close(4001, "über")
         assert raw.recv_close() == (4001, "über")
-        raw.send(0x1, b"ignored after CLOSE")             # allowed before our CLOSE arrives
+        raw.send(0x1, b"ignored after CLOSE")  # allowed before our CLOSE arrives
         raw.send_close(4001)
         raw.expect_eof()
     finally:
@@ -533,7 +563,7 @@ def test_server_close_without_an_answer_times_out(make_server):
         wait_until(lambda: len(server.hub) == 1)
         server.sessions[0].close(1001, "going")
         assert raw.recv_close() == (1001, "going")
-        raw.expect_eof()                                  # no answer: dropped after 0.2 s
+        raw.expect_eof()  # no answer: dropped after 0.2 s
     finally:
         raw.close()
     wait_until(lambda: len(server.hub) == 0)
@@ -563,7 +593,7 @@ def test_sends_after_close_are_dropped(make_server):
         session.close(1000)
         session.send_text("after close")
         server.multicast_text("after close too")
-        assert raw.recv_close()[0] == 1000                # CLOSE is the last frame
+        assert raw.recv_close()[0] == 1000  # CLOSE is the last frame
         raw.send_close(1000)
         raw.expect_eof()
     finally:
@@ -575,12 +605,13 @@ def test_abrupt_disconnect_is_noticed(make_server):
     raw = RawClient(server.port)
     wait_until(lambda: len(server.hub) == 1)
     raw.send(0x1, b"half", fin=False)
-    raw.close()                                           # no CLOSE at all
+    raw.close()  # no CLOSE at all
     wait_until(lambda: len(server.hub) == 0)
     assert_still_serving(server)
 
 
 # -- multicast, sessions, hooks --------------------------------------------------------------
+
 
 @route("/echo-ctl")
 class EchoController(Controller):
@@ -594,7 +625,7 @@ class EchoController(Controller):
 
     @route("WEBSOCKET", "/shout")
     def shout(self, message: WebSocketMessage) -> None:
-        self.server.multicast_text(f"shout:{message.body}")      # from the loop thread
+        self.server.multicast_text(f"shout:{message.body}")  # from the loop thread
 
     @route("WEBSOCKET", "/bye")
     def bye(self, message: WebSocketMessage) -> None:
@@ -626,6 +657,7 @@ def multicast_server(make_server, **options):
         s.add_websocket_content(EchoController, "/routed")
         s.add_websocket_content("/echo", on_message=echo)
         s.add_websocket_content("/quiet", on_message=lambda session, data: None)
+
     return make_server(configure, **options)
 
 
@@ -637,13 +669,16 @@ def test_multicast_reaches_every_client_on_every_endpoint(make_server):
 
     async def main():
         url = f"ws://127.0.0.1:{server.port}"
-        async with client(server, "/routed") as a, client(server, "/echo") as b, \
-                client(server, "/quiet") as c:
+        async with (
+            client(server, "/routed") as a,
+            client(server, "/echo") as b,
+            client(server, "/quiet") as c,
+        ):
             transport, d = await ws_connect(PicowsCollector, url + "/quiet")
             try:
                 await asyncio.to_thread(wait_until, lambda: len(server.hub) == 4)
-                await asyncio.to_thread(server.multicast_text, "hello")    # another thread
-                server.MulticastBinary(b"\x00\x01")                        # this (non-loop) thread
+                await asyncio.to_thread(server.multicast_text, "hello")  # another thread
+                server.MulticastBinary(b"\x00\x01")  # this (non-loop) thread
                 for ws in (a, b, c):
                     assert await recv(ws) == "hello"
                     assert await recv(ws) == b"\x00\x01"
@@ -655,7 +690,7 @@ def test_multicast_reaches_every_client_on_every_endpoint(make_server):
                     assert await recv(ws) == "shout:1"
                 assert await d.recv() == "shout:1"
 
-                server.multicast_text("x" * 200_000)                     # large frames too
+                server.multicast_text("x" * 200_000)  # large frames too
                 for ws in (a, b, c):
                     assert await recv(ws) == "x" * 200_000
                 assert await d.recv() == "x" * 200_000
@@ -672,7 +707,8 @@ def test_picows_client_close_handshake(make_server):
 
     async def main():
         transport, listener = await ws_connect(
-            PicowsCollector, f"ws://127.0.0.1:{server.port}/routed")
+            PicowsCollector, f"ws://127.0.0.1:{server.port}/routed"
+        )
         transport.send(WSMsgType.TEXT, json.dumps({"url": "/routed/echo-ctl/echo", "body": [1]}))
         assert json.loads(await listener.recv()) == [1]
         transport.send(WSMsgType.TEXT, json.dumps({"url": "/routed/echo-ctl/bye"}))
@@ -691,7 +727,7 @@ def test_concurrent_senders_never_interleave_frames(make_server, use_aiofastnet)
     threads_n, per_thread = 6, 40
 
     def payload(kind: str, t: int, i: int) -> str:
-        size = (1000, 70_000, 130)[(t + i) % 3]                # 7-bit, 16-bit and 64-bit lengths
+        size = (1000, 70_000, 130)[(t + i) % 3]  # 7-bit, 16-bit and 64-bit lengths
         body = (f"{kind}{t}-{i}-" * (size // 8 + 1))[:size]
         return f"{kind}|{t}|{i}|{zlib.crc32(body.encode())}|{body}"
 
@@ -725,10 +761,12 @@ def test_concurrent_senders_never_interleave_frames(make_server, use_aiofastnet)
             for w in workers:
                 await asyncio.to_thread(w.join)
             assert sorted(got_a) == sorted(
-                ("m" if i % 2 else "s", t, i) for t in range(threads_n) for i in range(per_thread))
+                ("m" if i % 2 else "s", t, i) for t in range(threads_n) for i in range(per_thread)
+            )
             assert sorted(got_b) == sorted(
-                ("m", t, i) for t in range(threads_n) for i in range(1, per_thread, 2))
-            for t in range(threads_n):                 # each thread's messages keep their order
+                ("m", t, i) for t in range(threads_n) for i in range(1, per_thread, 2)
+            )
+            for t in range(threads_n):  # each thread's messages keep their order
                 assert [i for k, tt, i in got_a if tt == t] == list(range(per_thread))
 
     run(main())
@@ -764,7 +802,7 @@ def test_sessions_find_session_and_hooks(make_server):
 
     async def main():
         async with client(server, "/routed", additional_headers={"X-Who": "a"}) as a:
-            async with client(server, "/echo") as b:
+            async with client(server, "/echo"):
                 await a.send(json.dumps({"url": "/routed/echo-ctl/whoami"}))
                 a_id = await recv(a)
                 await asyncio.to_thread(wait_until, lambda: len(connected) == 2)
@@ -795,9 +833,9 @@ def test_disconnected_clients_leave_the_hub(make_server, use_aiofastnet):
     server = multicast_server(make_server, use_aiofastnet=use_aiofastnet)
     raws = [RawClient(server.port) for _ in range(10)]
     wait_until(lambda: len(server.hub) == 10)
-    for raw in raws[:4]:                                   # vanish without a CLOSE
+    for raw in raws[:4]:  # vanish without a CLOSE
         raw.close()
-    for raw in raws[4:7]:                                  # close properly
+    for raw in raws[4:7]:  # close properly
         raw.send_close(1000)
         assert raw.recv_close()[0] == 1000
         raw.close()
@@ -807,7 +845,7 @@ def test_disconnected_clients_leave_the_hub(make_server, use_aiofastnet):
         assert raw.recv() == (0x1, True, b"left")
         raw.close()
     wait_until(lambda: len(server.hub) == 0)
-    server.multicast_text("nobody")                        # multicast to no one is fine
+    server.multicast_text("nobody")  # multicast to no one is fine
 
 
 @pytest.mark.parametrize("use_aiofastnet", TRANSPORTS)
@@ -828,7 +866,7 @@ def test_multicast_while_clients_vanish(make_server, no_error_logs, use_aiofastn
     for n, raw in enumerate(leavers):
         if n % 2:
             raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        raw.close()                                       # FIN, or RST when lingering 0
+        raw.close()  # FIN, or RST when lingering 0
     sender.join()
     for raw in stayers:
         for i in range(count):
@@ -845,14 +883,14 @@ def test_a_client_that_does_not_read_is_dropped(make_server, no_error_logs, use_
     clients that read are not affected."""
     server = multicast_server(make_server, use_aiofastnet=use_aiofastnet)
     endpoint = server.endpoint_for("/quiet")
-    assert endpoint.max_write_buffer == 1 << 20             # the default
-    sleeper = RawClient(server.port, "/quiet")                # never reads
+    assert endpoint.max_write_buffer == 1 << 20  # the default
+    sleeper = RawClient(server.port, "/quiet")  # never reads
     reader = RawClient(server.port, "/echo")
     wait_until(lambda: len(server.hub) == 2)
     chunk = "r" * 65536
     received = 0
     try:
-        for i in range(400):                                  # 26 MB: more than socket buffers
+        for i in range(400):  # 26 MB: more than socket buffers
             server.multicast_text(chunk)
             if i % 20 == 19:
                 for _ in range(20):
@@ -861,8 +899,10 @@ def test_a_client_that_does_not_read_is_dropped(make_server, no_error_logs, use_
         wait_until(lambda: len(server.hub) == 1)
         assert server.sessions[0].endpoint.path == "/echo"
         assert received == 400
-        assert any("max_write_buffer" in r.getMessage() and r.levelno == logging.INFO
-                   for r in no_error_logs.records)
+        assert any(
+            "max_write_buffer" in r.getMessage() and r.levelno == logging.INFO
+            for r in no_error_logs.records
+        )
     finally:
         sleeper.close()
         reader.close()
@@ -894,12 +934,14 @@ def test_slow_reader_does_not_log_warnings(make_server, no_error_logs):
         wait_until(lambda: len(server.hub) == 1)
         session = server.sessions[0]
         chunk = "z" * 65536
-        for _ in range(400):                               # 26 MB the client does not read yet
+        for _ in range(400):  # 26 MB the client does not read yet
             server.multicast_text(chunk)
-        async def barrier():                                # every multicast above has run
+
+        async def barrier():  # every multicast above has run
             pass
+
         asyncio.run_coroutine_threadsafe(barrier(), server._loop).result(TIMEOUT)
-        assert session.write_paused                         # the buffer crossed its mark
+        assert session.write_paused  # the buffer crossed its mark
         assert session.dropped_messages > 0
         for _ in range(400 - session.dropped_messages):
             assert raw.recv() == (0x1, True, chunk.encode())

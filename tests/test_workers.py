@@ -3,6 +3,7 @@ with ``--redis`` a multicast from either reaches the clients of both. The parent
 supervises them: a worker killed with SIGKILL is replaced while the other goes on
 answering, one that dies at start is restarted with a growing delay, SIGTERM to
 the parent ends them all, and no zombie is left (simplew/workers.py)."""
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from multiproc import (Clients, RedisServer, ServerProcess, ask, recv, recv_nothing,
-                       redis_server_path, wait_backplane, wait_until)
 from helpers import free_port
+from multiproc import (
+    Clients,
+    RedisServer,
+    ServerProcess,
+    ask,
+    recv,
+    recv_nothing,
+    redis_server_path,
+    wait_backplane,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -37,8 +47,9 @@ def cleanup():
         proc.cleanup()
 
 
-def clients_per_worker(proc: ServerProcess, clients: Clients, per_worker: int = 2,
-                       timeout: float = 15.0) -> dict[int, list]:
+def clients_per_worker(
+    proc: ServerProcess, clients: Clients, per_worker: int = 2, timeout: float = 15.0
+) -> dict[int, list]:
     """Connect until each of the 2 workers holds ``per_worker`` clients: {pid: [client, ...]}."""
     by_pid: dict[int, list] = {}
     deadline = time.monotonic() + timeout
@@ -48,7 +59,7 @@ def clients_per_worker(proc: ServerProcess, clients: Clients, per_worker: int = 
         ws = clients.connect(proc.url)
         pid = int(ask(ws, "pid"))
         if len(by_pid.get(pid, ())) >= per_worker:
-            ws.close()                       # that worker has enough; the other may still start
+            ws.close()  # that worker has enough; the other may still start
             time.sleep(0.02)
             continue
         by_pid.setdefault(pid, []).append(ws)
@@ -113,6 +124,7 @@ def test_two_workers_without_redis_multicast_stays_in_its_worker(clients, cleanu
 
 
 # -- supervision ------------------------------------------------------------------
+
 
 def children(parent: int) -> dict[int, str]:
     """{pid: state letter} of the processes whose parent is ``parent``, from /proc."""
@@ -180,8 +192,10 @@ def test_a_killed_worker_is_replaced_while_the_other_answers(clients, cleanup):
 
         replacement = wait_until(new_worker, timeout=2.0, what="a new worker serving")
         serving_after = time.monotonic() - killed_at
-        wait_until(lambda: sum(at > killed_at for at, _ in answers) >= 20,
-                   what="requests answered after the kill")
+        wait_until(
+            lambda: sum(at > killed_at for at, _ in answers) >= 20,
+            what="requests answered after the kill",
+        )
     finally:
         done.set()
         sender.join(timeout=10)
@@ -215,26 +229,46 @@ def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
         "server = SimpleWServer('127.0.0.1', 2015)\n"
         "server.add_websocket_content('/ws')\n"
         "if multiprocessing.parent_process() is not None:    # in a worker, not the parent\n"
-        "    os._exit(3)\n")
+        "    os._exit(3)\n"
+    )
     log = tmp_path / "log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "simplew", "serve", "dies_at_start:server",
-                                 "--port", str(free_port()), "--workers", "2"],
-                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simplew",
+                "serve",
+                "dies_at_start:server",
+                "--port",
+                str(free_port()),
+                "--workers",
+                "2",
+            ],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_until(lambda: any("worker0 (pid" in line and "restarting it in 1.0 s" in line
-                               for line in log.read_text().splitlines()),
-                   timeout=15, what="two quick deaths of worker0")
+        wait_until(
+            lambda: any(
+                "worker0 (pid" in line and "restarting it in 1.0 s" in line
+                for line in log.read_text().splitlines()
+            ),
+            timeout=15,
+            what="two quick deaths of worker0",
+        )
         text = log.read_text()
         assert "died with exit status 3 after " in text, text
         assert "restarting it in 0.5 s" in text and "restarting it now" not in text, text
         # worker0's first restart came no sooner than announced
-        waited = (logged_at(text, "worker0 restarted as pid")
-                  - logged_at(text, "worker0 (pid", "restarting it in 0.5 s"))
+        waited = logged_at(text, "worker0 restarted as pid") - logged_at(
+            text, "worker0 (pid", "restarting it in 0.5 s"
+        )
         assert waited.total_seconds() >= 0.49, text
         family = children(proc.pid)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 1        # the workers' last exits were not clean
+        assert proc.wait(timeout=15) == 1  # the workers' last exits were not clean
         wait_until(lambda: all(gone(pid) for pid in family), what="every child gone")
     finally:
         if proc.poll() is None:

@@ -10,6 +10,7 @@ The first connects (resuming from STATE.json when it holds a session), collects
 pubs for SECONDS, and writes the session, the offsets received and the
 welcomes to STATE.json; the second POSTs /publish RATE times a second.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -40,14 +41,23 @@ class V1Client:
         query = ""
         if self.session is not None:
             query = f"?session={self.session}&epoch={self.epoch}&offset={self.offset}"
-        self.ws = connect(url + query, subprotocols=["simplew.v1"], proxy=None,
-                          compression=None, open_timeout=timeout, close_timeout=1,
-                          max_size=None).__enter__()
+        self.ws = connect(
+            url + query,
+            subprotocols=["simplew.v1"],
+            proxy=None,
+            compression=None,
+            open_timeout=timeout,
+            close_timeout=1,
+            max_size=None,
+        ).__enter__()
         welcome = self._recv_json(timeout)
         assert welcome["type"] == "welcome", welcome
         self.welcomes.append(welcome)
-        self.session, self.epoch, self.offset = (welcome["session"], welcome["epoch"],
-                                                 welcome["offset"])
+        self.session, self.epoch, self.offset = (
+            welcome["session"],
+            welcome["epoch"],
+            welcome["offset"],
+        )
         return welcome
 
     def connect_any(self, urls: list[str], deadline: float) -> dict[str, Any]:
@@ -94,15 +104,14 @@ class V1Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 if seconds is None:
-                    raise AssertionError(f"offset {until_offset} not reached "
-                                         f"(at {self.offset})")
+                    raise AssertionError(f"offset {until_offset} not reached (at {self.offset})")
                 return True
             try:
                 message = self._recv_json(left)
             except TimeoutError:
                 continue
             except Exception:
-                return False            # closed
+                return False  # closed
             if message["type"] == "pub":
                 self._record(message)
 
@@ -124,8 +133,13 @@ class V1Client:
                 pass
 
     def state(self) -> dict[str, Any]:
-        return {"session": self.session, "epoch": self.epoch, "offset": self.offset,
-                "offsets": self.offsets, "welcomes": self.welcomes}
+        return {
+            "session": self.session,
+            "epoch": self.epoch,
+            "offset": self.offset,
+            "offsets": self.offsets,
+            "welcomes": self.welcomes,
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         self.session, self.epoch, self.offset = state["session"], state["epoch"], state["offset"]
@@ -137,8 +151,13 @@ class HttpPublisher(threading.Thread):
     """POSTs ``/publish`` to the first server of ``ports`` that answers, ``rate``
     times a second, until stopped; rooms round-robin."""
 
-    def __init__(self, ports: list[int], rate: float, rooms: list[str | None] | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        ports: list[int],
+        rate: float,
+        rooms: list[str | None] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         super().__init__(daemon=True)
         self.ports = ports
         self.host = host

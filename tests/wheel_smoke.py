@@ -7,6 +7,7 @@ static file, and does a WebSocket echo, a routed controller call and a
 multicast with a raw-socket client, then closes cleanly and stops the server.
 Run it from outside the source tree, or it tests the sources instead.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,11 +28,12 @@ TIMEOUT = 10.0
 
 def compiled_modules() -> set[str]:
     import simplew._fast as fast
+
     found = set()
     for name in os.listdir(os.path.dirname(fast.__file__)):
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             if name.endswith(suffix):
-                found.add(name[:-len(suffix)])
+                found.add(name[: -len(suffix)])
                 break
     return found
 
@@ -42,9 +44,13 @@ class Client:
     def __init__(self, port: int, path: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             chunk = self.sock.recv(4096)
@@ -52,8 +58,9 @@ class Client:
             self.buf += chunk
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101"), head
-        accept = base64.b64encode(hashlib.sha1(
-            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        )
         assert b"sec-websocket-accept: " + accept.lower() in head.lower(), head
 
     def send(self, opcode: int, payload: bytes) -> None:
@@ -145,8 +152,10 @@ def main() -> None:
             client.sock.close()
         finally:
             server.stop()
-    print(f"simplew wheel smoke test passed: {simplew.__file__} on Python "
-          f"{sys.version.split()[0]} ({sys.platform})")
+    print(
+        f"simplew wheel smoke test passed: {simplew.__file__} on Python "
+        f"{sys.version.split()[0]} ({sys.platform})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from simplew._fast.connection import Endpoint
 
@@ -17,5 +18,11 @@ class RouteEndpoint(Endpoint):
     def routes(self) -> dict[str, RouteTarget]: ...
 
 class CallbackEndpoint(Endpoint):
-    def __init__(self, path: str, max_message_size: int, callback: Callable[..., Any],
-                 server: Any = None, hub: Any = None) -> None: ...
+    def __init__(
+        self,
+        path: str,
+        max_message_size: int,
+        callback: Callable[..., Any],
+        server: Any = None,
+        hub: Any = None,
+    ) -> None: ...

@@ -7,6 +7,7 @@ It serves www/push at ``/`` and a controller at ``/app``: ``{"url": "/app/cli/pi
 is answered with ``{"pid": <process id>, "body": <the body>}``, which tells a
 client which worker process it reached.
 """
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ Routed messages (``{"url": ..., "body": ...}``):
 
 A plain ``POST /publish?room=R`` (body: text) multicasts, for publishers.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,11 @@ class FeedController(Controller):
 
     @route("WEBSOCKET", "/pid")
     def pid(self, message: WebSocketMessage) -> dict[str, Any]:
-        return {"pid": os.getpid(), "recovered": self.session.recovered,
-                "rooms": sorted(self.session.rooms)}
+        return {
+            "pid": os.getpid(),
+            "recovered": self.session.recovered,
+            "rooms": sorted(self.session.rooms),
+        }
 
     @route("WEBSOCKET", "/burst")
     def burst(self, message: WebSocketMessage) -> None:

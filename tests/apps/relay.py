@@ -16,6 +16,7 @@ only where it says so:
 
 A BINARY message is multicast as it is, to every client.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,17 @@ def on_message(session: Session, data: str | bytes) -> None:
             server.multicast_text(head + "x" * max(0, size - len(head)))
     elif command == "stats":
         backplane = server.backplane
-        session.send_text("stats " + json.dumps({
-            "pid": os.getpid(),
-            "sessions": len(server.sessions),
-            "rooms": server.rooms,
-            "backplane": None if backplane is None else backplane.stats(),
-        }))
+        session.send_text(
+            "stats "
+            + json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "sessions": len(server.sessions),
+                    "rooms": server.rooms,
+                    "backplane": None if backplane is None else backplane.stats(),
+                }
+            )
+        )
     else:
         session.send_text(f"unknown {command}")
 

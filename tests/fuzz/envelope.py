@@ -16,6 +16,7 @@ have its declared type); the connection stays open (no CLOSE from the
 server); the session leaves no trace once it is gone. A JSON-aware custom mutator
 (json_mutator.py) keeps most inputs valid JSON so the typed mapping is reached.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def test_one_input(data: bytes) -> None:
         message, cut = data[2:], data[1]
     else:
         message, cut = data, None
-    if len(message) > 4000:             # the endpoint's max_message_size is 4096
+    if len(message) > 4000:  # the endpoint's max_message_size is 4096
         return
     s = server()
     s.head_flags = []
@@ -69,7 +70,7 @@ async def _drive(s, wire: bytes) -> None:
     answers = [f for f in frames if f[2] == 1]
     others = [f for f in frames if f[2] != 1]
     assert not others, f"server sent {[(f[2], f[3][:60]) for f in others]}"
-    room = [f for f in answers if f[3].startswith(b"hi ")]     # the /room multicast
+    room = [f for f in answers if f[3].startswith(b"hi ")]  # the /room multicast
     answers = [f for f in answers if not f[3].startswith(b"hi ")]
     assert len(answers) == 1, f"{len(answers)} answers: {[f[3][:80] for f in answers]}"
     if answers[0][3].startswith(b"text:"):
@@ -91,11 +92,22 @@ def seeds() -> dict[str, bytes]:
     def env(url: str, body=None, **extra) -> bytes:
         return json.dumps({"url": "/ws/app/" + url, "body": body, **extra}).encode()
 
-    user = {"name": "ann", "age": 30, "tags": ["a"], "email": None, "role": "admin",
-            "address": {"street": "x", "zip": 1}, "scores": {"m": 1.5, "n": 2},
-            "born": "2000-01-02", "seen": "2024-05-06T07:08:09Z",
-            "id": "12345678-1234-5678-1234-567812345678", "pair": [1, "b"],
-            "flags": ["x", "y"], "level": "high", "extra": [1, {"a": None}]}
+    user = {
+        "name": "ann",
+        "age": 30,
+        "tags": ["a"],
+        "email": None,
+        "role": "admin",
+        "address": {"street": "x", "zip": 1},
+        "scores": {"m": 1.5, "n": 2},
+        "born": "2000-01-02",
+        "seen": "2024-05-06T07:08:09Z",
+        "id": "12345678-1234-5678-1234-567812345678",
+        "pair": [1, "b"],
+        "flags": ["x", "y"],
+        "level": "high",
+        "extra": [1, {"a": None}],
+    }
     return {
         "echo": env("echo", {"a": [1, 2.5, "x", None, True]}),
         "user_full": env("user", user),
@@ -121,12 +133,50 @@ def seeds() -> dict[str, bytes]:
     }
 
 
-FIELDS = ("url", "body", "jwt", "name", "age", "tags", "email", "role", "address", "scores",
-          "born", "seen", "id", "pair", "flags", "level", "extra", "street", "zip", "a", "b")
-URLS = tuple(f"/ws/app/{name}" for name in
-             ("echo", "user", "int", "str", "text", "list", "optional", "enum", "async", "room", "secure"))
+FIELDS = (
+    "url",
+    "body",
+    "jwt",
+    "name",
+    "age",
+    "tags",
+    "email",
+    "role",
+    "address",
+    "scores",
+    "born",
+    "seen",
+    "id",
+    "pair",
+    "flags",
+    "level",
+    "extra",
+    "street",
+    "zip",
+    "a",
+    "b",
+)
+URLS = tuple(
+    f"/ws/app/{name}"
+    for name in (
+        "echo",
+        "user",
+        "int",
+        "str",
+        "text",
+        "list",
+        "optional",
+        "enum",
+        "async",
+        "room",
+        "secure",
+    )
+)
 
 if __name__ == "__main__":
     from json_mutator import make_mutator
-    support.main(test_one_input, make_mutator(
-        lambda d: (d[:2], d[2:]) if d[:1] == b"\x00" else (b"", d), FIELDS, URLS))
+
+    support.main(
+        test_one_input,
+        make_mutator(lambda d: (d[:2], d[2:]) if d[:1] == b"\x00" else (b"", d), FIELDS, URLS),
+    )

@@ -11,10 +11,12 @@ server writes is a sequence of well-formed HTTP/1.1 responses (status line,
 headers without line breaks, a Content-Length that matches the body; nothing
 after ``Connection: close``), optionally followed after a 101 by well-formed
 WebSocket frames; unless the connection ends early (Connection: close, an
-upgrade, a timeout), exactly one final answer per complete request; no 500; no file from outside the static root; the
+upgrade, a timeout), exactly one final answer per complete request; no 500; no file from
+outside the static root; the
 connection is always released; while the transport is paused (the client
 does not read) the server writes at most one more answer.
 """
+
 from __future__ import annotations
 
 import httptools
@@ -35,8 +37,7 @@ def test_one_input(data: bytes) -> None:
     s.head_flags = []
     flags, seed, payload = data[0], data[1], data[2:]
     pieces = split_points(payload, seed, flags & 7)
-    support.run(_drive(s, pieces, HIGH_WATER[(flags >> 3) & 3], bool(flags & 32),
-                       bool(flags & 64)))
+    support.run(_drive(s, pieces, HIGH_WATER[(flags >> 3) & 3], bool(flags & 32), bool(flags & 64)))
 
 
 async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: bool) -> None:
@@ -103,29 +104,32 @@ def seeds() -> dict[str, bytes]:
     return {
         "get_index": plain + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         "pipelined": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nHEAD /sub/ HTTP/1.1\r\n\r\n"
-                             b"GET /cached/sub/b.css HTTP/1.1\r\nIf-None-Match: \"x\"\r\n\r\n",
+        b'GET /cached/sub/b.css HTTP/1.1\r\nIf-None-Match: "x"\r\n\r\n',
         "http10_keepalive": plain + b"GET /hello?name=z HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-                                    b"GET /healthz HTTP/1.0\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\n\r\n",
         "rest_get": cut + b"GET /api/items/7?verbose=yes&limit=3&kind=b&when=2024-01-02T03:04:05Z"
-                          b"&uid=12345678-1234-5678-1234-567812345678 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"&uid=12345678-1234-5678-1234-567812345678 HTTP/1.1\r\nHost: x\r\n\r\n",
         "rest_post_chunked": cut + b"POST /api/users HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-                                   b"Content-Type: application/json\r\n\r\n"
-                                   b"10\r\n{\"name\":\"a\",\"age\r\n4\r\n\":3}\r\n0\r\n\r\n",
+        b"Content-Type: application/json\r\n\r\n"
+        b'10\r\n{"name":"a","age\r\n4\r\n":3}\r\n0\r\n\r\n',
         "rest_expect": plain + b"PUT /api/users/bob HTTP/1.1\r\nExpect: 100-continue\r\n"
-                               b"Content-Length: 7\r\n\r\n{\"a\":1}",
+        b'Content-Length: 7\r\n\r\n{"a":1}',
         "async_pipelined": bytes((0x28, 0)) + b"GET /api/slow?n=1 HTTP/1.1\r\n\r\n"
-                                              b"GET /api/slow?n=2 HTTP/1.1\r\n\r\n" * 3,
+        b"GET /api/slow?n=2 HTTP/1.1\r\n\r\n" * 3,
         "cors_preflight": plain + b"OPTIONS /api/users HTTP/1.1\r\nOrigin: http://a.example\r\n"
-                                  b"Access-Control-Request-Method: POST\r\n\r\n",
-        "upgrade": cut + up("/ws") + b"\x81\x85\x11\x22\x33\x44" + bytes(
-            c ^ m for c, m in zip(b"hello", b"\x11\x22\x33\x44\x11")),
-        "upgrade_deflate": plain + up("/wsz", b"Sec-WebSocket-Extensions: permessage-deflate; "
-                                              b"client_max_window_bits\r\n"),
+        b"Access-Control-Request-Method: POST\r\n\r\n",
+        "upgrade": cut
+        + up("/ws")
+        + b"\x81\x85\x11\x22\x33\x44"
+        + bytes(c ^ m for c, m in zip(b"hello", b"\x11\x22\x33\x44\x11")),
+        "upgrade_deflate": plain
+        + up("/wsz", b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"),
         "upgrade_h2c": plain + b"GET /a.txt HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-                               b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
         "upgrade_no_endpoint": plain + up("/nowhere"),
         "bad_request": plain + b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        "traversal": plain + b"GET /%2e%2e/secret.txt HTTP/1.1\r\n\r\nGET /leak.txt HTTP/1.1\r\n\r\n",
+        "traversal": plain
+        + b"GET /%2e%2e/secret.txt HTTP/1.1\r\n\r\nGET /leak.txt HTTP/1.1\r\n\r\n",
         "slow_header": bytes((0x42, 5)) + b"GET / HTTP/1.1\r\nHost: x\r\nX: y\r\n\r\n",
         "metrics": plain + b"GET /metrics HTTP/1.1\r\n\r\n",
     }

@@ -14,6 +14,7 @@ size limit): when the reference decodes a message within the limit the
 Inflater gives exactly those bytes, when it exceeds the limit the Inflater
 raises MessageTooBig, when the reference fails the Inflater fails too.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -67,10 +68,11 @@ def test_one_input(data: bytes) -> None:
         if flags & 2:
             if compressor is None or flags & 4:
                 compressor = zlib.compressobj(9, zlib.DEFLATED, -max(bits, 9))
-            if flags & 8:                       # a bomb: many copies of the chunk
+            if flags & 8:  # a bomb: many copies of the chunk
                 chunk = chunk * 64
             chunk = compressor.compress(chunk) + compressor.flush(
-                zlib.Z_SYNC_FLUSH if fin else zlib.Z_NO_FLUSH)
+                zlib.Z_SYNC_FLUSH if fin else zlib.Z_NO_FLUSH
+            )
             if fin and chunk.endswith(TRAILER):
                 chunk = chunk[:-4]
         try:
@@ -85,14 +87,17 @@ def test_one_input(data: bytes) -> None:
             out = inflater.inflate(view, fin)
         except MessageTooBig:
             support.note("MessageTooBig")
-            assert max_size and (reference_error is not None or len(reference_message) > max_size), \
-                f"MessageTooBig for a message of {len(reference_message)} <= {max_size} bytes"
+            assert max_size and (
+                reference_error is not None or len(reference_message) > max_size
+            ), f"MessageTooBig for a message of {len(reference_message)} <= {max_size} bytes"
             return
         except InflateError:
             support.note("InflateError")
             assert reference_error is not None, "InflateError for data zlib decodes"
             return
-        assert reference_error is None, f"the Inflater accepted what zlib rejects: {reference_error}"
+        assert reference_error is None, (
+            f"the Inflater accepted what zlib rejects: {reference_error}"
+        )
         if left is not None:
             assert len(out) <= left, f"{len(out)} bytes out with {left} left"
         assert out == expected, "the Inflater's output differs from zlib's"
@@ -111,8 +116,10 @@ def seeds() -> dict[str, bytes]:
     text = b"the quick brown fox jumps over the lazy dog " * 4
     return {
         "one_message": bytes((7, 0x10, 0)) + frame(3, text),
-        "fragmented": bytes((7, 0x10, 0)) + frame(2, text[:50]) + frame(2, text[50:100])
-                      + frame(3, text[100:]),
+        "fragmented": bytes((7, 0x10, 0))
+        + frame(2, text[:50])
+        + frame(2, text[50:100])
+        + frame(3, text[100:]),
         "takeover": bytes((7, 0x10, 0)) + frame(3, text) + frame(3, text),
         "no_takeover": bytes((15, 0x10, 0)) + frame(3 | 4, text) + frame(3 | 4, text),
         "bomb": bytes((7, 0x01, 0)) + frame(3 | 8, b"\x00" * 1000),

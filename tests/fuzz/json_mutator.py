@@ -7,6 +7,7 @@ date- or UUID-like string, a known field name added or removed, a url
 swapped) and serialises it again; one time in four, or when the input is not
 JSON, it leaves the work to libFuzzer's byte mutations.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,28 @@ from typing import Any
 
 import atheris
 
-STRINGS = ("", "a", "admin", "user", "low", "high", "x" * 40, "é☃\U0001F600", "\x00",
-           "2024-01-02", "2024-01-02T03:04:05Z", "2024-13-45", "12345678-1234-5678-1234-567812345678",
-           "not-a-uuid", "1", "true", "null", "NaN", "Infinity")
-NUMBERS = (0, 1, -1, 3, 2 ** 31, 2 ** 63, -2 ** 63, 10 ** 30, 0.5, -0.0, 1e308, 1e-308, 3.0)
+STRINGS = (
+    "",
+    "a",
+    "admin",
+    "user",
+    "low",
+    "high",
+    "x" * 40,
+    "é☃\U0001f600",
+    "\x00",
+    "2024-01-02",
+    "2024-01-02T03:04:05Z",
+    "2024-13-45",
+    "12345678-1234-5678-1234-567812345678",
+    "not-a-uuid",
+    "1",
+    "true",
+    "null",
+    "NaN",
+    "Infinity",
+)
+NUMBERS = (0, 1, -1, 3, 2**31, 2**63, -(2**63), 10**30, 0.5, -0.0, 1e308, 1e-308, 3.0)
 
 
 def _random_value(rng: random.Random, names: tuple[str, ...], depth: int = 0) -> Any:
@@ -33,7 +52,9 @@ def _random_value(rng: random.Random, names: tuple[str, ...], depth: int = 0) ->
         return None
     if kind == 4:
         return [_random_value(rng, names, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(names): _random_value(rng, names, depth + 1) for _ in range(rng.randrange(4))}
+    return {
+        rng.choice(names): _random_value(rng, names, depth + 1) for _ in range(rng.randrange(4))
+    }
 
 
 def _nodes(value: Any, path: tuple = ()) -> list[tuple]:
@@ -61,27 +82,29 @@ def _replace(value: Any, path: tuple, new: Any) -> Any:
     return copy
 
 
-def mutate_json(value: Any, rng: random.Random, names: tuple[str, ...], urls: tuple[str, ...]) -> Any:
+def mutate_json(
+    value: Any, rng: random.Random, names: tuple[str, ...], urls: tuple[str, ...]
+) -> Any:
     path = rng.choice(_nodes(value))
     node = value
     for step in path:
         node = node[step]
     choice = rng.randrange(6)
-    if choice == 0 and isinstance(node, dict):             # add or drop a field
+    if choice == 0 and isinstance(node, dict):  # add or drop a field
         node = dict(node)
         if node and rng.randrange(2):
             node.pop(rng.choice(list(node)))
         else:
             node[rng.choice(names)] = _random_value(rng, names)
         return _replace(value, path, node)
-    if choice == 1 and isinstance(node, list):             # grow or shrink a list
+    if choice == 1 and isinstance(node, list):  # grow or shrink a list
         node = list(node)
         if node and rng.randrange(2):
             node.pop(rng.randrange(len(node)))
         else:
             node.insert(rng.randrange(len(node) + 1), _random_value(rng, names))
         return _replace(value, path, node)
-    if choice == 2 and isinstance(value, dict) and urls:   # another route
+    if choice == 2 and isinstance(value, dict) and urls:  # another route
         value = dict(value)
         value["url"] = rng.choice(urls)
         return value
@@ -91,6 +114,7 @@ def mutate_json(value: Any, rng: random.Random, names: tuple[str, ...], urls: tu
 def make_mutator(split, names: tuple[str, ...], urls: tuple[str, ...] = ()):
     """A libFuzzer custom mutator for inputs that are a head then JSON:
     ``split(data)`` gives (head, json bytes); the head is kept."""
+
     def mutator(data: bytes, max_size: int, seed: int) -> bytes:
         rng = random.Random(seed)
         head, body = split(data)
@@ -104,4 +128,5 @@ def make_mutator(split, names: tuple[str, ...], urls: tuple[str, ...] = ()):
                 if len(out) <= max_size:
                     return out
         return atheris.Mutate(data, max_size)
+
     return mutator

@@ -12,6 +12,7 @@ also passes the checks http.pyx makes after httptools (one Host on HTTP/1.1,
 no Transfer-Encoding or Expect, a numeric Content-Length, not CONNECT).
 After the scanned request, the rest of the input is scanned the same way.
 """
+
 from __future__ import annotations
 
 import httptools
@@ -45,8 +46,12 @@ class _Reading:
 
     def on_message_complete(self) -> None:
         p = self.parser
-        self.current.update(method=p.get_method().decode("ascii"), version=p.get_http_version(),
-                            keep_alive=p.should_keep_alive(), upgrade=p.should_upgrade())
+        self.current.update(
+            method=p.get_method().decode("ascii"),
+            version=p.get_http_version(),
+            keep_alive=p.should_keep_alive(),
+            upgrade=p.should_upgrade(),
+        )
         self.messages.append(self.current)
 
 
@@ -70,7 +75,7 @@ def check(data: bytes, scanner: RequestScanner = SCANNER) -> int:
         n = scanner.scan_bytes(data, pos)
         if n == 0:
             break
-        request = data[pos:pos + n]
+        request = data[pos : pos + n]
         messages, error = read(request)
         assert error is None, f"scanned {request!r}, httptools: {error}"
         assert len(messages) == 1, f"scanned {request!r}, httptools read {len(messages)}"
@@ -80,8 +85,10 @@ def check(data: bytes, scanner: RequestScanner = SCANNER) -> int:
         assert m["method"] == scanner.method and m["method"] != "CONNECT"
         url = httptools.parse_url(m["url"])
         assert (url.path.decode("latin-1") if url.path else "/") == scanner.path, (m, scanner.path)
-        assert (url.query.decode("latin-1") if url.query else "") == scanner.query, \
-            (m, scanner.query)
+        assert (url.query.decode("latin-1") if url.query else "") == scanner.query, (
+            m,
+            scanner.query,
+        )
         headers: dict[str, str] = {}
         for name, value in m["headers"]:
             key = name.decode("latin-1").lower()
@@ -104,24 +111,26 @@ def test_one_input(data: bytes) -> None:
     support.note(f"scanned {min(scanned, 3)}")
     if scanned == 0:
         messages, error = read(data)
-        support.note("left to httptools: " + ("error" if error else f"{min(len(messages), 3)} read"))
+        support.note(
+            "left to httptools: " + ("error" if error else f"{min(len(messages), 3)} read")
+        )
 
 
 def seeds() -> dict[str, bytes]:
     return {
         "get": b"GET /json HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
         "query": b"GET /api/items/7?verbose=yes&x=%20y&z=a?b HTTP/1.1\r\nHost: x\r\n"
-                 b"Accept: */*\r\nUser-Agent: curl/8.0 \t\r\n\r\n",
+        b"Accept: */*\r\nUser-Agent: curl/8.0 \t\r\n\r\n",
         "post": b"POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 13\r\n\r\n{\"name\":\"a\"}\n",
+        b'Content-Length: 13\r\n\r\n{"name":"a"}\n',
         "http10": b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\nHEAD /a HTTP/1.0\r\n\r\n",
         "close": b"DELETE /x/1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
         "pipelined": b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPUT /b HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: 2\r\n\r\nokOPTIONS /c HTTP/1.1\r\nHost: x\r\nX-Empty:\r\n\r\n",
+        b"Content-Length: 2\r\n\r\nokOPTIONS /c HTTP/1.1\r\nHost: x\r\nX-Empty:\r\n\r\n",
         "chunked": b"PATCH /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                   b"2\r\nok\r\n0\r\n\r\n",
+        b"2\r\nok\r\n0\r\n\r\n",
         "upgrade": b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                   b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     }
 
 

@@ -14,6 +14,7 @@ names and values hold no line break; every 4xx from the router is a JSON
 object with an ``error`` string. JSON bodies are mutated structurally
 (json_mutator.py) as well as byte by byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def test_one_input(data: bytes) -> None:
     if not path.startswith("/"):
         path = "/" + path
     headers = {"host": "fuzz"}
-    if body[:1] == b"\x00":                 # a CORS request
+    if body[:1] == b"\x00":  # a CORS request
         headers["origin"] = "http://a.example"
     request = Request(method or "GET", path, query, headers, body)
     s = server()
@@ -58,8 +59,8 @@ def test_one_input(data: bytes) -> None:
 def seeds() -> dict[str, bytes]:
     return {
         "get_item": b"GET /api/items/7?verbose=on&limit=3&ratio=0.5&kind=b&mode=y"
-                    b"&when=2024-01-02T03:04:05Z&day=2024-02-03"
-                    b"&uid=12345678-1234-5678-1234-567812345678&name=%C3%A9\n",
+        b"&when=2024-01-02T03:04:05Z&day=2024-02-03"
+        b"&uid=12345678-1234-5678-1234-567812345678&name=%C3%A9\n",
         "get_item_bad": b"GET /api/items/x?limit=&kind=c\n",
         "delete_item": b"DELETE /api/items/12345678123456781234567812345678\n",
         "nums": b"GET /api/nums?n=1&n=2&n=-3&t=1.5&t=inf&s=a&s=a\n",
@@ -67,7 +68,7 @@ def seeds() -> dict[str, bytes]:
         "opt": b"GET /api/opt/3/2.5\n",
         "opt_encoded": b"GET /api/opt/%33/nan/\n",
         "create_user": b'POST /api/users\n{"name":"a","age":3,"role":"admin","address":{"street":"s",'
-                       b'"zip":9},"pair":[1,"x"],"flags":["f"],"born":"2020-01-01"}',
+        b'"zip":9},"pair":[1,"x"],"flags":["f"],"born":"2020-01-01"}',
         "create_user_bad": b'POST /api/users\n{"name":"a","age":true}',
         "put_counts": b'PUT /api/users/b%20c\n{"x":1,"y":2}',
         "raw": b"POST /api/raw\n\x00\x01\x02",
@@ -93,5 +94,11 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
 
 if __name__ == "__main__":
     from json_mutator import make_mutator
-    support.main(test_one_input, make_mutator(
-        _split, ("name", "age", "role", "address", "street", "zip", "pair", "flags", "born", "x")))
+
+    support.main(
+        test_one_input,
+        make_mutator(
+            _split,
+            ("name", "age", "role", "address", "street", "zip", "pair", "flags", "born", "x"),
+        ),
+    )

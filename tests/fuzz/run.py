@@ -13,6 +13,7 @@ temporary one) and listed in the summary, with the number of inputs run and
 the statuses / close codes each harness reached. The exit status is 1 when
 anything was found.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CORPUS = HERE / "corpus"
-HARNESSES = {               # name -> max input length
+HARNESSES = {  # name -> max input length
     "http_front": 4096,
     "ws_frames": 4096,
     "envelope": 4096,
@@ -47,13 +48,13 @@ ARTIFACT = re.compile(r"(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+")
 @dataclasses.dataclass
 class Result:
     harness: str
-    mode: str                   # "fuzz" or "replay"
+    mode: str  # "fuzz" or "replay"
     returncode: int
     seconds: float
     executions: int
-    findings: list[str]         # artifact files
+    findings: list[str]  # artifact files
     stats: dict[str, int]
-    log: str                    # path of the full output
+    log: str  # path of the full output
 
     @property
     def ok(self) -> bool:
@@ -75,9 +76,15 @@ def run_one(name: str, seconds: float, workdir: Path, replay: bool = False) -> R
     stats_path = Path(f"{base}.stats.json")
     log_path = Path(f"{base}.log")
     corpus = CORPUS / name
-    cmd = [sys.executable, str(HERE / f"{name}.py"), f"-rss_limit_mb={RSS_LIMIT_MB}",
-           f"-timeout={TIMEOUT_S}", f"-max_len={HARNESSES[name]}",
-           f"-artifact_prefix={base}-", "-print_final_stats=1"]
+    cmd = [
+        sys.executable,
+        str(HERE / f"{name}.py"),
+        f"-rss_limit_mb={RSS_LIMIT_MB}",
+        f"-timeout={TIMEOUT_S}",
+        f"-max_len={HARNESSES[name]}",
+        f"-artifact_prefix={base}-",
+        "-print_final_stats=1",
+    ]
     if replay:
         files = sorted(str(p) for p in corpus.iterdir() if p.is_file()) if corpus.is_dir() else []
         if not files:
@@ -91,8 +98,14 @@ def run_one(name: str, seconds: float, workdir: Path, replay: bool = False) -> R
             cmd.append(str(corpus))
     start = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(stats_path), stdout=log,
-                              stderr=subprocess.STDOUT, timeout=seconds + 300)
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env=_env(stats_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=seconds + 300,
+        )
     elapsed = time.monotonic() - start
     text = log_path.read_text("utf-8", "replace")
     m = re.findall(r"stat::number_of_executed_units: (\d+)", text)
@@ -107,9 +120,16 @@ def run_one(name: str, seconds: float, workdir: Path, replay: bool = False) -> R
     return Result(name, mode, proc.returncode, elapsed, executions, findings, stats, str(log_path))
 
 
-def run_all(names: list[str], seconds: float, jobs: int, workdir: Path,
-            replay_first: bool = True, fuzz: bool = True) -> list[Result]:
+def run_all(
+    names: list[str],
+    seconds: float,
+    jobs: int,
+    workdir: Path,
+    replay_first: bool = True,
+    fuzz: bool = True,
+) -> list[Result]:
     """For each harness: replay its committed corpus, then fuzz it; ``jobs`` at a time."""
+
     def both(name: str) -> list[Result]:
         out = []
         if replay_first:
@@ -126,8 +146,10 @@ def summary(results: list[Result]) -> str:
     lines = []
     for r in results:
         state = "ok" if r.ok else f"FAILED (exit {r.returncode})"
-        lines.append(f"{r.harness:13} {r.mode:6} {state:18} {r.executions:>9} inputs "
-                     f"in {r.seconds:6.1f} s   log: {r.log}")
+        lines.append(
+            f"{r.harness:13} {r.mode:6} {state:18} {r.executions:>9} inputs "
+            f"in {r.seconds:6.1f} s   log: {r.log}"
+        )
         reached = {k: v for k, v in sorted(r.stats.items()) if k != "inputs"}
         if reached and r.mode == "fuzz":
             shown = ", ".join(f"{k}={v}" for k, v in list(reached.items())[:40])
@@ -154,8 +176,12 @@ def write_seeds(names: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="per harness")
-    parser.add_argument("--harness", action="append", choices=sorted(HARNESSES),
-                        help="run only this one (repeatable)")
+    parser.add_argument(
+        "--harness",
+        action="append",
+        choices=sorted(HARNESSES),
+        help="run only this one (repeatable)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="harnesses at a time")
     parser.add_argument("--workdir", help="where logs, new corpus and findings go")
     parser.add_argument("--replay", action="store_true", help="only replay the committed corpus")
@@ -168,8 +194,9 @@ def main() -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="simplew-fuzz-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"work directory: {workdir}", flush=True)
-    results = run_all(names, args.minutes * 60, args.jobs, workdir,
-                      replay_first=True, fuzz=not args.replay)
+    results = run_all(
+        names, args.minutes * 60, args.jobs, workdir, replay_first=True, fuzz=not args.replay
+    )
     print(summary(results))
     return 0 if all(r.ok for r in results) else 1
 

@@ -22,6 +22,7 @@ Every harness exposes ``test_one_input(data: bytes)`` (usable by
 ``atheris.Setup``), ``seeds()`` (the committed seed corpus: name -> bytes) and
 ``stats`` (a Counter of what the run reached, printed by ``run.py``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +30,7 @@ import collections
 import json
 import logging
 import os
+import re
 import selectors
 import socket
 import sys
@@ -37,7 +39,7 @@ import zlib
 
 import atheris
 
-stats: collections.Counter = collections.Counter()   # outcomes reached (run.py prints them)
+stats: collections.Counter = collections.Counter()  # outcomes reached (run.py prints them)
 
 
 def instrumented_simplew() -> None:
@@ -66,12 +68,17 @@ def instrumented_simplew() -> None:
 # an input that makes the server do something new (or something more often)
 # is kept in the corpus like one that reaches new Python lines.
 
+
 def _tree(depth: int, prefix: int, indent: str) -> list[str]:
     if depth == 8:
         return [f"{indent}return {prefix}"]
     bit = 1 << (7 - depth)
-    return ([f"{indent}if h & {bit}:"] + _tree(depth + 1, prefix | bit, indent + "    ")
-            + [f"{indent}else:"] + _tree(depth + 1, prefix, indent + "    "))
+    return (
+        [f"{indent}if h & {bit}:"]
+        + _tree(depth + 1, prefix | bit, indent + "    ")
+        + [f"{indent}else:"]
+        + _tree(depth + 1, prefix, indent + "    ")
+    )
 
 
 def _make_feedback():
@@ -92,6 +99,7 @@ def note(outcome: str) -> None:
 
 # -- findings from logs and loop callbacks ------------------------------------
 
+
 class LogGuard(logging.Handler):
     """Collects what counts as a finding: ERROR records on ``simplew.*``,
     records whose message does not format, exceptions caught by the loop."""
@@ -104,21 +112,25 @@ class LogGuard(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = record.getMessage()
-        except Exception as exc:        # a bad format string or arguments
+        except Exception as exc:  # a bad format string or arguments
             self.problems.append(f"log record does not format: {record.msg!r} {exc!r}")
             return
-        ints = [a for a in record.args if isinstance(a, int)] if isinstance(record.args, tuple) else []
+        ints = (
+            [a for a in record.args if isinstance(a, int)] if isinstance(record.args, tuple) else []
+        )
         _outcome_leaf(zlib.crc32(f"{record.msg} {ints}".encode("utf-8", "replace")) & 255)
         if record.levelno >= logging.ERROR and not any(p.search(text) for p in self.allowed):
             detail = ""
             if record.exc_info and record.exc_info[1] is not None:
                 import traceback
+
                 detail = "\n" + "".join(traceback.format_exception(*record.exc_info))
             self.problems.append(f"{record.name} {record.levelname}: {text}{detail}")
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         exc = context.get("exception")
         import traceback
+
         detail = "".join(traceback.format_exception(exc)) if exc is not None else ""
         self.problems.append(f"loop caught: {context.get('message')}\n{detail}")
 
@@ -137,11 +149,12 @@ def install_guard() -> LogGuard:
     if GUARD not in root.handlers:
         root.addHandler(GUARD)
         root.propagate = False
-        root.setLevel(logging.DEBUG)     # every message is formatted: a bad one is a finding
+        root.setLevel(logging.DEBUG)  # every message is formatted: a bad one is a finding
     return GUARD
 
 
 # -- the event loop -------------------------------------------------------------
+
 
 class Loop(asyncio.SelectorEventLoop):
     """A selector loop whose clock moves only when :meth:`advance` says so."""
@@ -178,9 +191,9 @@ async def settle(turns: int = 200) -> None:
     lp = asyncio.get_running_loop()
     for _ in range(turns):
         await asyncio.sleep(0)
-        if not lp.busy():       # type: ignore[attr-defined]
+        if not lp.busy():  # type: ignore[attr-defined]
             await asyncio.sleep(0)
-            if not lp.busy():   # type: ignore[attr-defined]
+            if not lp.busy():  # type: ignore[attr-defined]
                 return
 
 
@@ -221,8 +234,8 @@ class FakeTransport(asyncio.Transport):
         self.eof_written = False
         self.aborted = False
         self.inbox: collections.deque = collections.deque()
-        self.paused_writes = 0              # writes since the last pause_writing
-        self.most_paused_writes = 0         # the most of them in one pause
+        self.paused_writes = 0  # writes since the last pause_writing
+        self.most_paused_writes = 0  # the most of them in one pause
 
     # asyncio.Transport
     def set_protocol(self, protocol) -> None:
@@ -244,10 +257,10 @@ class FakeTransport(asyncio.Transport):
         if self.lost:
             raise AssertionError("write after connection_lost")
         if self.eof_written:
-            raise RuntimeError("Cannot call write() after write_eof()")     # as asyncio does
+            raise RuntimeError("Cannot call write() after write_eof()")  # as asyncio does
         if self.closing:
             return
-        if self.write_paused:               # the protocol was told to stop writing
+        if self.write_paused:  # the protocol was told to stop writing
             self.paused_writes += 1
             self.most_paused_writes = max(self.most_paused_writes, self.paused_writes)
         self.out += data
@@ -323,7 +336,7 @@ class FakeTransport(asyncio.Transport):
             n = min(len(buf), len(data) - pos)
             if n <= 0:
                 raise AssertionError("a buffered protocol offered an empty buffer")
-            buf[:n] = data[pos:pos + n]
+            buf[:n] = data[pos : pos + n]
             self.protocol.buffer_updated(n)
             pos += n
 
@@ -402,9 +415,11 @@ class Client:
                 await settle()
             else:
                 idle_rounds = 0
-        raise AssertionError("the server never released the connection "
-                             f"(closing={t.closing}, eof_written={t.eof_written}, "
-                             f"unread input={len(t.inbox)}, reading paused={t.reading_paused})")
+        raise AssertionError(
+            "the server never released the connection "
+            f"(closing={t.closing}, eof_written={t.eof_written}, "
+            f"unread input={len(t.inbox)}, reading paused={t.reading_paused})"
+        )
 
 
 def run(coro) -> None:
@@ -434,6 +449,7 @@ def dump_stats(force: bool = False) -> None:
 
 def main(test_one_input, custom_mutator=None) -> None:
     """``python harness.py [libFuzzer flags] [corpus dirs or files]``."""
+
     def one(data: bytes) -> None:
         stats["inputs"] += 1
         try:

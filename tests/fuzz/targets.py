@@ -6,6 +6,7 @@ have its declared type raises AssertionError, which the server answers as a
 handler error (HTTP 500 / ``handler_error``), and the harnesses count any
 such answer as a finding.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,11 +18,19 @@ import tempfile
 import uuid
 from typing import Any, Literal, Optional
 
-from support import instrumented_simplew, install_guard, loop
+from support import install_guard, instrumented_simplew, loop
 
 instrumented_simplew()
 
-from simplew import Controller, HttpError, Response, SimpleWServer, WebSocketMessage, require_jwt, route  # noqa: E402
+from simplew import (
+    Controller,
+    HttpError,
+    Response,
+    SimpleWServer,
+    WebSocketMessage,
+    require_jwt,
+    route,
+)  # noqa: E402
 
 JWT_KEY = "fuzz-secret-key-0123456789abcdef"
 SECRET = b"FUZZ-SECRET-OUTSIDE-THE-STATIC-ROOT"
@@ -39,8 +48,12 @@ def static_root() -> str:
         os.makedirs(os.path.join(root, "sub"))
         with open(os.path.join(base, "secret.txt"), "wb") as f:
             f.write(SECRET)
-        for name, body in (("index.html", b"<h1>hello</h1>\n"), ("a.txt", b"a" * 300),
-                           ("sub/b.css", b"body{}\n"), ("sub/index.html", b"<p>sub</p>")):
+        for name, body in (
+            ("index.html", b"<h1>hello</h1>\n"),
+            ("a.txt", b"a" * 300),
+            ("sub/b.css", b"body{}\n"),
+            ("sub/index.html", b"<p>sub</p>"),
+        ):
             with open(os.path.join(root, name), "wb") as f:
                 f.write(body)
         os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "leak.txt"))
@@ -65,14 +78,14 @@ class User:
     name: str
     age: int
     tags: list[str] = dataclasses.field(default_factory=list)
-    email: Optional[str] = None
+    email: str | None = None
     role: Role = Role.USER
-    address: Optional[Address] = None
+    address: Address | None = None
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
-    born: Optional[datetime.date] = None
-    seen: Optional[datetime.datetime] = None
-    id: Optional[uuid.UUID] = None
-    pair: Optional[tuple[int, str]] = None
+    born: datetime.date | None = None
+    seen: datetime.datetime | None = None
+    id: uuid.UUID | None = None
+    pair: tuple[int, str] | None = None
     flags: frozenset[str] = frozenset()
     level: Literal["low", "high"] = "low"
     extra: Any = None
@@ -108,6 +121,7 @@ def check_user(user: Any) -> User:
 
 # -- REST ---------------------------------------------------------------------
 
+
 class Kind(enum.Enum):
     A = "a"
     B = "b"
@@ -116,25 +130,43 @@ class Kind(enum.Enum):
 @route("/api")
 class ApiController(Controller):
     @route("GET", "/items/{id}")
-    def get_item(self, id: int, verbose: bool = False, limit: Optional[int] = None,
-                 ratio: float = 1.0, kind: Kind = Kind.A, mode: Literal["x", "y"] = "x",
-                 when: Optional[datetime.datetime] = None, day: Optional[datetime.date] = None,
-                 uid: Optional[uuid.UUID] = None, name: str = "") -> dict:
+    def get_item(
+        self,
+        id: int,
+        verbose: bool = False,
+        limit: int | None = None,
+        ratio: float = 1.0,
+        kind: Kind = Kind.A,
+        mode: Literal["x", "y"] = "x",
+        when: datetime.datetime | None = None,
+        day: datetime.date | None = None,
+        uid: uuid.UUID | None = None,
+        name: str = "",
+    ) -> dict:
         assert _is_int(id) and type(verbose) is bool and type(ratio) is float
         assert limit is None or _is_int(limit)
         assert isinstance(kind, Kind) and mode in ("x", "y") and isinstance(name, str)
         assert when is None or type(when) is datetime.datetime
         assert day is None or type(day) is datetime.date
         assert uid is None or type(uid) is uuid.UUID
-        return {"id": id, "verbose": verbose, "limit": limit, "ratio": ratio, "kind": kind,
-                "when": when, "day": day, "uid": uid, "name": name}
+        return {
+            "id": id,
+            "verbose": verbose,
+            "limit": limit,
+            "ratio": ratio,
+            "kind": kind,
+            "when": when,
+            "day": day,
+            "uid": uid,
+            "name": name,
+        }
 
     @route("DELETE", "/items/{id}")
     def delete_item(self, id: uuid.UUID) -> None:
         assert type(id) is uuid.UUID
 
     @route("GET", "/nums")
-    def nums(self, n: list[int], t: tuple[float, ...] = (), s: Optional[set[str]] = None) -> dict:
+    def nums(self, n: list[int], t: tuple[float, ...] = (), s: set[str] | None = None) -> dict:
         assert isinstance(n, list) and all(_is_int(x) for x in n)
         assert isinstance(t, tuple) and all(type(x) is float for x in t)
         assert s is None or (type(s) is set and all(isinstance(x, str) for x in s))
@@ -146,7 +178,7 @@ class ApiController(Controller):
         return {"p": p}
 
     @route("GET", "/opt/{a}/{b}")
-    def two(self, a: int, b: Optional[float]) -> dict:
+    def two(self, a: int, b: float | None) -> dict:
         assert _is_int(a) and (b is None or type(b) is float)
         return {"a": a, "b": b}
 
@@ -177,7 +209,7 @@ class ApiController(Controller):
         return {"sum": sum(body) * scale}
 
     @route("POST", "/maybe")
-    def maybe(self, body: Optional[Address] = None) -> Any:
+    def maybe(self, body: Address | None = None) -> Any:
         assert body is None or type(body) is Address
         return body
 
@@ -198,6 +230,7 @@ class ApiController(Controller):
 
 
 # -- WebSocket -------------------------------------------------------------------
+
 
 @route("/app")
 class WsController(Controller):
@@ -292,13 +325,22 @@ def server() -> RecordingServer:
     global _SERVER
     if _SERVER is None:
         install_guard()
-        s = RecordingServer("127.0.0.1", 0, max_message_size=4096, max_body_size=2048,
-                            max_header_size=1024, idle_timeout=10.0, header_timeout=5.0,
-                            compression=False, metrics=True, access_log=True,
-                            max_write_buffer=8192,
-                            # the virtual clock runs 20 s ahead in a blink, and the harness's
-                            # client never answers pings: the heartbeat would close it (1011)
-                            ping_interval=None)
+        s = RecordingServer(
+            "127.0.0.1",
+            0,
+            max_message_size=4096,
+            max_body_size=2048,
+            max_header_size=1024,
+            idle_timeout=10.0,
+            header_timeout=5.0,
+            compression=False,
+            metrics=True,
+            access_log=True,
+            max_write_buffer=8192,
+            # the virtual clock runs 20 s ahead in a blink, and the harness's
+            # client never answers pings: the heartbeat would close it (1011)
+            ping_interval=None,
+        )
         s.head_flags = []
         s.limits.max_url_size = 512
         root = static_root()
@@ -312,7 +354,7 @@ def server() -> RecordingServer:
         s.add_cors(["http://a.example", "http://b.example"], credentials=True, max_age=60)
         s.set_token(JWT_KEY)
         s._compile()
-        s._loop = loop()            # multicasts from handlers run on this loop
+        s._loop = loop()  # multicasts from handlers run on this loop
         s._loop_thread_id = __import__("threading").get_ident()
         _SERVER = s
     return _SERVER

@@ -2,13 +2,16 @@
 responses, WebSocket frames) that raise AssertionError on anything malformed,
 a builder for client frames, and the helpers harnesses read their input with.
 """
+
 from __future__ import annotations
 
 import re
 import struct
 
-UPGRADE_HEAD = (b"Host: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+UPGRADE_HEAD = (
+    b"Host: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
 
 
 def upgrade_request(path: str = "/ws", extra: bytes = b"") -> bytes:
@@ -49,14 +52,16 @@ def parse_responses(out: bytes, head_flags: list[bool]) -> tuple[list[Response],
     while pos < len(out):
         m = _STATUS.match(out, pos)
         if m is None:
-            raise AssertionError(f"not an HTTP status line at {pos}: {bytes(out[pos:pos + 80])!r}")
+            raise AssertionError(
+                f"not an HTTP status line at {pos}: {bytes(out[pos : pos + 80])!r}"
+            )
         status = int(m.group(1))
         pos = m.end()
         headers: dict[bytes, bytes] = {}
         while not out.startswith(b"\r\n", pos):
             h = _HEADER.match(out, pos)
             if h is None:
-                raise AssertionError(f"malformed header line: {bytes(out[pos:pos + 80])!r}")
+                raise AssertionError(f"malformed header line: {bytes(out[pos : pos + 80])!r}")
             name = h.group(1).lower().decode()
             if name in headers and name not in ("vary", "allow"):
                 raise AssertionError(f"header {name} twice in one response")
@@ -83,13 +88,15 @@ def parse_responses(out: bytes, head_flags: list[bool]) -> tuple[list[Response],
             if length is None or not length.isdigit():
                 raise AssertionError(f"{status} without a valid Content-Length: {headers}")
             n = 0 if is_head else int(length)
-            body = bytes(out[pos:pos + n])
+            body = bytes(out[pos : pos + n])
             if len(body) != n:
                 raise AssertionError(f"{status} body shorter than its Content-Length")
             pos += n
         responses.append(Response((status, headers, body)))
         if headers.get("connection", "").lower() == "close" and pos != len(out):
-            raise AssertionError(f"bytes after a Connection: close response: {bytes(out[pos:pos + 80])!r}")
+            raise AssertionError(
+                f"bytes after a Connection: close response: {bytes(out[pos : pos + 80])!r}"
+            )
     return responses, pos
 
 
@@ -106,7 +113,7 @@ def parse_server_frames(data: bytes) -> list[Frame]:
     closed = False
     while pos < len(data):
         if closed:
-            raise AssertionError(f"bytes after the server's CLOSE: {bytes(data[pos:pos + 40])!r}")
+            raise AssertionError(f"bytes after the server's CLOSE: {bytes(data[pos : pos + 40])!r}")
         if len(data) - pos < 2:
             raise AssertionError("truncated frame header")
         b0, b1 = data[pos], data[pos + 1]
@@ -131,7 +138,7 @@ def parse_server_frames(data: bytes) -> list[Frame]:
                 raise AssertionError("non-minimal 64-bit length")
         if opcode >= 8 and (n > 125 or not fin):
             raise AssertionError("bad control frame from the server")
-        payload = bytes(data[pos:pos + n])
+        payload = bytes(data[pos : pos + n])
         if len(payload) != n:
             raise AssertionError("frame payload cut short")
         pos += n
@@ -155,8 +162,15 @@ def close_code(frame: Frame) -> int | None:
 
 # -- building client frames ----------------------------------------------------------
 
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-                 mask: bytes | None = b"\x11\x22\x33\x44", length_form: int = 0) -> bytes:
+
+def client_frame(
+    opcode: int,
+    payload: bytes,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = b"\x11\x22\x33\x44",
+    length_form: int = 0,
+) -> bytes:
     """One client frame. ``length_form``: 0 minimal, 1 16-bit, 2 64-bit
     (non-minimal forms are a protocol error); ``mask=None`` leaves it unmasked."""
     b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 15)
@@ -203,7 +217,7 @@ class Reader:
         return bool(self.byte() & 1)
 
     def take(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += len(out)
         return out
 
