@@ -54,7 +54,7 @@ def require_jwt(obj: Any = None, *, required: bool = True) -> Any:
 
     def mark(target: Any) -> Any:
         if isinstance(target, type):
-            target.require_jwt = required
+            setattr(target, "require_jwt", required)  # noqa: B010 (a class attribute)
         else:
             setattr(target, REQUIRE_ATTR, required)
         return target

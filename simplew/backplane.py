@@ -195,8 +195,8 @@ class RedisBackplane:
         self._ever_connected = False
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._wakeup = asyncio.Event()  # a fresh one at each start
+        self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None  # loop time the current outage began
         self._outage_gaps = 0
         self._overflowing = False
@@ -431,7 +431,7 @@ class RedisBackplane:
                 self._overflowing = False
 
 
-async def cancel_quietly(task: asyncio.Task | None) -> None:
+async def cancel_quietly(task: asyncio.Task[Any] | None) -> None:
     """Cancel ``task`` (if any) and wait for it to end, whatever it raises."""
     if task is None:
         return

@@ -97,13 +97,19 @@ def join_path(*parts: str) -> str:
     return path or "/"
 
 
-def routes_of(controller: type[Controller], verb: str) -> list[tuple[str, Callable[..., Any]]]:
-    """(path, function) for each method of ``controller`` routed with ``verb``."""
+def routed_methods(controller: type[Controller]) -> list[tuple[str, str, Callable[..., Any]]]:
+    """(verb, full path, function) for each ``@route`` of ``controller``'s methods."""
     base = getattr(controller, CLASS_ROUTE_ATTR, "")
     found = []
     for name in dir(controller):
         func = getattr(controller, name, None)
+        if func is None:
+            continue
         for method, path in getattr(func, ROUTES_ATTR, ()):
-            if method == verb:
-                found.append((join_path(base, path), func))
+            found.append((method, join_path(base, path), func))
     return found
+
+
+def routes_of(controller: type[Controller], verb: str) -> list[tuple[str, Callable[..., Any]]]:
+    """(path, function) for each method of ``controller`` routed with ``verb``."""
+    return [(path, func) for method, path, func in routed_methods(controller) if method == verb]

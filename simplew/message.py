@@ -14,7 +14,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from simplew._fast.plainjson import decode_json, has_lone_surrogate  # noqa: F401 (re-exported)
 
@@ -51,7 +51,7 @@ class WebSocketMessage:
 
         Raises :class:`BodyMappingError` naming the field that does not fit.
         """
-        return convert(self.body, cls, "body")
+        return cast(T, convert(self.body, cls, "body"))
 
     MapBody = map_body
 
@@ -134,7 +134,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         vt = args[1] if len(args) == 2 else Any
         return {k: _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _to_dataclass(value, tp, where)
     if tp is bool:
         if isinstance(value, bool):
@@ -373,7 +373,7 @@ def _build_list(origin: type, item_type: Any) -> Callable[[Any], Any]:
     def items(value: Any) -> Any:
         if type(value) is not list:
             return _NO
-        out = []
+        out: list[Any] = []
         append = out.append
         for v in value:
             v = item(v)
@@ -419,7 +419,7 @@ def _build_enum(tp: type[enum.Enum]) -> Callable[[Any], Any]:
 
 def _build_dataclass(cls: type) -> Callable[[Any], Any]:
     fields: list[tuple[str, Callable[[Any], Any], bool]] = []
-    names = frozenset()
+    names: frozenset[str] = frozenset()
     ready = False
 
     def instance(value: Any) -> Any:

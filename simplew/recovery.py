@@ -100,6 +100,12 @@ class Ended:
         self.expires = expires
 
 
+def _notify(hook: Callable[[Any], None] | None, conn: Any) -> None:
+    """Call the server's session hook (ServerContext.session_opened / _closed), if set."""
+    if hook is not None:
+        hook(conn)
+
+
 def pub_message(offset: int, opcode: int, payload: bytes, room: str | None) -> bytes:
     """The encoded ``pub`` message of one publication."""
     head = f'"offset":{offset},"room":{"null" if room is None else json.dumps(room)},'
@@ -175,7 +181,9 @@ class Recovery:
         resume = Resume.from_query(conn.request.query)
         asked = resume is not None
         store = self.store
-        if store is not None and (not store.ready or (asked and resume.epoch == self.epoch)):
+        if store is not None and (
+            not store.ready or (resume is not None and resume.epoch == self.epoch)
+        ):
             self._waiting.add(conn)  # the ended session (or the stream) is in Redis
             store.admit_later(conn, resume, asked, self._admit_waiting)
             return
@@ -219,6 +227,7 @@ class Recovery:
             missed = []
             rooms = frozenset()
         else:
+            assert resume is not None  # missed is a list only for a resume
             self.sessions_recovered += 1
             conn.adopt(resume.session)
             conn.recovered = True
@@ -241,7 +250,7 @@ class Recovery:
             self.hub.join(conn, room)
         if self.store is not None and self.window > 0:
             self.store.session_admitted(conn)
-        self.context.session_opened(conn)
+        _notify(self.context.session_opened, conn)
 
     def closed(self, conn: Any) -> None:
         """A simplew.v1 connection is gone: keep its session for the window."""
@@ -250,7 +259,7 @@ class Recovery:
             return  # never admitted: nothing to keep
         rooms = conn.rooms
         self.hub.remove(conn)
-        self.context.session_closed(conn)
+        _notify(self.context.session_closed, conn)
         if conn.superseded or self.window <= 0:
             return
         if self.store is not None:

@@ -40,7 +40,7 @@ import msgspec
 from simplew._fast.context import ServerContext
 from simplew._fast.plainjson import decode_json, has_lone_surrogate
 from simplew._fast.plainjson import plain as _plain
-from simplew.controller import CLASS_ROUTE_ATTR, ROUTES_ATTR, Controller, join_path
+from simplew.controller import Controller, join_path, routed_methods
 from simplew.message import BodyMappingError, _convert, convert
 from simplew.request import Request
 
@@ -605,14 +605,7 @@ def _allow(methods: dict[str, Target]) -> str:
 
 def http_routes_of(controller: type[Controller]) -> list[tuple[str, str, Callable[..., Any]]]:
     """(method, path, function) of each non-WEBSOCKET route of ``controller``."""
-    base = getattr(controller, CLASS_ROUTE_ATTR, "")
-    found = []
-    for name in dir(controller):
-        func = getattr(controller, name, None)
-        for method, path in getattr(func, ROUTES_ATTR, ()):
-            if method != "WEBSOCKET":
-                found.append((method, join_path(base, path), func))
-    return found
+    return [route for route in routed_methods(controller) if route[0] != "WEBSOCKET"]
 
 
 class DynamicSpec:

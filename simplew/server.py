@@ -49,12 +49,12 @@ from simplew.static import StaticFiles
 try:
     import uvloop
 except ImportError:  # Windows: the stdlib loop
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 try:
     import aiofastnet
 except ImportError:
-    aiofastnet = None
+    aiofastnet = None  # type: ignore[assignment]
 
 log = logging.getLogger("simplew")
 Response = tuple[int, list[tuple[str, str]], bytes]
@@ -229,7 +229,7 @@ class SimpleWServer:
     # -- registration -----------------------------------------------------------
 
     def add_static_content(
-        self, path: str, prefix: str = "/", timeout: float | None = None, **cache: int
+        self, path: str, prefix: str = "/", timeout: float | None = None, **cache: Any
     ) -> StaticFiles:
         """Serve the files of directory ``path`` under URL ``prefix``
         (``cache``: ``cache_max_file``, ``cache_budget`` of :class:`StaticFiles`)."""

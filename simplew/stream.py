@@ -133,8 +133,8 @@ class RedisStream:
         self._waiters: list[tuple[Any, Resume | None, bool, Callable[..., Any]]] = []
         self._commands: deque[tuple[str, tuple[Any, ...]]] = deque()  # session/presence writes
         self._written: dict[str, tuple[frozenset[str], float]] = {}  # id -> (rooms, when)
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._wakeup = asyncio.Event()  # a fresh one at each start
+        self._task: asyncio.Task[None] | None = None
         self._client: Any = None
         # counters
         self.published = 0

@@ -24,7 +24,7 @@ cdef class Endpoint:
     # counters for /metrics (simplew.metrics reads them on a scrape)
     cdef public long long messages_in       # whole messages received
     cdef public long long bytes_in          # frame payload bytes received
-    cdef public long long messages_out      # frames queued to clients (a multicast counts each client)
+    cdef public long long messages_out      # frames queued to clients (a multicast: one per client)
     cdef public long long bytes_out         # bytes of those frames
     cdef public long long dropped_slow_clients  # clients closed over max_write_buffer
     cdef public long long dropped_messages  # frames skipped for slow clients (policy "skip")
@@ -43,7 +43,7 @@ cdef class WebSocketConnection(WSListener):
     cdef readonly Endpoint endpoint
     cdef readonly bint closed             # a CLOSE was sent or the socket is gone
     cdef public Py_ssize_t hub_index      # slot in the hub's list, -1 when absent
-    cdef dict room_slots                  # room name -> slot in the hub's list of that room, or None
+    cdef dict room_slots                  # room name -> slot in that room's hub list, or None
     cdef public dict state                # free per-session storage for applications
     cdef WSTransport transport
     cdef object _write

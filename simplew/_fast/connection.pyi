@@ -1,19 +1,25 @@
 from typing import Any
 
 from picows import WSListener
+from typing_extensions import disjoint_base
 
+from simplew._fast.context import ServerContext
 from simplew._fast.deflate import DeflateSettings
-from simplew._fast.hub import Hub
-from simplew.request import Request
+from simplew._fast.request import Request
 
 CLOSE_TIMEOUT: float
 MAX_WRITE_BUFFER: int
 SLOW_CLOSE: int
 SLOW_SKIP: int
+PROTOCOL_V1: str
 
+def v1_payload(kind: str, opcode: int, payload: bytes, head: str = "") -> bytes: ...
+
+@disjoint_base
 class Flusher:
     def flush(self) -> None: ...
 
+@disjoint_base
 class Endpoint:
     path: str
     max_message_size: int
@@ -23,18 +29,31 @@ class Endpoint:
     compression: bool
     compression_level: int
     flusher: Flusher
-    server: Any
-    hub: Hub | None
+    context: ServerContext
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    dropped_slow_clients: int
+    dropped_messages: int
+    handler_errors: int
     def __init__(
-        self, path: str, max_message_size: int, server: Any = None, hub: Hub | None = None
+        self, path: str, max_message_size: int, context: ServerContext | None = None
     ) -> None: ...
     def connect(self, request: Request) -> Any: ...
     def on_message(self, conn: WebSocketConnection, is_text: bool, data: str | bytes) -> None: ...
     def on_connect(self, conn: WebSocketConnection) -> None: ...
     def on_disconnect(self, conn: WebSocketConnection) -> None: ...
 
+@disjoint_base
 class WebSocketConnection(WSListener):
-    id: str
+    @property
+    def id(self) -> str: ...
+    @property
+    def v1(self) -> bool: ...
+    recovered: bool
+    user: Any
+    superseded: bool
     request: Request
     endpoint: Endpoint
     closed: bool
@@ -48,6 +67,8 @@ class WebSocketConnection(WSListener):
     @property
     def compression(self) -> DeflateSettings | None: ...
     def send_message(self, opcode: int, payload: bytes) -> None: ...
+    def send_protocol(self, message: bytes) -> None: ...
+    def adopt(self, session_id: str) -> None: ...
     def send_text(self, text: str) -> None: ...
     def send_binary(self, data: bytes | bytearray | memoryview) -> None: ...
     def send(self, data: str | bytes | bytearray | memoryview) -> None: ...

@@ -26,9 +26,8 @@ import json
 import logging
 import uuid
 
-from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.pythread cimport PyThread_get_thread_ident
-from picows.picows cimport WSMsgType, WSCloseCode
+from picows.picows cimport WSMsgType
 
 from simplew._fast.frames cimport build_frame, close_frame
 from simplew._fast.deflate cimport Inflater, Deflater, DeflateSettings
@@ -98,7 +97,8 @@ class _DemoteToDebug(logging.Filter):
 logging.getLogger("simplew.picows").addFilter(_DemoteToDebug(
     "client protocol error",
     lambda record, msg: record.levelno >= logging.ERROR and record.exc_info is None
-    and (msg.startswith("WS parser error") or msg.startswith("on_ws_frame raised WSProtocolError"))))
+    and (msg.startswith("WS parser error")
+         or msg.startswith("on_ws_frame raised WSProtocolError"))))
 
 # aiofastnet warns about every write to a socket it has begun to finalize (after
 # 5 of them). A multicast queued before a client's reset reaches connection_lost

@@ -89,7 +89,7 @@ cdef class HttpLimits:
 
     @property
     def idle_timeout(self):
-        """Seconds a keep-alive connection may wait for its next request (or a body its next bytes)."""
+        """Seconds a keep-alive connection may wait for its next request (a body: next bytes)."""
         return self._idle_timeout or None
 
     @idle_timeout.setter
