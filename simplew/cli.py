@@ -231,14 +231,19 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
     """The server described by the options (APP first, then the options on top)."""
     if args.app:
         server = load_app(args.app)
-        if args.host:
-            server.host = args.host
-        if args.port is not None:
-            server.port = args.port
     else:
         if not args.static and not args.ws:
             raise UsageError("give an APP (module:attribute), or --static and/or --ws")
-        server = SimpleWServer(args.host or "0.0.0.0", 2015 if args.port is None else args.port)
+        server = SimpleWServer()
+    address: dict[str, Any] = {}
+    if args.host:
+        address["host"] = args.host
+    if args.port is not None:
+        address["port"] = args.port
+    try:
+        server.options = server.options.replace(**address)  # validated
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for item in args.static:
         directory, _, prefix = item.partition(":")
         if not os.path.isdir(directory):
