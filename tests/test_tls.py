@@ -2,7 +2,7 @@
 
 A throw-away CA and a server certificate for 127.0.0.1/localhost are made at
 run time with trustme; the clients trust that CA only. Every test runs on both
-transports: aiofastnet's own TLS transport (the default) and asyncio's.
+transports: the event loop's own (the default, ``use_aiofastnet=False``) and aiofastnet's.
 """
 
 from __future__ import annotations
