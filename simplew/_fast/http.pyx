@@ -50,20 +50,15 @@ import time
 from collections import deque
 
 import httptools
-from picows.picows import WSAutoPingStrategy
 
-from simplew._fast.gate import WriteGate
-from simplew._fast.admission cimport Admission, OriginPolicy
+from simplew._fast.admission cimport Admission
 from simplew._fast.context cimport HttpLimits, HttpStats, ServerContext
 from simplew._fast.context import HttpLimits, HttpStats   # their home before the context
-from simplew._fast.admission import CountedWSProtocol
 from simplew._fast.head cimport RequestScanner
 from simplew._fast.request cimport new_request
 
 log = logging.getLogger("simplew.http")
 access_log = logging.getLogger("simplew.access")
-picows_log = logging.getLogger("simplew.picows")
-picows_adapter = logging.LoggerAdapter(picows_log, {})
 
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
@@ -737,14 +732,15 @@ cdef class HttpProtocol:
         if request is None:
             self._fail(400, "upgrade without a request")
             return False
-        tokens = [t.strip() for t in request.headers.get("upgrade", "").lower().split(",")]
-        if request.method == "GET" and "websocket" in tokens:
+        if _asks_websocket(request):
             self._stop_parsing = True
             endpoint = self.context.endpoint_for(request.path)
             if endpoint is None:
                 self._fail(404, "no WebSocket endpoint here")
                 return False
-            if not self._upgrade_allowed(request, endpoint):
+            refusal = _upgrade_refusal(request, endpoint, self.limits)
+            if refusal is not None:
+                self._fail(refusal[0], refusal[1], refusal[2])
                 return False
             self._upgrade_rest = bytearray(view[offset:])
             self._push((UPGRADE, request, endpoint))
@@ -761,26 +757,8 @@ cdef class HttpProtocol:
         self._push((ANSWER, request, self._upgrade_keep_alive))
         return not self._stop_parsing
 
-    cdef bint _upgrade_allowed(self, request, endpoint) except -1:
-        """Check the WebSocket version and the Origin; False after queueing the refusal."""
-        headers = request.headers
-        version = headers.get("sec-websocket-version")
-        if version is None or version.strip(" \t") != "13":
-            self._fail(426, "this server speaks WebSocket version 13",
-                       [("Sec-WebSocket-Version", "13")])
-            return False
-        origin = headers.get("origin")
-        cdef Admission admission = self.limits.admission
-        if origin is None or admission is None:
-            return True             # no Origin: not a browser, nothing to check
-        cdef OriginPolicy policy = admission.origin_policy(endpoint.path)
-        if policy is None or policy.allows(origin):
-            return True
-        admission.rejected_origins += 1
-        self._fail(403, "this origin may not open a WebSocket here")
-        return False
-
     cdef _handoff(self, request, endpoint):
+        """The queued upgrade's turn: the socket goes to picows (http_upgrade.pxi)."""
         if self._closing or self.transport is None:
             return
         self.stats.requests += 1
@@ -788,24 +766,9 @@ cdef class HttpProtocol:
             self._log_access(request.method, request.url, 101, 0, _perf_counter())
         rest = bytes(self._upgrade_rest) if self._upgrade_rest is not None else b""
         self._upgrade_rest = None
-        lines = [f"{request.method} {request.url} HTTP/1.1\r\n"]
-        for name, value in request.headers.items():
-            lines.append(f"{name}: {value}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = _request_head(request)
         opts = self.picows_options
-        protocol = CountedWSProtocol(
-            None, None, False,
-            lambda upgrade: endpoint.connect(request),
-            picows_adapter,                 # an adapter: picows makes no Logger per connection
-            True,                           # disconnect on exception
-            opts["handshake_timeout"],
-            False, 0.0, 0.0,                # picows's auto-ping: one Heartbeat pings every client
-            WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,                           # auto pong
-            endpoint.max_message_size + 1024,   # a compressed frame may be a bit larger
-            None,
-            opts["read_buffer_size"])
+        protocol = _websocket_protocol(request, endpoint, opts)
         protocol.admission = self._admission        # the slot goes with the socket
         protocol.host = self._peer_host
         self._admission = None
@@ -820,13 +783,8 @@ cdef class HttpProtocol:
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()
-        transport.set_protocol(protocol)
         loop = asyncio.get_running_loop()
-        protocol.connection_made(WriteGate(transport, loop))
-        _feed(protocol, head + rest)
-        heartbeat = opts["heartbeat"]
-        if heartbeat is not None:
-            heartbeat.wake(loop)
+        _start_websocket(protocol, transport, loop, head + rest, opts)
         # The transport may keep a bound method of this protocol after the
         # switch (uvloop caches data_received): keep only a small shell alive.
         loop.call_soon(self._release)
