@@ -49,6 +49,8 @@ import logging
 import time
 from collections import deque
 
+from cpython.pyport cimport PY_SSIZE_T_MAX
+
 import httptools
 
 from simplew._fast.admission cimport Admission
@@ -72,9 +74,11 @@ cdef object _partial = functools.partial
 cdef tuple _SERVER_ERROR = (500, [("Content-Type", "text/plain")], b"internal server error\n")
 # requests parsed while an async answer is pending, before reading pauses
 cdef Py_ssize_t MAX_QUEUED_BEHIND = 16
+cdef Py_ssize_t ANY_QUEUE = PY_SSIZE_T_MAX  # no bound on the queue (HttpProtocol._read_again)
 
 include "http_response.pxi"    # reasons, the Date header, the two response encoders
 include "http_files.pxi"       # FileBody, PreparedBody and the streaming of file bodies
+include "http_flow.pxi"        # the two pauses (writing, reading) of a connection
 include "http_upgrade.pxi"     # the WebSocket upgrade checks and the hand-off to picows
 
 
@@ -127,8 +131,7 @@ cdef class HttpProtocol:
     # answers
     cdef object _queue            # deque of Work tuples waiting for the client to read
     cdef bytearray _upgrade_rest  # bytes after a queued upgrade request
-    cdef bint _write_paused
-    cdef bint _read_paused
+    cdef _FlowControl flow        # writing paused by the transport, reading paused by us
     cdef bint _stop_parsing       # no further request is read from this connection
     cdef bint _closing            # no further answer is written; the connection is closing
     cdef bint _eof                # the client shut its sending side
@@ -164,6 +167,7 @@ cdef class HttpProtocol:
         self.scanner = RequestScanner(limits.max_url_size, limits.max_header_size,
                                       limits.max_body_size)
         self._queue = deque()
+        self.flow = _FlowControl()
         self._phase = IDLE
         self._deadline = INF
         self._period = INF
@@ -173,6 +177,7 @@ cdef class HttpProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.flow.transport = transport
         self.loop = asyncio.get_running_loop()
         if self.connections is not None:
             self.connections.add(self)
@@ -202,6 +207,7 @@ cdef class HttpProtocol:
 
     def connection_lost(self, exc):
         self.transport = None
+        self.flow.transport = None
         if self._admission is not None:
             self._admission.release(self._peer_host)
             self._admission = None
@@ -230,15 +236,14 @@ cdef class HttpProtocol:
         return False                # the transport closes after writing what it holds
 
     def pause_writing(self):
-        self._write_paused = True
+        self.flow.write_paused = True
         if self._stream is not None:
             self._stream.pause()
-        if self.transport is not None and not self._closing and not self._read_paused:
-            self._read_paused = True
-            self.transport.pause_reading()
+        if self.transport is not None and not self._closing:
+            self.flow.pause_reading()
 
     def resume_writing(self):
-        self._write_paused = False
+        self.flow.write_paused = False
         self._sent_mark = -1
         if self.transport is None:
             return
@@ -248,10 +253,9 @@ cdef class HttpProtocol:
         if self._stream is not None:
             self._stream.resume()
         self._drain()
-        if (self.transport is not None and self._read_paused and not self._write_paused
-                and not self._closing):
-            self._read_paused = False
-            self.transport.resume_reading()
+        # the client reads again: resume however many answers are queued (unlike
+        # _async_done and _stream_done; _complete pauses again past MAX_QUEUED_BEHIND)
+        self._read_again(ANY_QUEUE)
 
     def data_received(self, data):
         self.stats.bytes_in += len(data)
@@ -396,7 +400,7 @@ cdef class HttpProtocol:
             return
         if length is None and "chunked" not in self._headers.get("transfer-encoding", ""):
             return
-        if (self._queue or self._write_paused or self._pending is not None or self._closing
+        if (self._answers_wait() or self._closing
                 or self.transport is None
                 or length == "0"):
             return          # earlier answers are pending: the client sends its body after a delay
@@ -437,25 +441,31 @@ cdef class HttpProtocol:
         """A request read in full: answer it now or queue it behind the earlier ones."""
         if not keep_alive:
             self._stop_parsing = True
-        if self._queue or self._write_paused or self._pending is not None:
+        if self._answers_wait():
             self._queue.append((ANSWER, request, keep_alive))
             if (self._pending is not None and len(self._queue) >= MAX_QUEUED_BEHIND
-                    and not self._read_paused and self.transport is not None):
-                self._read_paused = True        # resumed once the answers catch up
-                self.transport.pause_reading()
+                    and self.transport is not None):
+                self.flow.pause_reading()       # resumed once the answers catch up
         else:
             self._answer(request, keep_alive)
 
     # -- answers ----------------------------------------------------------
 
+    cdef inline bint _answers_wait(self) except -1:
+        """An answer written now would jump the queue: earlier answers wait, the
+        client does not read, or an async answer or a file body is under way."""
+        if self._queue or self.flow.write_paused or self._pending is not None:
+            return True
+        return False
+
     cdef _push(self, tuple work):
-        if self._queue or self._write_paused or self._pending is not None:
+        if self._answers_wait():
             self._queue.append(work)
         else:
             self._run(work)
 
     cdef _drain(self):
-        while self._queue and not self._write_paused and not self._closing \
+        while self._queue and not self.flow.write_paused and not self._closing \
                 and self._pending is None and self.transport is not None:
             self._run(self._queue.popleft())
         if self._eof and not self._queue and self._pending is None and not self._closing \
@@ -520,10 +530,7 @@ cdef class HttpProtocol:
             self._set_deadline(self._after(self._idle))
         self._respond(request, keep_alive, <tuple>result, start)
         self._drain()
-        if (self._read_paused and not self._write_paused and not self._closing
-                and self.transport is not None and len(self._queue) < MAX_QUEUED_BEHIND):
-            self._read_paused = False
-            self.transport.resume_reading()
+        self._read_again(MAX_QUEUED_BEHIND)
 
     cdef _respond(self, request, bint keep_alive, tuple result, double start):
         """Write one answer (``result`` is status, headers, body)."""
@@ -563,7 +570,7 @@ cdef class HttpProtocol:
                                            _partial(self._stream_done, keep_alive))
                 self._pending = self._stream        # answers behind it wait in the queue
                 self._stream_mark = -1
-                if self._write_paused:
+                if self.flow.write_paused:
                     self._stream.pause()
                 self._stream.start()
                 return                              # the end of the stream closes if needed
@@ -588,10 +595,14 @@ cdef class HttpProtocol:
             self._close(False)
             return
         self._drain()
-        if (self._read_paused and not self._write_paused and not self._closing
-                and self.transport is not None and len(self._queue) < MAX_QUEUED_BEHIND):
-            self._read_paused = False
-            self.transport.resume_reading()
+        self._read_again(MAX_QUEUED_BEHIND)
+
+    cdef inline _read_again(self, Py_ssize_t max_queued):
+        """Resume the reading flow control paused, unless the client still does not
+        read, the connection is closing or gone, or ``max_queued`` answers wait."""
+        if (self.flow.read_paused and not self.flow.write_paused and not self._closing
+                and self.transport is not None and len(self._queue) < max_queued):
+            self.flow.resume_reading()
 
     cdef _end_stream(self):
         """Stop a file body being written (the connection is closing)."""
@@ -647,9 +658,7 @@ cdef class HttpProtocol:
             return
         if linger and transport.can_write_eof():
             transport.write_eof()       # sent once the response is out
-            if self._read_paused:
-                self._read_paused = False
-                transport.resume_reading()
+            self.flow.resume_reading()  # whatever the pauses: read and discard what comes
         else:
             transport.close()
         # a client that neither reads nor closes is aborted after linger_timeout
@@ -780,9 +789,8 @@ cdef class HttpProtocol:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
+        self.flow.resume_reading()      # whatever the pauses: picows reads from here on
+        self.flow.transport = None
         loop = asyncio.get_running_loop()
         _start_websocket(protocol, transport, loop, head + rest, opts)
         # The transport may keep a bound method of this protocol after the
