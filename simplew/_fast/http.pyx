@@ -92,7 +92,14 @@ class _Reject(Exception):
         self.headers = headers
 
 
-# what a connection is reading
+# where a connection is in its life; it only moves forward
+cdef enum State:
+    READING = 0     # requests are read and answered in request order
+    FINISHING = 1   # no further request is read (after the last one, a refusal, the
+                    # client's EOF or a WebSocket upgrade); the answers due still go out
+    CLOSING = 2     # no further answer is written: closing, aborted, lost or upgraded
+
+# which part of a request a connection is reading
 cdef enum Phase:
     IDLE = 0        # between requests
     HEAD = 1        # request line and headers
@@ -125,15 +132,14 @@ cdef class HttpProtocol:
     cdef Py_ssize_t _body_size
     cdef object _upgrade_request
     cdef bint _upgrade_keep_alive
-    cdef Phase _phase
+    cdef State _state             # reading, finishing (answers due only) or closing
+    cdef Phase _phase             # of the request being read (timeouts, 408 or 431)
     cdef bint _progress           # a parser callback ran during this feed
     cdef Py_ssize_t _stalled      # bytes fed since the parser last reported anything
     # answers
     cdef object _queue            # deque of Work tuples waiting for the client to read
     cdef bytearray _upgrade_rest  # bytes after a queued upgrade request
     cdef _FlowControl flow        # writing paused by the transport, reading paused by us
-    cdef bint _stop_parsing       # no further request is read from this connection
-    cdef bint _closing            # no further answer is written; the connection is closing
     cdef bint _eof                # the client shut its sending side
     # timeouts
     cdef double _now
@@ -168,6 +174,7 @@ cdef class HttpProtocol:
                                       limits.max_body_size)
         self._queue = deque()
         self.flow = _FlowControl()
+        self._state = READING
         self._phase = IDLE
         self._deadline = INF
         self._period = INF
@@ -213,7 +220,7 @@ cdef class HttpProtocol:
             self._admission = None
         if self.connections is not None:
             self.connections.discard(self)
-        self._closing = True
+        self._state = CLOSING
         self._queue.clear()
         self._upgrade_rest = None
         self._end_stream()
@@ -223,13 +230,13 @@ cdef class HttpProtocol:
 
     def shutdown(self):
         """Close for a server stop: what is already written goes out, queued answers do not."""
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and self._state != CLOSING:
             self._close(False)
 
     def eof_received(self):
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return False
-        self._stop_parsing = True
+        self._stop_reading()
         if self._queue or self._pending is not None:    # answers still to write: close after
             self._eof = True
             return True
@@ -239,7 +246,7 @@ cdef class HttpProtocol:
         self.flow.write_paused = True
         if self._stream is not None:
             self._stream.pause()
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and self._state != CLOSING:
             self.flow.pause_reading()
 
     def resume_writing(self):
@@ -248,7 +255,7 @@ cdef class HttpProtocol:
         if self.transport is None:
             return
         self._now = self.loop.time()
-        if not self._closing and self._phase != HEAD:    # the client reads: not idle
+        if self._state != CLOSING and self._phase != HEAD:    # the client reads: not idle
             self._set_deadline(self._after(self._idle))
         if self._stream is not None:
             self._stream.resume()
@@ -259,7 +266,7 @@ cdef class HttpProtocol:
 
     def data_received(self, data):
         self.stats.bytes_in += len(data)
-        if self._stop_parsing:
+        if self._state != READING:
             if self._upgrade_rest is not None:      # for the queued hand-off to picows
                 self._upgrade_rest += data
             return                                  # else discarded: the connection is closing
@@ -270,7 +277,7 @@ cdef class HttpProtocol:
         if self._phase == IDLE and not self._over_limit and type(data) is bytes:
             offset = self._scan(<bytes>data)
             if offset:
-                if self._stop_parsing:
+                if self._state != READING:
                     return
                 self._stalled = 0
                 if offset == len(<bytes>data):
@@ -288,7 +295,7 @@ cdef class HttpProtocol:
             except HttpParserError as exc:
                 self._parser_failed(exc)
                 break
-        if self._stop_parsing:
+        if self._state != READING:
             return
         if self._progress:
             self._stalled = 0
@@ -318,12 +325,12 @@ cdef class HttpProtocol:
             self._set_deadline(self._after(self._idle))
             self._complete(new_request(scanner.method, scanner.path, scanner.query,
                                        scanner.headers, scanner.body), scanner.keep_alive)
-            if self._stop_parsing:
+            if self._state != READING:
                 break
         return pos
 
     cdef _parser_failed(self, exc):
-        if self._stop_parsing:      # bytes after the last request of the connection
+        if self._state != READING:      # bytes after the last request of the connection
             return
         cause = exc.__context__
         if isinstance(cause, _Reject):
@@ -400,7 +407,7 @@ cdef class HttpProtocol:
             return
         if length is None and "chunked" not in self._headers.get("transfer-encoding", ""):
             return
-        if (self._answers_wait() or self._closing
+        if (self._answers_wait() or self._state == CLOSING
                 or self.transport is None
                 or length == "0"):
             return          # earlier answers are pending: the client sends its body after a delay
@@ -440,7 +447,7 @@ cdef class HttpProtocol:
     cdef _complete(self, request, bint keep_alive):
         """A request read in full: answer it now or queue it behind the earlier ones."""
         if not keep_alive:
-            self._stop_parsing = True
+            self._stop_reading()
         if self._answers_wait():
             self._queue.append((ANSWER, request, keep_alive))
             if (self._pending is not None and len(self._queue) >= MAX_QUEUED_BEHIND
@@ -465,10 +472,10 @@ cdef class HttpProtocol:
             self._run(work)
 
     cdef _drain(self):
-        while self._queue and not self.flow.write_paused and not self._closing \
+        while self._queue and not self.flow.write_paused and self._state != CLOSING \
                 and self._pending is None and self.transport is not None:
             self._run(self._queue.popleft())
-        if self._eof and not self._queue and self._pending is None and not self._closing \
+        if self._eof and not self._queue and self._pending is None and self._state != CLOSING \
                 and self.transport is not None:
             self._close(False)
 
@@ -482,7 +489,7 @@ cdef class HttpProtocol:
             self._handoff(work[1], work[2])
 
     cdef _answer(self, request, bint keep_alive):
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         cdef double start = -1.0
         if self._access is not None and self._access.isEnabledFor(20):
@@ -523,7 +530,7 @@ cdef class HttpProtocol:
             if type(result) is not tuple:
                 log.error("HTTP handler gave %r for %s %s", result, request.method, request.path)
                 result = _SERVER_ERROR
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         self._now = self.loop.time()
         if self._phase == IDLE:
@@ -581,11 +588,11 @@ cdef class HttpProtocol:
         if self._pending is self._stream:
             self._pending = None
         self._stream = None
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         if not ok:                  # a body cut short: the client must see the connection end
             log.debug("aborting a connection whose file body could not be written in full")
-            self._closing = True
+            self._state = CLOSING
             self.transport.abort()
             return
         self._now = self.loop.time()
@@ -600,7 +607,7 @@ cdef class HttpProtocol:
     cdef inline _read_again(self, Py_ssize_t max_queued):
         """Resume the reading flow control paused, unless the client still does not
         read, the connection is closing or gone, or ``max_queued`` answers wait."""
-        if (self.flow.read_paused and not self.flow.write_paused and not self._closing
+        if (self.flow.read_paused and not self.flow.write_paused and self._state != CLOSING
                 and self.transport is not None and len(self._queue) < max_queued):
             self.flow.resume_reading()
 
@@ -625,11 +632,11 @@ cdef class HttpProtocol:
 
     cdef _fail(self, int status, str message, headers=None):
         """Answer ``status`` after the answers already due, then close."""
-        self._stop_parsing = True
+        self._stop_reading()
         self._push((FAIL, status, message, headers))
 
     cdef _reject(self, int status, str message, headers):
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         log.debug("rejecting request with %d: %s", status, message)
         out_headers = [("Content-Type", "text/plain; charset=utf-8")]
@@ -644,12 +651,16 @@ cdef class HttpProtocol:
             self._log_access("-", "-", status, len(content), _perf_counter())
         self._close(True)
 
+    cdef inline _stop_reading(self):
+        """No further request is read; the answers already due still go out."""
+        if self._state == READING:
+            self._state = FINISHING
+
     cdef _close(self, bint linger):
         """Close after what is written; with ``linger``, drain the client's bytes first."""
-        if self._closing:
+        if self._state == CLOSING:
             return
-        self._closing = True
-        self._stop_parsing = True
+        self._state = CLOSING
         self._queue.clear()
         self._upgrade_rest = None
         self._end_stream()
@@ -698,7 +709,7 @@ cdef class HttpProtocol:
             self._arm(now)
             return
         cdef Py_ssize_t pending = transport.get_write_buffer_size()
-        if self._stream is not None and pending == 0 and not self._closing:
+        if self._stream is not None and pending == 0 and self._state != CLOSING:
             if self._stream.sent != self._stream_mark:     # the file body still moves
                 self._stream_mark = self._stream.sent
                 self._deadline = self._after(self._idle or self.limits._linger_timeout or 2.0)
@@ -706,7 +717,7 @@ cdef class HttpProtocol:
                 return
             log.debug("aborting a connection that does not read its file body")
             self._end_stream()
-            self._closing = True
+            self._state = CLOSING
             transport.abort()
             return
         if pending > 0 and (self._sent_mark < 0 or pending < self._sent_mark):
@@ -715,7 +726,7 @@ cdef class HttpProtocol:
             self._sent_mark = pending
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
-        if self._pending is not None and not self._closing and pending == 0:
+        if self._pending is not None and self._state != CLOSING and pending == 0:
             # an async handler is still working on an answer: the client is not late
             if self._phase != IDLE:
                 self._phase = IDLE
@@ -723,9 +734,9 @@ cdef class HttpProtocol:
             self._deadline = self._after(self._idle or self._head)
             self._arm(now)
             return
-        if self._closing or pending > 0 or self._queue:
+        if self._state == CLOSING or pending > 0 or self._queue:
             log.debug("aborting a connection that does not read or close")
-            self._closing = True
+            self._state = CLOSING
             transport.abort()
         elif self._phase != IDLE:
             self._fail(408, "the request was not received in time")
@@ -742,7 +753,7 @@ cdef class HttpProtocol:
             self._fail(400, "upgrade without a request")
             return False
         if _asks_websocket(request):
-            self._stop_parsing = True
+            self._stop_reading()
             endpoint = self.context.endpoint_for(request.path)
             if endpoint is None:
                 self._fail(404, "no WebSocket endpoint here")
@@ -762,13 +773,13 @@ cdef class HttpProtocol:
             self._fail(400, "an upgrade request with a body is not supported")
             return False
         if not self._upgrade_keep_alive:
-            self._stop_parsing = True
+            self._stop_reading()
         self._push((ANSWER, request, self._upgrade_keep_alive))
-        return not self._stop_parsing
+        return self._state == READING
 
     cdef _handoff(self, request, endpoint):
         """The queued upgrade's turn: the socket goes to picows (http_upgrade.pxi)."""
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         self.stats.requests += 1
         if self._access is not None and self._access.isEnabledFor(20):
@@ -783,7 +794,7 @@ cdef class HttpProtocol:
         self._admission = None
         transport = self.transport
         self.transport = None
-        self._closing = True
+        self._state = CLOSING
         if self.connections is not None:
             self.connections.discard(self)
         if self._timer is not None:
