@@ -7,6 +7,26 @@ an upgrade on a WebSocket endpoint path hands the socket to picows: the
 request is re-serialised from what httptools parsed, followed by any bytes the
 client sent after it, and fed to a fresh picows ``WSProtocol``.
 
+This extension is built from ``http.pyx`` and the files it includes (pasted
+in at compile time: one module, nothing added at run time):
+
+- ``http.pyx``: :class:`HttpProtocol`: reading requests (the one-pass
+  ``RequestScanner`` of simplew._fast.head, then httptools's callbacks), the
+  queue of answers in request order, async answers, timeouts, admission, the
+  access log, and the connection's ``State``;
+- ``http_response.pxi``: reason phrases, the Date header, the two response
+  encoders;
+- ``http_files.pxi``: :class:`FileBody`, :class:`PreparedBody` and the
+  streaming of file bodies (sendfile);
+- ``http_flow.pxi``: ``_FlowControl``, a connection's two pauses (writing
+  paused by the transport, reading paused by the connection);
+- ``http_upgrade.pxi``: the WebSocket upgrade's checks and the hand-off of the
+  socket to picows.
+
+``HttpLimits`` and ``HttpStats`` live in simplew._fast.context with the
+``ServerContext`` an :class:`HttpProtocol` is made with; this module still
+exports them.
+
 Answers go out in request order through one queue: while the transport's
 write buffer is above its high-water mark (a client that does not read), the
 requests already parsed wait in the queue and reading is paused, so a burst of
@@ -113,7 +133,13 @@ cdef enum Work:
 
 
 cdef class HttpProtocol:
-    """asyncio protocol for one HTTP/1.1 connection until it upgrades."""
+    """asyncio protocol for one HTTP/1.1 connection until it upgrades.
+
+    Its life is one ``State``: READING requests, FINISHING (no further request
+    is read, the answers due still go out), CLOSING (nothing more is written).
+    Orthogonal to it: ``_phase``, the part of a request being read; ``flow``,
+    the two pauses; ``_eof``, the client shut its side (close once answered).
+    """
     cdef object transport
     cdef object loop
     cdef object parser
