@@ -1,6 +1,7 @@
 from typing import Any
 
 from simplew._fast.admission import Admission
+from simplew._fast.context import ServerContext
 
 REASONS: dict[int, str]
 
@@ -15,10 +16,12 @@ class HttpLimits:
 
 class HttpStats:
     requests: int
+    bytes_in: int
+    bytes_out: int
+    handler_errors: int
 
 class HttpProtocol:
-    def __init__(self, app: Any, limits: HttpLimits, picows_options: dict[str, Any],
-                 connections: set[HttpProtocol] | None = None) -> None: ...
+    def __init__(self, context: ServerContext) -> None: ...
     def shutdown(self) -> None: ...
 
 class FileBody:

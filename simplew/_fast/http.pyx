@@ -7,6 +7,26 @@ an upgrade on a WebSocket endpoint path hands the socket to picows: the
 request is re-serialised from what httptools parsed, followed by any bytes the
 client sent after it, and fed to a fresh picows ``WSProtocol``.
 
+This extension is built from ``http.pyx`` and the files it includes (pasted
+in at compile time: one module, nothing added at run time):
+
+- ``http.pyx``: :class:`HttpProtocol`: reading requests (the one-pass
+  ``RequestScanner`` of simplew._fast.head, then httptools's callbacks), the
+  queue of answers in request order, async answers, timeouts, admission, the
+  access log, and the connection's ``State``;
+- ``http_response.pxi``: reason phrases, the Date header, the two response
+  encoders;
+- ``http_files.pxi``: :class:`FileBody`, :class:`PreparedBody` and the
+  streaming of file bodies (sendfile);
+- ``http_flow.pxi``: ``_FlowControl``, a connection's two pauses (writing
+  paused by the transport, reading paused by the connection);
+- ``http_upgrade.pxi``: the WebSocket upgrade's checks and the hand-off of the
+  socket to picows.
+
+``HttpLimits`` and ``HttpStats`` live in simplew._fast.context with the
+``ServerContext`` an :class:`HttpProtocol` is made with; this module still
+exports them.
+
 Answers go out in request order through one queue: while the transport's
 write buffer is above its high-water mark (a client that does not read), the
 requests already parsed wait in the queue and reading is paused, so a burst of
@@ -46,30 +66,21 @@ HTTP/1.0 request may have none.
 import asyncio
 import functools
 import logging
-import os
 import time
 from collections import deque
-from email.utils import formatdate
+
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 import httptools
-from picows.picows import WSAutoPingStrategy
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr, memcpy
-from libc.time cimport time as c_time, time_t
-
-from simplew._fast.gate import WriteGate
-from simplew._fast.admission cimport Admission, OriginPolicy
+from simplew._fast.admission cimport Admission
 from simplew._fast.context cimport HttpLimits, HttpStats, ServerContext
 from simplew._fast.context import HttpLimits, HttpStats   # their home before the context
-from simplew._fast.admission import CountedWSProtocol
 from simplew._fast.head cimport RequestScanner
 from simplew._fast.request cimport new_request
 
 log = logging.getLogger("simplew.http")
 access_log = logging.getLogger("simplew.access")
-picows_log = logging.getLogger("simplew.picows")
-picows_adapter = logging.LoggerAdapter(picows_log, {})
 
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
@@ -83,30 +94,12 @@ cdef object _partial = functools.partial
 cdef tuple _SERVER_ERROR = (500, [("Content-Type", "text/plain")], b"internal server error\n")
 # requests parsed while an async answer is pending, before reading pauses
 cdef Py_ssize_t MAX_QUEUED_BEHIND = 16
+cdef Py_ssize_t ANY_QUEUE = PY_SSIZE_T_MAX  # no bound on the queue (HttpProtocol._read_again)
 
-REASONS = {
-    100: "Continue", 101: "Switching Protocols",
-    200: "OK", 204: "No Content", 206: "Partial Content",
-    301: "Moved Permanently", 302: "Found", 304: "Not Modified",
-    307: "Temporary Redirect", 308: "Permanent Redirect",
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-    416: "Range Not Satisfiable", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-}
-cdef dict _REASONS = REASONS
-
-cdef time_t _date_second = 0
-cdef bytes _date_header = b""
-
-
-cdef bytes http_date():
-    global _date_second, _date_header
-    cdef time_t now = c_time(NULL)
-    if now != _date_second:
-        _date_second = now
-        _date_header = formatdate(<double>now, usegmt=True).encode("latin-1")
-    return _date_header
+include "http_response.pxi"    # reasons, the Date header, the two response encoders
+include "http_files.pxi"       # FileBody, PreparedBody and the streaming of file bodies
+include "http_flow.pxi"        # the two pauses (writing, reading) of a connection
+include "http_upgrade.pxi"     # the WebSocket upgrade checks and the hand-off to picows
 
 
 class _Reject(Exception):
@@ -119,197 +112,14 @@ class _Reject(Exception):
         self.headers = headers
 
 
-# -- file bodies ----------------------------------------------------------------
+# where a connection is in its life; it only moves forward
+cdef enum State:
+    READING = 0     # requests are read and answered in request order
+    FINISHING = 1   # no further request is read (after the last one, a refusal, the
+                    # client's EOF or a WebSocket upgrade); the answers due still go out
+    CLOSING = 2     # no further answer is written: closing, aborted, lost or upgraded
 
-cdef object _sendfile = os.sendfile
-cdef object _pread = os.pread
-cdef long long SENDFILE_CHUNK = 1 << 20     # bytes per sendfile call
-cdef long long SENDFILE_TURN = 4 << 20      # bytes one connection sends before the others get a turn
-cdef long long READ_CHUNK = 1 << 16         # bytes per read where sendfile cannot be used
-
-
-cdef class FileBody:
-    """A response body: ``length`` bytes of the open file ``fd`` from ``offset``.
-
-    The connection that writes it owns ``fd``: it streams the bytes under the
-    transport's flow control (``os.sendfile`` on a plain TCP socket, reads of
-    64 KiB otherwise, e.g. TLS) and closes ``fd`` when the body is out, when
-    the client goes away, or at once for HEAD. A FileBody that is never
-    written closes ``fd`` when it is freed.
-    """
-    cdef readonly int fd
-    cdef readonly long long offset
-    cdef readonly long long length
-
-    def __init__(self, int fd, long long offset, long long length):
-        self.fd = fd
-        self.offset = offset
-        self.length = length
-
-    def __len__(self):
-        return self.length
-
-    def read(self):
-        """The bytes of the body (for callers that want them in memory)."""
-        cdef list parts = []
-        cdef long long pos = self.offset, end = self.offset + self.length
-        while pos < end:
-            chunk = _pread(self.fd, min(end - pos, SENDFILE_CHUNK), pos)
-            if not chunk:
-                break
-            parts.append(chunk)
-            pos += len(chunk)
-        return b"".join(parts)
-
-    cpdef close(self):
-        if self.fd >= 0:
-            fd = self.fd
-            self.fd = -1
-            os.close(fd)
-
-    def __dealloc__(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class PreparedBody(bytes):
-    """The body of a 200 answer whose header list stays the same between requests.
-
-    While a handler answers with ``(200, body.headers, body)`` and that list is
-    unchanged, a keep-alive GET gets the response bytes encoded once per Date
-    second. ``headers`` is shared by every such answer: copy it to change it.
-    """
-
-    def __new__(cls, list headers, body):
-        self = bytes.__new__(cls, body)
-        self.headers = headers
-        self.nheaders = len(headers)
-        self.wire_date = None
-        self.wire = None
-        return self
-
-
-cdef class _FileStream:
-    """Writes one FileBody to a transport after the response head.
-
-    With sendfile, the bytes go to a duplicate of the socket's descriptor (a
-    transport refuses a writer on its own one) once the transport has written
-    everything it holds, so the order on the wire stays head, then body.
-    ``done(ok)`` is called once: ok is False when the body could not be
-    written in full (the connection must then be closed).
-    """
-    cdef object transport
-    cdef object loop
-    cdef FileBody body
-    cdef HttpStats stats
-    cdef object done
-    cdef long long pos
-    cdef long long end
-    cdef readonly long long sent
-    cdef int sock_fd
-    cdef bint paused
-    cdef bint finished
-
-    def __init__(self, transport, loop, FileBody body, HttpStats stats, done):
-        self.transport = transport
-        self.loop = loop
-        self.body = body
-        self.stats = stats
-        self.done = done
-        self.pos = body.offset
-        self.end = body.offset + body.length
-        self.sock_fd = -1
-
-    cdef start(self):
-        sock = None
-        if self.transport.get_extra_info("sslcontext") is None:
-            sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                self.sock_fd = os.dup(sock.fileno())
-                self.loop.add_writer(self.sock_fd, self._on_writable)
-                return
-            except Exception:
-                if self.sock_fd >= 0:
-                    os.close(self.sock_fd)
-                    self.sock_fd = -1
-        self.pump()
-
-    def _on_writable(self):
-        if self.finished:
-            return
-        if self.transport.get_write_buffer_size() > 0:
-            return                  # the head (or an earlier answer) is still going out
-        cdef long long turn = SENDFILE_TURN, n
-        while self.pos < self.end:
-            try:
-                n = _sendfile(self.sock_fd, self.body.fd, self.pos,
-                              min(self.end - self.pos, SENDFILE_CHUNK))
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.finish(False)
-                return
-            if n == 0:              # the file shrank under us
-                self.finish(False)
-                return
-            self.pos += n
-            self.sent += n
-            self.stats.bytes_out += n
-            turn -= n
-            if turn <= 0:
-                return              # called again while the socket takes more
-        self.finish(True)
-
-    cdef pump(self):
-        """Read and write chunks until the transport pauses or the body is out."""
-        cdef Py_ssize_t n
-        while self.pos < self.end and not self.paused and not self.finished:
-            try:
-                chunk = _pread(self.body.fd, min(self.end - self.pos, READ_CHUNK), self.pos)
-            except OSError:
-                self.finish(False)
-                return
-            n = len(chunk)
-            if n == 0:
-                self.finish(False)
-                return
-            self.pos += n
-            self.sent += n
-            self.stats.bytes_out += n
-            self.transport.write(chunk)
-        if self.pos >= self.end and not self.finished:
-            self.finish(True)
-
-    cdef pause(self):
-        self.paused = True
-
-    cdef resume(self):
-        self.paused = False
-        if self.sock_fd < 0 and not self.finished:
-            self.pump()
-
-    cdef finish(self, bint ok):
-        if self.finished:
-            return
-        self.cancel()
-        self.done(ok)
-
-    cdef cancel(self):
-        """Stop writing and free the descriptors; ``done`` is not called."""
-        self.finished = True
-        if self.sock_fd >= 0:
-            fd = self.sock_fd
-            self.sock_fd = -1
-            try:
-                self.loop.remove_writer(fd)
-            finally:
-                os.close(fd)
-        self.body.close()
-
-
-# what a connection is reading
+# which part of a request a connection is reading
 cdef enum Phase:
     IDLE = 0        # between requests
     HEAD = 1        # request line and headers
@@ -323,7 +133,13 @@ cdef enum Work:
 
 
 cdef class HttpProtocol:
-    """asyncio protocol for one HTTP/1.1 connection until it upgrades."""
+    """asyncio protocol for one HTTP/1.1 connection until it upgrades.
+
+    Its life is one ``State``: READING requests, FINISHING (no further request
+    is read, the answers due still go out), CLOSING (nothing more is written).
+    Orthogonal to it: ``_phase``, the part of a request being read; ``flow``,
+    the two pauses; ``_eof``, the client shut its side (close once answered).
+    """
     cdef object transport
     cdef object loop
     cdef object parser
@@ -342,16 +158,14 @@ cdef class HttpProtocol:
     cdef Py_ssize_t _body_size
     cdef object _upgrade_request
     cdef bint _upgrade_keep_alive
-    cdef Phase _phase
+    cdef State _state             # reading, finishing (answers due only) or closing
+    cdef Phase _phase             # of the request being read (timeouts, 408 or 431)
     cdef bint _progress           # a parser callback ran during this feed
     cdef Py_ssize_t _stalled      # bytes fed since the parser last reported anything
     # answers
     cdef object _queue            # deque of Work tuples waiting for the client to read
     cdef bytearray _upgrade_rest  # bytes after a queued upgrade request
-    cdef bint _write_paused
-    cdef bint _read_paused
-    cdef bint _stop_parsing       # no further request is read from this connection
-    cdef bint _closing            # no further answer is written; the connection is closing
+    cdef _FlowControl flow        # writing paused by the transport, reading paused by us
     cdef bint _eof                # the client shut its sending side
     # timeouts
     cdef double _now
@@ -385,6 +199,8 @@ cdef class HttpProtocol:
         self.scanner = RequestScanner(limits.max_url_size, limits.max_header_size,
                                       limits.max_body_size)
         self._queue = deque()
+        self.flow = _FlowControl()
+        self._state = READING
         self._phase = IDLE
         self._deadline = INF
         self._period = INF
@@ -394,6 +210,7 @@ cdef class HttpProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.flow.transport = transport
         self.loop = asyncio.get_running_loop()
         if self.connections is not None:
             self.connections.add(self)
@@ -423,12 +240,13 @@ cdef class HttpProtocol:
 
     def connection_lost(self, exc):
         self.transport = None
+        self.flow.transport = None
         if self._admission is not None:
             self._admission.release(self._peer_host)
             self._admission = None
         if self.connections is not None:
             self.connections.discard(self)
-        self._closing = True
+        self._state = CLOSING
         self._queue.clear()
         self._upgrade_rest = None
         self._end_stream()
@@ -438,45 +256,43 @@ cdef class HttpProtocol:
 
     def shutdown(self):
         """Close for a server stop: what is already written goes out, queued answers do not."""
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and self._state != CLOSING:
             self._close(False)
 
     def eof_received(self):
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return False
-        self._stop_parsing = True
+        self._stop_reading()
         if self._queue or self._pending is not None:    # answers still to write: close after
             self._eof = True
             return True
         return False                # the transport closes after writing what it holds
 
     def pause_writing(self):
-        self._write_paused = True
+        self.flow.write_paused = True
         if self._stream is not None:
             self._stream.pause()
-        if self.transport is not None and not self._closing and not self._read_paused:
-            self._read_paused = True
-            self.transport.pause_reading()
+        if self.transport is not None and self._state != CLOSING:
+            self.flow.pause_reading()
 
     def resume_writing(self):
-        self._write_paused = False
+        self.flow.write_paused = False
         self._sent_mark = -1
         if self.transport is None:
             return
         self._now = self.loop.time()
-        if not self._closing and self._phase != HEAD:    # the client reads: not idle
+        if self._state != CLOSING and self._phase != HEAD:    # the client reads: not idle
             self._set_deadline(self._after(self._idle))
         if self._stream is not None:
             self._stream.resume()
         self._drain()
-        if (self.transport is not None and self._read_paused and not self._write_paused
-                and not self._closing):
-            self._read_paused = False
-            self.transport.resume_reading()
+        # the client reads again: resume however many answers are queued (unlike
+        # _async_done and _stream_done; _complete pauses again past MAX_QUEUED_BEHIND)
+        self._read_again(ANY_QUEUE)
 
     def data_received(self, data):
         self.stats.bytes_in += len(data)
-        if self._stop_parsing:
+        if self._state != READING:
             if self._upgrade_rest is not None:      # for the queued hand-off to picows
                 self._upgrade_rest += data
             return                                  # else discarded: the connection is closing
@@ -487,7 +303,7 @@ cdef class HttpProtocol:
         if self._phase == IDLE and not self._over_limit and type(data) is bytes:
             offset = self._scan(<bytes>data)
             if offset:
-                if self._stop_parsing:
+                if self._state != READING:
                     return
                 self._stalled = 0
                 if offset == len(<bytes>data):
@@ -505,7 +321,7 @@ cdef class HttpProtocol:
             except HttpParserError as exc:
                 self._parser_failed(exc)
                 break
-        if self._stop_parsing:
+        if self._state != READING:
             return
         if self._progress:
             self._stalled = 0
@@ -535,12 +351,12 @@ cdef class HttpProtocol:
             self._set_deadline(self._after(self._idle))
             self._complete(new_request(scanner.method, scanner.path, scanner.query,
                                        scanner.headers, scanner.body), scanner.keep_alive)
-            if self._stop_parsing:
+            if self._state != READING:
                 break
         return pos
 
     cdef _parser_failed(self, exc):
-        if self._stop_parsing:      # bytes after the last request of the connection
+        if self._state != READING:      # bytes after the last request of the connection
             return
         cause = exc.__context__
         if isinstance(cause, _Reject):
@@ -617,7 +433,7 @@ cdef class HttpProtocol:
             return
         if length is None and "chunked" not in self._headers.get("transfer-encoding", ""):
             return
-        if (self._queue or self._write_paused or self._pending is not None or self._closing
+        if (self._answers_wait() or self._state == CLOSING
                 or self.transport is None
                 or length == "0"):
             return          # earlier answers are pending: the client sends its body after a delay
@@ -657,29 +473,35 @@ cdef class HttpProtocol:
     cdef _complete(self, request, bint keep_alive):
         """A request read in full: answer it now or queue it behind the earlier ones."""
         if not keep_alive:
-            self._stop_parsing = True
-        if self._queue or self._write_paused or self._pending is not None:
+            self._stop_reading()
+        if self._answers_wait():
             self._queue.append((ANSWER, request, keep_alive))
             if (self._pending is not None and len(self._queue) >= MAX_QUEUED_BEHIND
-                    and not self._read_paused and self.transport is not None):
-                self._read_paused = True        # resumed once the answers catch up
-                self.transport.pause_reading()
+                    and self.transport is not None):
+                self.flow.pause_reading()       # resumed once the answers catch up
         else:
             self._answer(request, keep_alive)
 
     # -- answers ----------------------------------------------------------
 
+    cdef inline bint _answers_wait(self) except -1:
+        """An answer written now would jump the queue: earlier answers wait, the
+        client does not read, or an async answer or a file body is under way."""
+        if self._queue or self.flow.write_paused or self._pending is not None:
+            return True
+        return False
+
     cdef _push(self, tuple work):
-        if self._queue or self._write_paused or self._pending is not None:
+        if self._answers_wait():
             self._queue.append(work)
         else:
             self._run(work)
 
     cdef _drain(self):
-        while self._queue and not self._write_paused and not self._closing \
+        while self._queue and not self.flow.write_paused and self._state != CLOSING \
                 and self._pending is None and self.transport is not None:
             self._run(self._queue.popleft())
-        if self._eof and not self._queue and self._pending is None and not self._closing \
+        if self._eof and not self._queue and self._pending is None and self._state != CLOSING \
                 and self.transport is not None:
             self._close(False)
 
@@ -693,7 +515,7 @@ cdef class HttpProtocol:
             self._handoff(work[1], work[2])
 
     cdef _answer(self, request, bint keep_alive):
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         cdef double start = -1.0
         if self._access is not None and self._access.isEnabledFor(20):
@@ -734,17 +556,14 @@ cdef class HttpProtocol:
             if type(result) is not tuple:
                 log.error("HTTP handler gave %r for %s %s", result, request.method, request.path)
                 result = _SERVER_ERROR
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         self._now = self.loop.time()
         if self._phase == IDLE:
             self._set_deadline(self._after(self._idle))
         self._respond(request, keep_alive, <tuple>result, start)
         self._drain()
-        if (self._read_paused and not self._write_paused and not self._closing
-                and self.transport is not None and len(self._queue) < MAX_QUEUED_BEHIND):
-            self._read_paused = False
-            self.transport.resume_reading()
+        self._read_again(MAX_QUEUED_BEHIND)
 
     cdef _respond(self, request, bint keep_alive, tuple result, double start):
         """Write one answer (``result`` is status, headers, body)."""
@@ -784,7 +603,7 @@ cdef class HttpProtocol:
                                            _partial(self._stream_done, keep_alive))
                 self._pending = self._stream        # answers behind it wait in the queue
                 self._stream_mark = -1
-                if self._write_paused:
+                if self.flow.write_paused:
                     self._stream.pause()
                 self._stream.start()
                 return                              # the end of the stream closes if needed
@@ -795,11 +614,11 @@ cdef class HttpProtocol:
         if self._pending is self._stream:
             self._pending = None
         self._stream = None
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         if not ok:                  # a body cut short: the client must see the connection end
             log.debug("aborting a connection whose file body could not be written in full")
-            self._closing = True
+            self._state = CLOSING
             self.transport.abort()
             return
         self._now = self.loop.time()
@@ -809,10 +628,14 @@ cdef class HttpProtocol:
             self._close(False)
             return
         self._drain()
-        if (self._read_paused and not self._write_paused and not self._closing
-                and self.transport is not None and len(self._queue) < MAX_QUEUED_BEHIND):
-            self._read_paused = False
-            self.transport.resume_reading()
+        self._read_again(MAX_QUEUED_BEHIND)
+
+    cdef inline _read_again(self, Py_ssize_t max_queued):
+        """Resume the reading flow control paused, unless the client still does not
+        read, the connection is closing or gone, or ``max_queued`` answers wait."""
+        if (self.flow.read_paused and not self.flow.write_paused and self._state != CLOSING
+                and self.transport is not None and len(self._queue) < max_queued):
+            self.flow.resume_reading()
 
     cdef _end_stream(self):
         """Stop a file body being written (the connection is closing)."""
@@ -835,11 +658,11 @@ cdef class HttpProtocol:
 
     cdef _fail(self, int status, str message, headers=None):
         """Answer ``status`` after the answers already due, then close."""
-        self._stop_parsing = True
+        self._stop_reading()
         self._push((FAIL, status, message, headers))
 
     cdef _reject(self, int status, str message, headers):
-        if self._closing or self.transport is None:
+        if self._state == CLOSING or self.transport is None:
             return
         log.debug("rejecting request with %d: %s", status, message)
         out_headers = [("Content-Type", "text/plain; charset=utf-8")]
@@ -854,12 +677,16 @@ cdef class HttpProtocol:
             self._log_access("-", "-", status, len(content), _perf_counter())
         self._close(True)
 
+    cdef inline _stop_reading(self):
+        """No further request is read; the answers already due still go out."""
+        if self._state == READING:
+            self._state = FINISHING
+
     cdef _close(self, bint linger):
         """Close after what is written; with ``linger``, drain the client's bytes first."""
-        if self._closing:
+        if self._state == CLOSING:
             return
-        self._closing = True
-        self._stop_parsing = True
+        self._state = CLOSING
         self._queue.clear()
         self._upgrade_rest = None
         self._end_stream()
@@ -868,9 +695,7 @@ cdef class HttpProtocol:
             return
         if linger and transport.can_write_eof():
             transport.write_eof()       # sent once the response is out
-            if self._read_paused:
-                self._read_paused = False
-                transport.resume_reading()
+            self.flow.resume_reading()  # whatever the pauses: read and discard what comes
         else:
             transport.close()
         # a client that neither reads nor closes is aborted after linger_timeout
@@ -910,7 +735,7 @@ cdef class HttpProtocol:
             self._arm(now)
             return
         cdef Py_ssize_t pending = transport.get_write_buffer_size()
-        if self._stream is not None and pending == 0 and not self._closing:
+        if self._stream is not None and pending == 0 and self._state != CLOSING:
             if self._stream.sent != self._stream_mark:     # the file body still moves
                 self._stream_mark = self._stream.sent
                 self._deadline = self._after(self._idle or self.limits._linger_timeout or 2.0)
@@ -918,7 +743,7 @@ cdef class HttpProtocol:
                 return
             log.debug("aborting a connection that does not read its file body")
             self._end_stream()
-            self._closing = True
+            self._state = CLOSING
             transport.abort()
             return
         if pending > 0 and (self._sent_mark < 0 or pending < self._sent_mark):
@@ -927,7 +752,7 @@ cdef class HttpProtocol:
             self._sent_mark = pending
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
-        if self._pending is not None and not self._closing and pending == 0:
+        if self._pending is not None and self._state != CLOSING and pending == 0:
             # an async handler is still working on an answer: the client is not late
             if self._phase != IDLE:
                 self._phase = IDLE
@@ -935,9 +760,9 @@ cdef class HttpProtocol:
             self._deadline = self._after(self._idle or self._head)
             self._arm(now)
             return
-        if self._closing or pending > 0 or self._queue:
+        if self._state == CLOSING or pending > 0 or self._queue:
             log.debug("aborting a connection that does not read or close")
-            self._closing = True
+            self._state = CLOSING
             transport.abort()
         elif self._phase != IDLE:
             self._fail(408, "the request was not received in time")
@@ -953,14 +778,15 @@ cdef class HttpProtocol:
         if request is None:
             self._fail(400, "upgrade without a request")
             return False
-        tokens = [t.strip() for t in request.headers.get("upgrade", "").lower().split(",")]
-        if request.method == "GET" and "websocket" in tokens:
-            self._stop_parsing = True
+        if _asks_websocket(request):
+            self._stop_reading()
             endpoint = self.context.endpoint_for(request.path)
             if endpoint is None:
                 self._fail(404, "no WebSocket endpoint here")
                 return False
-            if not self._upgrade_allowed(request, endpoint):
+            refusal = _upgrade_refusal(request, endpoint, self.limits)
+            if refusal is not None:
+                self._fail(refusal[0], refusal[1], refusal[2])
                 return False
             self._upgrade_rest = bytearray(view[offset:])
             self._push((UPGRADE, request, endpoint))
@@ -973,76 +799,37 @@ cdef class HttpProtocol:
             self._fail(400, "an upgrade request with a body is not supported")
             return False
         if not self._upgrade_keep_alive:
-            self._stop_parsing = True
+            self._stop_reading()
         self._push((ANSWER, request, self._upgrade_keep_alive))
-        return not self._stop_parsing
-
-    cdef bint _upgrade_allowed(self, request, endpoint) except -1:
-        """Check the WebSocket version and the Origin; False after queueing the refusal."""
-        headers = request.headers
-        version = headers.get("sec-websocket-version")
-        if version is None or version.strip(" \t") != "13":
-            self._fail(426, "this server speaks WebSocket version 13",
-                       [("Sec-WebSocket-Version", "13")])
-            return False
-        origin = headers.get("origin")
-        cdef Admission admission = self.limits.admission
-        if origin is None or admission is None:
-            return True             # no Origin: not a browser, nothing to check
-        cdef OriginPolicy policy = admission.origin_policy(endpoint.path)
-        if policy is None or policy.allows(origin):
-            return True
-        admission.rejected_origins += 1
-        self._fail(403, "this origin may not open a WebSocket here")
-        return False
+        return self._state == READING
 
     cdef _handoff(self, request, endpoint):
-        if self._closing or self.transport is None:
+        """The queued upgrade's turn: the socket goes to picows (http_upgrade.pxi)."""
+        if self._state == CLOSING or self.transport is None:
             return
         self.stats.requests += 1
         if self._access is not None and self._access.isEnabledFor(20):
             self._log_access(request.method, request.url, 101, 0, _perf_counter())
         rest = bytes(self._upgrade_rest) if self._upgrade_rest is not None else b""
         self._upgrade_rest = None
-        lines = [f"{request.method} {request.url} HTTP/1.1\r\n"]
-        for name, value in request.headers.items():
-            lines.append(f"{name}: {value}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = _request_head(request)
         opts = self.picows_options
-        protocol = CountedWSProtocol(
-            None, None, False,
-            lambda upgrade: endpoint.connect(request),
-            picows_adapter,                 # an adapter: picows makes no Logger per connection
-            True,                           # disconnect on exception
-            opts["handshake_timeout"],
-            False, 0.0, 0.0,                # picows's auto-ping: one Heartbeat pings every client
-            WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,                           # auto pong
-            endpoint.max_message_size + 1024,   # a compressed frame may be a bit larger
-            None,
-            opts["read_buffer_size"])
+        protocol = _websocket_protocol(request, endpoint, opts)
         protocol.admission = self._admission        # the slot goes with the socket
         protocol.host = self._peer_host
         self._admission = None
         transport = self.transport
         self.transport = None
-        self._closing = True
+        self._state = CLOSING
         if self.connections is not None:
             self.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
-        transport.set_protocol(protocol)
+        self.flow.resume_reading()      # whatever the pauses: picows reads from here on
+        self.flow.transport = None
         loop = asyncio.get_running_loop()
-        protocol.connection_made(WriteGate(transport, loop))
-        _feed(protocol, head + rest)
-        heartbeat = opts["heartbeat"]
-        if heartbeat is not None:
-            heartbeat.wake(loop)
+        _start_websocket(protocol, transport, loop, head + rest, opts)
         # The transport may keep a bound method of this protocol after the
         # switch (uvloop caches data_received): keep only a small shell alive.
         loop.call_soon(self._release)
@@ -1063,146 +850,3 @@ cdef str _peer_text(peer):
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer) if peer else "-"
-
-
-cdef inline bint _bodiless(int status):
-    return status < 200 or status == 204 or status == 304
-
-
-cdef extern from "Python.h":
-    bint PyUnicode_IS_ASCII(object)
-    void* PyUnicode_DATA(object)
-    Py_ssize_t PyUnicode_GET_LENGTH(object)
-
-cdef enum:
-    HEAD_MAX = 4096         # a longer response head is written by _encode_any
-
-cdef dict _status_lines = {}        # status -> b"HTTP/1.1 <status> <reason>\r\nServer: simplew\r\nDate: "
-
-
-cdef bytes _status_line(int status):
-    line = _status_lines.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\nServer: simplew\r\nDate: " % (
-            status, _REASONS.get(status, "Unknown").encode())
-        if len(_status_lines) < 1000:
-            _status_lines[status] = line
-    return <bytes>line
-
-
-cdef inline Py_ssize_t _put(char* buf, Py_ssize_t at, const char* src, Py_ssize_t n):
-    """Copy ``n`` bytes to ``buf`` at ``at``; the new end, or -1 past HEAD_MAX."""
-    if at < 0 or at + n > HEAD_MAX:
-        return -1
-    memcpy(buf + at, src, n)
-    return at + n
-
-
-cdef inline Py_ssize_t _put_text(char* buf, Py_ssize_t at, text):
-    """Copy an ASCII ``str``; -1 for anything else (then _encode_any writes the head)."""
-    if type(text) is not str or not PyUnicode_IS_ASCII(text):
-        return -1
-    return _put(buf, at, <const char*>PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text))
-
-
-cdef bytes _encode(int status, list headers, content, bint keep_alive, bint head, bint echo):
-    """The bytes of a response; ``head`` leaves the body out (HEAD). A FileBody
-    ``content`` gives the Content-Length only: the caller streams it.
-
-    The head is assembled in one buffer when its header names and values are
-    ASCII ``str`` and ``content`` is ``bytes`` (or a FileBody); other answers
-    go through :func:`_encode_any`, which writes the same bytes."""
-    cdef bint bodiless = _bodiless(status)
-    cdef bint file_body = type(content) is FileBody
-    if not file_body and not isinstance(content, bytes):
-        return _encode_any(status, headers, content, keep_alive, head, echo)
-    cdef char buf[HEAD_MAX]
-    cdef char digits[24]
-    cdef Py_ssize_t at = 0, mark, k, length
-    cdef bytes part = _status_line(status)
-    at = _put(buf, at, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
-    part = http_date()
-    at = _put(buf, at, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
-    at = _put(buf, at, b"\r\n", 2)
-    for item in headers:
-        if type(item) is not tuple or len(<tuple>item) != 2:
-            return _encode_any(status, headers, content, keep_alive, head, echo)
-        mark = at
-        at = _put_text(buf, at, (<tuple>item)[0])
-        at = _put(buf, at, b": ", 2)
-        at = _put_text(buf, at, (<tuple>item)[1])
-        if at < 0 or memchr(buf + mark, 13, at - mark) != NULL \
-                or memchr(buf + mark, 10, at - mark) != NULL:
-            return _encode_any(status, headers, content, keep_alive, head, echo)
-        at = _put(buf, at, b"\r\n", 2)
-    if not bodiless:
-        length = (<FileBody>content).length if file_body else PyBytes_GET_SIZE(content)
-        k = 24
-        while True:
-            k -= 1
-            digits[k] = 48 + length % 10
-            length //= 10
-            if length == 0:
-                break
-        at = _put(buf, at, b"Content-Length: ", 16)
-        at = _put(buf, at, digits + k, 24 - k)
-        at = _put(buf, at, b"\r\n", 2)
-    if not keep_alive:
-        at = _put(buf, at, b"Connection: close\r\n\r\n", 21)
-    elif echo:
-        at = _put(buf, at, b"Connection: keep-alive\r\n\r\n", 26)
-    else:
-        at = _put(buf, at, b"\r\n", 2)
-    if at < 0:
-        return _encode_any(status, headers, content, keep_alive, head, echo)
-    length = 0 if head or bodiless or file_body else PyBytes_GET_SIZE(content)
-    out = PyBytes_FromStringAndSize(NULL, at + length)
-    cdef char* dest = PyBytes_AS_STRING(out)
-    memcpy(dest, buf, at)
-    if length:
-        memcpy(dest + at, PyBytes_AS_STRING(content), length)
-    return out
-
-
-def _both_encodings(int status, list headers, content, bint keep_alive=True, bint head=False,
-                    bint echo=False):
-    """(``_encode``'s bytes, ``_encode_any``'s bytes) for one answer: tests check they agree."""
-    return (_encode(status, headers, content, keep_alive, head, echo),
-            _encode_any(status, headers, content, keep_alive, head, echo))
-
-
-cdef bytes _encode_any(int status, list headers, content, bint keep_alive, bint head, bint echo):
-    """:func:`_encode` for any answer: header names and values of any type
-    (written as ``str``), bodies of any bytes-like type, heads of any size."""
-    cdef bint bodiless = _bodiless(status)
-    reason = _REASONS.get(status, "Unknown")
-    cdef list out = [b"HTTP/1.1 %d %s\r\nServer: simplew\r\nDate: " % (status, reason.encode()),
-                     http_date(), b"\r\n"]
-    for name, value in headers:
-        line = f"{name}: {value}"
-        if "\r" in line or "\n" in line:
-            raise ValueError(f"line break in response header {name!r}")
-        out.append((line + "\r\n").encode("latin-1"))
-    if not bodiless:
-        out.append(b"Content-Length: %d\r\n" % len(content))
-    if not keep_alive:
-        out.append(b"Connection: close\r\n\r\n")
-    elif echo:
-        out.append(b"Connection: keep-alive\r\n\r\n")
-    else:
-        out.append(b"\r\n")
-    if not head and not bodiless and type(content) is not FileBody:
-        out.append(content)
-    return b"".join(out)
-
-
-cdef _feed(protocol, bytes data):
-    """Give ``data`` to a BufferedProtocol as if it had come from the socket."""
-    cdef Py_ssize_t pos = 0, n
-    cdef Py_ssize_t total = len(data)
-    while pos < total:
-        buf = protocol.get_buffer(total - pos)
-        n = min(len(buf), total - pos)
-        buf[:n] = data[pos:pos + n]
-        protocol.buffer_updated(n)
-        pos += n
