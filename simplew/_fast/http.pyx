@@ -75,7 +75,6 @@ import httptools
 
 from simplew._fast.admission cimport Admission
 from simplew._fast.context cimport HttpLimits, HttpStats, ServerContext
-from simplew._fast.context import HttpLimits, HttpStats   # their home before the context
 from simplew._fast.head cimport RequestScanner
 from simplew._fast.request cimport new_request
 
@@ -115,8 +114,9 @@ class _Reject(Exception):
 # where a connection is in its life; it only moves forward
 cdef enum State:
     READING = 0     # requests are read and answered in request order
-    FINISHING = 1   # no further request is read (after the last one, a refusal, the
-                    # client's EOF or a WebSocket upgrade); the answers due still go out
+    # FINISHING: no further request is read (after the last one, a refusal, the
+    # client's EOF or a WebSocket upgrade); the answers due still go out
+    FINISHING = 1
     CLOSING = 2     # no further answer is written: closing, aborted, lost or upgraded
 
 # which part of a request a connection is reading
@@ -144,7 +144,7 @@ cdef class HttpProtocol:
     cdef object loop
     cdef object parser
     cdef RequestScanner scanner   # the common request, read without httptools's callbacks
-    cdef ServerContext context    # http_handler, endpoint_for, limits, stats (simplew._fast.context)
+    cdef ServerContext context    # http_handler, endpoint_for, limits, stats (_fast.context)
     cdef HttpLimits limits
     cdef object picows_options    # dict of WSProtocol arguments
     cdef set connections          # the server's open HTTP connections

@@ -9,7 +9,7 @@ import os
 cdef object _sendfile = os.sendfile
 cdef object _pread = os.pread
 cdef long long SENDFILE_CHUNK = 1 << 20     # bytes per sendfile call
-cdef long long SENDFILE_TURN = 4 << 20      # bytes one connection sends before the others get a turn
+cdef long long SENDFILE_TURN = 4 << 20      # bytes one connection sends before others' turn
 cdef long long READ_CHUNK = 1 << 16         # bytes per read where sendfile cannot be used
 
 

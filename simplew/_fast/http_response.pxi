@@ -36,7 +36,6 @@ cdef bytes http_date():
     return _date_header
 
 
-
 cdef inline bint _bodiless(int status):
     return status < 200 or status == 204 or status == 304
 
@@ -49,7 +48,8 @@ cdef extern from "Python.h":
 cdef enum:
     HEAD_MAX = 4096         # a longer response head is written by _encode_any
 
-cdef dict _status_lines = {}        # status -> b"HTTP/1.1 <status> <reason>\r\nServer: simplew\r\nDate: "
+# status -> b"HTTP/1.1 <status> <reason>\r\nServer: simplew\r\nDate: "
+cdef dict _status_lines = {}
 
 
 cdef bytes _status_line(int status):
