@@ -143,6 +143,7 @@ class JwtAuth:
         algorithms = [algorithms] if isinstance(algorithms, str) else list(algorithms)
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise ValueError('give the signing algorithms to accept ("none" is refused)')
+        _check_algorithms(jwt, algorithms, key)
         self._jwt = jwt
         self.key = key
         self.algorithms = algorithms
@@ -165,6 +166,7 @@ class JwtAuth:
         if hit is not None:
             claims, exp, nbf = hit
             now = time.time()
+            # as PyJWT compares: exp <= now - leeway is expired, nbf > now + leeway not yet
             if self._check_exp and exp is not None and exp <= now - self.leeway:
                 del self._cache[token]
                 raise Unauthorized("the JWT has expired")
@@ -186,14 +188,22 @@ class JwtAuth:
             raise Unauthorized("the JWT has expired") from None
         except jwt.ImmatureSignatureError:
             raise Unauthorized("the JWT is not valid yet") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError & co.
             raise Unauthorized(f"invalid JWT: {exc}") from None
         if not isinstance(claims, dict):
             raise Unauthorized("invalid JWT: the payload is not an object")
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
-        self._cache[token] = (claims, _number(claims.get("exp")), _number(claims.get("nbf")))
+        self._cache[token] = (claims, _claim_time(claims, "exp"), _claim_time(claims, "nbf"))
         return claims
+
+    def expiry(self, claims: dict[str, Any]) -> float | None:
+        """The Unix time from which ``claims`` (of a valid token) are expired, or None
+        when they never are (no ``exp``, or ``verify_exp`` off)."""
+        if not self._check_exp:
+            return None
+        exp = _claim_time(claims, "exp")
+        return None if exp is None else exp + self.leeway
 
     def claims_for(self, message_token: Any, headers: dict[str, str]) -> dict[str, Any]:
         """The claims for a message: its own ``jwt``, else the upgrade request's token.
@@ -223,7 +233,41 @@ class JwtAuth:
             return None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+def _claim_time(claims: dict[str, Any], name: str) -> int | None:
+    """``exp`` or ``nbf`` as PyJWT reads it when it validates (``int(value)``, which
+    takes ``"1796433253"`` and ``1.5`` too), or None when absent (or, with its check
+    turned off, not a number)."""
+    if name not in claims:
+        return None
+    try:
+        return int(claims[name])
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+_HMAC = ("HS256", "HS384", "HS512")
+
+
+def _check_algorithms(jwt: Any, algorithms: list[str], key: Any) -> None:
+    """Refuse, at ``set_token``, a key and algorithms that cannot work together: an
+    unknown algorithm (a public-key one without ``cryptography``), HMAC mixed with
+    public-key algorithms on one key, or a key an algorithm rejects."""
+    from jwt.algorithms import get_default_algorithms, has_crypto
+
+    known = get_default_algorithms()
+    unknown = [a for a in algorithms if a not in known]
+    if unknown:
+        hint = "" if has_crypto else " (public-key algorithms need: pip install cryptography)"
+        raise ValueError(f"unknown or unavailable JWT algorithms {unknown}{hint}")
+    hmac = [a for a in algorithms if a in _HMAC]
+    if hmac and len(hmac) != len(algorithms):
+        raise ValueError(
+            f"one key cannot serve both HMAC {hmac} and public-key algorithms "
+            f"{[a for a in algorithms if a not in _HMAC]}: a public key would be taken as an "
+            "HMAC secret; call set_token with one kind"
+        )
+    for name in algorithms:
+        try:
+            known[name].prepare_key(key)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise ValueError(f"this key cannot be used with {name}: {exc}") from None

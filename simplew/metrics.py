@@ -92,6 +92,26 @@ _METRICS = (
         "counter",
         "simplew.v1 sessions ended for good (the recovery window passed; without Redis).",
     ),
+    (
+        "simplew_resumes_refused_total",
+        "counter",
+        "Resumes refused: the connection did not prove the session's user.",
+    ),
+    (
+        "simplew_tokens_expired_total",
+        "counter",
+        "WebSocket connections closed (4001) because their JWT expired without a refresh.",
+    ),
+    (
+        "simplew_token_refreshes_total",
+        "counter",
+        "Valid token refreshes of simplew.v1 connections.",
+    ),
+    (
+        "simplew_token_refreshes_refused_total",
+        "counter",
+        "Token refreshes refused (invalid, or another user's token): closed with 4003.",
+    ),
 )
 
 
@@ -138,6 +158,10 @@ def collect(server: Any) -> dict[str, Any]:
         "simplew_sessions_recovered_total": 0 if recovery is None else recovery.sessions_recovered,
         "simplew_sessions_reset_total": 0 if recovery is None else recovery.sessions_reset,
         "simplew_sessions_expired_total": 0 if recovery is None else recovery.sessions_expired,
+        "simplew_resumes_refused_total": 0 if recovery is None else recovery.resumes_refused,
+        "simplew_tokens_expired_total": server.credentials.expired,
+        "simplew_token_refreshes_total": server.credentials.refreshed,
+        "simplew_token_refreshes_refused_total": server.credentials.refused,
     }
 
 

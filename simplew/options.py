@@ -110,6 +110,9 @@ class ServerOptions:
     """Open connections, HTTP and WebSocket, beyond which new ones get 503; None: no limit."""
     max_connections_per_ip: int | None = None
     """The same limit per client address; None: no limit."""
+    token_grace: float = 30.0
+    """Seconds a connection whose JWT expired keeps its access: a ``simplew.v1`` client is
+    asked to refresh its token in that time, then closed with 4001 (:mod:`simplew.tokens`)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +135,7 @@ class ServerOptions:
         _seconds("handshake_timeout", self.handshake_timeout, 0.0, positive=True)
         _seconds("shutdown_grace", self.shutdown_grace, 0.0)
         _seconds("recovery_window", self.recovery_window, 0.0)
+        _seconds("token_grace", self.token_grace, 0.0)
         if self.slow_client_policy not in SLOW_CLIENT_POLICIES:
             raise ValueError(f"slow_client_policy must be one of {sorted(SLOW_CLIENT_POLICIES)}")
         _int("compression_level", self.compression_level, -1, 9)

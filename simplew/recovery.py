@@ -138,10 +138,13 @@ class Recovery:
         self._waiting: set[Any] = set()  # connections waiting for Redis to be admitted
         self._sweeper: asyncio.TimerHandle | None = None
         self.on_session_end: list[Callable[[str], Any]] = []
+        # hook(session, room) -> bool, for each room of a resumed session
+        self.on_resume_room: list[Callable[[Any, str], Any]] = []
         # counters (/metrics)
         self.sessions_recovered = 0
         self.sessions_reset = 0  # asked to recover, could not
         self.sessions_expired = 0  # ended for good: the window passed
+        self.resumes_refused = 0  # asked to resume a session of another user
 
     # -- publications ------------------------------------------------------------
 
@@ -204,16 +207,26 @@ class Recovery:
         self._admit(conn, resume, ended, asked)  # with Redis, ended sessions are there only
 
     def _admit(self, conn: Any, resume: Resume | None, ended: Ended | None, asked: bool) -> None:
+        """Admit ``conn``: the session it resumes, or a fresh one. ``conn.user`` is
+        already set from its own credentials (``ServerContext.identify``)."""
         missed = None
         rooms: frozenset[str] = frozenset()
-        user = None
+        left: list[str] = []
         if resume is not None:
             live = self.hub.find(resume.session)
+            if live is not conn and (live is not None or ended is not None):
+                owner = live.user if live is not None else ended.user  # type: ignore[union-attr]
+                if owner is not None and owner != conn.user:
+                    # a session with a user is resumed only by that user: the
+                    # attempt learns nothing, and the session stays resumable
+                    self._refuse(resume.session, ended)
+                    live = ended = None
             if live is not None and live is not conn:
-                rooms, user = frozenset(live.rooms), live.user
+                rooms = frozenset(live.rooms)
             elif ended is not None:
-                rooms, user = ended.rooms, ended.user
+                rooms = ended.rooms
             if live is not None or ended is not None:
+                rooms, left = self._granted(conn, rooms)
                 missed = self.history.since(resume.offset, rooms)
             if missed is not None and live is not None:
                 live.superseded = True  # the client came back before we saw it leave
@@ -226,15 +239,14 @@ class Recovery:
             offset = self.history.top
             missed = []
             rooms = frozenset()
+            left = []
         else:
             assert resume is not None  # missed is a list only for a resume
             self.sessions_recovered += 1
             conn.adopt(resume.session)
             conn.recovered = True
-            if conn.user is None:
-                conn.user = user
             offset = resume.offset
-        welcome = {
+        welcome: dict[str, Any] = {
             "type": "welcome",
             "session": conn.id,
             "epoch": self.epoch,
@@ -242,6 +254,8 @@ class Recovery:
             "recovered": conn.recovered,
             "missed": len(missed),
         }
+        if left:
+            welcome["left"] = left
         conn.send_protocol(json.dumps(welcome, separators=(",", ":")).encode())
         for message in missed:
             conn.send_protocol(message)
@@ -251,6 +265,36 @@ class Recovery:
         if self.store is not None and self.window > 0:
             self.store.session_admitted(conn)
         _notify(self.context.session_opened, conn)
+
+    def _refuse(self, session_id: str, ended: Ended | None) -> None:
+        """A resume by another identity: count it, log the id's digest, and keep the
+        ended session for its owner."""
+        self.resumes_refused += 1
+        log.info("resume of session %s refused: not the session's user", log_id(session_id))
+        if ended is None:
+            return
+        if self.store is not None:
+            self.store.session_ended(ended.session_id, ended.rooms, ended.user)
+        else:
+            self._keep(ended)
+
+    def _granted(self, conn: Any, rooms: frozenset[str]) -> tuple[frozenset[str], list[str]]:
+        """The rooms a resumed session gets back (each ``on_resume_room`` hook may
+        refuse one; a hook that raises refuses it) and, sorted, those refused."""
+        if not self.on_resume_room or not rooms:
+            return rooms, []
+        refused = []
+        for room in rooms:
+            for hook in self.on_resume_room:
+                try:
+                    allowed = hook(conn, room)
+                except Exception:
+                    log.exception("on_resume_room hook %r raised: room %r refused", hook, room)
+                    allowed = False
+                if not allowed:
+                    refused.append(room)
+                    break
+        return rooms.difference(refused), sorted(refused)
 
     def closed(self, conn: Any) -> None:
         """A simplew.v1 connection is gone: keep its session for the window."""

@@ -45,6 +45,7 @@ from simplew.rest import Cors, DynamicSpec, compile_router
 from simplew.sessions import Sessions
 from simplew.sessions import access_log as _access_log
 from simplew.static import StaticFiles
+from simplew.tokens import Credentials
 
 try:
     import uvloop
@@ -149,6 +150,7 @@ class SimpleWServer:
         allowed_origins: list[str] | None = None,
         max_connections: int | None = None,
         max_connections_per_ip: int | None = None,
+        token_grace: float = 30.0,
     ) -> None:
         """Every parameter is a field of :class:`~simplew.options.ServerOptions`,
         documented there (and in docs/configuration.md); a value that cannot
@@ -179,6 +181,8 @@ class SimpleWServer:
             "read_buffer_size": read_buffer_size,
         }
         self._sessions = Sessions(context)
+        self.credentials = Credentials(context, options.token_grace)
+        self._resume_room_hooks: list[Callable[[Session, str], bool]] = []
         self._broadcast = Broadcast(context)
         self._answers = HttpAnswers(context)
         self.recovery: Recovery | None = None  # simplew.v1 sessions (simplew.recovery), at start
@@ -287,6 +291,18 @@ class SimpleWServer:
         ends for good, ``recovery_window`` seconds after its last connection
         closed without a reconnect (in the process it last closed in)."""
         self._sessions.on_session_end.append(callback)
+        return callback
+
+    def on_resume_room(
+        self, callback: Callable[[Session, str], bool]
+    ) -> Callable[[Session, str], bool]:
+        """With recovery: ``callback(session, room)`` decides, for each room of a
+        session being resumed, whether the session gets it back (the session's
+        ``user`` is already the resuming connection's, checked to be the same). A
+        room refused (False, or the callback raises) is not joined, its missed
+        publications are not sent, and the welcome lists it under ``"left"``.
+        Called on the loop thread, synchronously (usable as a decorator)."""
+        self._resume_room_hooks.append(callback)
         return callback
 
     def set_token(
@@ -424,11 +440,13 @@ class SimpleWServer:
         """{room: number of this process's sessions in it}, for rooms with members."""
         return self.hub.rooms()
 
-    def presence(self, room: str) -> list[str]:
-        """The ids of the sessions in ``room``. With ``recovery=True`` and
-        ``redis_url``, those of every process sharing Redis (as synced there,
-        within a second); otherwise this process's. Any thread but the loop's
-        when Redis is used: there, ``await server.presence_async(room)``."""
+    def presence(self, room: str) -> list[dict[str, Any]]:
+        """Who is in ``room``: ``[{"client": public id, "user": JWT sub or None}]``,
+        sorted by public id. The public id is a digest (the one the logs show): it
+        grants nothing, and no session id ever appears here. With ``recovery=True``
+        and ``redis_url``, every process sharing Redis (as synced there, within a
+        second); otherwise this process. Any thread but the loop's when Redis is
+        used: there, ``await server.presence_async(room)``."""
         if self._sessions.presence_store() is None:
             return self._sessions.local_presence(room)
         loop = self._loop
@@ -438,7 +456,7 @@ class SimpleWServer:
             raise RuntimeError("on the loop thread, use: await server.presence_async(room)")
         return asyncio.run_coroutine_threadsafe(self.presence_async(room), loop).result(10)
 
-    async def presence_async(self, room: str) -> list[str]:
+    async def presence_async(self, room: str) -> list[dict[str, Any]]:
         """:meth:`presence`, awaitable on the server's loop."""
         return await self._sessions.presence(room)
 
@@ -470,6 +488,8 @@ class SimpleWServer:
         context.http_handler = self.http_handler
         context.session_opened = self._sessions.opened
         context.session_closed = self._sessions.closed
+        context.identify = self.credentials.identify
+        context.protocol_message = self.credentials.protocol_message
         self._compile_router()
         self._flusher = Flusher()
         if self._ws_specs:
@@ -479,6 +499,7 @@ class SimpleWServer:
                 context, self.recovery_window, self.history_size, self.history_bytes
             )
             self.recovery.on_session_end = self._sessions.on_session_end
+            self.recovery.on_resume_room = self._resume_room_hooks
         context.recovery = self.recovery
         context.endpoints = {
             spec.path: spec.compile(context, self.options, self._flusher) for spec in self._ws_specs

@@ -1,5 +1,6 @@
 """WebSocket sessions as the application sees them: connect and disconnect
-hooks, the access log of sessions, presence.
+hooks, the access log of sessions, presence (which shows users and public ids,
+never a session id: a ``simplew.v1`` session id is a resume secret).
 
 The endpoints (:mod:`simplew._fast.connection`) and the recovery code call
 :meth:`Sessions.opened` / :meth:`Sessions.closed` through the server context
@@ -37,12 +38,7 @@ class Sessions:
     # -- called by the lower layers (ServerContext.session_opened / _closed) -------
 
     def opened(self, session: Session) -> None:
-        """``session`` is in the hub: take its user from the upgrade's JWT, log, run hooks."""
-        jwt_auth = self.context.jwt_auth
-        if jwt_auth is not None and session.user is None:
-            claims = jwt_auth.optional_claims(None, session.request.headers)
-            if claims is not None and isinstance(claims.get("sub"), str):
-                session.user = claims["sub"]
+        """``session`` is in the hub (its user is set: :mod:`simplew.tokens`): log, run hooks."""
         if self.context.access_log is not None:
             access_log.info(
                 "%s WebSocket connect %s %s%s",
@@ -73,17 +69,23 @@ class Sessions:
         recovery = self.context.recovery
         return None if recovery is None else recovery.store
 
-    def local_presence(self, room: str) -> list[str]:
-        """The ids of this process's sessions in ``room``, sorted."""
-        return sorted(session.id for session in self.context.hub.room_sessions(room))
+    def local_presence(self, room: str) -> list[dict[str, Any]]:
+        """This process's sessions in ``room``: ``{"client": public id, "user": JWT sub
+        or None}``, sorted by public id. The public id is the digest the logs show
+        (:func:`simplew.recovery.log_id`): it grants nothing, unlike a session id."""
+        entries = [
+            {"client": log_id(session.id), "user": session.user}
+            for session in self.context.hub.room_sessions(room)
+        ]
+        return sorted(entries, key=lambda entry: entry["client"])
 
-    async def presence(self, room: str) -> list[str]:
-        """The ids of the sessions in ``room``: every process's with recovery and
-        Redis (as synced there), else this process's. On the loop."""
+    async def presence(self, room: str) -> list[dict[str, Any]]:
+        """:meth:`local_presence` of every process with recovery and Redis (as synced
+        there), else of this one. On the loop."""
         store = self.presence_store()
         if store is None:
             return self.local_presence(room)
-        result: list[str] = await store.presence(room)
+        result: list[dict[str, Any]] = await store.presence(room)
         return result
 
 

@@ -9,8 +9,9 @@ hosts) sharing the URL shares one stream. Redis keeps, under ``prefix``:
   (:func:`simplew.backplane.encode_record`);
 - ``{prefix}:session:<sha256 of id>``: a session's rooms and user (JSON), with
   the recovery window as TTL, refreshed while it is connected;
-- ``{prefix}:presence:<room>``: a hash, session id -> expiry (Unix time), of
-  the sessions in the room on every process.
+- ``{prefix}:presence:<room>``: a hash of the sessions in the room on every
+  process: public id (:func:`simplew.recovery.log_id` of the session id, never
+  the id itself) -> ``[expiry (Unix time), user]`` as JSON.
 
 One Lua script takes a batch of publications: it reads the epoch (creating
 it, and dropping any stale stream, when the meta hash is gone), advances
@@ -59,7 +60,7 @@ from simplew.backplane import (
     redis_client,
     until_either_fails,
 )
-from simplew.recovery import Ended, Recovery, Resume, digest, new_epoch, pub_message
+from simplew.recovery import Ended, Recovery, Resume, digest, log_id, new_epoch, pub_message
 
 log = logging.getLogger("simplew.stream")
 
@@ -199,17 +200,27 @@ class RedisStream:
         self._written.pop(session_id, None)
         self._session_record(session_id, frozenset(rooms), user)
         for room in rooms:
-            self._commands.append(("HDEL", (self._presence_key(room), session_id)))
+            self._commands.append(("HDEL", (self._presence_key(room), log_id(session_id))))
         self._wakeup.set()
 
-    async def presence(self, room: str) -> list[str]:
-        """The ids of the sessions in ``room`` on every process (as last synced)."""
+    async def presence(self, room: str) -> list[dict[str, Any]]:
+        """The sessions in ``room`` on every process (as last synced): their public
+        ids and users, sorted by public id."""
         client = self._client
         if client is None:
             raise ConnectionError("Redis is not connected")
         entries = await client.hgetall(self._presence_key(room))
         now = time.time()
-        return sorted(k.decode() for k, v in entries.items() if float(v) > now)
+        found = []
+        for key, value in entries.items():
+            try:
+                expiry, user = json.loads(value)
+                if float(expiry) <= now:
+                    continue
+            except (ValueError, TypeError):
+                continue
+            found.append({"client": key.decode(), "user": user if isinstance(user, str) else None})
+        return sorted(found, key=lambda entry: entry["client"])
 
     async def close(self, flush_timeout: float = 1.0) -> None:
         loop = asyncio.get_running_loop()
@@ -508,7 +519,7 @@ class RedisStream:
         for session_id in [sid for sid in self._written if sid not in current]:
             rooms, _when = self._written.pop(session_id)
             for room in rooms:
-                commands.append(("HDEL", (self._presence_key(room), session_id)))
+                commands.append(("HDEL", (self._presence_key(room), log_id(session_id))))
         for session_id, session in current.items():
             rooms = frozenset(session.rooms)
             previous = self._written.get(session_id)
@@ -524,10 +535,12 @@ class RedisStream:
         """Queue the writes for a connected session: its presence in ``rooms`` (out
         of the rooms of ``before`` it left) and, for simplew.v1, its record."""
         commands = self._commands
+        public = log_id(session.id)
+        entry = json.dumps([expiry, session.user])
         for room in before - rooms:
-            commands.append(("HDEL", (self._presence_key(room), session.id)))
+            commands.append(("HDEL", (self._presence_key(room), public)))
         for room in rooms:
-            commands.append(("HSET", (self._presence_key(room), session.id, expiry)))
+            commands.append(("HSET", (self._presence_key(room), public, entry)))
         if session.v1 and self.recovery.window > 0:
             self._session_record(session.id, rooms, session.user)
         self._written[session.id] = (rooms, now)

@@ -46,6 +46,10 @@ class LiveController(Controller):
     def me(self, message: WebSocketMessage) -> str:
         return self.jwt["sub"]
 
+    @route("WEBSOCKET", "/token")
+    def token(self, message: WebSocketMessage) -> str:
+        return f"{self.jwt['sub']} {self.jwt['n']}"
+
 
 SECRET = "a secret of the client tests, long enough for HS256"
 
@@ -341,10 +345,11 @@ def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_serve
 
 def test_token_is_sent_on_every_upgrade(make_server):
     server = recovery_server(make_server)
+    # two tokens of one user (a session is resumed only by its user: tokens.py)
     tokens = iter(
         [
-            pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
-            pyjwt.encode({"sub": "bob"}, SECRET, algorithm="HS256"),
+            pyjwt.encode({"sub": "alice", "n": 1}, SECRET, algorithm="HS256"),
+            pyjwt.encode({"sub": "alice", "n": 2}, SECRET, algorithm="HS256"),
         ]
     )
 
@@ -352,11 +357,11 @@ def test_token_is_sent_on_every_upgrade(make_server):
         client, events, _ = await connected(
             server, token=lambda: next(tokens), backoff_min=0.05, jitter=False
         )
-        client.send("/ws/me")
-        assert (await next_event(events, "msg")).data == "alice"
+        client.send("/ws/token")
+        assert (await next_event(events, "msg")).data == "alice 1"
         await cut_and_recover(client, events)
-        client.send("/ws/me")  # the function gave a fresh token
-        assert (await next_event(events, "msg")).data == "bob"
+        client.send("/ws/token")  # the function gave a fresh token
+        assert (await next_event(events, "msg")).data == "alice 2"
         await client.close()
 
         anonymous, events, _ = await connected(server)

@@ -7,6 +7,7 @@ rolling restart comes back (to any process) and gets every offset once, in order
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from multiproc import ServerProcess, redis_server_path, wait_until
+from simplew.recovery import log_id
 from v1client import HttpPublisher, V1Client
 
 pytestmark = pytest.mark.skipif(
@@ -188,16 +190,21 @@ def test_presence_across_processes(redis_server, processes):
     two.connect(b.url)
     one.request("/ws/feed/join", "lobby")
     two.request("/ws/feed/join", "lobby")
-    expected = sorted([one.session, two.session])
+    # users and public ids (digests), never a session id: those are resume secrets
+    entry = {one.session: {"client": log_id(one.session), "user": None}}
+    entry[two.session] = {"client": log_id(two.session), "user": None}
+    expected = sorted(entry.values(), key=lambda e: e["client"])
     wait_until(
         lambda: one.request("/ws/feed/presence", "lobby") == expected,
         5,
         "both sessions present",
         interval=0.2,
     )
+    listed = json.dumps(one.request("/ws/feed/presence", "lobby"))
+    assert one.session not in listed and two.session not in listed
     two.close()
     wait_until(
-        lambda: one.request("/ws/feed/presence", "lobby") == [one.session],
+        lambda: one.request("/ws/feed/presence", "lobby") == [entry[one.session]],
         5,
         "the closed session gone",
         interval=0.2,

@@ -39,6 +39,7 @@ cdef class WebSocketConnection(WSListener):
     cdef public bint recovered            # simplew.v1: this connection resumed an earlier session
     cdef public object user               # the JWT "sub" of the upgrade request, or None
     cdef public bint superseded           # a newer connection took this session over
+    cdef public object token_timer        # ends access when its JWT expires; cancelled when gone
     cdef readonly object request          # simplew.request.Request of the upgrade
     cdef readonly Endpoint endpoint
     cdef readonly bint closed             # a CLOSE was sent or the socket is gone

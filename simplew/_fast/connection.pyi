@@ -12,6 +12,7 @@ MAX_WRITE_BUFFER: int
 SLOW_CLOSE: int
 SLOW_SKIP: int
 PROTOCOL_V1: str
+PROTOCOL_MESSAGE: str
 
 def v1_payload(kind: str, opcode: int, payload: bytes, head: str = "") -> bytes: ...
 
@@ -54,6 +55,7 @@ class WebSocketConnection(WSListener):
     recovered: bool
     user: Any
     superseded: bool
+    token_timer: Any
     request: Request
     endpoint: Endpoint
     closed: bool

@@ -44,6 +44,8 @@ MAX_WRITE_BUFFER = 1 << 20
 SLOW_CLOSE = 0          # slow_client_policy "close": CLOSE 1008, then drop
 SLOW_SKIP = 1           # slow_client_policy "skip": drop its messages until it drains
 PROTOCOL_V1 = "simplew.v1"
+# a simplew.v1 client message that starts so is for the protocol, not the endpoint
+PROTOCOL_MESSAGE = '{"type":'
 
 cdef object _json_dumps = json.dumps
 cdef object _b64encode = base64.b64encode
@@ -180,6 +182,8 @@ cdef class Endpoint:
 
     def on_connect(self, WebSocketConnection conn):
         cdef ServerContext context = self.context
+        if context.identify is not None:
+            context.identify(conn)          # who it is (its JWT), before any admission
         if conn.v1:
             context.recovery.opened(conn)   # admits it now, or once Redis answered
             return
@@ -210,6 +214,7 @@ cdef class WebSocketConnection(WSListener):
         self.recovered = False
         self.user = None
         self.superseded = False
+        self.token_timer = None
         self.hub_index = -1
         self.room_slots = None
         self.state = {}
@@ -264,6 +269,9 @@ cdef class WebSocketConnection(WSListener):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self.token_timer is not None:
+            self.token_timer.cancel()
+            self.token_timer = None
         self._parts = None
         self.endpoint.on_disconnect(self)
 
@@ -368,6 +376,12 @@ cdef class WebSocketConnection(WSListener):
 
     cdef int _deliver(self, bint is_text, object data) except -1:
         self.endpoint.messages_in += 1
+        if self.v1 and is_text and (<str>data).startswith(PROTOCOL_MESSAGE):
+            # a simplew.v1 protocol message (a token refresh), not an envelope
+            handler = self.endpoint.context.protocol_message
+            if handler is not None:
+                handler(self, data)
+            return 0
         self.endpoint.on_message(self, is_text, data)
         return 0
 

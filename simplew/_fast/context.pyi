@@ -48,6 +48,8 @@ class ServerContext:
     http_handler: Callable[[Any], Any] | None
     session_opened: Callable[[WebSocketConnection], None] | None
     session_closed: Callable[[WebSocketConnection], None] | None
+    identify: Callable[[WebSocketConnection], None] | None
+    protocol_message: Callable[[WebSocketConnection, str], None] | None
     recovery: Any
     jwt_auth: Any
     limits: HttpLimits

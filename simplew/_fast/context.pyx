@@ -28,6 +28,10 @@ cdef class ServerContext:
       ``(status, headers, body)`` or an awaitable of it;
     - ``session_opened(session)`` / ``session_closed(session)``: after a
       WebSocket session is admitted to the hub / once it has left it;
+    - ``identify(session)``: sets ``session.user`` from the upgrade's
+      credentials as the connection opens, before any admission or resume;
+    - ``protocol_message(session, text)``: a ``simplew.v1`` client message that
+      is for the protocol (it starts with ``{"type":``), such as a token refresh;
     - ``recovery``: the :class:`simplew.recovery.Recovery` that admits
       ``simplew.v1`` sessions, or None;
     - ``jwt_auth``: the :class:`simplew.auth.JwtAuth` of ``set_token``, or None
@@ -45,6 +49,8 @@ cdef class ServerContext:
         self.http_handler = None
         self.session_opened = None
         self.session_closed = None
+        self.identify = None
+        self.protocol_message = None
         self.recovery = None
         self.jwt_auth = None
         self.limits = HttpLimits() if limits is None else limits

@@ -8,7 +8,7 @@ Routed messages (``{"url": ..., "body": ...}``):
     /ws/feed/pid                 -> {"pid": process id, "recovered": bool, "rooms": [...]}
     /ws/feed/burst  body: n      -> n multicasts of 64 bytes, in one callback
     /ws/feed/stats               -> the stream's counters
-    /ws/feed/presence body: room -> the session ids in the room, on every process
+    /ws/feed/presence body: room -> who is in the room (public ids, users), on every process
 
 A plain ``POST /publish?room=R`` (body: text) multicasts, for publishers.
 """
@@ -47,7 +47,7 @@ class FeedController(Controller):
         return {"pid": os.getpid(), "stats": None if backplane is None else backplane.stats()}
 
     @route("WEBSOCKET", "/presence")
-    async def presence(self, message: WebSocketMessage) -> list[str]:
+    async def presence(self, message: WebSocketMessage) -> list[dict[str, object]]:
         return await server.presence_async(message.body)
 
 
