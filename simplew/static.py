@@ -474,9 +474,10 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | Literal[_Range.UNSAT
         return None
     first_text, dash, last_text = spec.strip().partition("-")
     first_text, last_text = first_text.strip(), last_text.strip()
-    if not dash or not (first_text.isdigit() or last_text.isdigit()):
+    if not dash or not (first_text or last_text):
         return None
-    if (first_text and not first_text.isdigit()) or (last_text and not last_text.isdigit()):
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "٣"
+    if (first_text and not _digits(first_text)) or (last_text and not _digits(last_text)):
         return None
     if not first_text:  # "-n": the last n bytes
         n = int(last_text)
@@ -490,6 +491,11 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | Literal[_Range.UNSAT
     if first >= size:
         return _UNSATISFIABLE
     return first, min(last, size - 1)
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is one or more ASCII digits."""
+    return text.isascii() and text.isdigit()
 
 
 def _accepted_codings(value: str | None) -> frozenset[str]:
