@@ -103,8 +103,9 @@ def seeds() -> dict[str, bytes]:
     cut = bytes((3, 77))
     return {
         "get_index": plain + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        "pipelined": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nHEAD /sub/ HTTP/1.1\r\n\r\n"
-        b'GET /cached/sub/b.css HTTP/1.1\r\nIf-None-Match: "x"\r\n\r\n',
+        "pipelined": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /sub/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        b'GET /cached/sub/b.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: "x"\r\n\r\n',
         "http10_keepalive": plain + b"GET /hello?name=z HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
         b"GET /healthz HTTP/1.0\r\n\r\n",
         "rest_get": cut + b"GET /api/items/7?verbose=yes&limit=3&kind=b&when=2024-01-02T03:04:05Z"
@@ -128,10 +129,21 @@ def seeds() -> dict[str, bytes]:
         b"GET / HTTP/1.1\r\n\r\n",
         "upgrade_no_endpoint": plain + up("/nowhere"),
         "bad_request": plain + b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        "traversal": plain
-        + b"GET /%2e%2e/secret.txt HTTP/1.1\r\n\r\nGET /leak.txt HTTP/1.1\r\n\r\n",
+        "traversal": plain + b"GET /%2e%2e/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /leak.txt HTTP/1.1\r\nHost: x\r\n\r\n",
         "slow_header": bytes((0x42, 5)) + b"GET / HTTP/1.1\r\nHost: x\r\nX: y\r\n\r\n",
         "metrics": plain + b"GET /metrics HTTP/1.1\r\n\r\n",
+        "ranges": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=-7\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=299-\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=999-\r\n\r\n"
+        b'GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2\r\nIf-Range: "x"\r\n\r\n'
+        b"GET /sub/b.css HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1,3-4\r\n\r\n",
+        # header bytes are Latin-1: "\xb2" is "²", which str.isdigit() takes and int() refuses
+        "range_latin1_digits": plain
+        + b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=\xb2-\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=-\xb9\r\n\r\n"
+        b"GET /index.html HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\xb3\r\n\r\n",
     }
 
 
