@@ -236,7 +236,14 @@ class SimpleWServer:
         self, path: str, prefix: str = "/", timeout: float | None = None, **cache: Any
     ) -> StaticFiles:
         """Serve the files of directory ``path`` under URL ``prefix``
-        (``cache``: ``cache_max_file``, ``cache_budget`` of :class:`StaticFiles`)."""
+        (``cache``: ``cache_max_file``, ``cache_budget``, ``dotfiles``,
+        ``allow_system_root`` of :class:`StaticFiles`).
+
+        Paths with a segment starting with ``.`` (but ``.well-known``) get 404
+        unless ``dotfiles=True``; a system directory (``/``, ``/etc``, the home
+        directory, ...) raises ValueError unless ``allow_system_root=True``;
+        nothing under ``/proc`` or ``/sys`` is ever served.
+        """
         static = StaticFiles(path, prefix, timeout, **cache)
         self._answers.add_static(static)
         return static

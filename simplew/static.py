@@ -4,8 +4,15 @@ single byte ranges, conditional requests and precompressed siblings.
 Every request path is decoded, split into segments and resolved with
 ``realpath``; anything that does not land inside the root (``..``, encoded
 dots, absolute paths, symlinks pointing out) is refused with 404 before any
-file is opened. This module is the one place that guards it; a precompressed
-sibling (``app.js.br``) passes the same check.
+file is opened. So is, unless ``dotfiles=True``, a path with a segment that
+starts with ``.`` (``/.env``, ``/.git/config``; ``.well-known`` excepted), in
+the URL or once symlinks are resolved; and, always, anything under ``/proc``
+or ``/sys`` (or on their file systems). This module is the one place that
+guards it; a precompressed sibling (``app.js.br``) passes the same check.
+
+A system directory (``/``, ``/etc``, ``/usr``, the user's home, ...: see
+:func:`system_directory`) is refused as a root unless ``allow_system_root=True``;
+``/proc`` and ``/sys`` always.
 
 Files up to ``cache_max_file`` bytes are kept in memory (least recently used
 first out once their total passes ``cache_budget``); larger files are answered
@@ -60,6 +67,15 @@ MAX_ROUTES = 4096  # URL paths whose resolution is remembered
 MAX_ROUTE_LENGTH = 512  # longer URL paths are resolved every time
 # precompressed siblings, in order of preference: (content coding, file suffix)
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+# the one dotfile name served by default (RFC 8615: ACME challenges, security.txt, ...)
+WELL_KNOWN = ".well-known"
+# never served, whatever the options: process environments, kernel and device state
+NEVER_SERVED = ("/proc", "/sys")
+# refused as a static root, with everything below them, unless allow_system_root=True
+SYSTEM_TREES = ("/dev", "/etc", "/boot", "/run")
+# refused as a static root (themselves, not what is below) unless allow_system_root=True;
+# so is any top-level /lib* and the home directory of the user running the server
+SYSTEM_DIRECTORIES = ("/", "/bin", "/sbin", "/usr", "/var", "/root", "/home")
 
 Response = tuple[int, list[tuple[str, str]], "bytes | FileBody | PreparedBody"]
 
@@ -108,6 +124,11 @@ class StaticFiles:
 
     Counters for ``/metrics`` and tests: ``cache_bytes``, ``cache_files``
     (files held in memory), ``cache_evictions``, ``cache_hits``, ``cache_misses``.
+
+    A path with a segment starting with ``.`` (but ``.well-known``) gets 404
+    unless ``dotfiles`` is true. A system directory as ``root`` raises
+    ValueError unless ``allow_system_root`` is true (see :func:`system_directory`);
+    nothing under ``/proc`` or ``/sys`` is ever served.
     """
 
     def __init__(
@@ -118,10 +139,26 @@ class StaticFiles:
         default_document: str = DEFAULT_DOCUMENT,
         cache_max_file: int = CACHE_MAX_FILE,
         cache_budget: int = CACHE_BUDGET,
+        *,
+        dotfiles: bool = False,
+        allow_system_root: bool = False,
     ) -> None:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"static root is not a directory: {root}")
-        self.root = os.path.realpath(root)
+        real = os.path.realpath(root)
+        shown = root if real == root else f"{root} ({real})"
+        if _never_served(real):
+            raise ValueError(
+                f"refusing to serve {shown} as a static root: /proc and /sys never are"
+            )
+        if not allow_system_root and system_directory(root):
+            raise ValueError(
+                f"refusing to serve {shown} as a static root: a system directory "
+                "(allow_system_root=True, or simplew serve --allow-system-root, forces it)"
+            )
+        self.root = real
+        self._root_slash = os.path.join(real, "")
+        self.dotfiles = dotfiles
         self.prefix = "/" + prefix.strip("/")
         self.timeout = timeout
         self.default_document = default_document
@@ -161,7 +198,12 @@ class StaticFiles:
         for segment in segments:
             if segment in (".", "..") or os.path.isabs(segment) or os.path.splitdrive(segment)[0]:
                 return None
-        candidate = os.path.realpath(os.path.join(self.root, *segments))
+            if segment[0] == "." and not self.dotfiles and segment != WELL_KNOWN:
+                return None
+        named = os.path.join(self.root, *segments)
+        if _never_served(named):  # /proc/self/root/... resolves elsewhere: refused as named
+            return None
+        candidate = os.path.realpath(named)
         if not self._inside(candidate):
             return None
         if os.path.isdir(candidate):
@@ -174,7 +216,16 @@ class StaticFiles:
         return (candidate, False) if os.path.isfile(candidate) else None
 
     def _inside(self, real_path: str) -> bool:
-        return real_path == self.root or real_path.startswith(os.path.join(self.root, ""))
+        """Whether ``real_path`` (symlinks resolved) may be served: inside the root,
+        not under /proc or /sys, and no dotfile on the way unless allowed."""
+        if real_path != self.root and not real_path.startswith(self._root_slash):
+            return False
+        if _never_served(real_path):
+            return False
+        rel = real_path[len(self._root_slash) - 1 :]  # "" or "/a/b"
+        if not self.dotfiles and "/." in rel:
+            return all(s == WELL_KNOWN or s[:1] != "." for s in rel.split("/"))
+        return True
 
     def serve(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
         """The response for ``path``, or None when no file answers to it.
@@ -304,7 +355,7 @@ class StaticFiles:
             st = os.stat(file_path)
         except OSError:
             st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_dev in _NEVER_DEVICES:
             if entry is not None:
                 self._forget(file_path)
             return None
@@ -392,6 +443,61 @@ class StaticFiles:
 
 
 _SUFFIX = dict(ENCODINGS)
+
+
+def _devices(paths: tuple[str, ...]) -> frozenset[int]:
+    """The devices of those of ``paths`` that are mount points (a bare directory
+    shares the device of ``/``: refusing that device would refuse every file)."""
+    found = set()
+    for path in paths:
+        try:
+            if os.path.ismount(path):
+                found.add(os.stat(path).st_dev)
+        except OSError:
+            pass
+    return frozenset(found)
+
+
+# the file systems of /proc and /sys, wherever else they are mounted (a container's /host/proc)
+_NEVER_DEVICES = _devices(NEVER_SERVED)
+
+
+def _never_served(real_path: str) -> bool:
+    """Whether ``real_path`` (symlinks resolved) is /proc, /sys or below them."""
+    return any(real_path == top or real_path.startswith(top + "/") for top in NEVER_SERVED)
+
+
+def system_directory(path: str) -> bool:
+    """Whether ``path`` is refused as a static root without ``allow_system_root``.
+
+    That is, as given or once symlinks are resolved: ``/``, ``/bin``, ``/sbin``,
+    ``/usr``, ``/var``, ``/root``, ``/home``, any top-level ``/lib*``, the home
+    directory of the user running the server (each of them, or a directory
+    above one: ``/home`` holds ``/home/me``), and ``/dev``, ``/etc``, ``/boot``,
+    ``/run``, ``/proc``, ``/sys`` with everything below them. Subdirectories of
+    the first group (``/var/www``, ``/home/me/site``) are fine.
+    """
+    exact = set(SYSTEM_DIRECTORIES)
+    home = os.path.expanduser("~")
+    if os.path.isabs(home):
+        exact.add(home)
+    exact |= {os.path.realpath(p) for p in exact}  # /bin is /usr/bin on merged-/usr systems
+    trees = {*SYSTEM_TREES, *NEVER_SERVED}
+    trees |= {os.path.realpath(p) for p in trees}  # /etc is /private/etc on macOS
+    for candidate in {os.path.abspath(path), os.path.realpath(path)}:
+        if candidate in exact:
+            return True
+        parent, name = os.path.split(candidate)
+        if parent == "/" and name.startswith("lib"):
+            return True
+        if any(candidate == t or candidate.startswith(t + "/") for t in trees):
+            return True
+        below = os.path.join(candidate, "")
+        if any(p.startswith(below) for p in exact | trees):  # "/" holds them all
+            return True
+    return False
+
+
 WIRE_OVERHEAD = 512  # bytes of a prepared answer's head, counted in the budget
 
 
@@ -474,9 +580,10 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | Literal[_Range.UNSAT
         return None
     first_text, dash, last_text = spec.strip().partition("-")
     first_text, last_text = first_text.strip(), last_text.strip()
-    if not dash or not (first_text.isdigit() or last_text.isdigit()):
+    if not dash or not (first_text or last_text):
         return None
-    if (first_text and not first_text.isdigit()) or (last_text and not last_text.isdigit()):
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "٣"
+    if (first_text and not _digits(first_text)) or (last_text and not _digits(last_text)):
         return None
     if not first_text:  # "-n": the last n bytes
         n = int(last_text)
@@ -490,6 +597,11 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | Literal[_Range.UNSAT
     if first >= size:
         return _UNSATISFIABLE
     return first, min(last, size - 1)
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is one or more ASCII digits."""
+    return text.isascii() and text.isdigit()
 
 
 def _accepted_codings(value: str | None) -> frozenset[str]:

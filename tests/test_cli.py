@@ -295,6 +295,55 @@ def test_serve_app_factory_with_extra_static(serve, tmp_path):
     assert served.terminate()[0] == 0
 
 
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--static", "/"], {}, "--static: refusing to serve / as a static root"),
+        (["--static", "/etc:/conf"], {}, "--static: refusing to serve /etc as a static root"),
+        (["--static", "/proc", "--allow-system-root"], {}, "/proc and /sys never are"),
+        (
+            ["--static", "/sys"],
+            {"SIMPLEW_ALLOW_SYSTEM_ROOT": "1"},
+            "/proc and /sys never are",
+        ),
+        (
+            ["--static", "/"],
+            {"SIMPLEW_ALLOW_SYSTEM_ROOT": "maybe"},
+            "SIMPLEW_ALLOW_SYSTEM_ROOT must be 1 or 0, got 'maybe'",
+        ),
+    ],
+)
+def test_static_system_root_is_a_usage_error(args, env, message):
+    status, err = run_error("serve", *args, env=clean_env(**env))
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simplew: error: "), err
+    assert message in lines[0]
+    if "never" not in message and "maybe" not in message:
+        assert "--allow-system-root" in lines[0]  # how to force it
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_static_system_root_forced_still_hides_proc(serve, tmp_path, how):
+    (tmp_path / "page.txt").write_text("on disk")
+    port = free_port()
+    address = ["--host", "127.0.0.1", "--port", str(port)]
+    if how == "option":
+        args = ["--allow-system-root"]
+        env = clean_env(SIMPLEW_KEYFILE_PASSWORD="hunter2-cli-secret")
+    else:
+        args = []
+        env = clean_env(
+            SIMPLEW_ALLOW_SYSTEM_ROOT="1", SIMPLEW_KEYFILE_PASSWORD="hunter2-cli-secret"
+        )
+    served = serve("serve", "--static", "/", *args, *address, port=port, env=env)
+    assert served.get(str(tmp_path / "page.txt")) == (200, b"on disk")
+    for path in ("/proc/self/environ", f"/proc/{served.proc.pid}/environ", "/sys/kernel/"):
+        status, body = served.get(path)
+        assert status == 404, path
+        assert b"hunter2" not in body
+
+
 def test_environment_variables(serve):
     port = free_port()
     env = clean_env(

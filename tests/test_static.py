@@ -391,3 +391,126 @@ def test_server_keeps_serving_after_the_attempts(server):
     for target in ESCAPES[:10]:
         fetch(server.port, target)
     assert_serving(server.port)
+
+
+@pytest.mark.parametrize(
+    "spec", ["bytes=\u0663-", "bytes=-\u0663", "bytes=0-\u0663", "bytes=\u00b2-"]
+)
+def test_range_takes_ascii_digits_only(tree, spec):
+    # Headers a handler could pass on its own: other Unicode digits (int() takes
+    # Arabic-Indic ones) are as malformed as the Latin-1 ones the network can send.
+    status, _, body = StaticFiles(str(tree)).serve("GET", "/notes.txt", {"range": spec})
+    assert status == 200 and bytes(body) == b"notes"
+
+
+# -- dotfiles, system roots, /proc and /sys ----------------------------------------
+
+
+@pytest.fixture
+def dotted(tree: Path) -> Path:
+    """``tree`` plus dotfiles, a .well-known file and symlinks to a dotfile and into /proc."""
+    (tree / ".env").write_bytes(SECRET)
+    (tree / ".git").mkdir()
+    (tree / ".git" / "config").write_bytes(SECRET)
+    (tree / ".git" / "index.html").write_bytes(SECRET)
+    (tree / "docs" / ".hidden.txt").write_bytes(SECRET)
+    (tree / ".well-known").mkdir()
+    (tree / ".well-known" / "security.txt").write_text("Contact: mailto:a@example.com")
+    (tree / ".well-known" / ".secret").write_bytes(SECRET)
+    (tree / "config.txt").symlink_to(tree / ".git" / "config")  # a plain name for a dotfile
+    (tree / "gitdir").symlink_to(tree / ".git")
+    (tree / "environ.txt").symlink_to("/proc/self/environ")
+    (tree / "proc").symlink_to("/proc")
+    (tree / "sys").symlink_to("/sys")
+    return tree
+
+
+DOTFILES = [
+    b"/.env",
+    b"/.git/config",
+    b"/.git/",
+    b"/.git",
+    b"/%2eenv",
+    b"/%2Egit/config",
+    b"/docs/.hidden.txt",
+    b"/.well-known/.secret",
+    b"/config.txt",
+    b"/gitdir/config",
+    b"/gitdir/",
+]
+
+
+@pytest.mark.parametrize("target", DOTFILES, ids=lambda t: t.decode("latin-1"))
+def test_dotfiles_are_refused_by_default(make_server, dotted, target):
+    server = make_server(lambda s: s.add_static_content(str(dotted), "/"))
+    response = fetch(server.port, target)
+    assert response.status == 404, response
+    assert SECRET not in response.body
+
+
+def test_well_known_is_served(make_server, dotted):
+    server = make_server(lambda s: s.add_static_content(str(dotted), "/"))
+    response = fetch(server.port, "/.well-known/security.txt")
+    assert response.status == 200 and response.body.startswith(b"Contact:")
+
+
+def test_dotfiles_are_served_when_asked(make_server, dotted):
+    server = make_server(lambda s: s.add_static_content(str(dotted), "/", dotfiles=True))
+    assert fetch(server.port, "/.env").body == SECRET
+    assert fetch(server.port, "/.git/config").body == SECRET
+    assert fetch(server.port, "/config.txt").body == SECRET
+    assert fetch(server.port, "/docs/.hidden.txt").body == SECRET
+
+
+@pytest.mark.parametrize("dotfiles", [False, True])
+def test_proc_and_sys_are_never_served_through_a_symlink(make_server, dotted, dotfiles):
+    assert open("/proc/self/environ", "rb").read()  # there is something to leak
+    server = make_server(lambda s: s.add_static_content(str(dotted), "/", dotfiles=dotfiles))
+    for target in ("/environ.txt", "/proc/self/environ", "/proc/self/cmdline", "/sys/kernel/"):
+        assert fetch(server.port, target).status == 404, target
+    assert_serving(server.port)
+
+
+@pytest.mark.parametrize(
+    "root", ["/", "/etc", "/usr", "/var", "/root", "/home", "/bin", "/lib", "/dev", "/run", "~"]
+)
+def test_system_directories_are_refused_as_a_root(root):
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        pytest.skip(f"no {root} here")
+    with pytest.raises(ValueError, match="allow_system_root=True") as info:
+        StaticFiles(root)
+    assert f"refusing to serve {root}" in str(info.value)
+    StaticFiles(root, allow_system_root=True)  # forced
+
+
+def test_a_symlink_to_a_system_directory_is_refused_as_a_root(tmp_path):
+    (tmp_path / "everything").symlink_to("/")
+    with pytest.raises(ValueError, match="everything \\(/\\)"):
+        StaticFiles(str(tmp_path / "everything"))
+
+
+@pytest.mark.parametrize("root", ["/proc", "/proc/self", "/sys", "/sys/kernel"])
+def test_proc_and_sys_are_refused_as_a_root_even_when_forced(root):
+    with pytest.raises(ValueError, match="never"):
+        StaticFiles(root, allow_system_root=True)
+
+
+def test_add_static_content_refuses_a_system_root(make_server):
+    with pytest.raises(ValueError, match="refusing to serve /"):
+        make_server(lambda s: s.add_static_content("/"))
+
+
+def test_forced_filesystem_root_still_hides_proc_and_sys(make_server, tree):
+    server = make_server(lambda s: s.add_static_content("/", "/", allow_system_root=True))
+    notes = fetch(server.port, str(tree / "notes.txt"))
+    assert notes.status == 200 and notes.body == b"notes"  # forced: it serves the disk
+    for target in (
+        "/proc/self/environ",
+        "/proc/1/environ",
+        "/proc/self/cwd/" + str(tree / "notes.txt"),
+        "/proc/self/root/" + str(tree / "notes.txt"),
+        "/sys/kernel/hostname",
+        "/sys/",
+    ):
+        assert fetch(server.port, target).status == 404, target

@@ -12,7 +12,7 @@ headers without line breaks, a Content-Length that matches the body; nothing
 after ``Connection: close``), optionally followed after a 101 by well-formed
 WebSocket frames; unless the connection ends early (Connection: close, an
 upgrade, a timeout), exactly one final answer per complete request; no 500; no file from
-outside the static root; the
+outside the static root, no dotfile; the
 connection is always released; while the transport is paused (the client
 does not read) the server writes at most one more answer.
 """
@@ -52,7 +52,7 @@ async def _drive(s, pieces: list[bytes], high: int, stalled_reader: bool, slow: 
             await support.settle()
     await client.finish()
     out = bytes(t.out)
-    assert SECRET not in out, "a file outside the static root was served"
+    assert SECRET not in out, "a file outside the static root, or a dotfile, was served"
     responses, rest = parse_responses(out, s.head_flags)
     closing = any(r.headers.get("connection", "").lower() == "close" for r in responses)
     expected = None if slow or closing or rest < len(out) else _complete_requests(b"".join(pieces))
@@ -103,8 +103,9 @@ def seeds() -> dict[str, bytes]:
     cut = bytes((3, 77))
     return {
         "get_index": plain + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        "pipelined": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nHEAD /sub/ HTTP/1.1\r\n\r\n"
-        b'GET /cached/sub/b.css HTTP/1.1\r\nIf-None-Match: "x"\r\n\r\n',
+        "pipelined": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /sub/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        b'GET /cached/sub/b.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: "x"\r\n\r\n',
         "http10_keepalive": plain + b"GET /hello?name=z HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
         b"GET /healthz HTTP/1.0\r\n\r\n",
         "rest_get": cut + b"GET /api/items/7?verbose=yes&limit=3&kind=b&when=2024-01-02T03:04:05Z"
@@ -128,10 +129,24 @@ def seeds() -> dict[str, bytes]:
         b"GET / HTTP/1.1\r\n\r\n",
         "upgrade_no_endpoint": plain + up("/nowhere"),
         "bad_request": plain + b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        "traversal": plain
-        + b"GET /%2e%2e/secret.txt HTTP/1.1\r\n\r\nGET /leak.txt HTTP/1.1\r\n\r\n",
+        "traversal": plain + b"GET /%2e%2e/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /leak.txt HTTP/1.1\r\nHost: x\r\n\r\n",
         "slow_header": bytes((0x42, 5)) + b"GET / HTTP/1.1\r\nHost: x\r\nX: y\r\n\r\n",
         "metrics": plain + b"GET /metrics HTTP/1.1\r\n\r\n",
+        "ranges": plain + b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=-7\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=299-\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=999-\r\n\r\n"
+        b'GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2\r\nIf-Range: "x"\r\n\r\n'
+        b"GET /sub/b.css HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1,3-4\r\n\r\n",
+        "dotfiles": plain + b"GET /.env HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /%2egit/config HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /cached/.git/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        # header bytes are Latin-1: "\xb2" is "²", which str.isdigit() takes and int() refuses
+        "range_latin1_digits": plain
+        + b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=\xb2-\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=-\xb9\r\n\r\n"
+        b"GET /index.html HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\xb3\r\n\r\n",
     }
 
 

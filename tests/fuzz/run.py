@@ -10,8 +10,9 @@ corpus ``corpus/<harness>/`` is read (and so replayed first); new inputs go to
 a temporary directory, never into the committed corpus. Crash, timeout and
 OOM inputs are left in the work directory (``--workdir``, default a new
 temporary one) and listed in the summary, with the number of inputs run and
-the statuses / close codes each harness reached. The exit status is 1 when
-anything was found.
+the statuses / close codes each harness reached. A ``<harness>.dict`` next to
+a harness is its libFuzzer dictionary. The exit status is 1 when anything was
+found.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def run_one(name: str, seconds: float, workdir: Path, replay: bool = False) -> R
         f"-artifact_prefix={base}-",
         "-print_final_stats=1",
     ]
+    dictionary = HERE / f"{name}.dict"
+    if dictionary.is_file():  # tokens the mutator inserts (header names, odd bytes)
+        cmd.append(f"-dict={dictionary}")
     if replay:
         files = sorted(str(p) for p in corpus.iterdir() if p.is_file()) if corpus.is_dir() else []
         if not files:

@@ -39,13 +39,14 @@ _STATIC_ROOT: str | None = None
 
 
 def static_root() -> str:
-    """A small static tree, with a symlink to a file outside it (which must
-    never be served)."""
+    """A small static tree, with a symlink to a file outside it and dotfiles
+    holding the secret (none of which may be served)."""
     global _STATIC_ROOT
     if _STATIC_ROOT is None:
         base = tempfile.mkdtemp(prefix="simplew-fuzz-")
         root = os.path.join(base, "www")
         os.makedirs(os.path.join(root, "sub"))
+        os.makedirs(os.path.join(root, ".git"))
         with open(os.path.join(base, "secret.txt"), "wb") as f:
             f.write(SECRET)
         for name, body in (
@@ -53,6 +54,8 @@ def static_root() -> str:
             ("a.txt", b"a" * 300),
             ("sub/b.css", b"body{}\n"),
             ("sub/index.html", b"<p>sub</p>"),
+            (".env", SECRET),
+            (".git/config", SECRET),
         ):
             with open(os.path.join(root, name), "wb") as f:
                 f.write(body)
