@@ -27,9 +27,16 @@ SECONDS = float(os.environ.get("SIMPLEW_FUZZ_SECONDS", "20"))
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[tuple[str, str], fuzz_run.Result]:
+def results(request, tmp_path_factory) -> dict[tuple[str, str], fuzz_run.Result]:
+    # only the harnesses whose tests were selected (-k resume runs one harness)
+    selected = {
+        item.callspec.params["harness"]
+        for item in request.session.items
+        if "harness" in getattr(getattr(item, "callspec", None), "params", {})
+    }
+    names = [name for name in fuzz_run.HARNESSES if name in selected]
     workdir = tmp_path_factory.mktemp("fuzz")
-    done = fuzz_run.run_all(list(fuzz_run.HARNESSES), SECONDS, 2, workdir)
+    done = fuzz_run.run_all(names, SECONDS, 2, workdir)
     return {(r.harness, r.mode): r for r in done}
 
 

@@ -40,6 +40,7 @@ HARNESSES = {  # name -> max input length
     "inflate": 8192,
     "rest_binding": 2048,
     "request_head": 2048,
+    "resume": 1024,
 }
 RSS_LIMIT_MB = 1024
 TIMEOUT_S = 10

@@ -368,3 +368,70 @@ def check_released(s: RecordingServer) -> None:
     assert len(s.hub) == 0, f"{len(s.hub)} sessions left in the hub"
     assert not s.hub.rooms(), f"rooms left: {s.hub.rooms()}"
     assert not s._http_connections, "an HTTP connection left in the server's set"
+
+
+# -- simplew.v1 recovery (resume.py) -------------------------------------------------
+
+REVOKED_ROOM = "revoked"  # on_resume_room refuses it: a resumed session loses it
+
+
+@route("/vault")
+class VaultController(Controller):
+    """Rooms named ``alice-*`` are alice's: only a connection whose user is alice
+    joins them (so a ``pub`` of one reaching anyone else came from a resume)."""
+
+    @route("WEBSOCKET", "/join")
+    def join(self, message: WebSocketMessage) -> dict:
+        room = message.map_body(str)
+        if room.startswith("alice-") and self.session.user != "alice":
+            return {"refused": room}
+        self.session.join(room)
+        return {"joined": room}
+
+    @route("WEBSOCKET", "/me")
+    def me(self, message: WebSocketMessage) -> dict:
+        return {"user": self.session.user}
+
+
+_RECOVERY_SERVER: SimpleWServer | None = None
+
+
+def recovery_server() -> SimpleWServer:
+    """A second server of this process, with ``simplew.v1`` recovery and JWTs: the
+    one resume.py attacks (``server()`` stays as the other harnesses know it)."""
+    global _RECOVERY_SERVER
+    if _RECOVERY_SERVER is None:
+        install_guard()
+        s = SimpleWServer(
+            "127.0.0.1",
+            0,
+            recovery=True,
+            recovery_window=1e6,  # the virtual clock jumps: no ended session expires
+            token_grace=5.0,
+            max_message_size=4096,
+            compression=False,
+            metrics=True,
+            ping_interval=None,
+        )
+        s.add_websocket_content(VaultController, "/ws")
+        s.on_resume_room(lambda session, room: room != REVOKED_ROOM)
+        s.set_token(JWT_KEY)
+        s._compile()
+        s._loop = loop()
+        s._loop_thread_id = __import__("threading").get_ident()
+        _RECOVERY_SERVER = s
+    return _RECOVERY_SERVER
+
+
+def fresh_recovery(s: SimpleWServer) -> None:
+    """A new stream for the next input: a new epoch, an empty history, no ended
+    session (as ``SimpleWServer._compile`` makes it), so inputs stay independent."""
+    from simplew.recovery import Recovery
+
+    old = s.recovery
+    assert old is not None
+    old.close()
+    new = Recovery(s.context, s.recovery_window, s.history_size, s.history_bytes)
+    new.on_session_end = old.on_session_end
+    new.on_resume_room = old.on_resume_room
+    s.recovery = s.context.recovery = new
