@@ -25,6 +25,7 @@ from simplew import Controller, HttpError, Request, Response, require_jwt, route
 from simplew.rest import http_routes_of
 
 TIMEOUT = 5.0
+JSON = {"Content-Type": "application/json"}
 
 
 # -- clients -------------------------------------------------------------------
@@ -318,11 +319,61 @@ def test_bad_bodies_are_400(server):
     assert r.status == 400 and "missing field 'name'" in r.json()["message"]
     r = call(server.port, "POST", "/api/rest-items", {"name": "x", "colour": "red"})
     assert r.status == 400 and "colour" in r.json()["message"]
-    r = call(server.port, "POST", "/api/rest-items", b"{not json")
+    r = call(server.port, "POST", "/api/rest-items", b"{not json", JSON)
     assert r.status == 400 and r.json()["error"] == "bad_json"
     r = call(server.port, "POST", "/api/rest-items", b"")
     assert r.status == 400 and r.json()["error"] == "bad_body"
     assert not ITEMS
+
+
+def test_a_json_body_needs_a_json_content_type(server):
+    """A body bound as JSON is read only under a JSON Content-Type: a cross-site form or
+    ``fetch(..., {mode: "no-cors"})`` (text/plain, form types, or none at all for a Blob)
+    reaches no handler, so cookies cannot carry a forged call (as FastAPI's CVE-2021-32677)."""
+    body = b'{"name": "forged"}'
+    for content_type in (
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "text/xml",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "text/json",
+        "application/+json",
+        "application/json, text/plain",
+    ):
+        r = call(server.port, "POST", "/api/rest-items", body, {"Content-Type": content_type})
+        assert r.status == 415, (content_type, r)
+        assert r.json() == {
+            "error": "unsupported_media_type",
+            "message": "the request body must be JSON (Content-Type: application/json), "
+            f"got {content_type!r}",
+            "parameter": "item",
+        }
+    r = call(server.port, "POST", "/api/rest-items", body)  # no Content-Type (a Blob body)
+    assert r.status == 415 and r.json()["message"].endswith("got no Content-Type")
+    r = call(server.port, "PUT", "/api/rest-items/4", body, {"Content-Type": "text/plain"})
+    assert r.status == 415 and r.json()["parameter"] == "body"  # a parameter named body
+    assert not ITEMS
+    for content_type in (
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        " application/json ;charset=UTF-8",
+        "application/vnd.api+json",
+        "application/merge-patch+JSON",
+    ):
+        r = call(server.port, "PUT", "/api/rest-items/4", body, {"Content-Type": content_type})
+        assert r.json() == {"replaced": 4, "with": {"name": "forged"}}, content_type
+    # no body: nothing to read, whatever the type
+    r = call(server.port, "PATCH", "/api/rest-items/4", headers={"Content-Type": "text/plain"})
+    assert r.json() == {"patched": 4, "body": None}
+    r = call(server.port, "POST", "/api/rest-items", b"", {"Content-Type": "text/plain"})
+    assert r.status == 400 and r.json()["error"] == "bad_body"
+    # raw bodies (bytes, str) take any type, as before
+    r = call(server.port, "POST", "/api/rest-misc/raw-body", body, {"Content-Type": "text/plain"})
+    assert r.json() == {"size": len(body)}
+    r = call(server.port, "POST", "/api/rest-misc/text-body", b"hi", {"Content-Type": "text/xml"})
+    assert r.json() == {"text": "hi", "method": "POST"}
 
 
 def test_body_parameter_put_patch_delete(server):
@@ -330,7 +381,7 @@ def test_body_parameter_put_patch_delete(server):
     assert r.status == 200 and r.json() == {"replaced": 4, "with": {"a": [1, 2]}}
     r = call(server.port, "PUT", "/api/rest-items/4", [1, 2])  # not a dict
     assert r.status == 400 and r.json()["error"] == "bad_body"
-    r = call(server.port, "PATCH", "/api/rest-items/4", "null")
+    r = call(server.port, "PATCH", "/api/rest-items/4", "null", JSON)
     assert r.json() == {"patched": 4, "body": None}
     r = call(server.port, "PATCH", "/api/rest-items/4")  # optional body
     assert r.json() == {"patched": 4, "body": None}
@@ -464,8 +515,13 @@ def test_pipelined_responses_keep_request_order_behind_async_handlers(server):
     ]
     data = b""
     for line in requests:
-        body = b'"e"' if line.startswith("POST") else b""
-        data += f"{line} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        body, ctype = (
+            (b'"e"', "Content-Type: application/json\r\n") if "POST" in line else (b"", "")
+        )
+        data += (
+            f"{line} HTTP/1.1\r\nHost: x\r\n{ctype}Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(data)
         got = read_responses(sock, len(requests))

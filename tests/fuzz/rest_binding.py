@@ -2,14 +2,18 @@
 ``message._convert`` through ``Router.dispatch``).
 
 Input: ``METHOD TARGET\\n`` then the body, bytes read as latin-1 like the
-HTTP front does; TARGET is the path and query string. The request goes to
+HTTP front does; TARGET is the path and query string. A request with a body
+has ``Content-Type: application/json``, unless the first line holds a tab:
+``METHOD TARGET\\tTYPE\\n`` sends TYPE instead (none when TYPE is empty), so
+JSON-bound routes are reached as well as their 415. The request goes to
 the server facade's ``http_handler`` (CORS, ops, router, static), and an
 awaitable answer is awaited.
 
 Invariants: no exception escapes, nothing logged at ERROR; the answer is a
 (status, headers, body) tuple with a status out of the documented set (200,
 201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426), never 500 (the handlers
-raise AssertionError when a bound argument lacks its declared type); header
+raise AssertionError when a bound argument lacks its declared type); 415 only
+for a body under a type that is not JSON; header
 names and values hold no line break; every 4xx from the router is a JSON
 object with an ``error`` string. JSON bodies are mutated structurally
 (json_mutator.py) as well as byte by byte.
@@ -23,18 +27,23 @@ import support
 from targets import server
 
 stats = support.stats
-STATUSES = {200, 201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426}
+STATUSES = {200, 201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 415, 426}
 
 from simplew.request import Request  # noqa: E402  (imported instrumented by targets)
 
 
 def test_one_input(data: bytes) -> None:
     head, _, body = data.partition(b"\n")
-    method, _, target = head.decode("latin-1").partition(" ")
+    line, tab, content_type = head.decode("latin-1").partition("\t")
+    method, _, target = line.partition(" ")
     path, _, query = target.partition("?")
     if not path.startswith("/"):
         path = "/" + path
     headers = {"host": "fuzz"}
+    if not tab:
+        content_type = "application/json" if body else ""
+    if content_type:
+        headers["content-type"] = content_type
     if body[:1] == b"\x00":  # a CORS request
         headers["origin"] = "http://a.example"
     request = Request(method or "GET", path, query, headers, body)
@@ -46,6 +55,9 @@ def test_one_input(data: bytes) -> None:
     status, out_headers, content = result
     support.note(f"status {status}")
     assert status in STATUSES, f"{status}: {content[:300]!r}"
+    if status == 415:
+        media = content_type.partition(";")[0].strip().lower()
+        assert body and media != "application/json" and not media.endswith("+json"), data
     assert isinstance(content, bytes)
     for name, value in out_headers:
         line = f"{name}: {value}"
@@ -72,6 +84,11 @@ def seeds() -> dict[str, bytes]:
         "create_user_bad": b'POST /api/users\n{"name":"a","age":true}',
         "put_counts": b'PUT /api/users/b%20c\n{"x":1,"y":2}',
         "raw": b"POST /api/raw\n\x00\x01\x02",
+        "create_user_text_plain": b'POST /api/users\ttext/plain;charset=UTF-8\n{"name":"a","age":3}',
+        "create_user_no_type": b'POST /api/users\t\n{"name":"a","age":3}',
+        "create_user_json_type": b"POST /api/users\tApplication/Vnd.X+JSON; charset=utf-8\n"
+        b'{"name":"a","age":3}',
+        "maybe_empty_text_plain": b"POST /api/maybe\ttext/plain\n",
         "text": b"POST /api/text\nhello",
         "list": b"POST /api/list?scale=2\n[1,2,3]",
         "maybe_empty": b"POST /api/maybe\n",
