@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 import sys
 import types
 import typing
@@ -144,14 +145,17 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int past 1.8e308
+                raise BodyMappingError(f"{where}: number out of range for float") from None
     elif tp is str:
         if isinstance(value, str):
             return value
     elif tp is uuid.UUID:
         if isinstance(value, str):
             try:
-                return uuid.UUID(value)
+                return _uuid(value)
             except ValueError:
                 pass
     elif tp is datetime.datetime:
@@ -270,7 +274,10 @@ def _to_float(value: Any) -> Any:
     if kind is float:
         return value
     if kind is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # the walk names it
+            return _NO
     return _NO
 
 
@@ -290,6 +297,16 @@ def _parser(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     return check
 
 
+# what uuid.UUID reads, less what int(x, 16) also takes: other scripts' digits, "_", spaces
+_UUID_TEXT = re.compile(r"(?:urn:uuid:)?\{?[0-9A-Fa-f-]*\}?")
+
+
+def _uuid(text: str) -> uuid.UUID:
+    if _UUID_TEXT.fullmatch(text) is None:
+        raise ValueError(text)
+    return uuid.UUID(text)
+
+
 def _datetime(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -301,7 +318,7 @@ _LEAVES: dict[Any, Callable[[Any], Any]] = {
     float: _to_float,
     str: _exact(str),
     type(None): _to_none,
-    uuid.UUID: _parser(uuid.UUID),
+    uuid.UUID: _parser(_uuid),
     datetime.datetime: _parser(_datetime),
     datetime.date: _parser(datetime.date.fromisoformat),
 }

@@ -29,6 +29,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import re
 import types
 import typing
@@ -225,9 +226,9 @@ def _from_string(raw: str, tp: Any, name: str) -> Any:
         )
     try:
         if tp is int:
-            return int(raw)
+            return _parse_int(raw)
         if tp is float:
-            return float(raw)
+            return _parse_float(raw)
         if tp is bool:
             low = raw.lower()
             if low in _TRUE:
@@ -240,6 +241,28 @@ def _from_string(raw: str, tp: Any, name: str) -> Any:
         raise _BadRequest(
             "bad_parameter", f"parameter {name!r}: expected {_type_name(tp)}, got {raw!r}", name
         ) from None
+
+
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _parse_int(raw: str) -> int:
+    """ASCII digits with an optional sign; not what ``int()`` also takes (other scripts'
+    digits, ``1_000``, surrounding spaces)."""
+    digits = raw[1:] if raw[:1] in ("-", "+") else raw
+    if digits.isdigit() and digits.isascii():
+        return int(raw)
+    raise ValueError(raw)
+
+
+def _parse_float(raw: str) -> float:
+    """A finite decimal number, ASCII: not ``nan``, ``inf``, ``1e999``, ``1_0``, ``٣``."""
+    if _FLOAT.fullmatch(raw) is None:
+        raise ValueError(raw)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -400,8 +423,10 @@ class Router:
         self.context = context
         self.app = None if context is None else context.app  # controllers' self.server
         self.prefixes = sorted(set(prefixes), key=len, reverse=True)
+        # allow_nan=False: NaN and Infinity are not JSON; a handler returning one
+        # gets 500 handler_error (ValueError) rather than an answer no client parses
         self._dumps = json.JSONEncoder(
-            default=json_default, ensure_ascii=False, separators=(",", ":")
+            default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode
         self.exact: dict[str, dict[str, Target]] = {}
         patterns: dict[str, dict[str, Target]] = {}

@@ -245,6 +245,7 @@ AGREEMENT_VALUES = [
     1,
     -7,
     2**70,
+    10**400,  # past a float's range
     1.5,
     -0.0,
     float("nan"),
@@ -253,6 +254,8 @@ AGREEMENT_VALUES = [
     Text("sub"),
     "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f",
     "{6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f}",
+    "\uff11" * 32,  # fullwidth digits: int(x, 16) takes them, a UUID does not
+    "1234_678" * 4,
     "2024-05-06T07:08:09Z",
     "2024-05-06",
     "2024-05-06T07:08:09+02:00",

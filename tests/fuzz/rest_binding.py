@@ -14,14 +14,15 @@ Invariants: no exception escapes, nothing logged at ERROR; the answer is a
 201, 204, 301, 304, 400, 401, 403, 404, 405, 409, 426), never 500 (the handlers
 raise AssertionError when a bound argument lacks its declared type); 415 only
 for a body under a type that is not JSON; header
-names and values hold no line break; every 4xx from the router is a JSON
-object with an ``error`` string. JSON bodies are mutated structurally
+names and values hold no line break; every JSON answer parses with a strict
+parser (no ``NaN``, ``Infinity`` or number past a float's range), and every
+4xx from the router is a JSON object with an ``error`` string. The handlers
+check that each float they get is finite and that each int was written in
+ASCII digits with an optional sign. JSON bodies are mutated structurally
 (json_mutator.py) as well as byte by byte.
 """
 
 from __future__ import annotations
-
-import json
 
 import support
 from targets import server
@@ -63,9 +64,10 @@ def test_one_input(data: bytes) -> None:
         line = f"{name}: {value}"
         assert "\r" not in line and "\n" not in line, f"line break in header {line!r}"
     ctype = dict(out_headers).get("Content-Type", "")
-    if 400 <= status < 500 and ctype == "application/json":
-        payload = json.loads(content)
-        assert isinstance(payload, dict) and isinstance(payload.get("error"), str), payload
+    if ctype == "application/json":  # every JSON answer is JSON: no NaN, no Infinity
+        payload = support.strict_json(content)
+        if 400 <= status < 500:
+            assert isinstance(payload, dict) and isinstance(payload.get("error"), str), payload
 
 
 def seeds() -> dict[str, bytes]:
@@ -89,6 +91,17 @@ def seeds() -> dict[str, bytes]:
         "create_user_json_type": b"POST /api/users\tApplication/Vnd.X+JSON; charset=utf-8\n"
         b'{"name":"a","age":3}',
         "maybe_empty_text_plain": b"POST /api/maybe\ttext/plain\n",
+        "float_query_overflow": b"GET /api/items/7?ratio=1e999\n",
+        "float_query_nan": b"GET /api/nums?n=1&t=2.5&t=NaN\n",
+        "float_path_infinity": b"GET /api/opt/3/-Infinity\n",
+        "int_arabic_indic_path": b"GET /api/items/%D9%A7?limit=%D9%A3\n",
+        "int_underscore_query": b"GET /api/nums?n=1_000&n=%207\n",
+        "body_nan": b'POST /api/users\n{"name":"a","age":3,"scores":{"m":NaN}}',
+        "body_infinity": b'PUT /api/users/x\n{"a":1,"b":-Infinity}',
+        "body_overflow": b'POST /api/users\n{"name":"a","age":3,"scores":{"m":1e999}}',
+        "body_int_past_float": b'POST /api/users\n{"name":"a","age":3,"scores":{"m":1'
+        + b"0" * 400
+        + b"}}",
         "text": b"POST /api/text\nhello",
         "list": b"POST /api/list?scale=2\n[1,2,3]",
         "maybe_empty": b"POST /api/maybe\n",
