@@ -174,19 +174,55 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
     elif isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            choices = ", ".join(repr(m.value) for m in tp)
+        member = _enum_member(tp, value)
+        if member is not _NO:
+            return member
+        choices = ", ".join(repr(m.value) for m in tp)
+        if issubclass(tp, enum.Flag):
             raise BodyMappingError(
-                f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}"
-            ) from None
+                f"{where}: expected a combination of {choices} for {tp.__name__}, got {value!r}"
+            )
+        raise BodyMappingError(
+            f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}"
+        )
     elif isinstance(tp, type):
         if isinstance(value, tp):
             return value
     else:
         return value
     raise BodyMappingError(f"{where}: expected {_name(tp)}, got {_kind(value)}")
+
+
+_FLAG_BITS: dict[type, int] = {}
+
+
+def _enum_member(tp: type[enum.Enum], value: Any) -> Any:
+    """The member of ``tp`` that ``value`` names, or ``_NO``.
+
+    A value of another type than the member's does not name it (``true`` or ``1.0`` is
+    not ``IntEnum`` member 1; an ``int`` may name a float-valued member), as for
+    ``Literal``. A ``Flag`` (``IntFlag`` included) takes a non-negative int made of
+    declared bits only: ``tp(value)`` would make, and keep for ever, a new pseudo-member
+    for any integer (``IntFlag(-5)`` is 3, ``IntFlag(1 << 40)`` a member of its own).
+    """
+    if issubclass(tp, enum.Flag):
+        bits = _FLAG_BITS.get(tp)
+        if bits is None:
+            bits = 0
+            for m in tp.__members__.values():
+                if type(m.value) is int:
+                    bits |= m.value
+            _FLAG_BITS[tp] = bits
+        if type(value) is not int or value < 0 or value & ~bits:
+            return _NO
+    try:
+        member = tp(value)
+    except ValueError:
+        return _NO
+    kind = type(member.value)
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        return _NO
+    return member
 
 
 # dataclass → (field name → (type, required)); resolving string annotations is
@@ -426,10 +462,7 @@ def _build_dict(value_type: Any) -> Callable[[Any], Any]:
 
 def _build_enum(tp: type[enum.Enum]) -> Callable[[Any], Any]:
     def member(value: Any) -> Any:
-        try:
-            return tp(value)
-        except ValueError:
-            return _NO
+        return _enum_member(tp, value)
 
     return member
 

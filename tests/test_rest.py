@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntFlag
 from http.client import HTTPConnection
 from typing import Any
 
@@ -103,6 +103,11 @@ class Item:
     id: uuid.UUID | None = None
 
 
+class Perm(IntFlag):
+    READ = 1
+    WRITE = 2
+
+
 ITEMS: dict[int, Item] = {}
 
 
@@ -144,6 +149,10 @@ class ItemController(Controller):
     @route("DELETE", "/{id}")
     def delete(self, id: int) -> None:
         ITEMS.pop(id, None)
+
+    @route("POST", "/perm")
+    def perm(self, body: Perm) -> dict:
+        return {"perm": int(body), "read": Perm.READ in body}
 
     @route("GET", "/by-uuid/{key}")
     def by_uuid(self, key: uuid.UUID, flag: bool | None = None) -> dict:
@@ -471,6 +480,22 @@ def test_a_handler_answering_nan_or_infinity_gets_500(make_server, caplog):
     assert len(logged) == len(targets) and all(rec.exc_info[0] is ValueError for rec in logged)
     r = call(server.port, "GET", "/api/rest-misc/not-finite/dict?x=1e300")
     assert r.status == 200 and r.json() == {"x": 1e300}
+
+
+def test_an_int_flag_body_takes_declared_bits_only(server):
+    """Any integer made an IntFlag member the enum kept for ever (-5 became 3)."""
+    r = call(server.port, "POST", "/api/rest-items/perm", 3)
+    assert r.status == 200 and r.json() == {"perm": 3, "read": True}
+    cached = len(Perm._value2member_map_)
+    for value in (-5, 4, 1 << 40, True):
+        r = call(server.port, "POST", "/api/rest-items/perm", value)
+        assert r.status == 400, (value, r)
+        assert r.json() == {
+            "error": "bad_body",
+            "message": f"body: expected a combination of 1, 2 for Perm, got {value!r}",
+            "parameter": "body",
+        }
+    assert len(Perm._value2member_map_) == cached
 
 
 def test_body_parameter_put_patch_delete(server):
