@@ -102,13 +102,17 @@ def controllers_and_path(
 
 
 def reply(session: WebSocketConnection, result: Any) -> None:
-    """Send a handler's return value: str as TEXT, bytes as BINARY, else JSON."""
+    """Send a handler's return value: str as TEXT, bytes as BINARY, else JSON.
+
+    NaN and Infinity are not JSON: a result holding one raises ValueError, which the
+    router answers as ``handler_error`` (and logs).
+    """
     if isinstance(result, str):
         session.send_text(result)
     elif isinstance(result, (bytes, bytearray, memoryview)):
         session.send_binary(result)
     else:
-        session.send_text(json.dumps(result, default=json_default))
+        session.send_text(json.dumps(result, default=json_default, allow_nan=False))
 
 
 def json_default(value: Any) -> Any:

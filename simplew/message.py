@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 import sys
 import types
 import typing
@@ -144,14 +145,17 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int past 1.8e308
+                raise BodyMappingError(f"{where}: number out of range for float") from None
     elif tp is str:
         if isinstance(value, str):
             return value
     elif tp is uuid.UUID:
         if isinstance(value, str):
             try:
-                return uuid.UUID(value)
+                return _uuid(value)
             except ValueError:
                 pass
     elif tp is datetime.datetime:
@@ -170,19 +174,55 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
     elif isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            choices = ", ".join(repr(m.value) for m in tp)
+        member = _enum_member(tp, value)
+        if member is not _NO:
+            return member
+        choices = ", ".join(repr(m.value) for m in tp)
+        if issubclass(tp, enum.Flag):
             raise BodyMappingError(
-                f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}"
-            ) from None
+                f"{where}: expected a combination of {choices} for {tp.__name__}, got {value!r}"
+            )
+        raise BodyMappingError(
+            f"{where}: expected one of {choices} for {tp.__name__}, got {value!r}"
+        )
     elif isinstance(tp, type):
         if isinstance(value, tp):
             return value
     else:
         return value
     raise BodyMappingError(f"{where}: expected {_name(tp)}, got {_kind(value)}")
+
+
+_FLAG_BITS: dict[type, int] = {}
+
+
+def _enum_member(tp: type[enum.Enum], value: Any) -> Any:
+    """The member of ``tp`` that ``value`` names, or ``_NO``.
+
+    A value of another type than the member's does not name it (``true`` or ``1.0`` is
+    not ``IntEnum`` member 1; an ``int`` may name a float-valued member), as for
+    ``Literal``. A ``Flag`` (``IntFlag`` included) takes a non-negative int made of
+    declared bits only: ``tp(value)`` would make, and keep for ever, a new pseudo-member
+    for any integer (``IntFlag(-5)`` is 3, ``IntFlag(1 << 40)`` a member of its own).
+    """
+    if issubclass(tp, enum.Flag):
+        bits = _FLAG_BITS.get(tp)
+        if bits is None:
+            bits = 0
+            for m in tp.__members__.values():
+                if type(m.value) is int:
+                    bits |= m.value
+            _FLAG_BITS[tp] = bits
+        if type(value) is not int or value < 0 or value & ~bits:
+            return _NO
+    try:
+        member = tp(value)
+    except ValueError:
+        return _NO
+    kind = type(member.value)
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        return _NO
+    return member
 
 
 # dataclass → (field name → (type, required)); resolving string annotations is
@@ -270,7 +310,10 @@ def _to_float(value: Any) -> Any:
     if kind is float:
         return value
     if kind is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # the walk names it
+            return _NO
     return _NO
 
 
@@ -290,6 +333,16 @@ def _parser(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     return check
 
 
+# what uuid.UUID reads, less what int(x, 16) also takes: other scripts' digits, "_", spaces
+_UUID_TEXT = re.compile(r"(?:urn:uuid:)?\{?[0-9A-Fa-f-]*\}?")
+
+
+def _uuid(text: str) -> uuid.UUID:
+    if _UUID_TEXT.fullmatch(text) is None:
+        raise ValueError(text)
+    return uuid.UUID(text)
+
+
 def _datetime(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -301,7 +354,7 @@ _LEAVES: dict[Any, Callable[[Any], Any]] = {
     float: _to_float,
     str: _exact(str),
     type(None): _to_none,
-    uuid.UUID: _parser(uuid.UUID),
+    uuid.UUID: _parser(_uuid),
     datetime.datetime: _parser(_datetime),
     datetime.date: _parser(datetime.date.fromisoformat),
 }
@@ -409,10 +462,7 @@ def _build_dict(value_type: Any) -> Callable[[Any], Any]:
 
 def _build_enum(tp: type[enum.Enum]) -> Callable[[Any], Any]:
     def member(value: Any) -> Any:
-        try:
-            return tp(value)
-        except ValueError:
-            return _NO
+        return _enum_member(tp, value)
 
     return member
 

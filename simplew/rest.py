@@ -12,7 +12,8 @@ methods of every :class:`~simplew.controller.Controller` subclass::
 taken by name from the path parameters, then the query string, converted with
 the annotation (int, float, bool, str, UUID, datetime, enums, ``list[X]`` for a
 repeated query parameter). A parameter annotated with a dataclass, or named
-``body``, receives the JSON request body (mapped like ``message.map_body``); one
+``body``, receives the JSON request body (mapped like ``message.map_body``; read
+only under a JSON Content-Type, else 415 ``unsupported_media_type``); one
 annotated :class:`~simplew.request.Request` (or named ``request``) the request.
 
 What a handler returns becomes the response: dict / list / dataclass → JSON 200,
@@ -28,6 +29,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import re
 import types
 import typing
@@ -99,6 +101,7 @@ _ERROR_NAMES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    415: "unsupported_media_type",
     422: "unprocessable",
     429: "too_many_requests",
     500: "handler_error",
@@ -107,11 +110,31 @@ _ERROR_NAMES = {
 
 
 class _BadRequest(Exception):
-    def __init__(self, error: str, message: str, parameter: str | None = None) -> None:
+    def __init__(
+        self, error: str, message: str, parameter: str | None = None, status: int = 400
+    ) -> None:
         super().__init__(message)
         self.error = error
         self.message = message
         self.parameter = parameter
+        self.status = status
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON: ``application/json`` or ``application/*+json``,
+    any case, parameters (``; charset=utf-8``) ignored. None (no header) is not JSON.
+
+    A browser sends a cross-site POST without a preflight only with ``text/plain``,
+    ``application/x-www-form-urlencoded``, ``multipart/form-data`` or no Content-Type
+    at all (a Blob or ArrayBuffer body), so a JSON body bound only under a JSON type
+    is never one a foreign page could forge with a user's cookies.
+    """
+    if content_type is None:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    return media == JSON_TYPE or (
+        media.startswith("application/") and media.endswith("+json") and len(media) > 17
+    )
 
 
 # -- argument binding ---------------------------------------------------------
@@ -203,9 +226,9 @@ def _from_string(raw: str, tp: Any, name: str) -> Any:
         )
     try:
         if tp is int:
-            return int(raw)
+            return _parse_int(raw)
         if tp is float:
-            return float(raw)
+            return _parse_float(raw)
         if tp is bool:
             low = raw.lower()
             if low in _TRUE:
@@ -218,6 +241,28 @@ def _from_string(raw: str, tp: Any, name: str) -> Any:
         raise _BadRequest(
             "bad_parameter", f"parameter {name!r}: expected {_type_name(tp)}, got {raw!r}", name
         ) from None
+
+
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _parse_int(raw: str) -> int:
+    """ASCII digits with an optional sign; not what ``int()`` also takes (other scripts'
+    digits, ``1_000``, surrounding spaces)."""
+    digits = raw[1:] if raw[:1] in ("-", "+") else raw
+    if digits.isdigit() and digits.isascii():
+        return int(raw)
+    raise ValueError(raw)
+
+
+def _parse_float(raw: str) -> float:
+    """A finite decimal number, ASCII: not ``nan``, ``inf``, ``1e999``, ``1_0``, ``٣``."""
+    if _FLOAT.fullmatch(raw) is None:
+        raise ValueError(raw)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -290,6 +335,15 @@ def _bind(
                     continue
                 raise _BadRequest("bad_body", "a JSON request body is required", p.name)
             if body is _MISSING:
+                content_type = request.headers.get("content-type")
+                if not _is_json_type(content_type):
+                    raise _BadRequest(
+                        "unsupported_media_type",
+                        "the request body must be JSON (Content-Type: application/json), got "
+                        + ("no Content-Type" if content_type is None else repr(content_type)),
+                        p.name,
+                        415,
+                    )
                 try:
                     body = decode_json(request.body)
                     # a \uD800-\uDFFF escape (UTF-8 text) or UTF-16/32 (NUL bytes) may hold one
@@ -369,8 +423,10 @@ class Router:
         self.context = context
         self.app = None if context is None else context.app  # controllers' self.server
         self.prefixes = sorted(set(prefixes), key=len, reverse=True)
+        # allow_nan=False: NaN and Infinity are not JSON; a handler returning one
+        # gets 500 handler_error (ValueError) rather than an answer no client parses
         self._dumps = json.JSONEncoder(
-            default=json_default, ensure_ascii=False, separators=(",", ":")
+            default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode
         self.exact: dict[str, dict[str, Target]] = {}
         patterns: dict[str, dict[str, Target]] = {}
@@ -565,7 +621,7 @@ class Router:
             out = {"error": exc.error, "message": exc.message}
             if exc.parameter is not None:
                 out["parameter"] = exc.parameter
-            return self.error(400, out)
+            return self.error(exc.status, out)
         if isinstance(exc, HttpError):
             return self.error(exc.status, {"error": exc.error, "message": exc.message})
         if isinstance(exc, BodyMappingError):

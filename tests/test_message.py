@@ -227,6 +227,44 @@ class Level(enum.IntEnum):
     HIGH = 2
 
 
+class Perm(enum.IntFlag):
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+
+
+class Mode(enum.Flag):
+    A = 1
+    B = 2
+
+
+def test_flags_take_declared_bits_only_and_cache_nothing_new():
+    """``IntFlag(-5)`` is ``READ|WRITE`` and ``IntFlag(1 << 40)`` a new member the enum keeps
+    for ever: a body could grow memory without limit. Only declared bits are taken."""
+    assert msg(5).map_body(Perm) is Perm.READ | Perm.EXEC
+    assert msg(0).map_body(Perm) == Perm(0) and msg([7]).map_body(list[Perm]) == [Perm(7)]
+    assert msg(3).map_body(Mode) is Mode.A | Mode.B
+    cached = len(Perm._value2member_map_), len(Mode._value2member_map_)
+    for value in (-5, -1, 8, 9, 1 << 40, True, 1.0, "1", None):
+        with pytest.raises(BodyMappingError, match="expected a combination of 1, 2, 4 for Perm"):
+            msg(value).map_body(Perm)
+    for value in (-1, 4, 1 << 70, False):
+        with pytest.raises(BodyMappingError, match="for Mode"):
+            msg(value).map_body(Mode)
+    for value in range(8, 60_008):  # was +18 MB, never returned
+        with pytest.raises(BodyMappingError):
+            msg(value).map_body(Optional[Perm])
+    assert (len(Perm._value2member_map_), len(Mode._value2member_map_)) == cached
+
+
+def test_an_enum_member_is_named_by_a_value_of_its_type():
+    """As for ``Literal``: ``true`` and ``1.0`` are not the ``IntEnum`` member 1."""
+    assert msg(2).map_body(Level) is Level.HIGH
+    for value in (True, 1.0, "1", 3):
+        with pytest.raises(BodyMappingError, match="expected one of 1, 2 for Level"):
+            msg(value).map_body(Level)
+
+
 @dataclass
 class Node:  # refers to itself
     name: str
@@ -245,6 +283,10 @@ AGREEMENT_VALUES = [
     1,
     -7,
     2**70,
+    -5,
+    8,
+    3,
+    10**400,  # past a float's range
     1.5,
     -0.0,
     float("nan"),
@@ -253,6 +295,8 @@ AGREEMENT_VALUES = [
     Text("sub"),
     "6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f",
     "{6f1c2b9e-3d4a-4e5b-8c7d-1a2b3c4d5e6f}",
+    "\uff11" * 32,  # fullwidth digits: int(x, 16) takes them, a UUID does not
+    "1234_678" * 4,
     "2024-05-06T07:08:09Z",
     "2024-05-06",
     "2024-05-06T07:08:09+02:00",
@@ -289,6 +333,9 @@ AGREEMENT_TYPES = [
     date,
     Color,
     Level,
+    Perm,
+    Mode,
+    Optional[Perm],
     Optional[int],
     int | str,
     str | int,

@@ -19,10 +19,16 @@ from simplew import Controller, WebSocketMessage, route
 TIMEOUT = 5.0
 
 
-def get(port: int, path: str, method: str = "GET", body: bytes | None = None):
+def get(
+    port: int,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+):
     conn = HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
-        conn.request(method, path, body=body)
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.getheader("content-type"), response.read()
     finally:
@@ -243,7 +249,7 @@ def test_one_access_log_line_per_http_request(make_server, caplog):
         )
     )
     get(server.port, "/healthz")
-    get(server.port, "/items?x=1", "POST", b"[1,2,3]")
+    get(server.port, "/items?x=1", "POST", b"[1,2,3]", {"Content-Type": "application/json"})
     get(server.port, "/nowhere")
     with connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=TIMEOUT) as ws:
         for i in range(5):

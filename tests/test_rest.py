@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntFlag
 from http.client import HTTPConnection
 from typing import Any
 
@@ -25,6 +25,7 @@ from simplew import Controller, HttpError, Request, Response, require_jwt, route
 from simplew.rest import http_routes_of
 
 TIMEOUT = 5.0
+JSON = {"Content-Type": "application/json"}
 
 
 # -- clients -------------------------------------------------------------------
@@ -102,6 +103,11 @@ class Item:
     id: uuid.UUID | None = None
 
 
+class Perm(IntFlag):
+    READ = 1
+    WRITE = 2
+
+
 ITEMS: dict[int, Item] = {}
 
 
@@ -143,6 +149,10 @@ class ItemController(Controller):
     @route("DELETE", "/{id}")
     def delete(self, id: int) -> None:
         ITEMS.pop(id, None)
+
+    @route("POST", "/perm")
+    def perm(self, body: Perm) -> dict:
+        return {"perm": int(body), "read": Perm.READ in body}
 
     @route("GET", "/by-uuid/{key}")
     def by_uuid(self, key: uuid.UUID, flag: bool | None = None) -> dict:
@@ -192,6 +202,15 @@ class MiscController(Controller):
     @route("GET", "/boom")
     def boom(self) -> None:
         raise ZeroDivisionError("boom")
+
+    @route("GET", "/not-finite/{how}")
+    def not_finite(self, how: str) -> Any:
+        x = float(self.request.query.get("x", "nan"))  # not a float parameter: unchecked
+        if how == "dict":
+            return {"x": x}
+        if how == "list":
+            return [1, [x]]
+        return Response(201, {"deep": {"x": x}})
 
     @route("GET", "/teapot")
     def teapot(self) -> Response:
@@ -318,11 +337,165 @@ def test_bad_bodies_are_400(server):
     assert r.status == 400 and "missing field 'name'" in r.json()["message"]
     r = call(server.port, "POST", "/api/rest-items", {"name": "x", "colour": "red"})
     assert r.status == 400 and "colour" in r.json()["message"]
-    r = call(server.port, "POST", "/api/rest-items", b"{not json")
+    r = call(server.port, "POST", "/api/rest-items", b"{not json", JSON)
     assert r.status == 400 and r.json()["error"] == "bad_json"
     r = call(server.port, "POST", "/api/rest-items", b"")
     assert r.status == 400 and r.json()["error"] == "bad_body"
     assert not ITEMS
+
+
+def test_a_json_body_needs_a_json_content_type(server):
+    """A body bound as JSON is read only under a JSON Content-Type: a cross-site form or
+    ``fetch(..., {mode: "no-cors"})`` (text/plain, form types, or none at all for a Blob)
+    reaches no handler, so cookies cannot carry a forged call (as FastAPI's CVE-2021-32677)."""
+    body = b'{"name": "forged"}'
+    for content_type in (
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "text/xml",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "text/json",
+        "application/+json",
+        "application/json, text/plain",
+    ):
+        r = call(server.port, "POST", "/api/rest-items", body, {"Content-Type": content_type})
+        assert r.status == 415, (content_type, r)
+        assert r.json() == {
+            "error": "unsupported_media_type",
+            "message": "the request body must be JSON (Content-Type: application/json), "
+            f"got {content_type!r}",
+            "parameter": "item",
+        }
+    r = call(server.port, "POST", "/api/rest-items", body)  # no Content-Type (a Blob body)
+    assert r.status == 415 and r.json()["message"].endswith("got no Content-Type")
+    r = call(server.port, "PUT", "/api/rest-items/4", body, {"Content-Type": "text/plain"})
+    assert r.status == 415 and r.json()["parameter"] == "body"  # a parameter named body
+    assert not ITEMS
+    for content_type in (
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        " application/json ;charset=UTF-8",
+        "application/vnd.api+json",
+        "application/merge-patch+JSON",
+    ):
+        r = call(server.port, "PUT", "/api/rest-items/4", body, {"Content-Type": content_type})
+        assert r.json() == {"replaced": 4, "with": {"name": "forged"}}, content_type
+    # no body: nothing to read, whatever the type
+    r = call(server.port, "PATCH", "/api/rest-items/4", headers={"Content-Type": "text/plain"})
+    assert r.json() == {"patched": 4, "body": None}
+    r = call(server.port, "POST", "/api/rest-items", b"", {"Content-Type": "text/plain"})
+    assert r.status == 400 and r.json()["error"] == "bad_body"
+    # raw bodies (bytes, str) take any type, as before
+    r = call(server.port, "POST", "/api/rest-misc/raw-body", body, {"Content-Type": "text/plain"})
+    assert r.json() == {"size": len(body)}
+    r = call(server.port, "POST", "/api/rest-misc/text-body", b"hi", {"Content-Type": "text/xml"})
+    assert r.json() == {"text": "hi", "method": "POST"}
+
+
+def test_numbers_in_parameters_are_ascii_and_finite(server):
+    """``int`` takes ASCII digits with an optional sign, not all that ``int()`` takes;
+    ``float`` a finite decimal number: no NaN or infinity, which no JSON can answer."""
+    r = call(server.port, "GET", "/api/rest-items?q=x&limit=-3&ratio=%2B1.5e2")
+    assert r.status == 200 and (r.json()["limit"], r.json()["ratio"]) == (-3, 150.0)
+    r = call(server.port, "GET", "/api/rest-items?q=x&limit=%2B7&ratio=.5&ids=007&ids=-0")
+    assert (r.json()["limit"], r.json()["ratio"], r.json()["ids"]) == (7, 0.5, [7, 0])
+    for limit in ("%D9%A7", "%EF%BC%97", "1_000", "%207", "7%20", "0x10", "", "-", "%2B-1"):
+        r = call(server.port, "GET", f"/api/rest-items?q=x&limit={limit}")
+        assert r.status == 400, (limit, r)
+        assert r.json()["error"] == "bad_parameter" and r.json()["parameter"] == "limit"
+    for ratio in ("1e999", "-1e999", "nan", "NaN", "inf", "-Infinity", "1_0", "%D9%A1.5", "%201"):
+        r = call(server.port, "GET", f"/api/rest-items?q=x&ratio={ratio}")
+        assert r.status == 400, (ratio, r)
+        assert r.json()["error"] == "bad_parameter" and r.json()["parameter"] == "ratio"
+    r = call(server.port, "GET", "/api/rest-items?q=x&ids=1&ids=%D9%A2")  # list[int] items
+    assert r.status == 400 and r.json()["parameter"] == "ids"
+    ITEMS[7] = Item("seven")
+    assert call(server.port, "GET", "/api/rest-items/7").status == 200
+    for path in ("%D9%A7", "%E0%A5%AD", "%207", "7_0"):  # Arabic-Indic, Devanagari 7
+        r = call(server.port, "GET", f"/api/rest-items/{path}")
+        assert r.status == 400 and r.json()["parameter"] == "id", (path, r)
+    key = "%EF%BC%91" * 32  # fullwidth digits, which int(x, 16) also takes
+    r = call(server.port, "GET", f"/api/rest-items/by-uuid/{key}")
+    assert r.status == 400 and r.json()["parameter"] == "key"
+    r = call(server.port, "GET", "/api/rest-items/by-uuid/" + "1234_678" * 4)
+    assert r.status == 400 and r.json()["parameter"] == "key"
+
+
+def test_json_bodies_hold_no_nan_or_infinity(server):
+    for number in ("NaN", "Infinity", "-Infinity", "1e999", "-1E400"):
+        body = '{"name": "x", "price": ' + number + "}"
+        r = call(server.port, "POST", "/api/rest-items", body, JSON)
+        assert r.status == 400, (number, r)
+        assert r.json() == {
+            "error": "bad_json",
+            "message": f"the request body is not valid JSON: {number} is "
+            + ("not JSON" if number[-1] in "Ny" else "out of range for a float")
+            + " (numbers must be finite)",
+            "parameter": "item",
+        }
+        r = call(server.port, "PUT", "/api/rest-items/1", '{"a": [' + number + "]}", JSON)
+        assert r.status == 400 and r.json()["error"] == "bad_json", (number, r)
+    # an integer too large for a float is a body that does not fit, not a handler error
+    r = call(
+        server.port, "POST", "/api/rest-items", '{"name": "x", "price": 1' + "0" * 400 + "}", JSON
+    )
+    assert r.status == 400 and r.json() == {
+        "error": "bad_body",
+        "message": "body.price: number out of range for float",
+        "parameter": "item",
+    }
+    assert not ITEMS
+    r = call(server.port, "POST", "/api/rest-items", '{"name": "x", "price": 1e308}', JSON)
+    assert r.status == 201 and r.json()["price"] == 1e308
+
+
+def test_a_handler_answering_nan_or_infinity_gets_500(make_server, caplog):
+    """NaN and Infinity are never written: the answer would be JSON no client parses."""
+    caplog.set_level(logging.ERROR, logger="simplew.rest")
+
+    def configure_inline(s) -> None:
+        configure(s)
+        s.map_get("/inline-nan", lambda: {"x": float("nan")})  # the bare inline path
+        s.map_get("/inline-list", lambda: [float("-inf")])
+
+    server = make_server(configure_inline)
+    targets = [
+        ("/api/rest-misc/not-finite/dict", "GET /api/rest-misc/not-finite/{how}"),
+        ("/api/rest-misc/not-finite/list?x=inf", "GET /api/rest-misc/not-finite/{how}"),
+        ("/api/rest-misc/not-finite/response?x=-inf", "GET /api/rest-misc/not-finite/{how}"),
+        ("/inline-nan", "GET /inline-nan"),
+        ("/inline-list", "GET /inline-list"),
+    ]
+    for path, name in targets:
+        r = call(server.port, "GET", path)
+        assert r.status == 500, (path, r)
+        assert r.json() == {
+            "error": "handler_error",
+            "message": f"ValueError in handler for {name}",
+        }
+    assert server.http_stats.handler_errors == len(targets)
+    logged = [rec for rec in caplog.records if rec.name == "simplew.rest"]
+    assert len(logged) == len(targets) and all(rec.exc_info[0] is ValueError for rec in logged)
+    r = call(server.port, "GET", "/api/rest-misc/not-finite/dict?x=1e300")
+    assert r.status == 200 and r.json() == {"x": 1e300}
+
+
+def test_an_int_flag_body_takes_declared_bits_only(server):
+    """Any integer made an IntFlag member the enum kept for ever (-5 became 3)."""
+    r = call(server.port, "POST", "/api/rest-items/perm", 3)
+    assert r.status == 200 and r.json() == {"perm": 3, "read": True}
+    cached = len(Perm._value2member_map_)
+    for value in (-5, 4, 1 << 40, True):
+        r = call(server.port, "POST", "/api/rest-items/perm", value)
+        assert r.status == 400, (value, r)
+        assert r.json() == {
+            "error": "bad_body",
+            "message": f"body: expected a combination of 1, 2 for Perm, got {value!r}",
+            "parameter": "body",
+        }
+    assert len(Perm._value2member_map_) == cached
 
 
 def test_body_parameter_put_patch_delete(server):
@@ -330,7 +503,7 @@ def test_body_parameter_put_patch_delete(server):
     assert r.status == 200 and r.json() == {"replaced": 4, "with": {"a": [1, 2]}}
     r = call(server.port, "PUT", "/api/rest-items/4", [1, 2])  # not a dict
     assert r.status == 400 and r.json()["error"] == "bad_body"
-    r = call(server.port, "PATCH", "/api/rest-items/4", "null")
+    r = call(server.port, "PATCH", "/api/rest-items/4", "null", JSON)
     assert r.json() == {"patched": 4, "body": None}
     r = call(server.port, "PATCH", "/api/rest-items/4")  # optional body
     assert r.json() == {"patched": 4, "body": None}
@@ -464,8 +637,13 @@ def test_pipelined_responses_keep_request_order_behind_async_handlers(server):
     ]
     data = b""
     for line in requests:
-        body = b'"e"' if line.startswith("POST") else b""
-        data += f"{line} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        body, ctype = (
+            (b'"e"', "Content-Type: application/json\r\n") if "POST" in line else (b"", "")
+        )
+        data += (
+            f"{line} HTTP/1.1\r\nHost: x\r\n{ctype}Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(data)
         got = read_responses(sock, len(requests))
@@ -789,8 +967,6 @@ def test_json_bodies_are_the_stdlib_encoding_byte_for_byte():
                 1e-5,
                 1.5e-7,
                 1e300,
-                float("nan"),
-                float("inf"),
             ]
         },
         {1: "int key"},
@@ -815,3 +991,6 @@ def test_json_bodies_are_the_stdlib_encoding_byte_for_byte():
         assert router.json_body(value) == stdlib.encode(value).encode("utf-8"), value
     with pytest.raises(UnicodeEncodeError):  # as before: the handler's failure, a 500
         router.json_body({"bad": "\ud800"})
+    for value in ({"f": float("nan")}, [float("inf")], {"t": (float("-inf"),)}):
+        with pytest.raises(ValueError, match="not JSON compliant"):  # a 500 too
+            router.json_body(value)

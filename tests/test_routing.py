@@ -140,6 +140,15 @@ class RoutingController(Controller):
         loop.append(loop)
         return loop  # json.dumps fails: circular
 
+    @route("WEBSOCKET", "/not-finite")
+    def not_finite(self, message: WebSocketMessage) -> Any:
+        return {"x": [1.5, float(message.body)]}  # "nan", "inf": not JSON
+
+    @route("WEBSOCKET", "/async-not-finite")
+    async def async_not_finite(self, message: WebSocketMessage) -> Any:
+        await asyncio.sleep(0)
+        return {"x": float(message.body)}
+
     @route("WEBSOCKET", "/async")
     async def async_ok(self, message: WebSocketMessage) -> dict:
         await asyncio.sleep(0)
@@ -464,6 +473,47 @@ DEEP = "[" * 100_000 + "]" * 100_000
             "handler_error",
             "/websocket/rt/boom",
             "ZeroDivisionError in handler for /websocket/rt/boom",
+        ),
+        # NaN and Infinity are not JSON: refused in, never sent out
+        *(
+            (
+                '{"url": "/websocket/rt/message", "body": ' + number + "}",
+                "bad_json",
+                None,
+                f"message is not valid JSON: {named} ",
+            )
+            for number, named in (
+                ("NaN", "NaN"),
+                ("Infinity", "Infinity"),
+                ("-Infinity", "-Infinity"),
+                ("[1, NaN]", "NaN"),
+                ("1e999", "1e999"),
+                ("-1E400", "-1E400"),
+            )
+        ),
+        (
+            '{"url": "/websocket/rt/message", "body": "\\ud800", "x": NaN}',
+            "bad_json",
+            None,
+            "message is not valid JSON: NaN ",
+        ),
+        (
+            {"url": "/websocket/rt/not-finite", "body": "nan"},
+            "handler_error",
+            "/websocket/rt/not-finite",
+            "ValueError in handler for /websocket/rt/not-finite",
+        ),
+        (
+            {"url": "/websocket/rt/not-finite", "body": "-inf"},
+            "handler_error",
+            "/websocket/rt/not-finite",
+            "ValueError in handler for /websocket/rt/not-finite",
+        ),
+        (
+            {"url": "/websocket/rt/async-not-finite", "body": "inf"},
+            "handler_error",
+            "/websocket/rt/async-not-finite",
+            "ValueError in handler for /websocket/rt/async-not-finite",
         ),
         (
             {"url": "/websocket/rt/unserialisable"},

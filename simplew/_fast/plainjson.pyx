@@ -1,7 +1,9 @@
 # cython: language_level=3
 """JSON exactly as the standard library reads and writes it, at msgspec's speed.
 
-:func:`decode_json` reads envelopes and REST bodies as ``json.loads`` would.
+:func:`decode_json` reads envelopes and REST bodies as ``json.loads`` would,
+except for what is not JSON: ``NaN``, ``Infinity`` and numbers too large for a
+float (``1e999``) are refused, as msgspec refuses them.
 :func:`plain` tells which values msgspec writes byte for byte as the standard
 library does.
 
@@ -13,6 +15,7 @@ without an exponent (finite, 1e-4 <= |x| < 1e16, or 0), nested at most 32
 deep. Anything else goes through the standard library encoder.
 """
 import json
+import math
 
 import msgspec
 
@@ -20,19 +23,34 @@ cdef object _fast_loads = msgspec.json.Decoder().decode
 cdef object _MsgspecError = msgspec.MsgspecError
 cdef object _json_loads = json.loads
 cdef object _json_dumps = json.dumps
+cdef object _isfinite = math.isfinite
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not _isfinite(value):
+        raise ValueError(f"{text} is out of range for a float (numbers must be finite)")
+    return value
 
 
 def decode_json(data):
-    """``data`` decoded exactly as ``json.loads`` would, or its exception.
+    """``data`` decoded as ``json.loads`` would, without non-finite numbers, or a ValueError.
 
     msgspec's C decoder answers first; what it refuses (its grammar is stricter:
     NaN, lone surrogates, huge exponents, UTF-16 bytes...) ``json.loads`` decides,
-    so what is accepted and every error text stay the stdlib's.
+    so what is accepted and every error text stay the stdlib's, except that
+    ``NaN``, ``Infinity``, ``-Infinity`` and a number that overflows a float are
+    refused with a ``ValueError`` (no JSON parser but Python's takes them, and
+    they could only be answered as invalid JSON).
     """
     try:
         return _fast_loads(data)
     except _MsgspecError:
-        return _json_loads(data)
+        return _json_loads(data, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def has_lone_surrogate(value):

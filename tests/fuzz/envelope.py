@@ -12,7 +12,8 @@ Invariants: no exception escapes, nothing logged at ERROR; every message gets
 exactly one answer before the client closes, which is either the handler's
 result or ``{"error", "url", "message"}`` with a documented error code -
 never ``handler_error`` (the handlers raise only when a mapped value does not
-have its declared type); the connection stays open (no CLOSE from the
+have its declared type, a float included that is not finite); the answer parses
+with a strict JSON parser (no ``NaN`` or ``Infinity``); the connection stays open (no CLOSE from the
 server); the session leaves no trace once it is gone. A JSON-aware custom mutator
 (json_mutator.py) keeps most inputs valid JSON so the typed mapping is reached.
 """
@@ -77,7 +78,7 @@ async def _drive(s, wire: bytes) -> None:
         support.note("answered text")
         check_released(s)
         return
-    reply = json.loads(answers[0][3])
+    reply = support.strict_json(answers[0][3])  # JSON: no NaN, no Infinity
     if isinstance(reply, dict) and set(reply) == {"error", "url", "message"}:
         support.note(f"error {reply['error']}")
         assert reply["error"] in ERRORS, reply
@@ -130,6 +131,14 @@ def seeds() -> dict[str, bytes]:
         "binary_utf16": '{"url": "/ws/app/int", "body": 7}'.encode("utf-16"),
         "fragmented": b"\x00\x07" + env("list", list(range(20))),
         "deep": b"[" * 3000,
+        "echo_nan": b'{"url": "/ws/app/echo", "body": {"a": NaN}}',
+        "optional_infinity": b'{"url": "/ws/app/optional", "body": Infinity}',
+        "optional_overflow": b'{"url": "/ws/app/optional", "body": -1e999}',
+        "user_score_nan": env("user", {"name": "b", "age": 1})[:-2] + b', "scores": {"m": NaN}}}',
+        "user_score_int_past_float": env("user", {"name": "b", "age": 1})[:-2]
+        + b', "scores": {"m": 1'
+        + b"0" * 400
+        + b"}}}",
     }
 
 

@@ -29,6 +29,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import os
 import re
 import selectors
@@ -36,6 +37,7 @@ import socket
 import sys
 import time
 import zlib
+from typing import Any
 
 import atheris
 
@@ -89,6 +91,22 @@ def _make_feedback():
 
 
 _outcome_leaf = _make_feedback()
+
+
+def _not_json(name: str) -> Any:
+    raise AssertionError(f"{name} in an answer: not JSON")
+
+
+def strict_json(data: bytes | str) -> Any:
+    """``data`` parsed as JSON allows it and no more: NaN and Infinity (which Python's
+    json reads and writes) and numbers past a float's range fail (AssertionError)."""
+
+    def finite(text: str) -> float:
+        value = float(text)
+        assert math.isfinite(value), f"{text} in an answer: out of range"
+        return value
+
+    return json.loads(data, parse_constant=_not_json, parse_float=finite)
 
 
 def note(outcome: str) -> None:

@@ -13,10 +13,13 @@ import asyncio
 import dataclasses
 import datetime
 import enum
+import math
 import os
+import re
 import tempfile
 import uuid
 from typing import Any, Literal, Optional
+from urllib.parse import parse_qs, unquote
 
 from support import install_guard, instrumented_simplew, loop
 
@@ -98,6 +101,24 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_float(value: Any) -> bool:
+    """A float JSON can carry: finite (NaN and Infinity are not JSON)."""
+    return type(value) is float and math.isfinite(value)
+
+
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def _ascii_int(raw: str | None) -> bool:
+    """Whether the text an ``int`` parameter was read from is ASCII digits with an
+    optional sign (``int()`` also takes other scripts' digits, ``1_000``, spaces)."""
+    return raw is not None and _ASCII_INT.fullmatch(raw) is not None
+
+
+def _segment(path: str, index: int) -> str:
+    return unquote(path.rstrip("/").split("/")[index])
+
+
 def check_user(user: Any) -> User:
     """Every field of a mapped ``User`` has its declared type."""
     assert type(user) is User, type(user)
@@ -110,7 +131,7 @@ def check_user(user: Any) -> User:
         assert type(user.address) is Address
         assert isinstance(user.address.street, str) and _is_int(user.address.zip)
     assert isinstance(user.scores, dict)
-    assert all(isinstance(k, str) and type(v) is float for k, v in user.scores.items())
+    assert all(isinstance(k, str) and _is_float(v) for k, v in user.scores.items())
     assert user.born is None or type(user.born) is datetime.date
     assert user.seen is None or type(user.seen) is datetime.datetime
     assert user.id is None or type(user.id) is uuid.UUID
@@ -146,8 +167,9 @@ class ApiController(Controller):
         uid: uuid.UUID | None = None,
         name: str = "",
     ) -> dict:
-        assert _is_int(id) and type(verbose) is bool and type(ratio) is float
-        assert limit is None or _is_int(limit)
+        assert _is_int(id) and type(verbose) is bool and _is_float(ratio)
+        assert _ascii_int(_segment(self.request.path, 3))
+        assert limit is None or (_is_int(limit) and _ascii_int(self.request.query.get("limit")))
         assert isinstance(kind, Kind) and mode in ("x", "y") and isinstance(name, str)
         assert when is None or type(when) is datetime.datetime
         assert day is None or type(day) is datetime.date
@@ -171,7 +193,9 @@ class ApiController(Controller):
     @route("GET", "/nums")
     def nums(self, n: list[int], t: tuple[float, ...] = (), s: set[str] | None = None) -> dict:
         assert isinstance(n, list) and all(_is_int(x) for x in n)
-        assert isinstance(t, tuple) and all(type(x) is float for x in t)
+        raw = parse_qs(self.request.query_string, keep_blank_values=True)
+        assert all(_ascii_int(x) for x in raw.get("n", ()))
+        assert isinstance(t, tuple) and all(_is_float(x) for x in t)
         assert s is None or (type(s) is set and all(isinstance(x, str) for x in s))
         return {"n": n, "t": t, "s": sorted(s) if s else None}
 
@@ -182,7 +206,8 @@ class ApiController(Controller):
 
     @route("GET", "/opt/{a}/{b}")
     def two(self, a: int, b: float | None) -> dict:
-        assert _is_int(a) and (b is None or type(b) is float)
+        assert _is_int(a) and _ascii_int(_segment(self.request.path, 3))
+        assert b is None or _is_float(b)
         return {"a": a, "b": b}
 
     @route("POST", "/users")
@@ -271,7 +296,7 @@ class WsController(Controller):
     @route("WEBSOCKET", "/optional")
     def optional(self, message: WebSocketMessage) -> dict:
         value = message.map_body(Optional[float])
-        assert value is None or type(value) is float
+        assert value is None or _is_float(value)
         return {"value": value}
 
     @route("WEBSOCKET", "/enum")
