@@ -16,8 +16,10 @@ What callers may rely on:
   dropped (counted in ``duplicates``).
 - After a lost connection (anything but :meth:`Client.close`) the client
   reconnects after ``uniform(0, min(backoff_max, backoff_min * 2**attempt))``
-  seconds ("full jitter"; ``attempt`` counts the failures since the last
-  welcome) and asks for the pubs it missed with ``?session=&epoch=&offset=``.
+  seconds ("full jitter"; ``attempt`` counts the attempts since the last
+  connection that stayed up ``STABLE_AFTER``, 1 s, past its welcome: a server
+  that welcomes and closes at once sees the waits double) and asks for the
+  pubs it missed with ``?session=&epoch=&offset=``.
   The server answers with a welcome: ``recovered`` true (event ``recovered``;
   the ``missed`` pubs follow, then live ones) or false (event ``reset``: the
   missed pubs are lost and the session, its rooms and the offsets are new; the
@@ -32,10 +34,27 @@ What callers may rely on:
   ``max_pending`` plus one socket read (the TCP receive buffer: 6 MiB at
   most with Linux's defaults). A server that sees the client lag then drops
   it (``max_write_buffer``), and the reconnection recovers what it missed.
+- Every server message is checked against ``simplew.v1`` (protocol.md,
+  section 5.3): a JSON object (nesting too deep for the parser is a
+  violation, not an exception) with a string ``type``; a welcome's
+  ``session`` of 16 to 64 and ``epoch`` of 1 to 64 characters of
+  ``A-Z a-z 0-9 _ -``, ``offset`` and ``missed`` integers (not booleans) from
+  0 to 10**18 - 1, ``recovered`` a boolean (true only for the session, epoch
+  and offset asked for; ``missed`` 0 otherwise); a pub's ``offset`` from 1,
+  ``room`` null or a string; exactly one of ``text`` (a string without lone
+  surrogates) and ``binary`` (standard base64 with padding); a first message
+  that is a welcome, no second one, no BINARY frame. Unknown types and fields
+  are ignored. A violation is a :class:`ProtocolError`: the client closes the
+  connection with 1002 and logs a WARNING; before the welcome,
+  :meth:`Client.connect` raises it (a reconnection attempt just fails and is
+  retried with backoff); after it, the ``Closed`` event has code 1002 and the
+  reason ``"protocol error: ..."``, nothing of the message is applied, and the
+  client reconnects with backoff. A message over ``max_message_size`` is
+  handled the same way with 1009.
 
 The first :meth:`Client.connect` makes one attempt and raises if it fails
-(wrong URL, server down, not a ``simplew.v1`` server); reconnections after
-that are automatic. Callbacks run on the event loop, in the order the frames
+(wrong URL, server down, not a ``simplew.v1`` server, a protocol violation);
+reconnections after that are automatic. Callbacks run on the event loop, in the order the frames
 arrive; a callback returning a coroutine has it scheduled as a task. The
 client is not thread-safe: call it from its loop.
 """
@@ -44,11 +63,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import collections
 import json
 import logging
 import random
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +80,15 @@ log = logging.getLogger("simplew.client")
 
 PROTOCOL = "simplew.v1"
 RESUME_PARAMS = ("session", "epoch", "offset")
+# What a welcome and a pub may hold: the limits simplew/recovery.py puts on the
+# resume parameters the client sends back (protocol.md, section 5.2).
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
+EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+OFFSET_LIMIT = 10**18  # offsets and missed: 0 <= n < OFFSET_LIMIT (at most 18 digits)
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")  # and a length that is a multiple of 4
+# Seconds a connection must stay up past its welcome for the reconnection
+# backoff to start again from its first attempt (as workers.MIN_UPTIME).
+STABLE_AFTER = 1.0
 
 
 class NotConnected(ConnectionError):
@@ -68,7 +97,10 @@ class NotConnected(ConnectionError):
 
 
 class ProtocolError(ConnectionError):
-    """The server did not speak ``simplew.v1`` (no subprotocol, bad welcome)."""
+    """The server did not speak ``simplew.v1``: no subprotocol, or a message that
+    breaks the protocol (not a JSON object, JSON nested too deeply, a field of the
+    wrong type or out of range, a BINARY frame, a first message that is not a
+    valid welcome)."""
 
 
 @dataclass(frozen=True)
@@ -130,13 +162,52 @@ def backoff_delay(
     return random.uniform(0.0, cap) if jitter else cap
 
 
+def _parse(payload: bytes) -> dict[str, Any]:
+    """A server message: a JSON object with a string ``type``, or ProtocolError."""
+    try:
+        message = json.loads(payload)
+    except RecursionError:  # the C scanner's bound on nesting
+        raise ProtocolError("JSON nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of over 4300 digits
+        raise ProtocolError(f"not JSON ({exc})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("not a JSON object")
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError("no string type")
+    return message
+
+
+def _string(value: Any, name: str) -> str:
+    """``value`` if it is a string UTF-8 can carry (no lone surrogate escape)."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{name} is not a string")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{name} holds a lone surrogate") from None
+    return value
+
+
+def _integer(message: dict[str, Any], name: str, low: int) -> int:
+    """The field ``name``: an integer (not a bool) from ``low`` to OFFSET_LIMIT - 1."""
+    value = message.get(name)
+    if type(value) is not int or not low <= value < OFFSET_LIMIT:
+        raise ProtocolError(f"{name} is not an integer from {low} to 10**18 - 1")
+    return value
+
+
 def _decode(message: dict[str, Any]) -> str | bytes:
-    if "binary" in message:
-        return base64.b64decode(message["binary"], validate=True)
-    text = message["text"]
-    if not isinstance(text, str):
-        raise ValueError("text is not a string")
-    return text
+    """The data of a pub or msg: exactly one of ``text`` (a string) and
+    ``binary`` (standard base64 with padding)."""
+    if ("text" in message) == ("binary" in message):
+        raise ProtocolError("needs exactly one of text and binary")
+    if "text" in message:
+        return _string(message["text"], "text")
+    binary = message["binary"]
+    if not isinstance(binary, str) or len(binary) % 4 or not _BASE64.match(binary):
+        raise ProtocolError("binary is not standard base64 with padding")
+    return base64.b64decode(binary)
 
 
 class _Listener(WSListener):
@@ -146,6 +217,9 @@ class _Listener(WSListener):
         self.client = client
         self.transport: WSTransport | None = None
         self.welcomed = False
+        self.welcomed_at = 0.0  # time.monotonic() of the welcome
+        self.lasted = 0.0  # seconds from the welcome to the end of the connection
+        self.failure: tuple[int, str] | None = None  # the code and reason the client closed with
         self.fragments: list[bytes] | None = None
         self.fragments_size = 0
 
@@ -163,18 +237,21 @@ class _Listener(WSListener):
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
-        # BINARY frames are not part of simplew.v1: ignored
+        elif kind == WSMsgType.BINARY:
+            self.client._refuse(self, ProtocolError("a BINARY frame (simplew.v1 is TEXT only)"))
 
     def _fragment(self, transport: WSTransport, frame: Any) -> None:
         if frame.msg_type == WSMsgType.TEXT:
             self.fragments, self.fragments_size = [], 0
         elif self.fragments is None:
-            return  # the rest of a BINARY message
+            return  # after a refused message
         chunk = frame.get_payload_as_bytes()
         self.fragments_size += len(chunk)
         if self.fragments_size > self.client.max_message_size:
-            transport.send_close(WSCloseCode.MESSAGE_TOO_BIG)
-            transport.disconnect()
+            self.fragments = None
+            self.client._refuse(
+                self, ProtocolError("a message over max_message_size"), WSCloseCode.MESSAGE_TOO_BIG
+            )
             return
         self.fragments.append(chunk)
         if frame.fin:
@@ -429,6 +506,9 @@ class Client:
         while not self._closing:
             assert self._gone is not None
             await self._gone
+            listener = self._listener
+            if listener is not None and listener.lasted >= STABLE_AFTER:
+                attempt = 0  # not after each welcome: a server may welcome and close at once
             while not self._closing:
                 delay = backoff_delay(attempt, self.backoff_min, self.backoff_max, self.jitter)
                 attempt += 1
@@ -445,7 +525,6 @@ class Client:
                 except Exception as exc:
                     log.debug("reconnection attempt %d to %s failed: %r", attempt, self.url, exc)
                     continue
-                attempt = 0
                 break
 
     def _connected(self, listener: _Listener) -> None:
@@ -481,13 +560,16 @@ class Client:
         assert transport is not None
         code, reason = 1006, ""
         handshake = transport.close_handshake
-        if handshake is not None and handshake.recv is not None:
+        if listener.failure is not None:
+            code, reason = listener.failure
+        elif handshake is not None and handshake.recv is not None:
             received: Any = handshake.recv.code  # a WSCloseCode, or an int picows has no name for
             code = int(getattr(received, "value", received))
             reason = handshake.recv.reason or ""
         self._fail_attempt(ConnectionError(f"connection closed before the welcome ({code})"))
         if listener.welcomed:
             listener.welcomed = False
+            listener.lasted = time.monotonic() - listener.welcomed_at
             self._emit(Closed(code, reason, reconnecting=not self._closing))
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
@@ -499,53 +581,83 @@ class Client:
     # -- messages -------------------------------------------------------------
 
     def _message(self, listener: _Listener, payload: bytes) -> None:
-        if listener is not self._listener:
+        if listener is not self._listener or listener.failure is not None:
             return
         try:
-            message = json.loads(payload)
-            kind = message.get("type") if isinstance(message, dict) else None
-            if kind == "pub":
-                if listener.welcomed:
-                    self._pub(message)
-            elif kind == "msg":
-                if listener.welcomed:
-                    self._emit(Msg(_decode(message)))
-            elif kind == "welcome":
-                self._welcome(listener, message)
-            # other types: ignored (forward compatibility)
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-            log.warning("malformed simplew.v1 message from %s dropped: %s", self.url, exc)
+            message = _parse(payload)
+            kind = message["type"]
             if not listener.welcomed:
-                self._fail_attempt(ProtocolError(f"bad welcome: {exc}"))
-                if listener.transport is not None:
-                    listener.transport.disconnect(False)
+                if kind != "welcome":
+                    raise ProtocolError(f"the first message is a {kind[:20]!r}, not a welcome")
+                self._welcome(listener, message)
+            elif kind == "pub":
+                self._pub(message)
+            elif kind == "msg":
+                self._emit(Msg(_decode(message)))
+            elif kind == "welcome":
+                raise ProtocolError("a second welcome on one connection")
+            # other types: ignored (forward compatibility)
+        except ProtocolError as exc:
+            self._refuse(listener, exc)
+
+    def _refuse(
+        self,
+        listener: _Listener,
+        exc: ProtocolError,
+        code: WSCloseCode = WSCloseCode.PROTOCOL_ERROR,
+    ) -> None:
+        """A protocol violation: close the connection with ``code`` (1002 by
+        default). Before the welcome the attempt fails with ``exc`` (connect()
+        raises it); after it, the Closed event carries ``code`` and the reason,
+        and the client reconnects with backoff."""
+        if listener is not self._listener or listener.failure is not None:
+            return
+        log.warning("%s: protocol error, closing: %s", self.url, exc)
+        listener.failure = (code.value, f"protocol error: {exc}")
+        self._fail_attempt(exc)
+        transport = listener.transport
+        if transport is not None and not transport.is_disconnected:
+            if not transport.is_close_frame_sent:
+                transport.send_close(code, b"protocol error")
+            transport.disconnect()
 
     def _pub(self, message: dict[str, Any]) -> None:
-        offset = message["offset"]
-        if not isinstance(offset, int):
-            raise TypeError("pub offset is not an integer")
+        offset = _integer(message, "offset", 1)
+        if "room" not in message:
+            raise ProtocolError("pub has no room")
+        room = message["room"]
+        if room is not None:
+            room = _string(room, "room")
+        data = _decode(message)
         if self.offset is not None and offset <= self.offset:
             self.duplicates += 1
             return
-        room = message.get("room")
         self.offset = offset
-        self._emit(Pub(offset, room if isinstance(room, str) else None, _decode(message)))
+        self._emit(Pub(offset, room, data))
 
     def _welcome(self, listener: _Listener, message: dict[str, Any]) -> None:
-        session, epoch, offset = message["session"], message["epoch"], message["offset"]
-        if (
-            not isinstance(session, str)
-            or not isinstance(epoch, str)
-            or not isinstance(offset, int)
-            or offset < 0
-        ):
-            raise ValueError("welcome needs session, epoch (strings) and offset (int >= 0)")
-        if listener.welcomed:
-            raise ValueError("a second welcome on one connection")
-        recovered = message.get("recovered") is True
-        missed = message.get("missed", 0) if recovered else 0
+        session, epoch = message.get("session"), message.get("epoch")
+        if not isinstance(session, str) or not SESSION_ID.match(session):
+            raise ProtocolError("session is not 16 to 64 characters of A-Z a-z 0-9 _ -")
+        if not isinstance(epoch, str) or not EPOCH.match(epoch):
+            raise ProtocolError("epoch is not 1 to 64 characters of A-Z a-z 0-9 _ -")
+        offset = _integer(message, "offset", 0)
+        recovered = message.get("recovered")
+        if not isinstance(recovered, bool):
+            raise ProtocolError("recovered is not a boolean")
+        missed = _integer(message, "missed", 0)
+        if recovered:
+            if not self._asked_recovery or (session, epoch, offset) != (
+                self.session,
+                self.epoch,
+                self.offset,
+            ):
+                raise ProtocolError("recovered a session, epoch or offset it was not asked for")
+        elif missed:
+            raise ProtocolError("missed is not 0 in a fresh session")
         self.session, self.epoch, self.offset = session, epoch, offset
         listener.welcomed = True
+        listener.welcomed_at = time.monotonic()
         if self._opened_once:
             self.reconnects += 1
         self._opened_once = True

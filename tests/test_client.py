@@ -2,12 +2,17 @@
 server with recovery on: welcome, direct messages, pubs in order, a connection
 cut with a TCP RST during a 500 msg/s multicast and recovered without a loss or
 a duplicate, rooms kept across the reconnection, reset after the recovery
-window, and ``/simplew.js`` served to browsers.
+window, and ``/simplew.js`` served to browsers. Against a hostile server
+(tests/hostile.py): every malformed field, nested JSON and BINARY frame is a
+protocol error (connect() raises ProtocolError before the welcome, a close 1002
+and a reconnection after it), and the backoff restarts only after a connection
+lasted a second past its welcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import struct
@@ -22,7 +27,9 @@ import jwt as pyjwt
 import pytest
 
 from helpers import run
-from simplew import Controller, SimpleWServer, WebSocketMessage, require_jwt, route
+from hostile import EPOCH, OMIT, SESSION, HostileServer, nested, pub, welcome
+from simplew import Controller, SimpleWServer, WebSocketMessage, recovery, require_jwt, route
+from simplew import client as client_module
 from simplew.client import Client, Event, NotConnected, ProtocolError, backoff_delay
 
 TIMEOUT = 10.0
@@ -407,3 +414,215 @@ def test_simplew_js_is_served_by_servers_with_a_websocket_endpoint(make_server):
         urllib.request.urlopen(f"http://127.0.0.1:{plain.port}/simplew.js", timeout=5)
     assert error.value.code == 404
     error.value.close()
+
+
+# -- a hostile server (tests/hostile.py): every field of simplew.v1 is checked ----------
+
+
+def run_checked(coro: Any) -> Any:
+    """run(coro), failing if anything reached the loop's exception handler (a task's
+    exception, "Future exception was never retrieved")."""
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
+        try:
+            return await coro
+        finally:
+            gc.collect()  # a future never retrieved reports when it is collected
+            await asyncio.sleep(0.05)
+
+    result = run(main())
+    assert errors == []
+    return result
+
+
+BAD_FIRST_MESSAGES = {
+    "nested JSON": nested(),
+    "nested JSON in an unknown field": welcome()[:-1] + ',"deep":' + nested() + "}",
+    "not JSON": "{",
+    "not an object": "[1]",
+    "no type": json.dumps({"session": SESSION}),
+    "a pub first": pub(),
+    "a msg first": json.dumps({"type": "msg", "text": "hi"}),
+    "an unknown type first": json.dumps({"type": "hello"}),
+    "a binary frame": b"\x00",
+    "offset true": welcome(offset=True),
+    "offset 10**4000": welcome(offset=10**4000),
+    "offset 10**18": welcome(offset=10**18),
+    "offset -1": welcome(offset=-1),
+    "offset 1.5": welcome(offset=1.5),
+    "offset a string": welcome(offset="5"),
+    "no offset": welcome(offset=OMIT),
+    "session of 300 KB": welcome(session="s" * 300_000),
+    "session of 15 characters": welcome(session="s" * 15),
+    "session of 65 characters": welcome(session="s" * 65),
+    "session with a dot": welcome(session="s" * 20 + "."),
+    "session null": welcome(session=None),
+    "empty epoch": welcome(epoch=""),
+    "epoch of 65 characters": welcome(epoch="e" * 65),
+    "epoch with a space": welcome(epoch="e e"),
+    "recovered a string": welcome(recovered="yes"),
+    "recovered 1": welcome(recovered=1),
+    "no recovered": welcome(recovered=OMIT),
+    "missed true": welcome(missed=True),
+    "missed -1": welcome(missed=-1),
+    "missed 10**18": welcome(missed=10**18),
+    "no missed": welcome(missed=OMIT),
+    "missed without recovery": welcome(missed=3),
+    "recovered without asking": welcome(recovered=True),
+}
+
+
+@pytest.mark.parametrize("message", BAD_FIRST_MESSAGES.values(), ids=BAD_FIRST_MESSAGES.keys())
+def test_connect_raises_protocol_error_on_a_bad_first_message(message):
+    """Before the welcome, a violation is connect()'s ProtocolError and a CLOSE 1002."""
+    with HostileServer(lambda index, path: ([message], None)) as server:
+
+        async def main() -> None:
+            client = Client(server.url, open_timeout=5)
+            with pytest.raises(ProtocolError):
+                await client.connect()
+            assert not client.connected
+            assert (client.session, client.epoch, client.offset) == (None, None, None)
+
+        run_checked(main())
+        (connection,) = server.wait_connections(1)
+    assert connection.code == 1002
+
+
+BAD_MESSAGES = {
+    "nested JSON": nested(),
+    "not JSON": '{"type":"pub"',
+    "not an object": '"pub"',
+    "no type": json.dumps({"offset": 8}),
+    "type a number": json.dumps({"type": 1}),
+    "a binary frame": b"\x00\x01",
+    "a second welcome": welcome(),
+    "pub offset true": pub(offset=True),
+    "pub offset 10**4000": pub(offset=10**4000),
+    "pub offset 10**18": pub(offset=10**18),
+    "pub offset 0": pub(offset=0),
+    "pub offset 7.0": pub(offset=7.0),
+    "pub without offset": pub(offset=OMIT),
+    "pub room 5": pub(room=5),
+    "pub without room": pub(room=OMIT),
+    "pub text 5": pub(text=5),
+    "pub neither text nor binary": pub(text=OMIT),
+    "pub text and binary": pub(binary="AAE="),
+    "pub binary unpadded": pub(text=OMIT, binary="AAE"),
+    "pub binary not base64": pub(text=OMIT, binary="AA*="),
+    "pub binary url-safe": pub(text=OMIT, binary="-_8="),
+    "pub binary not ASCII": pub(text=OMIT, binary="éééé"),
+    "pub text with a lone surrogate": pub(text="\ud800"),
+    "msg text 5": json.dumps({"type": "msg", "text": 5}),
+    "msg without data": json.dumps({"type": "msg"}),
+    "msg binary of one character": json.dumps({"type": "msg", "binary": "A"}),
+}
+
+
+@pytest.mark.parametrize("message", BAD_MESSAGES.values(), ids=BAD_MESSAGES.keys())
+def test_a_violation_after_the_welcome_closes_1002_and_reconnects(message):
+    """After the welcome, a violation closes the connection with 1002 (the Closed
+    event says why), changes nothing of the client's state, and the client
+    reconnects and resumes from the last valid pub."""
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        if index == 0:
+            return [welcome(), pub(offset=6, text="ok"), message], None
+        return [welcome(recovered=True, offset=6)], None
+
+    with HostileServer(script) as server:
+
+        async def main() -> list[Event]:
+            client = Client(server.url, backoff_min=0.01, jitter=False)
+            events = client.events()
+            await client.connect()
+            await until(lambda: client.resets + client.reconnects > 0 and client.connected)
+            assert (client.session, client.epoch, client.offset) == (SESSION, EPOCH, 6)
+            assert client.duplicates == 0
+            await client.close()
+            return [event async for event in events]
+
+        events = run_checked(main())
+        first, second = server.wait_connections(2)
+    assert [event.type for event in events] == [
+        "open",
+        "pub",
+        "close",
+        "open",
+        "recovered",
+        "close",
+    ]
+    assert (events[1].offset, events[1].data) == (6, "ok")
+    closed = events[2]
+    assert (closed.code, closed.reconnecting) == (1002, True)
+    assert closed.reason.startswith("protocol error: ")
+    assert first.code == 1002
+    assert f"session={SESSION}&epoch={EPOCH}&offset=6" in second.path
+    assert second.code == 1000
+
+
+def test_the_client_holds_the_server_to_its_own_limits():
+    """The session and epoch forms the client accepts are the ones the server
+    accepts back in the resume query; offsets have at most 18 digits there."""
+    assert client_module.SESSION_ID.pattern == recovery._SESSION_ID.pattern
+    assert client_module.EPOCH.pattern == recovery._EPOCH.pattern
+    assert recovery._OFFSET.pattern == r"[0-9]{1,18}\Z"
+    assert client_module.OFFSET_LIMIT == 10**18
+
+
+def test_a_recovered_welcome_must_resume_what_was_asked():
+    """A welcome that says recovered for another session, epoch or offset than the
+    ones the client sent is a violation: the client closes and tries again."""
+    wrong = [
+        welcome(recovered=True, offset=6, session="another_session_123"),
+        welcome(recovered=True, offset=6, epoch="another"),
+        welcome(recovered=True, offset=7),
+    ]
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        if index == 0:
+            return [welcome(), pub(offset=6)], 0.0  # then closed by the server
+        if index <= len(wrong):
+            return [wrong[index - 1]], None
+        return [welcome(recovered=True, offset=6)], None
+
+    with HostileServer(script) as server:
+
+        async def main() -> None:
+            client = Client(server.url, backoff_min=0.01, backoff_max=0.05, jitter=False)
+            await client.connect()
+            await until(lambda: client.reconnects == 1 and client.connected)
+            assert (client.session, client.epoch, client.offset) == (SESSION, EPOCH, 6)
+            await client.close()
+
+        run_checked(main())
+        connections = server.wait_connections(5)
+    assert [c.code for c in connections] == [1000, 1002, 1002, 1002, 1000]  # 1000: the echo
+
+
+def test_backoff_grows_until_a_connection_lasts_a_second_past_its_welcome():
+    """A server that welcomes and closes at once: the wait before each reconnection
+    doubles (the welcome does not reset it); after a connection that stayed up
+    for more than a second, the next one comes back at once."""
+    held = 5  # the index of the connection the server keeps for 1.2 s
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        fields = {} if index == 0 else {"recovered": True}
+        return [welcome(**fields)], 1.2 if index == held else 0.0
+
+    with HostileServer(script) as server:
+
+        async def main() -> None:
+            client = Client(server.url, backoff_min=0.05, backoff_max=1.0, jitter=False)
+            await client.connect()
+            await until(lambda: client.reconnects >= held + 1)
+            await client.close()
+
+        run_checked(main())
+        connections = server.wait_connections(held + 2)
+    waits = [b.opened - a.ended for a, b in zip(connections, connections[1:])]
+    for attempt, wait in enumerate(waits[:held]):
+        assert wait >= min(1.0, 0.05 * 2**attempt) * 0.9, waits
+    assert waits[held] < 0.5, waits  # attempt 0 again: 0.05 s, not 1 s

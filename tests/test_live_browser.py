@@ -2,11 +2,15 @@
 server (token, direct messages, text and binary pubs, close), and the live
 example (``examples/live.py``, ``www/live``), whose page sees every offset
 exactly once across a dropped connection and across a restart of the server
-process (the history then lives in a real Redis).
+process (the history then lives in a real Redis). Against a hostile server
+(tests/hostile.py), every malformed message is a protocol error (a close 4002
+and a reconnection) and the backoff restarts only after a connection lasted a
+second past its welcome.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -15,6 +19,7 @@ import jwt as pyjwt
 import redis as redis_py
 
 from helpers import ROOT
+from hostile import EPOCH, OMIT, SESSION, HostileServer, nested, pub, welcome
 from multiproc import free_port, port_open, wait_until
 from simplew import Controller, WebSocketMessage, require_jwt, route, stream
 from simplew.recovery import digest
@@ -130,6 +135,137 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
     for samples, cap in zip(delays, [0.5, 1, 2, 4, 8, 16, 20, 20]):
         assert all(0 <= d <= cap for d in samples)
         assert 0.4 * cap < sum(samples) / len(samples) < 0.6 * cap
+
+
+# messages that break simplew.v1 after a welcome: each closes its connection
+BAD_AFTER_WELCOME = [
+    pub(offset=10**4000),
+    pub(offset=True),
+    pub(offset=2**53),
+    pub(offset=0),
+    pub(offset="7"),
+    pub(room=5),
+    pub(room=OMIT),
+    pub(text=5),
+    pub(text=OMIT),
+    pub(binary="AAE="),
+    pub(text=OMIT, binary="AAE"),
+    pub(text=OMIT, binary="AA*="),
+    pub(text="\ud800"),
+    json.dumps({"type": "msg", "text": 5}),
+    json.dumps({"type": "msg", "binary": "A"}),
+    welcome(recovered=True, offset=6),
+    b"\x00",
+    nested(),
+    "[1]",
+    json.dumps({"type": 1}),
+    "{",
+]
+BAD_WELCOMES = [
+    welcome(offset=True),
+    welcome(session="s" * 300_000),
+    welcome(epoch="e" * 65),
+    welcome(missed=3),
+    welcome(recovered=True),  # not asked for
+    welcome(offset=2**53),
+    pub(),
+]
+
+
+def simplew_js_page(browser, make_server):
+    """A page of a simplew server (the origin that serves /simplew.js), with the
+    client's events recorded in ``window.got``."""
+    server = make_server(lambda s: s.add_websocket_content(WhoAmI, "/ws"), recovery=True)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")
+    return page, errors
+
+
+def test_simplew_js_refuses_every_protocol_violation(browser, make_server):
+    """Before the welcome, a violation closes the attempt with 4002 and the client
+    tries again; after it, the same and a close event with 1002, nothing of the
+    message applied: the resume query keeps the last valid pub's offset."""
+    bad = len(BAD_WELCOMES)
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        if index < bad:
+            return [BAD_WELCOMES[index]], None
+        if index == bad:
+            return [welcome(), pub(offset=6, text="ok"), BAD_AFTER_WELCOME[0]], None
+        after = index - bad
+        if after < len(BAD_AFTER_WELCOME):
+            return [welcome(recovered=True, offset=6), BAD_AFTER_WELCOME[after]], None
+        return [welcome(recovered=True, offset=6)], None
+
+    page, errors = simplew_js_page(browser, make_server)
+    with HostileServer(script) as hostile:
+        page.evaluate(
+            """async (url) => {
+            const { SimplewClient } = await import("/simplew.js");
+            const client = window.client = new SimplewClient({ backoffMin: 0.01, backoffMax: 0.05 });
+            const got = window.got = [];
+            for (const type of ["open", "recovered", "reset", "msg", "pub", "close"]) {
+              client.addEventListener(type, (e) => got.push([type, e.detail]));
+            }
+            await client.connect(url);
+        }""",
+            hostile.url,
+        )
+        page.wait_for_function(
+            f"window.client.reconnects === {len(BAD_AFTER_WELCOME)} && window.client.connected",
+            timeout=30_000,
+        )
+        state = page.evaluate(
+            "({offset: client.offset, session: client.session, duplicates: client.duplicates})"
+        )
+        got = page.evaluate("window.got")
+        page.evaluate("window.client.close()")
+        connections = hostile.wait_connections(bad + len(BAD_AFTER_WELCOME) + 1)
+    assert errors == []
+    assert state == {"offset": 6, "session": SESSION, "duplicates": 0}
+    pubs = [detail for kind, detail in got if kind == "pub"]
+    assert pubs == [{"offset": 6, "room": None, "data": "ok"}]
+    closes = [detail for kind, detail in got if kind == "close"]
+    assert len(closes) == len(BAD_AFTER_WELCOME)
+    for close in closes:
+        assert (close["code"], close["reconnecting"]) == (1002, True)
+        assert close["reason"].startswith("protocol error: ")
+    assert [c.code for c in connections[:-1]] == [4002] * (len(connections) - 1)
+    for connection in connections[bad + 1 :]:
+        assert f"session={SESSION}&epoch={EPOCH}&offset=6" in connection.path
+
+
+def test_simplew_js_backoff_restarts_only_after_a_stable_connection(browser, make_server):
+    """A server that welcomes and closes at once: the waits double (Math.random
+    is 1 here: each wait is the cap); after a connection that stayed up for
+    more than a second, the next one comes back at once."""
+    held = 5
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        fields = {} if index == 0 else {"recovered": True}
+        return [welcome(**fields)], 1.2 if index == held else 0.0
+
+    page, errors = simplew_js_page(browser, make_server)
+    with HostileServer(script) as hostile:
+        page.evaluate(
+            """async (url) => {
+            Math.random = () => 1;
+            const { SimplewClient } = await import("/simplew.js");
+            window.client = new SimplewClient({ backoffMin: 0.05, backoffMax: 1 });
+            await window.client.connect(url);
+        }""",
+            hostile.url,
+        )
+        page.wait_for_function(f"window.client.reconnects >= {held + 1}", timeout=20_000)
+        page.evaluate("window.client.close()")
+        connections = hostile.wait_connections(held + 2)
+    assert errors == []
+    waits = [b.opened - a.ended for a, b in zip(connections, connections[1:])]
+    for attempt, wait in enumerate(waits[:held]):
+        assert wait >= min(1.0, 0.05 * 2**attempt) * 0.9, waits
+    assert waits[held] < 0.5, waits
 
 
 def stats(page) -> dict:

@@ -21,10 +21,39 @@
 // offset is not above the last one is dropped and counted in `duplicates`).
 // After any close but close() the client reconnects after
 // random(0, min(backoffMax, backoffMin * 2**attempt)) seconds and resumes with
-// ?session=&epoch=&offset=. send() while disconnected throws NotConnectedError:
-// nothing is queued. No history is kept in memory.
+// ?session=&epoch=&offset=; attempt counts the attempts since the last
+// connection that stayed up 1 s past its welcome (a server that welcomes and
+// closes at once sees the waits double). send() while disconnected throws
+// NotConnectedError: nothing is queued. No history is kept in memory.
+//
+// Every server message is checked against simplew.v1 (docs/protocol.md, 5.3):
+// a JSON object with a string type; a welcome's session of 16 to 64 and epoch
+// of 1 to 64 characters of A-Z a-z 0-9 _ -, offset and missed integers from 0
+// (safe integers: a JS number holds no larger one exactly), recovered a boolean
+// (true only for the session, epoch and offset asked for; missed 0 otherwise);
+// a pub's offset from 1, room null or a string; exactly one of text (a string
+// without lone surrogates) and binary (standard base64 with padding); a first
+// message that is a welcome, no second one, no binary frame. Unknown types and
+// fields are ignored. A violation closes the connection with 4002 (browsers may
+// not send 1002) and a console warning; before the welcome the attempt is
+// retried with backoff, after it the close event has code 1002 and the reason
+// "protocol error: ...", nothing of the message is applied, and the client
+// reconnects with backoff.
 
 export const PROTOCOL = "simplew.v1";
+// the limits the server puts on the resume parameters (simplew/recovery.py)
+const SESSION_ID = /^[A-Za-z0-9_-]{16,64}$/;
+const EPOCH = /^[A-Za-z0-9_-]{1,64}$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;  // and a length that is a multiple of 4
+const STABLE_AFTER = 1000;  // ms a connection must stay up past its welcome to reset the backoff
+const VIOLATION = 4002;  // the close code sent for a protocol error (1002 is not allowed)
+
+export class ProtocolError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "ProtocolError";
+  }
+}
 
 export class NotConnectedError extends Error {
   constructor() {
@@ -37,15 +66,37 @@ export function backoffDelay(attempt, backoffMin, backoffMax) {
   return Math.random() * Math.min(backoffMax, backoffMin * 2 ** Math.min(attempt, 62));
 }
 
-function decode(message) {
-  if (typeof message.binary === "string") {
-    const raw = atob(message.binary);
-    const bytes = new Uint8Array(raw.length);
-    for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-    return bytes;
+const has = (message, name) => Object.prototype.hasOwnProperty.call(message, name);
+
+function string(value, name) {
+  if (typeof value !== "string") throw new ProtocolError(`${name} is not a string`);
+  const wellFormed = typeof value.isWellFormed === "function"
+    ? value.isWellFormed() : !/[\uD800-\uDFFF]/u.test(value);
+  if (!wellFormed) throw new ProtocolError(`${name} holds a lone surrogate`);
+  return value;
+}
+
+function integer(message, name, low) {
+  const value = message[name];
+  if (!Number.isSafeInteger(value) || value < low) {
+    throw new ProtocolError(`${name} is not an integer from ${low} to 2**53 - 1`);
   }
-  if (typeof message.text !== "string") throw new TypeError("neither text nor binary");
-  return message.text;
+  return value;
+}
+
+function decode(message) {
+  if (has(message, "text") === has(message, "binary")) {
+    throw new ProtocolError("needs exactly one of text and binary");
+  }
+  if (has(message, "text")) return string(message.text, "text");
+  const binary = message.binary;
+  if (typeof binary !== "string" || binary.length % 4 !== 0 || !BASE64.test(binary)) {
+    throw new ProtocolError("binary is not standard base64 with padding");
+  }
+  const raw = atob(binary);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return bytes;
 }
 
 export class SimplewClient extends EventTarget {
@@ -71,6 +122,8 @@ export class SimplewClient extends EventTarget {
     this._attempt = 0;
     this._timer = null;
     this._opened = null;
+    this._welcomedAt = 0;
+    this._failure = null;  // [code, reason] of the current connection's protocol error
   }
 
   get connected() {
@@ -140,12 +193,15 @@ export class SimplewClient extends EventTarget {
     }
     this._ws = ws;
     this._welcomed = false;
+    this._failure = null;
     this._askedRecovery = askedRecovery;
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       if (this._ws === ws && !this._welcomed) ws.close(4000, "no welcome");
     }, this.openTimeout * 1000);
-    ws.onmessage = (event) => { if (this._ws === ws) this._message(ws, event.data); };
+    ws.onmessage = (event) => {
+      if (this._ws === ws && this._failure === null) this._message(ws, event.data);
+    };
     ws.onclose = (event) => { if (this._ws === ws) this._closed(event); };
     ws.onopen = () => {
       if (ws.protocol === PROTOCOL) return;
@@ -159,8 +215,10 @@ export class SimplewClient extends EventTarget {
     const welcomed = this._welcomed;
     this._ws = null;
     this._welcomed = false;
+    if (welcomed && performance.now() - this._welcomedAt >= STABLE_AFTER) this._attempt = 0;
     if (welcomed) {
-      this._emit("close", { code: event.code, reason: event.reason, reconnecting: !this._closing });
+      const [code, reason] = this._failure ?? [event.code, event.reason];
+      this._emit("close", { code, reason, reconnecting: !this._closing });
     }
     if (!this._closing) this._retry();
   }
@@ -173,34 +231,57 @@ export class SimplewClient extends EventTarget {
   }
 
   _message(ws, data) {
-    if (typeof data !== "string") return;         // binary frames are not simplew.v1
-    let message;
     try {
-      message = JSON.parse(data);
-      if (message === null || typeof message !== "object") throw new TypeError("not an object");
-      if (message.type === "welcome") this._welcome(message);
-      else if (message.type === "pub" && this._welcomed) this._pub(message);
-      else if (message.type === "msg" && this._welcomed) this._emit("msg", { data: decode(message) });
+      if (typeof data !== "string") throw new ProtocolError("a binary frame (simplew.v1 is TEXT only)");
+      let message;
+      try {
+        message = JSON.parse(data);
+      } catch (error) {
+        throw new ProtocolError(`not JSON (${error.name})`);
+      }
+      if (message === null || typeof message !== "object" || Array.isArray(message)) {
+        throw new ProtocolError("not a JSON object");
+      }
+      const type = message.type;
+      if (typeof type !== "string") throw new ProtocolError("no string type");
+      if (!this._welcomed) {
+        if (type !== "welcome") throw new ProtocolError("the first message is not a welcome");
+        this._welcome(message);
+      } else if (type === "pub") this._pub(message);
+      else if (type === "msg") this._emit("msg", { data: decode(message) });
+      else if (type === "welcome") throw new ProtocolError("a second welcome on one connection");
       // other types: ignored (forward compatibility)
     } catch (error) {
-      console.warn("simplew.js: malformed message dropped:", error);
-      if (!this._welcomed) ws.close(4000, "bad welcome");
+      if (!(error instanceof ProtocolError)) throw error;
+      console.warn("simplew.js: protocol error, closing:", error.message);
+      this._failure = [1002, "protocol error: " + error.message];
+      ws.close(VIOLATION, "protocol error");
     }
   }
 
   _welcome(message) {
-    const { session, epoch, offset } = message;
-    if (typeof session !== "string" || typeof epoch !== "string"
-        || !Number.isInteger(offset) || offset < 0 || this._welcomed) {
-      throw new TypeError("bad welcome");
+    const { session, epoch, recovered } = message;
+    if (typeof session !== "string" || !SESSION_ID.test(session)) {
+      throw new ProtocolError("session is not 16 to 64 characters of A-Z a-z 0-9 _ -");
     }
-    const recovered = message.recovered === true;
-    const detail = { session, epoch, offset, recovered, missed: recovered ? (message.missed ?? 0) : 0 };
+    if (typeof epoch !== "string" || !EPOCH.test(epoch)) {
+      throw new ProtocolError("epoch is not 1 to 64 characters of A-Z a-z 0-9 _ -");
+    }
+    const offset = integer(message, "offset", 0);
+    if (typeof recovered !== "boolean") throw new ProtocolError("recovered is not a boolean");
+    const missed = integer(message, "missed", 0);
+    if (recovered) {
+      if (!this._askedRecovery || session !== this.session || epoch !== this.epoch
+          || offset !== this.offset) {
+        throw new ProtocolError("recovered a session, epoch or offset it was not asked for");
+      }
+    } else if (missed !== 0) throw new ProtocolError("missed is not 0 in a fresh session");
+    const detail = { session, epoch, offset, recovered, missed };
     this.session = session;
     this.epoch = epoch;
     this.offset = offset;
     this._welcomed = true;
-    this._attempt = 0;
+    this._welcomedAt = performance.now();
     clearTimeout(this._timer);
     if (this._opened === null) this.reconnects += 1;
     this._emit("open", detail);
@@ -219,15 +300,16 @@ export class SimplewClient extends EventTarget {
   }
 
   _pub(message) {
-    const offset = message.offset;
-    if (!Number.isInteger(offset)) throw new TypeError("pub offset is not an integer");
+    const offset = integer(message, "offset", 1);
+    if (!has(message, "room")) throw new ProtocolError("pub has no room");
+    const room = message.room === null ? null : string(message.room, "room");
+    const data = decode(message);
     if (this.offset !== null && offset <= this.offset) {
       this.duplicates += 1;
       return;
     }
-    const data = decode(message);
     this.offset = offset;
-    this._emit("pub", { offset, room: typeof message.room === "string" ? message.room : null, data });
+    this._emit("pub", { offset, room, data });
   }
 
   _emit(type, detail) {
