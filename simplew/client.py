@@ -64,12 +64,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import inspect
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -117,6 +118,7 @@ class Welcome:
     offset: int
     recovered: bool
     missed: int
+    left: tuple[str, ...] = ()  # rooms the resumed session did not get back
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,10 @@ class Client:
     Callbacks (each optional, called with one event object): ``on_open(Welcome)``
     after every welcome, then ``on_recovered(Welcome)`` or ``on_reset(Welcome)``
     when the connection asked for recovery; ``on_pub(Pub)``, ``on_msg(Msg)``,
-    ``on_close(Closed)``. ``token``: a JWT (or a function returning the current
-    one) sent as ``Authorization: Bearer`` on every upgrade. ``jitter=False``
+    ``on_close(Closed)``. ``token``: a JWT (or a function, plain or async,
+    returning the current one) sent as ``Authorization: Bearer`` on every
+    upgrade; when the server says the connection's token expired
+    (``{"type":"refresh"}``), the function is called and its token sent back. ``jitter=False``
     waits the full backoff cap (tests, a single client). ``ping_interval``:
     seconds of silence before the client pings, and then waits as long for the
     pong (None: never; a dead network is then noticed only by TCP).
@@ -285,7 +289,7 @@ class Client:
         on_recovered: Callback | None = None,
         on_reset: Callback | None = None,
         on_close: Callback | None = None,
-        token: str | Callable[[], str] | None = None,
+        token: str | Callable[[], str | Awaitable[str]] | None = None,
         backoff_min: float = 0.5,
         backoff_max: float = 20.0,
         jitter: bool = True,
@@ -309,6 +313,7 @@ class Client:
             "close": on_close,
         }
         self.token = token
+        self._refreshes: set[asyncio.Task[None]] = set()  # token refreshes being sent
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.jitter = jitter
@@ -478,7 +483,7 @@ class Client:
         self._welcome_waiter = loop.create_future()
         self._gone = loop.create_future()
         headers = [("Sec-WebSocket-Protocol", PROTOCOL)]
-        token = self.token() if callable(self.token) else self.token
+        token = await self._token()
         if token:
             headers.append(("Authorization", f"Bearer {token}"))
         transport, _ = await ws_connect(
@@ -596,6 +601,8 @@ class Client:
                 self._emit(Msg(_decode(message)))
             elif kind == "welcome":
                 raise ProtocolError("a second welcome on one connection")
+            elif kind == "refresh":
+                self._refresh(listener)
             # other types: ignored (forward compatibility)
         except ProtocolError as exc:
             self._refuse(listener, exc)
@@ -620,6 +627,36 @@ class Client:
             if not transport.is_close_frame_sent:
                 transport.send_close(code, b"protocol error")
             transport.disconnect()
+
+    def _refresh(self, listener: _Listener) -> None:
+        """The server asks for a new token (the connection's expired): answer with
+        what the ``token`` function gives now. A fixed token cannot be refreshed: the
+        server then closes with 4001 and the reconnection sends the token again."""
+        if not callable(self.token):
+            return
+        task = asyncio.get_running_loop().create_task(self._send_refresh(listener))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _send_refresh(self, listener: _Listener) -> None:
+        try:
+            token = await self._token()
+        except Exception:
+            log.exception("%s: the token function raised; the server will close", self.url)
+            return
+        transport = listener.transport
+        if not token or listener is not self._listener or transport is None:
+            return
+        message = json.dumps({"type": "refresh", "token": token}, separators=(",", ":"))
+        if not transport.is_disconnected:
+            transport.send(WSMsgType.TEXT, message.encode("utf-8"))
+
+    async def _token(self) -> str | None:
+        """The token now: ``token`` itself, or what its function returns (awaited)."""
+        token = self.token() if callable(self.token) else self.token
+        if inspect.isawaitable(token):
+            token = await token
+        return token if isinstance(token, str) else None
 
     def _pub(self, message: dict[str, Any]) -> None:
         offset = _integer(message, "offset", 1)
@@ -655,20 +692,26 @@ class Client:
                 raise ProtocolError("recovered a session, epoch or offset it was not asked for")
         elif missed:
             raise ProtocolError("missed is not 0 in a fresh session")
+        left: tuple[str, ...] = ()
+        if "left" in message:
+            rooms = message["left"]
+            if not recovered or not isinstance(rooms, list):
+                raise ProtocolError("left is not a list of rooms of a recovered session")
+            left = tuple(_string(room, "left") for room in rooms)
         self.session, self.epoch, self.offset = session, epoch, offset
         listener.welcomed = True
         listener.welcomed_at = time.monotonic()
         if self._opened_once:
             self.reconnects += 1
         self._opened_once = True
-        welcome = Welcome("open", session, epoch, offset, recovered, missed)
+        welcome = Welcome("open", session, epoch, offset, recovered, missed, left)
         waiter = self._welcome_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(welcome)
         self._emit(welcome)
         if self._asked_recovery:
             if recovered:
-                self._emit(Welcome("recovered", session, epoch, offset, True, missed))
+                self._emit(Welcome("recovered", session, epoch, offset, True, missed, left))
             else:
                 self.resets += 1
                 self._emit(Welcome("reset", session, epoch, offset, False, 0))

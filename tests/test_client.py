@@ -17,6 +17,7 @@ import json
 import socket
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -346,6 +347,47 @@ def test_retries_while_the_server_is_down_then_resets_on_a_new_stream(make_serve
             await client.close()
         finally:
             second.stop()
+
+    run(main())
+
+
+def test_an_expiring_token_is_refreshed_by_the_token_function(make_server):
+    """The server asks for a new token at exp; the client calls its (async) token
+    function and answers: the connection stays open and keeps its pubs."""
+    server = recovery_server(make_server, token_grace=1.0)
+    calls = []
+
+    async def fresh_token() -> str:
+        calls.append(time.monotonic())
+        return pyjwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 2}, SECRET, algorithm="HS256"
+        )
+
+    async def main() -> None:
+        client, events, _ = await connected(server, token=fresh_token)
+        deadline = time.monotonic() + 10
+        while server.credentials.refreshed < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert server.credentials.refreshed >= 2 and len(calls) >= 3
+        server.multicast_text("after two refreshes")
+        assert (await next_event(events, "pub")).data == "after two refreshes"
+        assert client.connected and server.credentials.expired == 0
+        await client.close()
+
+    run(main())
+
+
+def test_a_fixed_token_is_not_refreshed_and_the_server_closes_4001(make_server):
+    server = recovery_server(make_server, token_grace=0.5)
+    expiring = pyjwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 1}, SECRET, algorithm="HS256"
+    )
+
+    async def main() -> None:
+        client, events, _ = await connected(server, token=expiring, backoff_min=5)
+        closed = await next_event(events, "close")
+        assert closed.code == 4001 and closed.reconnecting
+        await client.close()
 
     run(main())
 

@@ -344,3 +344,41 @@ def test_live_page_sees_every_offset_once_across_server_restarts(browser, redis_
         store.close()
         for proc in procs:
             stop(proc)
+
+
+def test_simplew_js_refreshes_an_expiring_token_by_itself(browser, make_server):
+    """The page's token function (a Promise from a /token route) is asked again when
+    the server says the token expired: the connection stays and keeps its pubs."""
+
+    def configure(server) -> None:
+        server.add_websocket_content(WhoAmI, "/ws")
+        server.set_token(SECRET, algorithms=["HS256"])
+        server.map_get("/token", lambda: {"token": short_token("alice")})
+
+    server = make_server(configure, recovery=True, token_grace=1.0)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")
+    page.evaluate("""async () => {
+        const { SimplewClient } = await import("/simplew.js");
+        const token = async () => (await (await fetch("/token")).json()).token;
+        const client = window.client = new SimplewClient({ token });
+        const got = window.got = [];
+        for (const type of ["pub", "close"]) client.addEventListener(type, (e) => got.push([type, e.detail]));
+        await client.connect("/ws");
+    }""")
+    wait_until(lambda: server.credentials.refreshed >= 2, 10, "two refreshes by the page")
+    server.multicast_text("still here")
+    page.wait_for_function("window.got.length >= 1")
+    got = page.evaluate("window.got")
+    assert got == [["pub", {"offset": got[0][1]["offset"], "room": None, "data": "still here"}]]
+    assert server.credentials.expired == 0 and server.credentials.refused == 0
+    assert errors == []
+    page.evaluate("window.client.close()")
+
+
+def short_token(sub: str, seconds: int = 2) -> str:
+    import time
+
+    return pyjwt.encode({"sub": sub, "exp": int(time.time()) + seconds}, SECRET, algorithm="HS256")

@@ -102,7 +102,9 @@ function decode(message) {
 export class SimplewClient extends EventTarget {
   // options: backoffMin / backoffMax (seconds, 0.5 / 20), openTimeout (seconds
   // from the attempt to the welcome, 10), token (a JWT, or a function returning
-  // the current one, offered as the "bearer" subprotocol).
+  // the current one or a Promise of it, offered as the "bearer" subprotocol; when
+  // the server says the connection's token expired ({"type":"refresh"}), the
+  // function is called again and its token sent back).
   constructor(options = {}) {
     super();
     this.backoffMin = options.backoffMin ?? 0.5;
@@ -180,10 +182,26 @@ export class SimplewClient extends EventTarget {
   }
 
   _open() {
+    let token;
+    try {
+      token = typeof this.token === "function" ? this.token() : this.token;
+    } catch (error) {
+      console.warn("simplew.js: the token function threw:", error);
+      this._retry();
+      return;
+    }
+    if (token && typeof token.then === "function") {
+      token.then((value) => { if (!this._closing) this._connect(value); },
+        (error) => { console.warn("simplew.js: the token promise failed:", error); this._retry(); });
+      return;
+    }
+    this._connect(token);
+  }
+
+  _connect(token) {
     const [href, askedRecovery] = this._resumeUrl();
     const protocols = [PROTOCOL];
-    const token = typeof this.token === "function" ? this.token() : this.token;
-    if (token) protocols.push("bearer", token);
+    if (typeof token === "string" && token) protocols.push("bearer", token);
     let ws;
     try {
       ws = new WebSocket(href, protocols);
@@ -250,6 +268,7 @@ export class SimplewClient extends EventTarget {
       } else if (type === "pub") this._pub(message);
       else if (type === "msg") this._emit("msg", { data: decode(message) });
       else if (type === "welcome") throw new ProtocolError("a second welcome on one connection");
+      else if (type === "refresh") this._refresh(ws);
       // other types: ignored (forward compatibility)
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
@@ -276,7 +295,14 @@ export class SimplewClient extends EventTarget {
         throw new ProtocolError("recovered a session, epoch or offset it was not asked for");
       }
     } else if (missed !== 0) throw new ProtocolError("missed is not 0 in a fresh session");
-    const detail = { session, epoch, offset, recovered, missed };
+    let left = [];
+    if (has(message, "left")) {
+      if (!recovered || !Array.isArray(message.left)) {
+        throw new ProtocolError("left is not a list of rooms of a recovered session");
+      }
+      left = message.left.map((room) => string(room, "left"));
+    }
+    const detail = { session, epoch, offset, recovered, missed, left };
     this.session = session;
     this.epoch = epoch;
     this.offset = offset;
@@ -297,6 +323,19 @@ export class SimplewClient extends EventTarget {
         this._emit("reset", detail);
       }
     }
+  }
+
+  // The server asks for a new token: send what the token function gives now (a
+  // fixed token cannot be refreshed: the server then closes with 4001).
+  _refresh(ws) {
+    if (typeof this.token !== "function") return;
+    Promise.resolve()
+      .then(() => this.token())
+      .then((token) => {
+        if (typeof token === "string" && token && this._ws === ws && ws.readyState === WebSocket.OPEN) {
+          ws.send(JSON.stringify({ type: "refresh", token }));
+        }
+      }, (error) => console.warn("simplew.js: the token function failed:", error));
   }
 
   _pub(message) {
