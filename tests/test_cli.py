@@ -33,7 +33,9 @@ SIMPLEW = [sys.executable, "-m", "simplew"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """No SIMPLEW_* variable, and this checkout's simplew even where cwd is elsewhere."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEW_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
