@@ -17,6 +17,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -456,13 +458,28 @@ def _warn_open_publish(args: argparse.Namespace, server: SimpleWServer) -> None:
         )
 
 
-def _worker(argv: Sequence[str], index: int) -> None:
+def _worker(argv: Sequence[str], index: int, listening: Any) -> None:
+    """One process of ``--workers N``: ``listening.set()`` tells the parent it has booted."""
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s worker{index} %(levelname)s %(name)s: %(message)s",
     )
-    configure(args).run()
+    try:
+        server = configure(args)  # the APP again, in this process: it may fail here only
+    except UsageError as exc:
+        print(f"simplew: error: worker{index}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    threading.Thread(
+        target=_report_listening, args=(server, listening), name="simplew-boot", daemon=True
+    ).start()
+    server.run()
+
+
+def _report_listening(server: SimpleWServer, listening: Any) -> None:
+    while not server.is_started:  # run() gives no other sign
+        time.sleep(0.02)
+    listening.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
