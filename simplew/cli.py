@@ -17,9 +17,11 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from simplew.server import REDIS_EXTRA, SimpleWServer
 from simplew.workers import supervise
@@ -31,11 +33,42 @@ class UsageError(Exception):
     """A bad option or APP: printed without a traceback, exit status 2."""
 
 
+class _FromEnv(str):
+    """The value of an environment variable, which knows its variable's name."""
+
+    variable: str
+
+
 def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get("SIMPLEW_" + name.upper().replace("-", "_"), default)
+    """``SIMPLEW_<NAME>`` as a :class:`_FromEnv` if it is set, else ``default``.
+
+    :func:`parse_args` turns what is left of these into plain ``str``.
+    """
+    variable = "SIMPLEW_" + name.upper().replace("-", "_")
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    found = _FromEnv(value)
+    found.variable = variable
+    return found
+
+
+class _FlagFromEnv(_FromEnv):
+    """The value of a boolean's variable: :func:`parse_args` reads it with ``FLAGS``."""
+
+
+def _env_flag(name: str) -> Any:
+    """The default of a ``store_true`` option: ``SIMPLEW_<NAME>``, read once parsed."""
+    value = _env(name)
+    if value is None:
+        return False
+    flag = _FlagFromEnv(value)
+    flag.variable = value.variable
+    return flag
 
 
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
+# the values of a boolean variable (any case); an empty variable is the same as an unset one
 FLAGS = {
     "1": True,
     "true": True,
@@ -47,10 +80,39 @@ FLAGS = {
     "off": False,
     "": False,
 }
+FLAG_VALUES = "1, true, yes, on or 0, false, no, off (any case)"
+
+
+def _number(convert: type[int] | type[float]) -> Any:
+    """An argparse ``type`` that also names the variable of a value from the environment.
+
+    Only the syntax is checked here; the range is checked where the value is applied
+    (:class:`~simplew.options.ServerOptions` and the like), for options and variables alike.
+    """
+    what = "an int" if convert is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            return convert(text)
+        except ValueError:
+            if isinstance(text, _FromEnv):  # argparse would name the option
+                raise UsageError(f"{text.variable} must be {what}, got {str(text)!r}") from None
+            raise
+
+    parse.__name__ = convert.__name__  # argparse: "invalid int value: 'x'"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors end in the one ``simplew: error: ...`` line our own errors print."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"simplew: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simplew", description="SimpleW's web server for Python")
+    parser = _Parser(prog="simplew", description="SimpleW's web server for Python")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a server")
     serve.add_argument(
@@ -60,10 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="module:attribute of a SimpleWServer (env SIMPLEW_APP)",
     )
     serve.add_argument("--host", default=_env("host"), help="address to bind (env SIMPLEW_HOST)")
-    serve.add_argument("--port", type=int, default=_env("port"), help="port (env SIMPLEW_PORT)")
+    serve.add_argument(
+        "--port", type=_number(int), default=_env("port"), help="port (env SIMPLEW_PORT)"
+    )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_number(int),
         default=_env("workers", "1"),
         help="processes sharing the port with SO_REUSEPORT; one that dies is "
         "restarted (env SIMPLEW_WORKERS)",
@@ -106,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics",
         action="store_true",
-        default=_env("metrics", "0"),
+        default=_env_flag("metrics"),
         help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)",
     )
     serve.add_argument(
@@ -117,12 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--recovery",
         action="store_true",
-        default=_env("recovery", "") not in ("", "0", "false", "no"),
+        default=_env_flag("recovery"),
         help="simplew.v1 clients recover what they missed while away (env SIMPLEW_RECOVERY=1)",
     )
     serve.add_argument(
         "--recovery-window",
-        type=float,
+        type=_number(float),
         default=_env("recovery_window", "120"),
         metavar="S",
         help="seconds a session can be recovered after its connection "
@@ -130,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--history-size",
-        type=int,
+        type=_number(int),
         default=_env("history_size", "10000"),
         metavar="N",
         help="publications kept for recovery (env SIMPLEW_HISTORY_SIZE)",
@@ -155,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_number(float),
         default=_env("shutdown_grace", "5"),
         help="seconds to let clients close on SIGTERM (env SIMPLEW_SHUTDOWN_GRACE)",
     )
@@ -171,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-connections",
-        type=int,
+        type=_number(int),
         default=_env("max_connections"),
         metavar="N",
         help="open connections, HTTP and WebSocket, beyond which "
@@ -179,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-connections-per-ip",
-        type=int,
+        type=_number(int),
         default=_env("max_connections_per_ip"),
         metavar="N",
         help="the same limit for each client address "
@@ -191,15 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The options, with the values from environment variables checked as the options are."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.log_level not in LOG_LEVELS:  # from SIMPLEW_LOG_LEVEL: argparse checks only options
-        parser.error(
-            f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"
-        )
-    if isinstance(args.metrics, str):  # from SIMPLEW_METRICS
-        if args.metrics.lower() not in FLAGS:
-            parser.error(f"SIMPLEW_METRICS must be 1 or 0, got {args.metrics!r}")
-        args.metrics = FLAGS[args.metrics.lower()]
+    try:
+        args = parser.parse_args(argv)  # a bad number in a variable: UsageError
+        if args.log_level not in LOG_LEVELS:  # from SIMPLEW_LOG_LEVEL: argparse checks options
+            raise UsageError(
+                f"SIMPLEW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"
+            )
+        for name, value in vars(args).items():
+            if isinstance(value, _FlagFromEnv):  # the variable of a --flag not given
+                if value.lower() not in FLAGS:
+                    raise UsageError(f"{value.variable} must be {FLAG_VALUES}, got {str(value)!r}")
+                setattr(args, name, FLAGS[value.lower()])
+            elif isinstance(value, _FromEnv):  # plain str from here on
+                setattr(args, name, str(value))
+    except UsageError as exc:
+        parser.exit(2, f"simplew: error: {exc}\n")
     return args
 
 
@@ -318,15 +388,15 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")
         server.redis_url = args.redis
     settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
+    recovery = {"recovery_window": args.recovery_window, "history_size": args.history_size}
     if args.recovery:
-        settings.update(
-            recovery=True, recovery_window=args.recovery_window, history_size=args.history_size
-        )
+        settings.update(recovery=True, **recovery)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1:
         settings["reuse_port"] = True
     try:
+        server.options.replace(**recovery)  # checked even where not applied (no --recovery)
         server.options = server.options.replace(**settings)  # validated
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -405,13 +475,28 @@ def _warn_open_publish(args: argparse.Namespace, server: SimpleWServer) -> None:
         )
 
 
-def _worker(argv: Sequence[str], index: int) -> None:
+def _worker(argv: Sequence[str], index: int, listening: Any) -> None:
+    """One process of ``--workers N``: ``listening.set()`` tells the parent it has booted."""
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s worker{index} %(levelname)s %(name)s: %(message)s",
     )
-    configure(args).run()
+    try:
+        server = configure(args)  # the APP again, in this process: it may fail here only
+    except UsageError as exc:
+        print(f"simplew: error: worker{index}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    threading.Thread(
+        target=_report_listening, args=(server, listening), name="simplew-boot", daemon=True
+    ).start()
+    server.run()
+
+
+def _report_listening(server: SimpleWServer, listening: Any) -> None:
+    while not server.is_started:  # run() gives no other sign
+        time.sleep(0.02)
+    listening.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,9 @@ SIMPLEW = [sys.executable, "-m", "simplew"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """No SIMPLEW_* variable, and this checkout's simplew even where cwd is elsewhere."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEW_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
@@ -420,13 +422,53 @@ ERRORS = {
 }
 
 
+def assert_usage_error(status: int, err: str, message: str) -> None:
+    """Status 2 and one ``simplew: error: ...`` line last (argparse's usage may precede it)."""
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("simplew: error: ") and message in lines[-1], err
+    assert sum("error:" in line for line in lines) == 1 and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_usage_errors_exit_2(case):
     args, message = ERRORS[case]
     status, err = run_error("serve", *args)
-    assert status == 2, err
-    assert message in err
-    assert "Traceback" not in err
+    assert_usage_error(status, err, message)
+
+
+# every numeric option is checked, applied or not (--recovery-window and --history-size
+# without --recovery too), and so is its environment variable
+NUMBERS = {
+    "port too big": (["--port", "70000"], "port must be an int from 0 to 65535, not 70000"),
+    "negative port": (["--port", "-1"], "port must be an int from 0 to 65535, not -1"),
+    "negative workers": (["--workers", "-2"], "--workers must be at least 1"),
+    "no max connections": (["--max-connections", "0"], "max_connections must be"),
+    "fractional max connections": (["--max-connections", "1.5"], "invalid int value: '1.5'"),
+    "no max per ip": (["--max-connections-per-ip", "-1"], "max_connections_per_ip must be"),
+    "nan grace": (["--shutdown-grace", "nan"], "shutdown_grace must be a finite number"),
+    "infinite grace": (["--shutdown-grace", "inf"], "shutdown_grace must be a finite number"),
+    "negative grace": (["--shutdown-grace", "-5"], "shutdown_grace must be a finite number"),
+    "history size without recovery": (
+        ["--history-size", "-1"],
+        "history_size must be an int >= 0, not -1",
+    ),
+    "nan window without recovery": (
+        ["--recovery-window", "nan"],
+        "recovery_window must be a finite number >= 0 of seconds, not nan",
+    ),
+    "nan window with recovery": (
+        ["--recovery", "--recovery-window", "nan"],
+        "recovery_window must be a finite number >= 0 of seconds, not nan",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMBERS))
+def test_numeric_options_out_of_range_exit_2(case):
+    args, message = NUMBERS[case]
+    status, err = run_error("serve", "--ws", "/ws", *args)
+    assert_usage_error(status, err, message)
 
 
 def test_unloadable_certificate(tmp_path):
@@ -473,20 +515,58 @@ def test_app_module_that_raises(tmp_path):
     assert "factory_app:make() failed: ValueError: factory says no" in err
 
 
+FLAG_VALUES = "must be 1, true, yes, on or 0, false, no, off (any case)"
+
+
 @pytest.mark.parametrize(
     "variable, value, message",
     [
-        ("SIMPLEW_PORT", "http", "invalid int value: 'http'"),
-        ("SIMPLEW_WORKERS", "many", "invalid int value: 'many'"),
-        ("SIMPLEW_SHUTDOWN_GRACE", "soon", "invalid float value: 'soon'"),
+        ("SIMPLEW_PORT", "http", "SIMPLEW_PORT must be an int, got 'http'"),
+        ("SIMPLEW_PORT", "", "SIMPLEW_PORT must be an int, got ''"),
+        ("SIMPLEW_PORT", "70000", "port must be an int from 0 to 65535, not 70000"),
+        ("SIMPLEW_WORKERS", "many", "SIMPLEW_WORKERS must be an int, got 'many'"),
+        ("SIMPLEW_WORKERS", "0", "--workers must be at least 1"),
+        ("SIMPLEW_MAX_CONNECTIONS", "lots", "SIMPLEW_MAX_CONNECTIONS must be an int, got 'lots'"),
+        ("SIMPLEW_MAX_CONNECTIONS", "-1", "max_connections must be"),
+        ("SIMPLEW_MAX_CONNECTIONS_PER_IP", "0", "max_connections_per_ip must be"),
+        ("SIMPLEW_HISTORY_SIZE", "1e3", "SIMPLEW_HISTORY_SIZE must be an int, got '1e3'"),
+        ("SIMPLEW_HISTORY_SIZE", "-1", "history_size must be an int >= 0, not -1"),
+        ("SIMPLEW_RECOVERY_WINDOW", "nan", "recovery_window must be a finite number"),
+        ("SIMPLEW_RECOVERY_WINDOW", "later", "SIMPLEW_RECOVERY_WINDOW must be a number"),
+        ("SIMPLEW_SHUTDOWN_GRACE", "soon", "SIMPLEW_SHUTDOWN_GRACE must be a number, got 'soon'"),
+        ("SIMPLEW_SHUTDOWN_GRACE", "inf", "shutdown_grace must be a finite number"),
         ("SIMPLEW_LOG_LEVEL", "loud", "SIMPLEW_LOG_LEVEL must be one of"),
-        ("SIMPLEW_METRICS", "maybe", "SIMPLEW_METRICS must be 1 or 0, got 'maybe'"),
+        ("SIMPLEW_METRICS", "maybe", f"SIMPLEW_METRICS {FLAG_VALUES}, got 'maybe'"),
+        ("SIMPLEW_RECOVERY", "n", f"SIMPLEW_RECOVERY {FLAG_VALUES}, got 'n'"),
+        ("SIMPLEW_RECOVERY", "disabled", f"SIMPLEW_RECOVERY {FLAG_VALUES}, got 'disabled'"),
     ],
 )
 def test_bad_environment_variables_exit_2(variable, value, message):
     status, err = run_error("serve", "--ws", "/ws", env=clean_env(**{variable: value}))
-    assert status == 2, err
-    assert message in err and "Traceback" not in err
+    assert_usage_error(status, err, message)
+
+
+@pytest.mark.parametrize(
+    "value, on", [("off", False), ("FALSE", False), ("", False), ("On", True), ("YES", True)]
+)
+def test_boolean_variables_are_read_one_way(serve, value, on):
+    """SIMPLEW_RECOVERY (like SIMPLEW_METRICS): 1/true/yes/on, 0/false/no/off in any
+    case, empty is off. With recovery on, a publication is kept in the history."""
+    port = free_port()
+    env = clean_env(
+        SIMPLEW_HOST="127.0.0.1",
+        SIMPLEW_PORT=str(port),
+        SIMPLEW_WS="/ws",
+        SIMPLEW_PUBLISH="/publish",
+        SIMPLEW_RECOVERY=value,
+        SIMPLEW_METRICS="Yes",
+    )
+    served = serve("serve", port=port, env=env)
+    assert post(port, "/publish", b"kept?")[0] == 200
+    status, metrics = served.get("/metrics")
+    assert status == 200, metrics
+    kept = 1 if on else 0
+    assert f"\nsimplew_history_publications {kept}\n".encode() in metrics, metrics
 
 
 # -- SIGTERM ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import ROOT, free_port
 from multiproc import (
     Clients,
     RedisServer,
@@ -222,6 +222,12 @@ def logged_at(log: str, *parts: str) -> datetime:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
 
+def checkout_env() -> dict[str, str]:
+    """This checkout's simplew, from a test's tmp_path too (not an installed one)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path)
+
+
 def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
     (tmp_path / "dies_at_start.py").write_text(
         "import multiprocessing, os\n"
@@ -246,6 +252,7 @@ def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
                 "2",
             ],
             cwd=tmp_path,
+            env=checkout_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -274,3 +281,42 @@ def test_a_worker_that_dies_at_start_is_restarted_with_backoff(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_worker_that_can_never_boot_ends_the_server_with_status_3(tmp_path):
+    """An APP that fails in every worker (here after 1.2 s, longer than a "quick death",
+    and before listening): 5 failed boots in a row of one worker stop the server, exit 3,
+    with the worker's error shown. The parent imported the APP fine."""
+    (tmp_path / "never_boots.py").write_text(
+        "import multiprocessing, time\n"
+        "from simplew import SimpleWServer\n"
+        "server = SimpleWServer('127.0.0.1', 2015)\n"
+        "server.add_websocket_content('/ws')\n"
+        "if multiprocessing.parent_process() is not None:    # in a worker, not the parent\n"
+        "    time.sleep(1.2)\n"
+        "    raise RuntimeError('no database in this worker')\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simplew",
+            "serve",
+            "never_boots:server",
+            "--port",
+            str(free_port()),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = proc.stderr
+    assert proc.returncode == 3, out
+    assert "RuntimeError: no database in this worker" in out, out
+    assert "failed to boot 5 times in a row" in out, out
+    assert out.count("restarting it in") >= 4, out
+    assert "restarting it now" not in out, out
