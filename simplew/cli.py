@@ -67,6 +67,8 @@ def _env_flag(name: str) -> Any:
     return flag
 
 
+MAX_WORKERS = 1024  # processes of --workers, at most: a typo must not fork-bomb the host
+
 LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
 # the values of a boolean variable (any case); an empty variable is the same as an unset one
 FLAGS = {
@@ -393,6 +395,8 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         settings.update(recovery=True, **recovery)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.workers > MAX_WORKERS:
+        raise UsageError(f"--workers must be at most {MAX_WORKERS}, got {args.workers}")
     if args.workers > 1:
         settings["reuse_port"] = True
     try:

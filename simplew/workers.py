@@ -17,15 +17,19 @@ so while one is down the others go on serving. What callers may rely on:
   then on nothing is restarted. A worker still running ``kill_after`` seconds
   later gets SIGKILL. :func:`supervise` returns when every worker has exited:
   0 if each one's last exit had status 0, else 1 (or ``BOOT_FAILED``).
-* Every child is reaped: no zombie is left behind.
+* Every child is reaped: no zombie is left behind, and no worker outlives the
+  parent: one whose parent died (even by SIGKILL) gets SIGTERM and stops.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
@@ -66,8 +70,8 @@ class _Slot:
     def start(self, ctx: Any, target: Callable[..., None], argv: Sequence[str]) -> None:
         self.listening = ctx.Event()
         self.process = ctx.Process(
-            target=target,
-            args=(list(argv), self.index, self.listening),
+            target=_child,
+            args=(target, os.getpid(), list(argv), self.index, self.listening),
             name=f"simplew-worker-{self.index}",
         )
         self.process.start()
@@ -114,6 +118,38 @@ class _Slot:
             "now" if wait_for == 0 else f"in {wait_for:.1f} s",
         )
         return False
+
+
+def _child(
+    target: Callable[..., None], parent: int, argv: list[str], index: int, listening: Any
+) -> None:
+    """A worker process: tied to its parent's life, then ``target``."""
+    _exit_with_parent(parent)
+    target(argv, index, listening)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies: at once on Linux (prctl), else
+    within a second (a thread that watches the parent pid)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the request took effect
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="simplew-parent-watch", daemon=True).start()
 
 
 def supervise(

@@ -443,6 +443,7 @@ NUMBERS = {
     "port too big": (["--port", "70000"], "port must be an int from 0 to 65535, not 70000"),
     "negative port": (["--port", "-1"], "port must be an int from 0 to 65535, not -1"),
     "negative workers": (["--workers", "-2"], "--workers must be at least 1"),
+    "too many workers": (["--workers", "100000"], "--workers must be at most 1024"),
     "no max connections": (["--max-connections", "0"], "max_connections must be"),
     "fractional max connections": (["--max-connections", "1.5"], "invalid int value: '1.5'"),
     "no max per ip": (["--max-connections-per-ip", "-1"], "max_connections_per_ip must be"),

@@ -320,3 +320,33 @@ def test_a_worker_that_can_never_boot_ends_the_server_with_status_3(tmp_path):
     assert "failed to boot 5 times in a row" in out, out
     assert out.count("restarting it in") >= 4, out
     assert "restarting it now" not in out, out
+
+
+def test_workers_do_not_outlive_a_killed_parent():
+    """SIGKILL to the supervisor (no chance to stop its workers): they stop by
+    themselves, instead of serving on as orphans."""
+    import psutil
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simplew", "serve", "--ws", "/ws", "--port", str(port)]
+        + ["--host", "127.0.0.1", "--workers", "2"],
+        cwd=ROOT,
+        env=checkout_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 15
+        while len(parent.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = parent.children()
+        assert len(workers) >= 2
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers still running after their parent died: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
