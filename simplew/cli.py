@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-system-root",
         action="store_true",
-        default=_env("allow_system_root", "0"),
+        default=_env_flag("allow_system_root"),
         help="let --static serve a system directory such as / or /etc (never /proc "
         "or /sys; env SIMPLEW_ALLOW_SYSTEM_ROOT=1)",
     )
@@ -323,18 +323,13 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         server.options = server.options.replace(**address)  # validated
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    forced = args.allow_system_root
-    if isinstance(forced, str):  # from SIMPLEW_ALLOW_SYSTEM_ROOT
-        if forced.lower() not in FLAGS:
-            raise UsageError(f"SIMPLEW_ALLOW_SYSTEM_ROOT must be 1 or 0, got {forced!r}")
-        forced = FLAGS[forced.lower()]
     for item in args.static:
         directory, _, prefix = item.partition(":")
         if not os.path.isdir(directory):
             raise UsageError(f"--static: no such directory: {directory}")
         try:
             server.add_static_content(
-                directory, prefix or "/", timeout=86400, allow_system_root=forced
+                directory, prefix or "/", timeout=86400, allow_system_root=args.allow_system_root
             )
         except ValueError as exc:  # a system directory, or /proc and /sys
             raise UsageError(f"--static: {exc}") from None

@@ -311,7 +311,7 @@ def test_serve_app_factory_with_extra_static(serve, tmp_path):
         (
             ["--static", "/"],
             {"SIMPLEW_ALLOW_SYSTEM_ROOT": "maybe"},
-            "SIMPLEW_ALLOW_SYSTEM_ROOT must be 1 or 0, got 'maybe'",
+            "SIMPLEW_ALLOW_SYSTEM_ROOT must be 1, true, yes, on or 0, false, no, off (any case), got 'maybe'",
         ),
     ],
 )
