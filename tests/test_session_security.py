@@ -28,6 +28,7 @@ SECRET = "a secret of the session security tests, long enough"
 TIMEOUT = 5.0
 
 
+@route("/vault")
 class VaultController(Controller):
     @route("WEBSOCKET", "/join")
     def join(self, message: WebSocketMessage) -> str:
@@ -104,7 +105,7 @@ def server(make_server):
 def alice_leaves_a_private_publication(server) -> dict[str, Any]:
     """alice joins "alice-private" and drops; one publication then goes there."""
     alice = Conn(server, token("alice"))
-    assert alice.ask("/ws/join", "alice-private") == "joined"
+    assert alice.ask("/ws/vault/join", "alice-private") == "joined"
     welcome = dict(alice.welcome)
     alice.close()
     wait_until(lambda: len(server.hub) == 0, what="alice gone")
@@ -120,7 +121,7 @@ def test_a_session_id_alone_does_not_resume_a_users_session(server, mallory_toke
     assert mallory.welcome["missed"] == 0
     assert mallory.welcome["session"] != resume["session"]
     assert "left" not in mallory.welcome
-    assert mallory.ask("/ws/me") == {"user": mallory_token}
+    assert mallory.ask("/ws/vault/me") == {"user": mallory_token}
     server.multicast_text("for alice only, again", room="alice-private")
     assert mallory.texts_within(0.5) == []
     mallory.close()
@@ -129,13 +130,13 @@ def test_a_session_id_alone_does_not_resume_a_users_session(server, mallory_toke
     alice = Conn(server, token("alice"), resume)
     assert alice.welcome["recovered"] is True and alice.welcome["missed"] == 2
     assert alice.texts_within(1.0) == ["for alice only", "for alice only, again"]
-    assert alice.ask("/ws/me") == {"user": "alice"}
+    assert alice.ask("/ws/vault/me") == {"user": "alice"}
     alice.close()
 
 
 def test_a_live_session_is_not_taken_over_by_another_user(server):
     alice = Conn(server, token("alice"))
-    alice.ask("/ws/join", "alice-private")
+    alice.ask("/ws/vault/join", "alice-private")
     mallory = Conn(server, None, alice.welcome)
     assert mallory.welcome["recovered"] is False
     server.multicast_text("still alice's", room="alice-private")
@@ -147,7 +148,7 @@ def test_a_live_session_is_not_taken_over_by_another_user(server):
 
 def test_a_session_without_a_user_is_resumed_by_its_id(server):
     first = Conn(server)
-    first.ask("/ws/join", "open")
+    first.ask("/ws/vault/join", "open")
     welcome = dict(first.welcome)
     first.close()
     wait_until(lambda: len(server.hub) == 0, what="gone")
@@ -160,8 +161,8 @@ def test_a_session_without_a_user_is_resumed_by_its_id(server):
 
 def test_presence_lists_users_and_public_ids_never_a_session_id(server):
     alice, anonymous = Conn(server, token("alice")), Conn(server)
-    alice.ask("/ws/join", "lobby")
-    anonymous.ask("/ws/join", "lobby")
+    alice.ask("/ws/vault/join", "lobby")
+    anonymous.ask("/ws/vault/join", "lobby")
     listed = server.presence("lobby")
     expected = [
         {"client": log_id(alice.welcome["session"]), "user": "alice"},
@@ -182,8 +183,8 @@ def test_a_room_refused_on_resume_is_reported_as_left(make_server):
 
     server = make_server(configure, recovery=True)
     alice = Conn(server, token("alice"))
-    alice.ask("/ws/join", "admins")
-    alice.ask("/ws/join", "staff")
+    alice.ask("/ws/vault/join", "admins")
+    alice.ask("/ws/vault/join", "staff")
     welcome = dict(alice.welcome)
     alice.close()
     wait_until(lambda: len(server.hub) == 0, what="gone")
@@ -200,7 +201,7 @@ def test_a_room_refused_on_resume_is_reported_as_left(make_server):
 
 def test_an_expired_token_is_asked_for_and_closes_without_a_refresh(server):
     conn = Conn(server, token("alice", exp=int(time.time()) + 2))
-    conn.ask("/ws/join", "news")
+    conn.ask("/ws/vault/join", "news")
     assert conn.next(timeout=4) == {"type": "refresh"}
     server.multicast_text("during the grace period", room="news")
     assert conn.next()["text"] == "during the grace period"
@@ -213,7 +214,7 @@ def test_an_expired_token_is_asked_for_and_closes_without_a_refresh(server):
 
 def test_a_refreshed_token_keeps_the_connection(server):
     conn = Conn(server, token("alice", exp=int(time.time()) + 2))
-    conn.ask("/ws/join", "news")
+    conn.ask("/ws/vault/join", "news")
     assert conn.next(timeout=4) == {"type": "refresh"}
     fresh = token("alice", exp=int(time.time()) + 60)
     conn.ws.send(json.dumps({"type": "refresh", "token": fresh}, separators=(",", ":")))
