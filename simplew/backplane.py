@@ -42,8 +42,8 @@ import random
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 log = logging.getLogger("simplew.backplane")
 
@@ -118,9 +118,75 @@ def decode_records(data: bytes, offset: int = 0) -> list[tuple[int, str | None, 
     return out
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+class SentinelURL(NamedTuple):
+    """The parts of a ``redis+sentinel://`` URL (:func:`parse_sentinel_url`)."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0].lower() == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
+    as its parts; ValueError (without the password) if it is not of that form."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {redact(url)!r}")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment: {redact(url)!r}")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = []
+    for item in hosts.split(","):
+        host, colon, port_text = item.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(
+                f"{redact(url)!r}: each Sentinel must be host:port, got {item.strip()!r}"
+            )
+        sentinels.append((host, int(port_text)))
+    parts = path.split("/") if path else []
+    if parts and parts[-1] == "" and len(parts) > 1:
+        parts.pop()  # a trailing slash
+    if not parts or not parts[0] or len(parts) > 2:
+        raise ValueError(
+            f"{redact(url)!r}: expected {SENTINEL_SCHEME}://host:port[,host:port...]"
+            "/service_name[/db]"
+        )
+    service = unquote(parts[0])
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise ValueError(f"{redact(url)!r}: the database must be a number, got {parts[1]!r}")
+        db = int(parts[1])
+    return SentinelURL(sentinels, service, db, username, password)
+
+
 def redis_client(url: str) -> Any:
-    """An asyncio Redis client for ``url`` (redis://, rediss:// or unix://) that
-    fails fast: no retries, short connect and command timeouts."""
+    """An asyncio Redis client for ``url`` that fails fast: no retries, short
+    connect and command timeouts.
+
+    ``url`` is redis://, rediss:// or unix://, or
+    ``redis+sentinel://host:port[,host:port...]/service_name[/db]``: a client
+    on the master the Sentinels name for ``service_name`` (the URL's user and
+    password are the master's). Each connection it opens asks the Sentinels
+    first, so a caller that makes a new client after an error (the backplane
+    and the stream do, when they reconnect) follows a failover.
+    """
     try:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
@@ -136,7 +202,30 @@ def redis_client(url: str) -> Any:
     }
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only: a Unix socket has no keepalive
-    return Redis.from_url(url, **options)
+    if not is_sentinel_url(url):
+        return Redis.from_url(url, **options)
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = parse_sentinel_url(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        parts.sentinels,
+        sentinel_kwargs={**options, "retry": Retry(NoBackoff(), 0)},
+        **options,
+    )
+    client = sentinel.master_for(
+        parts.service, db=parts.db, username=parts.username, password=parts.password
+    )
+    close_client = client.aclose
+
+    async def aclose(*args: Any, **kwargs: Any) -> None:
+        """Close the connections to the Sentinels too."""
+        try:
+            await close_client(*args, **kwargs)
+        finally:
+            await sentinel.aclose()
+
+    client.aclose = aclose
+    return client
 
 
 def redact(url: str) -> str:

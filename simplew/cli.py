@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from simplew.backplane import is_sentinel_url, parse_sentinel_url, redact
 from simplew.server import REDIS_EXTRA, SimpleWServer
 from simplew.workers import supervise
 
@@ -178,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis",
         default=_env("redis"),
-        help="Redis URL for cross-process multicast (env SIMPLEW_REDIS)",
+        help="Redis URL for cross-process multicast: redis://, rediss://, unix://, or "
+        "redis+sentinel://host:port[,host:port...]/service_name[/db] to follow the "
+        "master a set of Sentinels names (env SIMPLEW_REDIS)",
     )
     serve.add_argument(
         "--recovery",
@@ -377,9 +380,15 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             raise UsageError(f"cannot load the certificate/key: {exc}") from exc
         server.ssl = context
     if args.redis:
-        if args.redis.partition("://")[0] not in ("redis", "rediss", "unix"):
+        if is_sentinel_url(args.redis):
+            try:
+                parse_sentinel_url(args.redis)
+            except ValueError as exc:
+                raise UsageError(f"--redis: {exc}") from None
+        elif args.redis.partition("://")[0] not in ("redis", "rediss", "unix"):
             raise UsageError(
-                f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}"
+                "--redis must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+                f"got {redact(args.redis)!r}"
             )
         if importlib.util.find_spec("redis") is None:
             raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")

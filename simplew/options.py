@@ -82,8 +82,10 @@ class ServerOptions:
 
     # -- processes and recovery -------------------------------------------------
     redis_url: str | None = None
-    """``redis://``, ``rediss://`` or ``unix://`` URL: multicasts reach the clients of every
-    process sharing it (needs ``simplew[redis]``)."""
+    """``redis://``, ``rediss://`` or ``unix://`` URL, or
+    ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` (the master
+    the Sentinels name, followed through failovers): multicasts reach the clients
+    of every process sharing it (needs ``simplew[redis]``)."""
     recovery: bool = False
     """``simplew.v1`` sessions survive disconnects and get back what they missed
     (docs/protocol.md)."""
@@ -141,6 +143,11 @@ class ServerOptions:
         _int("compression_level", self.compression_level, -1, 9)
         if self.redis_url is not None and not isinstance(self.redis_url, str):
             raise ValueError(f"redis_url must be a str, not {type(self.redis_url).__name__}")
+        if self.redis_url is not None:
+            from simplew.backplane import is_sentinel_url, parse_sentinel_url
+
+            if is_sentinel_url(self.redis_url):
+                parse_sentinel_url(self.redis_url)  # ValueError if malformed
         for name in ("max_connections", "max_connections_per_ip"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)
