@@ -27,7 +27,13 @@ Stream at start (after subscribing), extended by the channel; a hole in the
 offsets (a lost channel message, a reconnection) is filled from the Redis
 Stream before anything later is delivered. A changed epoch (Redis lost its
 data) closes the simplew.v1 clients with 1012: they come back, and start
-fresh sessions.
+fresh sessions. When, after a reconnection, the stream's ``top`` in Redis
+(same epoch) is below what this process mirrored, Redis lost publications
+already delivered (a failover to a replica that had not received them): the
+process moves the stream to a fresh epoch (one Lua script: only if the epoch
+is still the one it saw and ``top`` still below, so processes racing do it
+once) and resets as for a changed epoch, so that an (epoch, offset) never
+names two different publications.
 
 While Redis is unreachable, multicasts wait (up to ``max_pending``, then they
 are dropped and counted) and connections that need Redis to be admitted
@@ -103,6 +109,20 @@ return {epoch, redis.call('HGET', KEYS[1], 'top')}
 """
 )
 
+# The stream lost publications this process had mirrored (a failover to a replica
+# that had not received them): a fresh epoch, once, whichever process sees it first.
+# ARGV: the epoch seen, the top mirrored, a fresh epoch.
+_NEW_EPOCH = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
+if not epoch or (epoch == ARGV[1] and top < tonumber(ARGV[2])) then
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+end
+return {epoch, redis.call('HGET', KEYS[1], 'top')}
+"""
+
 
 class RedisStream:
     """The Redis side of :class:`~simplew.recovery.Recovery` (loop thread only)."""
@@ -144,6 +164,7 @@ class RedisStream:
         self.dropped = 0  # multicasts dropped while Redis was unreachable too long
         self.refetched = 0  # publications fetched from the Stream to fill a hole
         self.resets = 0
+        self.epoch_changes = 0  # new epochs this process made: Redis lost publications
         self.outages = 0
 
     # -- the loop-thread API ------------------------------------------------------
@@ -242,6 +263,7 @@ class RedisStream:
             "dropped": self.dropped,
             "refetched": self.refetched,
             "resets": self.resets,
+            "epoch_changes": self.epoch_changes,
             "outages": self.outages,
             "pending": len(self._pending),
             "top": self.recovery.history.top,
@@ -359,6 +381,24 @@ class RedisStream:
         )
         epoch, top = epoch_raw.decode(), int(top_raw)
         first_start = self._epoch is None
+        if not first_start and epoch == self._epoch and top < history.top:
+            # Redis lost publications this process delivered (asynchronous
+            # replication, then a failover): new ones would take their offsets.
+            # Move the stream to a new epoch, so that an (epoch, offset) never
+            # names two publications; the clients start fresh sessions.
+            log.warning(
+                "Redis stream: the stream in Redis ends at offset %d, below the %d "
+                "delivered here (epoch %s): publications were lost (a failover?); "
+                "moving to a new epoch",
+                top,
+                history.top,
+                epoch,
+            )
+            epoch_raw, top_raw = await client.eval(
+                _NEW_EPOCH, 2, self.meta_key, self.stream_key, epoch, history.top, new_epoch()
+            )
+            epoch, top = epoch_raw.decode(), int(top_raw)
+            self.epoch_changes += 1
         if not first_start and epoch == self._epoch and top > history.top:
             entries = await self._fetch(client, history.top + 1, top)
             if entries and entries[0][0] == history.top + 1:
