@@ -34,6 +34,7 @@ class V1Client:
         self.offset = 0
         self.offsets: list[int] = []
         self.texts: list[str] = []
+        self.pubs: list[tuple[str | None, int, str]] = []  # (epoch, offset, text)
         self.welcomes: list[dict[str, Any]] = []
         self.ws: Any = None
 
@@ -92,6 +93,7 @@ class V1Client:
     def _record(self, message: dict[str, Any]) -> None:
         self.offsets.append(message["offset"])
         self.texts.append(message.get("text", ""))
+        self.pubs.append((self.epoch, message["offset"], message.get("text", "")))
         self.offset = message["offset"]
 
     def collect(self, seconds: float | None = None, until_offset: int | None = None) -> bool:
