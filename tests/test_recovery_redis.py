@@ -221,11 +221,16 @@ def test_rolling_restart_of_the_workers(redis_server, processes):
     parent = psutil.Process(server.proc.pid)
 
     def workers() -> list[int]:
-        return sorted(
-            child.pid
-            for child in parent.children()
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline())
-        )
+        found = []
+        for child in parent.children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(
+                    child.cmdline()
+                ):
+                    found.append(child.pid)
+            except psutil.NoSuchProcess:  # a worker that exited since children() listed it
+                pass
+        return sorted(found)
 
     wait_until(lambda: len(workers()) == 2, 10, "two workers")
     client = V1Client()
