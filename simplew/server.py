@@ -185,8 +185,6 @@ class SimpleWServer:
         self._resume_room_hooks: list[Callable[[Session, str], bool]] = []
         self._broadcast = Broadcast(context)
         self._answers = HttpAnswers(context)
-        self.recovery: Recovery | None = None  # simplew.v1 sessions (simplew.recovery), at start
-        self.jwt_auth: JwtAuth | None = None
         self.access_log = options.access_log
         self._ws_specs: list[WebSocketSpec] = []
         self._dynamic: list[DynamicSpec] = []
@@ -214,6 +212,19 @@ class SimpleWServer:
     def access_log(self, value: bool) -> None:
         self.options.access_log = value
         self.context.access_log = _access_log if value else None
+
+    @property
+    def jwt_auth(self) -> JwtAuth | None:
+        """The JWT validator of :meth:`set_token`, or None."""
+        auth: JwtAuth | None = self.context.jwt_auth
+        return auth
+
+    @property
+    def recovery(self) -> Recovery | None:
+        """The simplew.v1 sessions of this process (:mod:`simplew.recovery`) once
+        started with ``recovery=True``, else None."""
+        recovery: Recovery | None = self.context.recovery
+        return recovery
 
     @property
     def backplane(self) -> Any:
@@ -331,7 +342,6 @@ class SimpleWServer:
         auth = JwtAuth(
             key, algorithms, issuer=issuer, audience=audience, leeway=leeway, options=options
         )
-        self.jwt_auth = auth
         self.context.jwt_auth = auth  # read at each use: takes effect while serving
         return auth
 
@@ -501,13 +511,14 @@ class SimpleWServer:
         self._flusher = Flusher()
         if self._ws_specs:
             self._answers.ops.setdefault(_browser.PATH, _browser.response)
+        recovery = None
         if self.recovery_enabled:
-            self.recovery = Recovery(
+            recovery = Recovery(
                 context, self.recovery_window, self.history_size, self.history_bytes
             )
-            self.recovery.on_session_end = self._sessions.on_session_end
-            self.recovery.on_resume_room = self._resume_room_hooks
-        context.recovery = self.recovery
+            recovery.on_session_end = self._sessions.on_session_end
+            recovery.on_resume_room = self._resume_room_hooks
+        context.recovery = recovery
         context.endpoints = {
             spec.path: spec.compile(context, self.options, self._flusher) for spec in self._ws_specs
         }

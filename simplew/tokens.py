@@ -28,7 +28,6 @@ from simplew._fast.connection import WebSocketConnection
 from simplew._fast.context import ServerContext
 from simplew._fast.plainjson import decode_json
 from simplew._fast.router import Unauthorized
-from simplew.auth import token_from_headers
 
 log = logging.getLogger("simplew.auth")
 
@@ -55,12 +54,8 @@ class Credentials:
         jwt_auth = self.context.jwt_auth
         if jwt_auth is None:
             return
-        token = token_from_headers(session.request.headers)
-        if token is None:
-            return
-        try:
-            claims = jwt_auth.decode(token)
-        except Unauthorized:
+        claims = jwt_auth.optional_claims(None, session.request.headers)
+        if claims is None:
             return
         sub = claims.get("sub")
         if isinstance(sub, str):

@@ -147,7 +147,7 @@ cdef class HttpProtocol:
     cdef ServerContext context    # http_handler, endpoint_for, limits, stats (_fast.context)
     cdef HttpLimits limits
     cdef object picows_options    # dict of WSProtocol arguments
-    cdef set connections          # the server's open HTTP connections
+    cdef set connections          # the server's open HTTP connections (never None)
     # the request being parsed
     cdef list _url_parts
     cdef Py_ssize_t _url_size
@@ -212,8 +212,7 @@ cdef class HttpProtocol:
         self.transport = transport
         self.flow.transport = transport
         self.loop = asyncio.get_running_loop()
-        if self.connections is not None:
-            self.connections.add(self)
+        self.connections.add(self)
         limits = self.limits
         self._idle = limits._idle_timeout
         self._head = limits._header_timeout or self._idle
@@ -244,8 +243,7 @@ cdef class HttpProtocol:
         if self._admission is not None:
             self._admission.release(self._peer_host)
             self._admission = None
-        if self.connections is not None:
-            self.connections.discard(self)
+        self.connections.discard(self)
         self._state = CLOSING
         self._queue.clear()
         self._upgrade_rest = None
@@ -821,8 +819,7 @@ cdef class HttpProtocol:
         transport = self.transport
         self.transport = None
         self._state = CLOSING
-        if self.connections is not None:
-            self.connections.discard(self)
+        self.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

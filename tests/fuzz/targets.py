@@ -459,4 +459,4 @@ def fresh_recovery(s: SimpleWServer) -> None:
     new = Recovery(s.context, s.recovery_window, s.history_size, s.history_bytes)
     new.on_session_end = old.on_session_end
     new.on_resume_room = old.on_resume_room
-    s.recovery = s.context.recovery = new
+    s.context.recovery = new  # server.recovery reads it
