@@ -32,6 +32,7 @@ cdef class Streams:
     cdef readonly Py_ssize_t entries          # entries held over all streams
     cdef dict _streams                        # room -> Stream
     cdef object _clock
+    cdef bint _monotonic                      # _clock is time.monotonic: read it in C
     cdef object _on_drop
     cdef bint _timed                          # history_ttl is finite
     cdef PyObject *_oldest                    # the ends of the two use orders (borrowed)

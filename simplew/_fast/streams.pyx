@@ -48,6 +48,24 @@ cdef extern from "Python.h":
     Py_ssize_t _size "PyBytes_GET_SIZE"(PyObject *o)
 
 
+cdef extern from *:
+    """
+    /* time.monotonic() without a call through Python: the same clock, read in C */
+    static double simplew_streams_monotonic(void) {
+    #if PY_VERSION_HEX >= 0x030D0000
+        PyTime_t t;
+        if (PyTime_Monotonic(&t) < 0) {
+            return -1.0;
+        }
+        return PyTime_AsSecondsDouble(t);
+    #else
+        return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+    #endif
+    }
+    """
+    double _monotonic "simplew_streams_monotonic"() except? -1.0
+
+
 cdef object _token = secrets.token_urlsafe
 
 
@@ -145,6 +163,7 @@ cdef class Streams:
         self.max_streams = max_streams
         self._timed = isfinite(history_ttl)
         self._clock = time.monotonic if clock is None else clock
+        self._monotonic = clock is None
         self._on_drop = on_drop
         self._streams = {}
 
@@ -456,4 +475,6 @@ cdef class Streams:
         return 0
 
     cdef double _now(self) except? -1.0:
+        if self._monotonic:
+            return _monotonic()
         return self._clock()
