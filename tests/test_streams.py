@@ -291,6 +291,27 @@ def test_max_streams_on_append_of_an_unknown_stream():
     assert s.since("c", "Mirrored0001", 4) == [b"five"]
 
 
+def test_on_drop_is_called_once_the_state_is_whole_and_may_use_the_streams():
+    seen: list = []
+    s: Streams
+
+    def on_drop(room):
+        seen.append((room, room in s, "c" in s, len(s), s.entries))
+        if room == "a":
+            s.forget("c")  # the record being made
+            s.position("a")  # back: b goes in turn
+
+    s = Streams(10, 1000, INF, max_streams=2, on_drop=on_drop)
+    filled(s, "a", 2)
+    filled(s, "b", 1)
+    s.append("c", "Mirrored0001", 1, b"c")
+    assert seen == [("a", False, True, 2, 2)]
+    assert len(s) == 2 and "a" in s and "b" in s and s.entries == 1 and s.bytes == 1
+    filled(s, "d", 3)  # b, then a, are the least recently used
+    assert seen[1:] == [("b", False, False, 2, 0)]
+    assert s.entries == 3 and s.bytes == 3 and "a" in s
+
+
 def test_restart_creates_and_empties():
     s = Streams(10, 1000, INF)
     s.restart("a", "Restarted001", 7)

@@ -32,7 +32,9 @@ cdef class Streams:
     cdef readonly Py_ssize_t entries          # entries held over all streams
     cdef dict _streams                        # room -> Stream
     cdef object _clock
+    cdef bint _monotonic                      # _clock is time.monotonic: read it in C
     cdef object _on_drop
+    cdef list _dropped                        # rooms dropped, on_drop not called yet
     cdef bint _timed                          # history_ttl is finite
     cdef PyObject *_oldest                    # the ends of the two use orders (borrowed)
     cdef PyObject *_newest
@@ -48,6 +50,7 @@ cdef class Streams:
     cpdef int expire(self) except -1
 
     cdef Stream _create(self, object room, str epoch, long long top)
+    cdef int _report_drops(self) except -1
     cdef int _use(self, Stream stream) noexcept
     cdef int _unlink(self, Stream stream) noexcept
     cdef int _hold(self, Stream stream) noexcept

@@ -48,6 +48,24 @@ cdef extern from "Python.h":
     Py_ssize_t _size "PyBytes_GET_SIZE"(PyObject *o)
 
 
+cdef extern from *:
+    """
+    /* time.monotonic() without a call through Python: the same clock, read in C */
+    static double simplew_streams_monotonic(void) {
+    #if PY_VERSION_HEX >= 0x030D0000
+        PyTime_t t;
+        if (PyTime_Monotonic(&t) < 0) {
+            return -1.0;
+        }
+        return PyTime_AsSecondsDouble(t);
+    #else
+        return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+    #endif
+    }
+    """
+    double _monotonic "simplew_streams_monotonic"() except? -1.0
+
+
 cdef object _token = secrets.token_urlsafe
 
 
@@ -145,6 +163,7 @@ cdef class Streams:
         self.max_streams = max_streams
         self._timed = isfinite(history_ttl)
         self._clock = time.monotonic if clock is None else clock
+        self._monotonic = clock is None
         self._on_drop = on_drop
         self._streams = {}
 
@@ -157,6 +176,8 @@ cdef class Streams:
         cdef Stream stream
         if found is None:
             stream = self._create(room, _new_epoch(), 0)
+            if self._dropped is not None:
+                self._report_drops()
         else:
             stream = <Stream>found
         return (stream.epoch, stream.top)
@@ -168,6 +189,8 @@ cdef class Streams:
         cdef Stream stream
         if found is None:
             stream = self._create(room, _new_epoch(), 0)
+            if self._dropped is not None:
+                self._report_drops()
         else:
             stream = <Stream>found
         return (stream.epoch, stream.top + 1)
@@ -186,6 +209,7 @@ cdef class Streams:
         cdef Py_ssize_t size, slot, capacity
         cdef double now = 0.0
         cdef Entry *entry
+        cdef bint created = False
         if epoch is None or message is None:
             raise TypeError("epoch must be a str and message bytes")
         found = self._streams.get(room)
@@ -193,6 +217,7 @@ cdef class Streams:
             if offset < 1:
                 raise ValueError(f"offset {offset} is not >= 1")
             stream = self._create(room, epoch, offset - 1)
+            created = True
         else:
             stream = <Stream>found
             if offset != stream.top + 1 or (
@@ -209,6 +234,8 @@ cdef class Streams:
             # not kept, and the entries before it could not be replayed up to top
             if stream.count:
                 self._clear(stream)
+            if created and self._dropped is not None:
+                self._report_drops()
             return 0
         if self._timed:
             now = self._now()
@@ -242,6 +269,8 @@ cdef class Streams:
         self._hold(stream)
         while self.bytes > self.history_bytes:
             self._drop_oldest(<Stream>self._oldest_held)
+        if created and self._dropped is not None:
+            self._report_drops()
         return 0
 
     # ----------------------------------------------------------------- read ---
@@ -302,6 +331,8 @@ cdef class Streams:
         found = self._streams.get(room)
         if found is None:
             self._create(room, epoch, top)
+            if self._dropped is not None:
+                self._report_drops()
             return 0
         stream = <Stream>found
         if stream.count:
@@ -342,6 +373,9 @@ cdef class Streams:
     # ------------------------------------------------------------ internals ---
 
     cdef Stream _create(self, object room, str epoch, long long top):
+        """A new record, the most recently used; past max_streams the least
+        recently used is dropped and its room kept for _report_drops (which
+        the caller calls once it is done with the new record)."""
         cdef Stream stream, oldest
         if room is not None and not isinstance(room, str):
             raise TypeError(f"a room is a str or None, not {type(room).__name__}")
@@ -358,8 +392,19 @@ cdef class Streams:
             self._unlink(oldest)
             del self._streams[oldest.room]
             if self._on_drop is not None:
-                self._on_drop(oldest.room)
+                if self._dropped is None:
+                    self._dropped = []
+                self._dropped.append(oldest.room)
         return stream
+
+    cdef int _report_drops(self) except -1:
+        """Call on_drop for the records dropped by the operation that ends,
+        once the state is whole again (on_drop may use this object)."""
+        cdef list rooms = self._dropped
+        self._dropped = None
+        for room in rooms:
+            self._on_drop(room)
+        return 0
 
     cdef int _use(self, Stream stream) noexcept:
         """Make ``stream`` the most recently used record (linking it if new)."""
@@ -456,4 +501,6 @@ cdef class Streams:
         return 0
 
     cdef double _now(self) except? -1.0:
+        if self._monotonic:
+            return _monotonic()
         return self._clock()
