@@ -47,6 +47,11 @@ redis-py's asyncio Cluster pub/sub (read in redis 8.1's ``redis/asyncio/cluster.
   a background task; nothing refreshes the cache for an idle subscriber whose node
   died, and a ``PubSub`` of a dead node raises ``ConnectionError`` from the read. The
   stream layer treats that as a lost subscription: a new subscriber, and a resync;
+- ``ssubscribe`` routes by the client's slot map, which only a failed or redirected
+  command refreshes: right after a failover a new subscriber would try the dead node
+  (connection refused) and leave an unconnected ``PubSub`` of it in the mapping.
+  :meth:`ClusterSubscriber.subscribe` then reloads the map
+  (``nodes_manager.initialize()``), drops that ``PubSub`` and subscribes again;
 - deliveries are ``smessage`` (``SPUBLISH``); the subscriber here reports them as
   ``message``, and drops (un)subscribe confirmations of both kinds.
 
