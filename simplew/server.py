@@ -464,7 +464,7 @@ class SimpleWServer:
             opcode, payload = 1, data.encode("utf-8")
         else:
             opcode, payload = 2, bytes(data)
-        placed = self._broadcast.publish(opcode, payload, room)
+        placed = self._broadcast.publish(opcode, payload, room, True)
         if placed is None:
             return None
         if isinstance(placed, tuple):

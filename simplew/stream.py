@@ -466,8 +466,8 @@ class RedisStream:
         self.refetched = 0  # publications fetched from a Stream to fill a hole
         self.resets = 0  # streams moved to another epoch here
         self.epoch_changes = 0  # new epochs this process made: Redis lost publications
-        self.follows = 0  # times a room started being followed
-        self.unfollows = 0
+        self.started_following = 0  # times a stream started being followed
+        self.stopped_following = 0
 
     # -- the loop-thread API ------------------------------------------------------
 
@@ -554,7 +554,7 @@ class RedisStream:
         followed = Followed(room, shard, engine.key(room, "pubs"))
         self.rooms[room] = followed
         self.by_channel[followed.channel] = followed
-        self.follows += 1
+        self.started_following += 1
         self.shards[shard].to_subscribe.add(room)
         self.shards[shard].wake()
 
@@ -588,7 +588,7 @@ class RedisStream:
             return
         del self.rooms[room]
         self.by_channel.pop(followed.channel, None)
-        self.unfollows += 1
+        self.stopped_following += 1
         shard = self.shards[followed.shard]
         shard.to_subscribe.discard(room)
         if followed.subscribed:
@@ -947,8 +947,8 @@ class RedisStream:
             "outages": self.outages,
             "pending": sum(len(shard.pending) for shard in self.shards),
             "followed": self.followed,
-            "follows": self.follows,
-            "unfollows": self.unfollows,
+            "started_following": self.started_following,
+            "stopped_following": self.stopped_following,
             "shards": [
                 {"index": s.index, "connected": s.connected, "pending": len(s.pending)}
                 for s in self.shards
