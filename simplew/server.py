@@ -141,7 +141,7 @@ class SimpleWServer:
         compression: bool = False,
         compression_level: int = 1,
         use_aiofastnet: bool = False,
-        redis_url: str | None = None,
+        redis_url: str | list[str] | None = None,
         recovery: bool = False,
         recovery_window: float = 120.0,
         history_size: int = 10_000,
