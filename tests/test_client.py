@@ -1,12 +1,15 @@
-"""The Python ``simplew.v1`` client (``simplew.client.Client``) against a real
+"""The Python ``simplew.v2`` client (``simplew.client.Client``) against a real
 server with recovery on: welcome, direct messages, pubs in order, a connection
 cut with a TCP RST during a 500 msg/s multicast and recovered without a loss or
-a duplicate, rooms kept across the reconnection, reset after the recovery
+a duplicate, rooms kept across the reconnection with the pubs missed in each, a
+session in 1,000 rooms resumed, join and leave events, reset after the recovery
 window, and ``/simplew.js`` served to browsers. Against a hostile server
 (tests/hostile.py): every malformed field, nested JSON and BINARY frame is a
 protocol error (connect() raises ProtocolError before the welcome, a close 1002
-and a reconnection after it), and the backoff restarts only after a connection
-lasted a second past its welcome.
+and a reconnection after it), a recovered welcome must continue the positions
+sent, pubs of streams not held are dropped, the resume message holds thousands
+of rooms, and the backoff restarts only after a connection lasted a second past
+its welcome.
 """
 
 from __future__ import annotations
@@ -70,8 +73,15 @@ class LiveController(Controller):
 
     @route("WEBSOCKET", "/join")
     def join(self, message: WebSocketMessage) -> str:
-        self.session.join(message.body)
-        return f"joined {message.body}"
+        rooms = message.body if isinstance(message.body, list) else [message.body]
+        for room in rooms:
+            self.session.join(room)
+        return f"joined {message.body}" if len(rooms) == 1 else f"joined {len(rooms)}"
+
+    @route("WEBSOCKET", "/leave")
+    def leave(self, message: WebSocketMessage) -> str:
+        self.session.leave(message.body)
+        return f"left {message.body}"
 
     @require_jwt
     @route("WEBSOCKET", "/me")
@@ -192,6 +202,8 @@ def test_welcome_direct_messages_and_pubs_in_order(make_server):
             welcome.epoch,
             welcome.offset,
         )
+        assert welcome.streams == (StreamPosition(None, welcome.epoch, welcome.offset, False, 0),)
+        assert client.positions == {None: (welcome.epoch, welcome.offset)}
         assert client.connected
         assert (await next_event(events, "open")) == welcome
 
@@ -208,7 +220,7 @@ def test_welcome_direct_messages_and_pubs_in_order(make_server):
         assert [p.data for p in pubs] == [f"text {n}" for n in range(20)] + [b"\x00\xffbinary"]
         offsets = [p.offset for p in pubs]
         assert offsets == sorted(set(offsets)) and offsets[0] > welcome.offset
-        assert all(p.room is None for p in pubs)
+        assert all(p.room is None and p.epoch == welcome.epoch for p in pubs)
         assert client.offset == offsets[-1]
 
         await client.close()
@@ -264,12 +276,116 @@ def test_rooms_joined_by_a_handler_are_restored_after_reconnect(make_server):
         finally:
             ticker.stop()
         await client.close()
+        assert {(s.room, s.recovered) for s in recovered.streams} == {(None, True), ("red", True)}
         for pubs in (before, missed, live):  # never "blue"
             assert {p.room for p in pubs} == {"red", None}
         pubs = before + missed + live
         assert all(p.data.endswith(f" {p.room}") for p in pubs)
-        offsets = [p.offset for p in pubs]
-        assert offsets == sorted(set(offsets))
+        for room in ("red", None):  # every offset of each stream once, in order
+            offsets = [p.offset for p in pubs if p.room == room]
+            assert offsets == list(range(offsets[0], offsets[-1] + 1))
+
+    run(main())
+
+
+def test_a_resume_gives_back_the_pubs_missed_in_each_room(make_server):
+    """Pubs of three rooms and of everyone while the client is away: the welcome
+    continues each stream from the position sent, with its own ``missed``, and the
+    missed pubs follow stream by stream (the broadcast one, then the rooms by name)."""
+    server = recovery_server(make_server)
+
+    async def main() -> None:
+        client, events, _ = await connected(server, backoff_min=1.0, jitter=False)
+        client.send("/ws/join", ["red", "blue", "green"])
+        assert (await next_event(events, "msg")).data == "joined 3"
+        assert set(client.positions) == {None, "red", "blue", "green"}
+        server.multicast_text("red before", room="red")
+        assert (await next_event(events, "pub")).data == "red before"
+        held = client.positions
+        cut_with_rst(client)
+        assert (await next_event(events, "close")).code == 1006
+        sent: dict[str | None, int] = {"red": 3, "blue": 2, "green": 0, None: 4}
+        for room, count in sent.items():
+            for n in range(count):
+                server.multicast_text(f"{room} away {n}", room=room)
+        recovered = await next_event(events, "recovered")
+        assert recovered.missed == 9
+        assert recovered.streams == tuple(
+            StreamPosition(room, *held[room], True, sent[room])
+            for room in (None, "blue", "green", "red")
+        )
+        missed = [await next_event(events, "pub") for _ in range(9)]
+        assert [p.data for p in missed] == [
+            *(f"None away {n}" for n in range(4)),
+            *(f"blue away {n}" for n in range(2)),
+            *(f"red away {n}" for n in range(3)),
+        ]
+        assert client.positions == {
+            room: (epoch, offset + sent[room]) for room, (epoch, offset) in held.items()
+        }
+        assert client.duplicates == 0 and client.room_resets == 0 and client.resets == 0
+        await client.close()
+
+    run(main())
+
+
+def test_a_session_in_1000_rooms_resumes(make_server):
+    """The resume message (not the URL) carries 1,001 positions; every stream is
+    recovered and the pubs missed in some of the rooms follow, in room order."""
+    server = recovery_server(make_server, max_rooms_per_session=2000)
+    rooms = [f"room {n}" for n in range(1000)]
+    away = rooms[::100]
+
+    async def main() -> None:
+        client, events, _ = await connected(server, backoff_min=0.5, jitter=False)
+        client.send("/ws/join", rooms)
+        assert (await next_event(events, "msg")).data == "joined 1000"
+        assert len(client.positions) == 1001
+        held = client.positions
+        cut_with_rst(client)
+        await next_event(events, "close")
+        for room in away:
+            server.multicast_text(f"away {room}", room=room)
+        recovered = await next_event(events, "recovered")
+        assert len(recovered.streams) == 1001 and recovered.missed == len(away)
+        assert all(s.recovered and (s.epoch, s.offset) == held[s.room] for s in recovered.streams)
+        missed = [await next_event(events, "pub") for _ in away]
+        assert [p.room for p in missed] == sorted(away, key=str.encode)
+        assert [p.data for p in missed] == [f"away {p.room}" for p in missed]
+        assert len(client.positions) == 1001 and client.room_resets == 0
+        await client.close()
+
+    run(main())
+
+
+def test_join_and_leave_events_from_a_controller(make_server):
+    """``session.join`` in a handler is a join event (the room's position, before
+    the reply), its pubs follow; ``session.leave`` is a leave event and the room's
+    pubs stop."""
+    server = recovery_server(make_server)
+    joins: list[Join] = []
+    leaves: list[Leave] = []
+
+    async def main() -> None:
+        client, events, _ = await connected(server, on_join=joins.append, on_leave=leaves.append)
+        client.send("/ws/join", "red")
+        join = await next_event(events, "join")
+        assert join.room == "red" and client.positions["red"] == (join.epoch, join.offset)
+        assert (await next_event(events, "msg")).data == "joined red"
+        server.multicast_text("to red", room="red")
+        assert (await next_event(events, "pub")) == Pub(
+            "red", join.offset + 1, "to red", join.epoch
+        )
+        client.send("/ws/leave", "red")
+        assert (await next_event(events, "leave")) == Leave("red")
+        assert (await next_event(events, "msg")).data == "left red"
+        assert "red" not in client.positions
+        server.multicast_text("red again", room="red")
+        server.multicast_text("everyone")
+        pub = await next_event(events, "pub")
+        assert (pub.room, pub.data) == (None, "everyone")
+        assert joins == [join] and leaves == [Leave("red")] and client.duplicates == 0
+        await client.close()
 
     run(main())
 
