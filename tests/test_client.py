@@ -817,7 +817,7 @@ def test_the_client_holds_the_server_to_its_own_limits():
     accepts back in the resume message; offsets have at most 18 digits there."""
     assert client_module.SESSION_ID.pattern == recovery._SESSION_ID.pattern
     assert client_module.EPOCH.pattern == recovery._EPOCH.pattern
-    assert client_module.OFFSET_LIMIT == 10**18
+    assert client_module.OFFSET_LIMIT == recovery.MAX_OFFSET == 10**18
     assert client_module.MAX_ROOM_BYTES == 255
 
 
