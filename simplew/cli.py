@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a publication stays recoverable (env SIMPLEW_HISTORY_TTL)",
     )
     serve.add_argument(
+        "--wait-replicas",
+        type=_number(int),
+        default=_env("wait_replicas", "0"),
+        metavar="N",
+        help="with --recovery and --redis: deliver a publication only once N replicas of "
+        "its shard have it (Redis WAIT; not with a Cluster) (env SIMPLEW_WAIT_REPLICAS)",
+    )
+    serve.add_argument(
         "--max-rooms-per-session",
         type=_number(int),
         default=_env("max_rooms_per_session", "128"),
@@ -412,6 +420,7 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         "recovery_window": args.recovery_window,
         "history_size": args.history_size,
         "history_ttl": args.history_ttl,
+        "wait_replicas": args.wait_replicas,
     }
     if args.recovery:
         settings.update(recovery=True, **recovery)

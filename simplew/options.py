@@ -102,6 +102,11 @@ class ServerOptions:
     together; the least recently published streams lose their oldest first."""
     history_ttl: float = 300.0
     """Seconds a publication stays recoverable (in memory and in Redis)."""
+    wait_replicas: int = 0
+    """With recovery and Redis: a publication is delivered, and ``server.publish``
+    returns, only once this many replicas of its shard have it (Redis ``WAIT``), so a
+    failover to one of them loses no acknowledged publication; publications wait while
+    fewer replicas answer. 0: no waiting. Not with a Redis Cluster."""
     max_rooms_per_session: int = 128
     """Rooms a session may be in at once; a join past it is refused (0: no limit)."""
 
@@ -141,6 +146,7 @@ class ServerOptions:
             "history_size",
             "history_bytes",
             "max_rooms_per_session",
+            "wait_replicas",
         ):
             _int(name, getattr(self, name), 0)
         for name in ("idle_timeout", "header_timeout"):

@@ -117,6 +117,7 @@ class SimpleWServer:
     history_bytes = _Option()
     history_ttl = _Option()
     max_rooms_per_session = _Option()
+    wait_replicas = _Option()
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class SimpleWServer:
         history_size: int = 10_000,
         history_bytes: int = 64 << 20,
         history_ttl: float = 300.0,
+        wait_replicas: int = 0,
         max_rooms_per_session: int = 128,
         healthz: bool = True,
         metrics: bool = False,
@@ -600,7 +602,12 @@ class SimpleWServer:
         if self.redis_url and self.recovery is not None:
             from simplew.stream import RedisStream
 
-            stream = RedisStream(self.redis_url, self.recovery, history_ttl=self.history_ttl)
+            stream = RedisStream(
+                self.redis_url,
+                self.recovery,
+                history_ttl=self.history_ttl,
+                wait_replicas=self.wait_replicas,
+            )
             self._broadcast.backplane = self.recovery.store = stream
             stream.start()  # one stream for every process sharing Redis
         elif self.redis_url:

@@ -86,6 +86,7 @@ FETCH_CHUNK = 1000  # Stream entries per XRANGE
 LINGER = 5.0  # seconds a room stays followed after its last local session left
 SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command
 RETRY_AFTER = 1  # seconds, the Retry-After of an Unavailable
+WAIT_TIMEOUT_MS = 1000  # one WAIT for replicas (wait_replicas), then another
 
 
 class Unavailable(Exception):
@@ -105,7 +106,8 @@ if not epoch then
 end
 """
 
-# ARGV: fresh epoch, maxlen, ttl (s), publish command, channel, records...
+# ARGV: fresh epoch, maxlen, ttl (s), publish command ('' : the caller publishes once
+# replicas have it), channel, records...
 # Each entry keeps its record (r) and the Redis time it was stored (t, seconds), so that
 # a process loading a stream's tail skips what is older than history_ttl.
 _PUBLISH = (
@@ -121,8 +123,10 @@ for i = 1, n do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call(ARGV[4], ARGV[5], epoch .. '\\n' .. string.format('%d', first) .. '\\n'
-           .. table.concat(ARGV, '', 6))
+if ARGV[4] ~= '' then
+  redis.call(ARGV[4], ARGV[5], epoch .. '\\n' .. string.format('%d', first) .. '\\n'
+             .. table.concat(ARGV, '', 6))
+end
 return {epoch, first}
 """
 )
@@ -400,41 +404,47 @@ class Shard:
         for room, record, future in batch:
             groups.setdefault(room, []).append((record, future))
         engine = stream.engine
-        command = engine.publish_command
+        replicas = stream.wait_replicas
+        command = "" if replicas else engine.publish_command
         ttl = stream.ttl_seconds
         maxlen = stream.recovery.streams.history_size or 1
+
+        def args(room: str | None, items: list[tuple[bytes, Any]]) -> list[Any]:
+            return [
+                new_epoch(),
+                maxlen,
+                ttl,
+                command,
+                engine.key(room, "pubs"),
+                *(record for record, _ in items),
+            ]
+
         try:
-            if len(groups) == 1:
+            if len(groups) == 1 and not replicas:
                 room, items = next(iter(groups.items()))
-                results = [
-                    await publish(
-                        keys=[engine.key(room, "meta"), engine.key(room, "stream")],
-                        args=[
-                            new_epoch(),
-                            maxlen,
-                            ttl,
-                            command,
-                            engine.key(room, "pubs"),
-                            *(record for record, _ in items),
-                        ],
-                    )
-                ]
+                keys = [engine.key(room, "meta"), engine.key(room, "stream")]
+                results = [await publish(keys=keys, args=args(room, items))]
             else:
                 pipe = client.pipeline(transaction=False)
                 for room, items in groups.items():
-                    await publish(
-                        keys=[engine.key(room, "meta"), engine.key(room, "stream")],
-                        args=[
-                            new_epoch(),
-                            maxlen,
-                            ttl,
-                            command,
-                            engine.key(room, "pubs"),
-                            *(record for record, _ in items),
-                        ],
-                        client=pipe,
-                    )
+                    keys = [engine.key(room, "meta"), engine.key(room, "stream")]
+                    await publish(keys=keys, args=args(room, items), client=pipe)
+                if replicas:
+                    pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
                 results = await pipe.execute()
+                if replicas:
+                    await stream.replicated(client, results.pop())
+                    pipe = client.pipeline(transaction=False)
+                    for (room, items), result in zip(groups.items(), results):
+                        message = b"%s\n%d\n%s" % (
+                            result[0],
+                            int(result[1]),
+                            b"".join(record for record, _ in items),
+                        )
+                        pipe.execute_command(
+                            engine.publish_command, engine.key(room, "pubs"), message
+                        )
+                    await pipe.execute()
         except BaseException:
             pending.extendleft(reversed(batch))  # sent again when the shard is back
             raise
@@ -488,8 +498,12 @@ class RedisStream:
         sync_interval: float = SYNC_INTERVAL,
         linger: float = LINGER,
         history_ttl: float = 300.0,
+        wait_replicas: int = 0,
     ) -> None:
         self.engine = Engine.from_urls(urls)
+        if wait_replicas and self.engine.kind == "cluster":
+            raise ValueError("wait_replicas is not supported with a Redis Cluster")
+        self.wait_replicas = wait_replicas
         self.url = self.engine.describe()
         self.recovery = recovery
         self.hub = recovery.hub
@@ -512,6 +526,7 @@ class RedisStream:
         self.epoch_changes = 0  # new epochs this process made: Redis lost publications
         self.started_following = 0  # times a stream started being followed
         self.stopped_following = 0
+        self.replica_waits = 0  # batches that waited past WAIT_TIMEOUT_MS for replicas
 
     # -- the loop-thread API ------------------------------------------------------
 
@@ -708,6 +723,7 @@ class RedisStream:
         if known and epoch == mirrored_epoch:
             if top > mirrored_top:
                 entries = await self._fetch(client, room, mirrored_top + 1, top)
+                await self._fence(client, room, entries)
                 if entries and entries[0][0] == mirrored_top + 1:
                     self._deliver_entries(room, epoch, entries)
                     self.refetched += len(entries)
@@ -718,6 +734,7 @@ class RedisStream:
         # but what is older than history_ttl (it is no longer recoverable).
         start = max(1, top - streams.history_size + 1)
         entries = await self._fetch(client, room, start, top, time.time() - self.history_ttl)
+        await self._fence(client, room, entries)
         base = entries[0][0] - 1 if entries else top
         if known:
             self.resets += 1
@@ -731,6 +748,34 @@ class RedisStream:
             if offset != streams.position(room)[1] + 1:
                 streams.restart(room, epoch, offset - 1)  # an entry that could not be read
             streams.append(room, epoch, offset, pub_message(room, epoch, offset, opcode, payload))
+
+    async def _fence(self, client: Any, room: str | None, entries: list[Any]) -> None:
+        """With ``wait_replicas``: deliver nothing read from a Stream before the
+        replicas have it. A write after the read, then ``WAIT``: replication is in
+        order, so what the read saw is on the replicas once the write is."""
+        if not self.wait_replicas or not entries:
+            return
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("INCR", self.engine.key(room, "fence"))
+        pipe.execute_command("EXPIRE", self.engine.key(room, "fence"), self.ttl_seconds)
+        pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        results = await pipe.execute()
+        await self.replicated(client, results[-1])
+
+    async def replicated(self, client: Any, acknowledged: int) -> None:
+        """Wait (``WAIT`` again) until ``wait_replicas`` replicas have this
+        connection's writes: the shard's publications wait meanwhile."""
+        warned = False
+        while int(acknowledged) < self.wait_replicas:
+            if not warned:
+                warned = True
+                self.replica_waits += 1
+                log.warning(
+                    "Redis stream: %d of %d replicas acknowledged; publications wait",
+                    int(acknowledged),
+                    self.wait_replicas,
+                )
+            acknowledged = await client.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
 
     def _deliver_entries(
         self, room: str | None, epoch: str, entries: list[tuple[int, Any]]

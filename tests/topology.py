@@ -280,24 +280,24 @@ class Cluster(_Topology):
 
 
 class SentinelSetup(_Topology):
-    """A master, a replica (``--replicaof``) and three Sentinels monitoring it as
-    ``SERVICE`` (down after 1 s)."""
+    """A master, ``replicas`` replicas (``--replicaof``; 1 by default) and three
+    Sentinels monitoring it as ``SERVICE`` (down after 1 s)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, replicas: int = 1) -> None:
         super().__init__(tmp)
         self.master_port = free_port()
-        self.replica_port = free_port()
+        self.replica_ports = [free_port() for _ in range(replicas)]
+        self.replica_port = self.replica_ports[0]
         self.sentinel_ports = [free_port() for _ in range(3)]
 
     def start(self) -> SentinelSetup:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.master = start_redis(self.tmp, self.master_port)
         self.procs.append(self.master)
-        self.procs.append(
-            start_redis(
-                self.tmp, self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port)
+        for port in self.replica_ports:
+            self.procs.append(
+                start_redis(self.tmp, port, "--replicaof", "127.0.0.1", str(self.master_port))
             )
-        )
         for i, port in enumerate(self.sentinel_ports):
             conf = self.tmp / f"sentinel-{i}.conf"
             conf.write_text(
@@ -308,11 +308,14 @@ class SentinelSetup(_Topology):
             self.procs.append(start_redis(self.tmp, port, str(conf), "--sentinel"))
 
         def synced() -> bool:
-            replica = connect(self.replica_port)
-            try:
-                return replica.info("replication").get("master_link_status") == "up"
-            finally:
-                replica.close()
+            for port in self.replica_ports:
+                replica = connect(port)
+                try:
+                    if replica.info("replication").get("master_link_status") != "up":
+                        return False
+                finally:
+                    replica.close()
+            return True
 
         wait_until(synced, 10, "the replica in sync")
         return self
