@@ -512,6 +512,31 @@ def test_a_malformed_resume_is_a_fresh_session(v2_server, case):
     owner.close()
 
 
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_a_resume_larger_than_max_message_size_is_a_fresh_session(v2_server, fragmented):
+    server = v2_server(max_message_size=1024)
+    ws = V2(server.port)
+    ws.close()
+    gone(server)
+    message = ws.resume_message()
+    # one frame: over the limit, but not over picows's frame limit (the limit +
+    # 1024), which closes 1009 before the server sees the frame
+    message["pad"] = "x" * (2000 if fragmented else 1200)
+    text = compact(message)
+    assert 1024 < len(text) < 2048 or fragmented
+    first = None if fragmented else text
+    again = V2(server.port, first=first, welcome=False)
+    if fragmented:  # 512 bytes a frame: over the limit at the third one
+        again.ws.send([text[i : i + 512] for i in range(0, len(text), 512)])
+    again.welcome = again.next()
+    assert again.welcome["type"] == "welcome"
+    assert again.welcome["recovered"] is False and again.welcome["session"] != ws.session
+    # the rest of the message was dropped: the connection goes on
+    assert again.ask("/ws/rooms/whoami") == {"rooms": [], "recovered": False}
+    assert server.recovery.sessions_reset == 1
+    again.close()
+
+
 @pytest.mark.parametrize(
     "first",
     [
