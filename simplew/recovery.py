@@ -333,10 +333,15 @@ class Recovery:
             conn.close(1008, "no resume message")
 
     def first_message(self, conn: Any, is_text: bool, data: Any) -> None:
-        """The first message of a ``?resume=1`` connection: its ``resume``."""
+        """The first message of a ``?resume=1`` connection: its ``resume``
+        (``data`` None: it was over ``max_message_size``, and dropped)."""
         timer, conn.awaiting_resume = conn.awaiting_resume, None
         if timer is not None:
             timer.cancel()
+        if data is None:
+            # over max_message_size (dropped): not an error, a fresh session (5.3)
+            self._open(conn, None, True)
+            return
         if not is_text or not data.startswith(_PROTOCOL_MESSAGE):
             conn.close(1002, "expected a resume message")
             return

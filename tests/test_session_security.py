@@ -1,8 +1,8 @@
 """A session belongs to whoever proved who they are (simplew.tokens, simplew.recovery).
 
 alice connects with her JWT, joins a private room and drops; a publication goes to
-that room. mallory, with alice's session id, epoch and offset but no token (or her
-own token), must get a fresh session and learn nothing of alice's. Presence shows
+that room. mallory, with alice's session id and stream positions but no token (or
+her own token), must get a fresh session and learn nothing of alice's. Presence shows
 users and public ids, never a session id. A token that expires ends the access of
 its connection unless it is refreshed in time.
 """
@@ -23,6 +23,7 @@ from simplew import Controller, WebSocketMessage, route
 from simplew.auth import JwtAuth
 from simplew.recovery import log_id
 from simplew.tokens import CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_REFUSED
+from v2raw import V2
 
 SECRET = "a secret of the session security tests, long enough"
 TIMEOUT = 5.0
@@ -44,53 +45,12 @@ def token(sub: str, **claims: Any) -> str:
     return pyjwt.encode({"sub": sub, **claims}, SECRET, algorithm="HS256")
 
 
-class Conn:
-    """A simplew.v1 connection: the welcome, then pubs and msgs as they come."""
+class Conn(V2):
+    """A simplew.v2 connection (tests/v2raw.py) with ``jwt`` in its upgrade,
+    resuming ``resume``'s session with ``resume``'s positions when given."""
 
-    def __init__(self, server: Any, jwt: str | None = None, resume: Any = None) -> None:
-        query = ""
-        if resume is not None:
-            query = (
-                f"?session={resume['session']}&epoch={resume['epoch']}&offset={resume['offset']}"
-            )
-        headers = {"Authorization": f"Bearer {jwt}"} if jwt else None
-        self.ws = connect(
-            f"ws://127.0.0.1:{server.port}/ws{query}",
-            subprotocols=["simplew.v1"],
-            additional_headers=headers,
-            proxy=None,
-            open_timeout=TIMEOUT,
-            close_timeout=1,
-        ).__enter__()
-        self.welcome = self.next()
-        assert self.welcome["type"] == "welcome", self.welcome
-
-    def next(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        return json.loads(self.ws.recv(timeout=timeout))
-
-    def ask(self, url: str, body: Any = None) -> Any:
-        self.ws.send(json.dumps({"url": url, "body": body}))
-        while True:
-            message = self.next()
-            if message["type"] == "msg":
-                text = message["text"]
-                return json.loads(text) if text.startswith("{") else text
-
-    def texts_within(self, seconds: float) -> list[str]:
-        """The text of every pub that arrives within ``seconds``."""
-        seen = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = self.next(timeout=left)
-            except TimeoutError:
-                break
-            if message["type"] == "pub":
-                seen.append(message["text"])
-        return seen
-
-    def close(self) -> None:
-        self.ws.close()
+    def __init__(self, server: Any, jwt: str | None = None, resume: V2 | None = None) -> None:
+        super().__init__(server.port, resume, token=jwt)
 
 
 @pytest.fixture
@@ -102,15 +62,14 @@ def server(make_server):
     return make_server(configure, recovery=True, metrics=True, token_grace=1.0)
 
 
-def alice_leaves_a_private_publication(server) -> dict[str, Any]:
+def alice_leaves_a_private_publication(server) -> Conn:
     """alice joins "alice-private" and drops; one publication then goes there."""
     alice = Conn(server, token("alice"))
     assert alice.ask("/ws/vault/join", "alice-private") == "joined"
-    welcome = dict(alice.welcome)
     alice.close()
     wait_until(lambda: len(server.hub) == 0, what="alice gone")
     server.multicast_text("for alice only", room="alice-private")
-    return welcome
+    return alice
 
 
 @pytest.mark.parametrize("mallory_token", [None, "mallory"], ids=["no-token", "own-token"])
@@ -119,7 +78,8 @@ def test_a_session_id_alone_does_not_resume_a_users_session(server, mallory_toke
     mallory = Conn(server, token(mallory_token) if mallory_token else None, resume)
     assert mallory.welcome["recovered"] is False
     assert mallory.welcome["missed"] == 0
-    assert mallory.welcome["session"] != resume["session"]
+    assert mallory.welcome["session"] != resume.session
+    assert mallory.welcome["streams"] == [[None, *resume.positions[None], False, 0]]
     assert "left" not in mallory.welcome
     assert mallory.ask("/ws/vault/me") == {"user": mallory_token}
     server.multicast_text("for alice only, again", room="alice-private")
@@ -129,7 +89,12 @@ def test_a_session_id_alone_does_not_resume_a_users_session(server, mallory_toke
     # alice, with her token, still gets everything back
     alice = Conn(server, token("alice"), resume)
     assert alice.welcome["recovered"] is True and alice.welcome["missed"] == 2
-    assert alice.texts_within(1.0) == ["for alice only", "for alice only, again"]
+    assert alice.welcome["session"] == resume.session
+    assert alice.welcome["streams"] == [
+        [None, *resume.positions[None], True, 0],
+        ["alice-private", *resume.positions["alice-private"], True, 2],
+    ]
+    assert alice.texts_within(0.5) == ["for alice only", "for alice only, again"]
     assert alice.ask("/ws/vault/me") == {"user": "alice"}
     alice.close()
 
@@ -137,10 +102,10 @@ def test_a_session_id_alone_does_not_resume_a_users_session(server, mallory_toke
 def test_a_live_session_is_not_taken_over_by_another_user(server):
     alice = Conn(server, token("alice"))
     alice.ask("/ws/vault/join", "alice-private")
-    mallory = Conn(server, None, alice.welcome)
+    mallory = Conn(server, None, alice)
     assert mallory.welcome["recovered"] is False
     server.multicast_text("still alice's", room="alice-private")
-    assert alice.texts_within(1.0) == ["still alice's"]  # alice's connection is untouched
+    assert alice.texts_within(0.5) == ["still alice's"]  # alice's connection is untouched
     assert mallory.texts_within(0.3) == []
     alice.close()
     mallory.close()
@@ -149,11 +114,10 @@ def test_a_live_session_is_not_taken_over_by_another_user(server):
 def test_a_session_without_a_user_is_resumed_by_its_id(server):
     first = Conn(server)
     first.ask("/ws/vault/join", "open")
-    welcome = dict(first.welcome)
     first.close()
     wait_until(lambda: len(server.hub) == 0, what="gone")
     server.multicast_text("missed", room="open")
-    again = Conn(server, None, welcome)
+    again = Conn(server, None, first)
     assert again.welcome["recovered"] is True and again.welcome["missed"] == 1
     assert again.texts_within(0.5) == ["missed"]
     again.close()
@@ -185,12 +149,11 @@ def test_a_room_refused_on_resume_is_reported_as_left(make_server):
     alice = Conn(server, token("alice"))
     alice.ask("/ws/vault/join", "admins")
     alice.ask("/ws/vault/join", "staff")
-    welcome = dict(alice.welcome)
     alice.close()
     wait_until(lambda: len(server.hub) == 0, what="gone")
     server.multicast_text("to admins", room="admins")
     server.multicast_text("to staff", room="staff")
-    back = Conn(server, token("alice"), welcome)
+    back = Conn(server, token("alice"), alice)
     assert back.welcome["recovered"] is True
     assert back.welcome["left"] == ["admins"] and back.welcome["missed"] == 1
     assert back.texts_within(0.5) == ["to staff"]
@@ -220,7 +183,7 @@ def test_a_refreshed_token_keeps_the_connection(server):
     conn.ws.send(json.dumps({"type": "refresh", "token": fresh}, separators=(",", ":")))
     time.sleep(1.5)  # past the grace period of the first token
     server.multicast_text("after the refresh", room="news")
-    assert conn.texts_within(1.0) == ["after the refresh"]
+    assert conn.texts_within(0.5) == ["after the refresh"]
     assert server.credentials.refreshed == 1 and server.credentials.expired == 0
     conn.close()
 

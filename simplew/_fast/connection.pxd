@@ -81,6 +81,7 @@ cdef class WebSocketConnection(WSListener):
     cdef int fail(self, int code, str reason) except -1
     cdef int _send_close(self, int code, str reason) except -1
     cdef int _deliver(self, bint is_text, object data) except -1
+    cdef bint _resume_too_big(self, bint compressed) except -1
     cdef _continue(self, WSFrame frame)
     cdef _on_close_frame(self, WSFrame frame)
     cdef _close_now(self, int code, str reason)

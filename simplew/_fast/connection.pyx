@@ -316,6 +316,11 @@ cdef class WebSocketConnection(WSListener):
             self.fail(1002, "new data frame inside a fragmented message")
             return
         if frame.payload_size > self.endpoint.max_message_size:
+            if self._resume_too_big(frame.rsv1):
+                if not frame.fin:
+                    self._msg_opcode = <int>op
+                    self._msg_size = -1     # the rest of the message is dropped
+                return
             self.fail(1009, f"message exceeds {self.endpoint.max_message_size} bytes")
             return
         if frame.rsv1:
@@ -356,7 +361,24 @@ cdef class WebSocketConnection(WSListener):
                 return
         self._deliver(is_text, data)
 
+    cdef bint _resume_too_big(self, bint compressed) except -1:
+        """The first message of a ``?resume=1`` connection is over
+        max_message_size: not an error, a fresh session (docs/protocol.md 5.3);
+        the caller drops the message. A compressed one still closes 1009 (its
+        inflater would lose its context)."""
+        if self.awaiting_resume is None or compressed:
+            return False
+        self._parts = None
+        self._decoder = None
+        self.endpoint.context.recovery.first_message(self, True, None)
+        return True
+
     cdef _continue(self, WSFrame frame):
+        if self._msg_size < 0:                  # an oversized resume message: dropped
+            if frame.fin:
+                self._msg_opcode = -1
+                self._msg_size = 0
+            return
         if self._msg_compressed:
             try:
                 chunk = self._inflater.inflate(frame.get_payload_as_memoryview(), frame.fin)
@@ -367,6 +389,12 @@ cdef class WebSocketConnection(WSListener):
         else:
             self._msg_size += frame.payload_size
             if self._msg_size > self.endpoint.max_message_size:
+                if self._resume_too_big(False):
+                    self._msg_size = -1
+                    if frame.fin:
+                        self._msg_opcode = -1
+                        self._msg_size = 0
+                    return
                 self.fail(1009, f"message exceeds {self.endpoint.max_message_size} bytes")
                 return
             chunk = frame.get_payload_as_bytes()

@@ -357,6 +357,7 @@ def server() -> RecordingServer:
             "127.0.0.1",
             0,
             max_message_size=4096,
+            max_rooms_per_session=RECOVERY_MAX_ROOMS,
             max_body_size=2048,
             max_header_size=1024,
             idle_timeout=10.0,
@@ -395,9 +396,10 @@ def check_released(s: RecordingServer) -> None:
     assert not s._http_connections, "an HTTP connection left in the server's set"
 
 
-# -- simplew.v1 recovery (resume.py) -------------------------------------------------
+# -- simplew.v2 recovery (resume.py) -------------------------------------------------
 
 REVOKED_ROOM = "revoked"  # on_resume_room refuses it: a resumed session loses it
+RECOVERY_MAX_ROOMS = 4  # max_rooms_per_session: a resume holds at most 5 streams
 
 
 @route("/vault")
@@ -422,7 +424,7 @@ _RECOVERY_SERVER: SimpleWServer | None = None
 
 
 def recovery_server() -> SimpleWServer:
-    """A second server of this process, with ``simplew.v1`` recovery and JWTs: the
+    """A second server of this process, with ``simplew.v2`` recovery and JWTs: the
     one resume.py attacks (``server()`` stays as the other harnesses know it)."""
     global _RECOVERY_SERVER
     if _RECOVERY_SERVER is None:
@@ -434,6 +436,7 @@ def recovery_server() -> SimpleWServer:
             recovery_window=1e6,  # the virtual clock jumps: no ended session expires
             token_grace=5.0,
             max_message_size=4096,
+            max_rooms_per_session=RECOVERY_MAX_ROOMS,
             compression=False,
             metrics=True,
             ping_interval=None,
@@ -449,14 +452,14 @@ def recovery_server() -> SimpleWServer:
 
 
 def fresh_recovery(s: SimpleWServer) -> None:
-    """A new stream for the next input: a new epoch, an empty history, no ended
-    session (as ``SimpleWServer._compile`` makes it), so inputs stay independent."""
+    """New streams for the next input: new epochs, empty histories, no ended
+    session (as ``SimpleWServer._compile`` makes them), so inputs stay independent."""
     from simplew.recovery import Recovery
 
     old = s.recovery
     assert old is not None
     old.close()
-    new = Recovery(s.context, s.recovery_window, s.history_size, s.history_bytes)
+    new = Recovery(s.context, s.recovery_window, s.history_size, s.history_bytes, s.history_ttl)
     new.on_session_end = old.on_session_end
     new.on_resume_room = old.on_resume_room
     s.context.recovery = new  # server.recovery reads it
