@@ -60,6 +60,9 @@ class Connection:
     code: int | None = None  # the client's CLOSE code, None without a CLOSE
     reason: str = ""
     done: threading.Event = field(default_factory=threading.Event)
+    # jsclient (simplew.v2 browser tests): what the client sent, while the server
+    # waited for its close (a script whose hold is None)
+    received: list[str | bytes] = field(default_factory=list)
 
 
 # script(index, path) -> (messages to send: str as TEXT, bytes as BINARY;
@@ -70,7 +73,8 @@ Script = Callable[[int, str], tuple[list[str | bytes], float | None]]
 class HostileServer:
     """``with HostileServer(script) as server:`` serves ``ws://127.0.0.1:{server.port}/``."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, subprotocol: str = "simplew.v1") -> None:
+        # jsclient: subprotocol, the one the server selects ("simplew.v2" for /simplew.js)
         self.script = script
         self.connections: list[Connection] = []
         self._lock = threading.Lock()
@@ -78,7 +82,7 @@ class HostileServer:
             self._handle,
             "127.0.0.1",
             0,
-            subprotocols=["simplew.v1"],
+            subprotocols=[subprotocol],
             compression=None,
             ping_interval=None,
             close_timeout=2,
@@ -106,8 +110,8 @@ class HostileServer:
             for message in messages:
                 ws.send(message)
             if hold is None:
-                for _ in ws:  # until the client closes
-                    pass
+                for received in ws:  # until the client closes
+                    record.received.append(received)
             else:
                 time.sleep(hold)
                 ws.close()

@@ -14,12 +14,13 @@ import json
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import jwt as pyjwt
 import redis as redis_py
 
 from helpers import ROOT
-from hostile import EPOCH, OMIT, SESSION, HostileServer, nested, pub, welcome
+from hostile import EPOCH, OMIT, SESSION, HostileServer, encode, nested
 from multiproc import free_port, port_open, wait_until
 from simplew import Controller, WebSocketMessage, require_jwt, route, stream
 from simplew.recovery import digest
@@ -137,24 +138,98 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
         assert 0.4 * cap < sum(samples) / len(samples) < 0.6 * cap
 
 
-# messages that break simplew.v1 after a welcome: each closes its connection
+# -- simplew.v2 messages for the hostile server (tests/hostile.py sends what it is given)
+
+ROOM_EPOCH = "roomEpoch_1"
+BROADCAST = [None, EPOCH, 5, False, 0]  # the broadcast stream's entry of a fresh welcome
+
+
+def welcome2(**fields: Any) -> str:
+    """A valid fresh simplew.v2 welcome (the broadcast stream at EPOCH, 5), with
+    ``fields`` changed, added or left out (``OMIT``)."""
+    return encode(
+        {
+            "type": "welcome",
+            "session": SESSION,
+            "recovered": False,
+            "missed": 0,
+            "streams": [BROADCAST],
+        },
+        fields,
+    )
+
+
+def resumed(*streams: list[Any], **fields: Any) -> str:
+    """A valid recovered welcome of ``streams`` (``[room, epoch, offset, recovered,
+    missed]`` entries); missed is their sum."""
+    fields = {"missed": sum(entry[4] for entry in streams), **fields}
+    return welcome2(recovered=True, streams=list(streams), **fields)
+
+
+def pub2(**fields: Any) -> str:
+    """A valid text pub of the broadcast stream (EPOCH, offset 7), with ``fields`` changed."""
+    return encode({"type": "pub", "room": None, "epoch": EPOCH, "offset": 7, "text": "x"}, fields)
+
+
+def join2(room: Any = "red", epoch: Any = ROOM_EPOCH, offset: Any = 2, **fields: Any) -> str:
+    return encode({"type": "join", "room": room, "epoch": epoch, "offset": offset}, fields)
+
+
+def leave2(room: Any = "red", **fields: Any) -> str:
+    return encode({"type": "leave", "room": room}, fields)
+
+
+def reset2(room: Any = "red", epoch: Any = "newEpoch", offset: Any = 0, **fields: Any) -> str:
+    return encode({"type": "reset", "room": room, "epoch": epoch, "offset": offset}, fields)
+
+
+def resume_of(connection) -> dict[str, Any]:
+    """The resume message a connection of the hostile server received first."""
+    assert "resume=1" in connection.path and "session" not in connection.path, connection.path
+    assert connection.received, "no resume message"
+    return json.loads(connection.received[0])
+
+
+# messages that break simplew.v2 after a welcome: each closes its connection
 BAD_AFTER_WELCOME = [
-    pub(offset=10**4000),
-    pub(offset=True),
-    pub(offset=2**53),
-    pub(offset=0),
-    pub(offset="7"),
-    pub(room=5),
-    pub(room=OMIT),
-    pub(text=5),
-    pub(text=OMIT),
-    pub(binary="AAE="),
-    pub(text=OMIT, binary="AAE"),
-    pub(text=OMIT, binary="AA*="),
-    pub(text="\ud800"),
+    pub2(offset=10**4000),
+    pub2(offset=True),
+    pub2(offset=2**53),
+    pub2(offset=0),
+    pub2(offset="7"),
+    pub2(room=5),
+    pub2(room=OMIT),
+    pub2(room=""),
+    pub2(room="r" * 256),
+    pub2(room="é" * 128),  # 128 UTF-16 units, 256 bytes of UTF-8
+    pub2(room="\ud800"),
+    pub2(epoch=OMIT),
+    pub2(epoch=""),
+    pub2(epoch="e" * 65),
+    pub2(epoch="an epoch"),
+    pub2(epoch=5),
+    pub2(text=5),
+    pub2(text=OMIT),
+    pub2(binary="AAE="),
+    pub2(text=OMIT, binary="AAE"),
+    pub2(text=OMIT, binary="AA*="),
+    pub2(text="\ud800"),
     json.dumps({"type": "msg", "text": 5}),
     json.dumps({"type": "msg", "binary": "A"}),
-    welcome(recovered=True, offset=6),
+    join2(room=None),
+    join2(room=OMIT),
+    join2(room="r" * 256),
+    join2(epoch="e" * 65),
+    join2(offset=-1),
+    join2(offset=True),
+    leave2(room=None),
+    leave2(room=5),
+    reset2(room=OMIT),
+    reset2(room=""),
+    reset2(epoch=OMIT),
+    reset2(offset=1.5),
+    reset2(room=None, offset=2**53),
+    welcome2(),
     b"\x00",
     nested(),
     "[1]",
@@ -162,14 +237,44 @@ BAD_AFTER_WELCOME = [
     "{",
 ]
 BAD_WELCOMES = [
-    welcome(offset=True),
-    welcome(session="s" * 300_000),
-    welcome(epoch="e" * 65),
-    welcome(missed=3),
-    welcome(recovered=True),  # not asked for
-    welcome(offset=2**53),
-    pub(),
+    welcome2(session="s" * 300_000),
+    welcome2(session="s" * 15),
+    welcome2(session=OMIT),
+    welcome2(recovered="no"),
+    welcome2(missed=True),
+    welcome2(missed=3),  # not the sum of the streams'
+    welcome2(streams=OMIT),
+    welcome2(streams=[]),
+    welcome2(streams={"0": BROADCAST}),
+    welcome2(streams=[["red", EPOCH, 5, False, 0]]),  # the first is not the broadcast stream
+    welcome2(streams=[BROADCAST, BROADCAST]),
+    welcome2(streams=[BROADCAST, ["r", EPOCH, 1, False, 0], ["r", EPOCH, 1, False, 0]]),
+    welcome2(streams=[BROADCAST, ["", EPOCH, 1, False, 0]]),
+    welcome2(streams=[[None, EPOCH, 5, False]]),
+    welcome2(streams=[[None, EPOCH, 5, False, 0, 0]]),
+    welcome2(streams=[[None, "e" * 65, 5, False, 0]]),
+    welcome2(streams=[[None, EPOCH, 2**53, False, 0]]),
+    welcome2(streams=[[None, EPOCH, True, False, 0]]),
+    welcome2(streams=[[None, EPOCH, 5, 0, 0]]),
+    welcome2(streams=[[None, EPOCH, 5, False, 1]], missed=1),  # missed of a stream not recovered
+    welcome2(streams=[[None, EPOCH, 5, True, 0]]),  # recovered without a resume
+    welcome2(recovered=True),  # not asked for
+    welcome2(left=["red"]),  # left in a fresh welcome
+    pub2(),
 ]
+# welcomes that break simplew.v2 on a connection that resumed with
+# [[null, EPOCH, 6], ["red", ROOM_EPOCH, 3]]
+BAD_RESUMED_WELCOMES = [
+    resumed([None, EPOCH, 5, True, 0], ["red", ROOM_EPOCH, 3, True, 0]),  # another offset
+    resumed([None, "other", 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0]),  # another epoch
+    resumed([None, EPOCH, 6, True, 0], ["blue", ROOM_EPOCH, 3, True, 0]),  # not sent
+    resumed([None, EPOCH, 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0], session="x" * 20),
+    resumed([None, EPOCH, 6, True, 1], ["red", ROOM_EPOCH, 3, True, 0], missed=2),
+    resumed([None, EPOCH, 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0], left="blue"),
+    resumed([None, EPOCH, 6, True, 0], left=[None]),
+    resumed([None, EPOCH, 6, True, 0], left=["r" * 256]),
+]
+GOOD_RESUMED = resumed([None, EPOCH, 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0])
 
 
 def simplew_js_page(browser, make_server):
@@ -183,58 +288,256 @@ def simplew_js_page(browser, make_server):
     return page, errors
 
 
+EVENTS = '["open", "recovered", "reset", "msg", "pub", "join", "leave", "roomreset", "close"]'
+
+
+def positions(page) -> list[list[Any]]:
+    """``client.positions`` as [[room, {epoch, offset}], ...]."""
+    return page.evaluate("[...window.client.positions]")
+
+
 def test_simplew_js_refuses_every_protocol_violation(browser, make_server):
     """Before the welcome, a violation closes the attempt with 4002 and the client
     tries again; after it, the same and a close event with 1002, nothing of the
-    message applied: the resume query keeps the last valid pub's offset."""
-    bad = len(BAD_WELCOMES)
+    message applied: each resume message keeps the positions of the last valid
+    pubs (the broadcast stream's and red's)."""
+    bad, after = len(BAD_WELCOMES), len(BAD_AFTER_WELCOME)
 
     def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
         if index < bad:
             return [BAD_WELCOMES[index]], None
         if index == bad:
-            return [welcome(), pub(offset=6, text="ok"), BAD_AFTER_WELCOME[0]], None
-        after = index - bad
-        if after < len(BAD_AFTER_WELCOME):
-            return [welcome(recovered=True, offset=6), BAD_AFTER_WELCOME[after]], None
-        return [welcome(recovered=True, offset=6)], None
+            return [
+                welcome2(),
+                join2("red", ROOM_EPOCH, 2),
+                pub2(offset=6, text="ok"),
+                pub2(room="red", epoch=ROOM_EPOCH, offset=3, text="r"),
+                pub2(offset=6, text="again"),  # duplicates: an offset not above the held one,
+                pub2(room="red", epoch="other", offset=4),  # another epoch,
+                pub2(room="blue", epoch=ROOM_EPOCH, offset=4),  # a room not held
+                reset2(room="blue"),  # a reset of a room not held: nothing
+                BAD_AFTER_WELCOME[0],
+            ], None
+        index -= bad
+        if index < after:
+            return [GOOD_RESUMED, BAD_AFTER_WELCOME[index]], None
+        index -= after
+        if index < len(BAD_RESUMED_WELCOMES):
+            return [BAD_RESUMED_WELCOMES[index]], None
+        return [GOOD_RESUMED], None
 
     page, errors = simplew_js_page(browser, make_server)
-    with HostileServer(script) as hostile:
+    with HostileServer(script, "simplew.v2") as hostile:
         page.evaluate(
-            """async (url) => {
-            const { SimplewClient } = await import("/simplew.js");
-            const client = window.client = new SimplewClient({ backoffMin: 0.01, backoffMax: 0.05 });
+            f"""async (url) => {{
+            const {{ SimplewClient }} = await import("/simplew.js");
+            const client = window.client = new SimplewClient({{ backoffMin: 0.01, backoffMax: 0.05 }});
             const got = window.got = [];
-            for (const type of ["open", "recovered", "reset", "msg", "pub", "close"]) {
+            for (const type of {EVENTS}) {{
               client.addEventListener(type, (e) => got.push([type, e.detail]));
-            }
+            }}
             await client.connect(url);
-        }""",
+        }}""",
             hostile.url,
         )
         page.wait_for_function(
-            f"window.client.reconnects === {len(BAD_AFTER_WELCOME)} && window.client.connected",
-            timeout=30_000,
+            f"window.client.reconnects === {after} && window.client.connected", timeout=60_000
         )
         state = page.evaluate(
-            "({offset: client.offset, session: client.session, duplicates: client.duplicates})"
+            "({offset: client.offset, epoch: client.epoch, session: client.session,"
+            " duplicates: client.duplicates})"
         )
+        held = positions(page)
         got = page.evaluate("window.got")
         page.evaluate("window.client.close()")
-        connections = hostile.wait_connections(bad + len(BAD_AFTER_WELCOME) + 1)
+        connections = hostile.wait_connections(bad + after + len(BAD_RESUMED_WELCOMES) + 1)
     assert errors == []
-    assert state == {"offset": 6, "session": SESSION, "duplicates": 0}
+    assert state == {"offset": 6, "epoch": EPOCH, "session": SESSION, "duplicates": 3}
+    assert held == [
+        [None, {"epoch": EPOCH, "offset": 6}],
+        ["red", {"epoch": ROOM_EPOCH, "offset": 3}],
+    ]
     pubs = [detail for kind, detail in got if kind == "pub"]
-    assert pubs == [{"offset": 6, "room": None, "data": "ok"}]
+    assert pubs == [
+        {"room": None, "epoch": EPOCH, "offset": 6, "data": "ok"},
+        {"room": "red", "epoch": ROOM_EPOCH, "offset": 3, "data": "r"},
+    ]
+    assert [detail for kind, detail in got if kind == "join"] == [
+        {"room": "red", "epoch": ROOM_EPOCH, "offset": 2}
+    ]
+    kinds = {kind for kind, _ in got}
+    assert not kinds & {"reset", "roomreset", "leave", "msg"}, kinds
     closes = [detail for kind, detail in got if kind == "close"]
-    assert len(closes) == len(BAD_AFTER_WELCOME)
+    assert len(closes) == after
     for close in closes:
         assert (close["code"], close["reconnecting"]) == (1002, True)
         assert close["reason"].startswith("protocol error: ")
     assert [c.code for c in connections[:-1]] == [4002] * (len(connections) - 1)
+    for connection in connections[: bad + 1]:
+        assert "resume" not in connection.path and connection.received == []
     for connection in connections[bad + 1 :]:
-        assert f"session={SESSION}&epoch={EPOCH}&offset=6" in connection.path
+        assert resume_of(connection) == {
+            "type": "resume",
+            "session": SESSION,
+            "streams": [[None, EPOCH, 6], ["red", ROOM_EPOCH, 3]],
+        }
+
+
+def test_simplew_js_join_leave_reset_and_a_thousand_rooms(browser, make_server):
+    """join, leave and reset messages change the positions the client holds and
+    fire join, leave and roomreset; the resume message carries 1,200 rooms; a
+    recovered welcome continues the streams it recovered, fires roomreset for the
+    others and leave for its ``left`` rooms; a fresh one (reset) replaces them all."""
+    rooms = [f"room-{i:04d}-é" for i in range(1200)]
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        if index == 0:
+            return [
+                welcome2(),
+                *(join2(room, ROOM_EPOCH, i) for i, room in enumerate(rooms)),
+                join2("gone", ROOM_EPOCH, 9),
+                leave2("gone"),
+                pub2(room=rooms[1], epoch=ROOM_EPOCH, offset=2, text="one"),
+                reset2(room=rooms[2], epoch="newEpoch", offset=10),
+                pub2(room=rooms[2], epoch=ROOM_EPOCH, offset=3),  # the old epoch: dropped
+                pub2(room=rooms[2], epoch="newEpoch", offset=11, text="two"),
+                reset2(room=None, epoch="broadcast2", offset=0),
+                pub2(epoch="broadcast2", offset=1, text="three"),
+            ], None
+        if index == 1:
+            streams = [[None, "broadcast2", 1, True, 1]]
+            streams += [[room, ROOM_EPOCH, i, True, 0] for i, room in enumerate(rooms) if i > 3]
+            streams += [
+                [rooms[1], ROOM_EPOCH, 2, True, 2],
+                [rooms[2], "newEpoch", 11, True, 0],
+                [rooms[3], "fresh", 40, False, 0],
+                ["new room", ROOM_EPOCH, 5, False, 0],
+            ]
+            return [
+                resumed(*streams, left=[rooms[0]]),
+                pub2(epoch="broadcast2", offset=2, text="missed"),
+                pub2(room=rooms[1], epoch=ROOM_EPOCH, offset=3, text="missed 1"),
+                pub2(room=rooms[1], epoch=ROOM_EPOCH, offset=4, text="missed 2"),
+                pub2(room=rooms[0], epoch=ROOM_EPOCH, offset=1),  # left: dropped
+            ], None
+        return [welcome2(session="another_session_0123")], None
+
+    page, errors = simplew_js_page(browser, make_server)
+    with HostileServer(script, "simplew.v2") as hostile:
+        page.evaluate(
+            f"""async (url) => {{
+            const {{ SimplewClient }} = await import("/simplew.js");
+            const client = window.client = new SimplewClient({{ backoffMin: 0.01, backoffMax: 0.05 }});
+            const got = window.got = [];
+            for (const type of {EVENTS}) {{
+              client.addEventListener(type, (e) => got.push([type,
+                type === "open" || type === "recovered" ? {{...e.detail, streams: e.detail.streams.length}}
+                : e.detail]));
+            }}
+            await client.connect(url);
+        }}""",
+            hostile.url,
+        )
+        page.wait_for_function("window.got.filter(([t]) => t === 'pub').length === 3")
+        first = positions(page)
+        page.evaluate("window.client._ws.close(4001, 'dropped by the test')")  # not client.close()
+        page.wait_for_function("window.got.filter(([t]) => t === 'pub').length === 6")
+        second = positions(page)
+        got_before_reset = page.evaluate("window.got")
+        page.evaluate("window.client._ws.close(4001, 'dropped by the test')")
+        page.wait_for_function("window.client.resets === 1 && window.client.connected")
+        third = positions(page)
+        reset_detail = page.evaluate("window.got.filter(([t]) => t === 'reset')[0][1]")
+        page.evaluate("window.client.close()")
+        connections = hostile.wait_connections(3)
+    assert errors == []
+    assert dict((room, tuple(p.values())) for room, p in first) == {
+        None: ("broadcast2", 1),
+        rooms[0]: (ROOM_EPOCH, 0),
+        rooms[1]: (ROOM_EPOCH, 2),
+        rooms[2]: ("newEpoch", 11),
+        **{room: (ROOM_EPOCH, i) for i, room in enumerate(rooms) if i > 2},
+    }
+    resume = resume_of(connections[1])
+    assert resume["session"] == SESSION and len(resume["streams"]) == 1201
+    assert sorted(map(tuple, resume["streams"]), key=repr) == sorted(
+        ((room, *p.values()) for room, p in first), key=repr
+    )
+    assert len(connections[1].received[0]) > 20_000
+    assert dict((room, tuple(p.values())) for room, p in second) == {
+        None: ("broadcast2", 2),
+        rooms[1]: (ROOM_EPOCH, 4),
+        rooms[2]: ("newEpoch", 11),
+        rooms[3]: ("fresh", 40),
+        "new room": (ROOM_EPOCH, 5),
+        **{room: (ROOM_EPOCH, i) for i, room in enumerate(rooms) if i > 3},
+    }
+    events = [(kind, detail) for kind, detail in got_before_reset if kind not in ("join", "close")]
+    joins = [detail["room"] for kind, detail in got_before_reset if kind == "join"]
+    assert joins == [*rooms, "gone"]
+    assert events == [
+        (
+            "open",
+            {
+                "session": SESSION,
+                "epoch": EPOCH,
+                "offset": 5,
+                "recovered": False,
+                "missed": 0,
+                "left": [],
+                "streams": 1,
+            },
+        ),
+        ("leave", {"room": "gone"}),
+        ("pub", {"room": rooms[1], "epoch": ROOM_EPOCH, "offset": 2, "data": "one"}),
+        ("roomreset", {"room": rooms[2], "epoch": "newEpoch", "offset": 10}),
+        ("pub", {"room": rooms[2], "epoch": "newEpoch", "offset": 11, "data": "two"}),
+        ("roomreset", {"room": None, "epoch": "broadcast2", "offset": 0}),
+        ("pub", {"room": None, "epoch": "broadcast2", "offset": 1, "data": "three"}),
+        (
+            "open",
+            {
+                "session": SESSION,
+                "epoch": "broadcast2",
+                "offset": 1,
+                "recovered": True,
+                "missed": 3,
+                "left": [rooms[0]],
+                "streams": 1201,
+            },
+        ),
+        (
+            "recovered",
+            {
+                "session": SESSION,
+                "epoch": "broadcast2",
+                "offset": 1,
+                "recovered": True,
+                "missed": 3,
+                "left": [rooms[0]],
+                "streams": 1201,
+            },
+        ),
+        ("roomreset", {"room": rooms[3], "epoch": "fresh", "offset": 40}),
+        ("roomreset", {"room": "new room", "epoch": ROOM_EPOCH, "offset": 5}),
+        ("leave", {"room": rooms[0]}),
+        ("pub", {"room": None, "epoch": "broadcast2", "offset": 2, "data": "missed"}),
+        ("pub", {"room": rooms[1], "epoch": ROOM_EPOCH, "offset": 3, "data": "missed 1"}),
+        ("pub", {"room": rooms[1], "epoch": ROOM_EPOCH, "offset": 4, "data": "missed 2"}),
+    ]
+    assert page.evaluate("window.client.duplicates") == 2
+    # the fresh session: its streams replace everything held
+    assert len(resume_of(connections[2])["streams"]) == 1201
+    assert third == [[None, {"epoch": EPOCH, "offset": 5}]]
+    assert reset_detail == {
+        "session": "another_session_0123",
+        "epoch": EPOCH,
+        "offset": 5,
+        "recovered": False,
+        "missed": 0,
+        "left": [],
+        "streams": [{"room": None, "epoch": EPOCH, "offset": 5, "recovered": False, "missed": 0}],
+    }
 
 
 def test_simplew_js_backoff_restarts_only_after_a_stable_connection(browser, make_server):
@@ -244,11 +547,11 @@ def test_simplew_js_backoff_restarts_only_after_a_stable_connection(browser, mak
     held = 5
 
     def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
-        fields = {} if index == 0 else {"recovered": True}
-        return [welcome(**fields)], 1.2 if index == held else 0.0
+        message = welcome2() if index == 0 else resumed([None, EPOCH, 5, True, 0])
+        return [message], 1.2 if index == held else 0.0
 
     page, errors = simplew_js_page(browser, make_server)
-    with HostileServer(script) as hostile:
+    with HostileServer(script, "simplew.v2") as hostile:
         page.evaluate(
             """async (url) => {
             Math.random = () => 1;
