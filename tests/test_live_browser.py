@@ -138,6 +138,111 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
         assert 0.4 * cap < sum(samples) / len(samples) < 0.6 * cap
 
 
+@route("/rooms")
+class Rooms(Controller):
+    @route("WEBSOCKET", "/join")
+    def join(self, message: WebSocketMessage) -> None:
+        self.session.join(message.body)
+
+    @route("WEBSOCKET", "/leave")
+    def leave(self, message: WebSocketMessage) -> None:
+        self.session.leave(message.body)
+
+
+def test_simplew_js_resumes_missed_pubs_of_two_rooms(browser, make_server):
+    """A page in the rooms blue, green and red; the server drops it (1001) and
+    publishes while it is away: 1 pub to everyone, 1 to blue, 2 to red, 5 to
+    green (more than the history of 3 holds). The resume recovers the session,
+    the broadcast stream, blue and red (4 missed pubs, in the welcome's order) and
+    resets green (a roomreset at green's position now); then a leave."""
+    server = make_server(
+        lambda s: s.add_websocket_content(Rooms, "/ws"), recovery=True, history_size=3
+    )
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")
+    page.evaluate(
+        f"""async () => {{
+        Math.random = () => 1;  // every reconnection waits the cap: 1 s
+        const {{ SimplewClient }} = await import("/simplew.js");
+        const client = window.client = new SimplewClient({{ backoffMin: 1, backoffMax: 1 }});
+        const got = window.got = [];
+        for (const type of {EVENTS}) client.addEventListener(type, (e) => got.push([type, e.detail]));
+        await client.connect("/ws");
+        for (const room of ["red", "blue", "green"]) client.send("/ws/rooms/join", room);
+    }}"""
+    )
+    page.wait_for_function("window.got.filter(([t]) => t === 'join').length === 3")
+    server.multicast_text("everyone 1")
+    server.multicast_text("red 1", room="red")
+    server.multicast_text("blue 1", room="blue")
+    page.wait_for_function("window.got.filter(([t]) => t === 'pub').length === 3")
+    before = dict((room, p) for room, p in positions(page))
+    session = page.evaluate("window.client.session")
+
+    server.disconnect_all()
+    wait_until(lambda: not server.sessions, 5, "the page's connection gone")
+    server.multicast_text("everyone 2")
+    server.multicast_text("blue 2", room="blue")
+    for n in (2, 3):
+        server.multicast_text(f"red {n}", room="red")
+    for n in range(1, 6):
+        server.multicast_text(f"green {n}", room="green")
+    page.wait_for_function(
+        "window.client.reconnects === 1 && window.got.length >= 15", timeout=10_000
+    )
+    page.evaluate("window.client.send('/ws/rooms/leave', 'blue')")
+    page.wait_for_function("window.got.some(([t]) => t === 'leave')")
+    after = dict((room, p) for room, p in positions(page))
+    got = page.evaluate("window.got")
+    page.evaluate("window.client.close()")
+
+    assert errors == []
+    kinds = [kind for kind, _ in got]
+    assert kinds == [
+        "open",
+        *["join"] * 3,
+        *["pub"] * 3,
+        "close",
+        "open",
+        "recovered",
+        "roomreset",
+        *["pub"] * 4,
+        "leave",
+    ], kinds
+    first, joins = got[0][1], [detail for kind, detail in got[1:4]]
+    assert first["recovered"] is False and first["missed"] == 0 and len(first["streams"]) == 1
+    assert sorted(join["room"] for join in joins) == ["blue", "green", "red"]
+    assert all(join["offset"] == 0 for join in joins)
+    assert got[7][1]["code"] == 1001 and got[7][1]["reconnecting"] is True
+    welcome = got[8][1]
+    assert got[9][1] == welcome
+    assert welcome["session"] == session and welcome["recovered"] is True
+    assert welcome["missed"] == 4 and welcome["left"] == []
+    green = before["green"]
+    assert welcome["streams"] == [
+        {"room": None, **before[None], "recovered": True, "missed": 1},
+        {"room": "blue", **before["blue"], "recovered": True, "missed": 1},
+        {"room": "green", "epoch": green["epoch"], "offset": 5, "recovered": False, "missed": 0},
+        {"room": "red", **before["red"], "recovered": True, "missed": 2},
+    ]
+    assert got[10][1] == {"room": "green", "epoch": green["epoch"], "offset": 5}
+    assert [(d["room"], d["offset"], d["data"]) for _, d in got[11:15]] == [
+        (None, before[None]["offset"] + 1, "everyone 2"),
+        ("blue", 2, "blue 2"),
+        ("red", 2, "red 2"),
+        ("red", 3, "red 3"),
+    ]
+    assert got[15][1] == {"room": "blue"}
+    assert after == {
+        None: {**before[None], "offset": before[None]["offset"] + 1},
+        "green": {"epoch": green["epoch"], "offset": 5},
+        "red": {**before["red"], "offset": 3},
+    }
+    assert page.evaluate("window.client.duplicates") == 0
+
+
 # -- simplew.v2 messages for the hostile server (tests/hostile.py sends what it is given)
 
 ROOM_EPOCH = "roomEpoch_1"
@@ -571,41 +676,72 @@ def test_simplew_js_backoff_restarts_only_after_a_stable_connection(browser, mak
     assert waits[held] < 0.5, waits
 
 
-def stats(page) -> dict:
-    return page.evaluate("({...window.stats, offsets: undefined})")
+LIVE_ROOMS = "red,blue"  # the rooms the live page joins (?rooms=)
+LIVE_STREAMS = "[null, 'red', 'blue']"  # its streams: everyone's and the two rooms'
 
 
-def status(page) -> str:
-    return page.text_content("#status")
+def received(page) -> list[int]:
+    """The pubs the live page received of each of LIVE_STREAMS."""
+    return page.evaluate(
+        f"{LIVE_STREAMS}.map((room) => window.stats.streams.get(room)?.received ?? 0)"
+    )
+
+
+def wait_received(page, counts: list[int], timeout: float = 10_000) -> None:
+    page.wait_for_function(
+        f"""(counts) => window.stats && {LIVE_STREAMS}.every((room, i) =>
+            (window.stats.streams.get(room)?.received ?? 0) >= counts[i])""",
+        arg=counts,
+        timeout=timeout,
+    )
 
 
 def open_live_page(browser, port: int, errors: list[str]):
     page = browser.new_page()
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"http://127.0.0.1:{port}/?backoffMax=1")  # a slow restart: no long waits
-    page.wait_for_function("window.stats && window.stats.received >= 25", timeout=10_000)
+    # backoffMax: a slow restart makes no long waits
+    page.goto(f"http://127.0.0.1:{port}/?backoffMax=1&rooms={LIVE_ROOMS}")
+    wait_received(page, [25, 25, 25])
     return page
 
 
 def wait_recovered_and_more(page) -> None:
-    """Wait for the "recovered" status, then for 25 live pubs more."""
+    """Wait for the "recovered" status, then for 25 live pubs more in each stream."""
     page.wait_for_function(
         "document.getElementById('status').textContent.startsWith('recovered')", timeout=30_000
     )
-    received = stats(page)["received"]
-    page.wait_for_function(f"window.stats.received >= {received + 25}", timeout=10_000)
+    wait_received(page, [count + 25 for count in received(page)])
 
 
 def assert_every_offset_once(page, errors: list[str]) -> None:
-    final = page.evaluate("({...window.stats, offsets: [...window.stats.offsets]})")
-    offsets = final["offsets"]
+    """In each stream: every offset once, in order, no gap, duplicate or reset;
+    the table shows the positions the client holds."""
+    final = page.evaluate(
+        """({resets: window.stats.resets,
+             streams: [...window.stats.streams].map(([room, s]) => [room, s]),
+             positions: [...window.client.positions].map(([room, p]) => [room, p.epoch]),
+             rows: [...document.querySelectorAll('#streams tbody tr')].map((row) =>
+               [...row.children].slice(0, 2).map((cell) => cell.textContent))})"""
+    )
     assert errors == []
-    assert (final["gaps"], final["dups"], final["resets"]) == (0, 0, 0), final
-    assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
-    assert final["received"] == len(offsets)
+    assert final["resets"] == 0
+    streams = dict(final["streams"])
+    assert sorted(streams, key=str) == sorted([None, "red", "blue"], key=str)
+    for room, s in streams.items():
+        offsets = s["offsets"]
+        assert (s["gaps"], s["dups"], s["resets"]) == (0, 0, 0), (room, s)
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), room
+        assert s["received"] == len(offsets) >= 50, room
+    assert final["rows"] == [
+        ["everyone" if room is None else room, epoch]
+        for room, epoch in sorted(final["positions"], key=lambda p: (p[0] is not None, p[0] or ""))
+    ]
+    assert [row[0] for row in final["rows"]] == ["everyone", "blue", "red"]
 
 
 def test_live_page_recovers_a_dropped_connection(browser):
+    """Every offset of each stream once across a dropped connection; then the
+    room boxes leave blue and join green (leave and join events: the table follows)."""
     port = free_port()
     proc = start_live(port)
     try:
@@ -615,6 +751,18 @@ def test_live_page_recovers_a_dropped_connection(browser):
         wait_recovered_and_more(page)
         assert_every_offset_once(page, errors)
         assert page.evaluate("window.client.reconnects") == 1
+        page.uncheck("input[value=blue]")
+        page.check("input[value=green]")
+        page.wait_for_function(
+            "[...window.client.positions.keys()].filter((r) => r !== null).sort().join() === 'green,red'",
+            timeout=10_000,
+        )
+        page.wait_for_selector("#streams tr[data-room=green]")
+        rows = page.eval_on_selector_all(
+            "#streams tbody tr", "(rows) => rows.map((r) => r.dataset.room)"
+        )
+        assert rows == ["everyone", "green", "red"]
+        assert errors == []
     finally:
         stop(proc)
 
@@ -675,7 +823,9 @@ def test_simplew_js_refreshes_an_expiring_token_by_itself(browser, make_server):
     server.multicast_text("still here")
     page.wait_for_function("window.got.length >= 1")
     got = page.evaluate("window.got")
-    assert got == [["pub", {"offset": got[0][1]["offset"], "room": None, "data": "still here"}]]
+    detail = got[0][1]
+    assert got == [["pub", {**detail, "room": None, "data": "still here"}]]
+    assert detail["offset"] >= 1 and detail["epoch"]
     assert server.credentials.expired == 0 and server.credentials.refused == 0
     assert errors == []
     page.evaluate("window.client.close()")
