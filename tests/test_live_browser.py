@@ -378,6 +378,8 @@ BAD_RESUMED_WELCOMES = [
     resumed([None, EPOCH, 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0], left="blue"),
     resumed([None, EPOCH, 6, True, 0], left=[None]),
     resumed([None, EPOCH, 6, True, 0], left=["r" * 256]),
+    resumed([None, EPOCH, 6, True, 0], left=["red", "blue"]),  # blue: not sent
+    resumed([None, EPOCH, 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0], left=["red"]),
 ]
 GOOD_RESUMED = resumed([None, EPOCH, 6, True, 0], ["red", ROOM_EPOCH, 3, True, 0])
 

@@ -56,13 +56,14 @@
 // twice, a recovered entry with the epoch and offset the client sent for it, an
 // entry not recovered with missed 0, the welcome's missed their sum, recovered
 // true only for the session asked for (missed 0 otherwise), left a list of rooms
-// of a recovered welcome; exactly one of text (a string without lone surrogates)
-// and binary (standard base64 with padding); a first message that is a welcome,
-// no second one, no binary frame. Unknown types and fields are ignored. A
-// violation closes the connection with 4002 (browsers may not send 1002) and a
-// console warning; before the welcome the attempt is retried with backoff, after
-// it the close event has code 1002 and the reason "protocol error: ...", nothing
-// of the message is applied, and the client reconnects with backoff.
+// of a recovered welcome that the client sent and that are not in streams;
+// exactly one of text (a string without lone surrogates) and binary (standard
+// base64 with padding); a first message that is a welcome, no second one, no
+// binary frame. Unknown types and fields are ignored. A violation closes the
+// connection with 4002 (browsers may not send 1002) and a console warning; before
+// the welcome the attempt is retried with backoff, after it the close event has
+// code 1002 and the reason "protocol error: ...", nothing of the message is
+// applied, and the client reconnects with backoff.
 
 export const PROTOCOL = "simplew.v2";
 // the forms of docs/protocol.md, 5.2 and 5.5
@@ -407,6 +408,11 @@ export class SimplewClient extends EventTarget {
         throw new ProtocolError("left is not a list of rooms of a recovered session");
       }
       left = message.left.map((room) => roomOf(room, "left", false));
+      for (const room of left) {
+        if (!this._sent.has(room) || entries.has(room)) {
+          throw new ProtocolError("left holds a room the client did not send or is still in");
+        }
+      }
     }
     const streams = [...entries.values()];
     const broadcast = streams[0];
