@@ -148,6 +148,11 @@ class Rooms(Controller):
     def leave(self, message: WebSocketMessage) -> None:
         self.session.leave(message.body)
 
+    @route("WEBSOCKET", "/join-all")
+    def join_all(self, message: WebSocketMessage) -> None:
+        for room in message.body:
+            self.session.join(room)
+
 
 def test_simplew_js_resumes_missed_pubs_of_two_rooms(browser, make_server):
     """A page in the rooms blue, green and red; the server drops it (1001) and
@@ -241,6 +246,60 @@ def test_simplew_js_resumes_missed_pubs_of_two_rooms(browser, make_server):
         "red": {**before["red"], "offset": 3},
     }
     assert page.evaluate("window.client.duplicates") == 0
+
+
+def test_simplew_js_resumes_a_thousand_rooms(browser, make_server):
+    """A session in 1,100 rooms (max_rooms_per_session=1200): its resume message
+    holds 1,101 positions, and the welcome recovers every stream, with the pubs
+    two rooms got while it was away."""
+    count = 1100
+    server = make_server(
+        lambda s: s.add_websocket_content(Rooms, "/ws"),
+        recovery=True,
+        max_rooms_per_session=1200,
+    )
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/healthz")
+    page.evaluate(
+        f"""async (count) => {{
+        Math.random = () => 1;  // every reconnection waits the cap: 1 s
+        const {{ SimplewClient }} = await import("/simplew.js");
+        const client = window.client = new SimplewClient({{ backoffMin: 1, backoffMax: 1 }});
+        const got = window.got = [];
+        for (const type of {EVENTS}) client.addEventListener(type, (e) => got.push([type, e.detail]));
+        await client.connect("/ws");
+        const rooms = Array.from({{ length: count }}, (_, i) => `room ${{i}} ✓`);
+        client.send("/ws/rooms/join-all", rooms);
+    }}""",
+        count,
+    )
+    page.wait_for_function(f"window.client.positions.size === {count + 1}", timeout=10_000)
+    server.disconnect_all()
+    wait_until(lambda: not server.sessions, 5, "the page's connection gone")
+    server.multicast_text("first", room="room 7 ✓")
+    server.multicast_text("last", room=f"room {count - 1} ✓")
+    page.wait_for_function(
+        "window.got.filter(([t]) => t === 'pub').length === 2 && window.client.connected",
+        timeout=10_000,
+    )
+    got = page.evaluate(
+        "window.got.filter(([t]) => t === 'recovered' || t === 'pub' || t === 'roomreset')"
+        ".map(([t, d]) => [t, t === 'recovered' ? {...d, streams: d.streams.length,"
+        " continued: d.streams.every((s) => s.recovered)} : d])"
+    )
+    size = page.evaluate("window.client.positions.size")
+    page.evaluate("window.client.close()")
+    assert errors == []
+    assert [kind for kind, _ in got] == ["recovered", "pub", "pub"]
+    welcome = got[0][1]
+    assert (welcome["streams"], welcome["continued"], welcome["missed"]) == (count + 1, True, 2)
+    assert sorted((d["room"], d["offset"], d["data"]) for _, d in got[1:]) == [
+        (f"room {count - 1} ✓", 1, "last"),
+        ("room 7 ✓", 1, "first"),
+    ]
+    assert size == count + 1
 
 
 # -- simplew.v2 messages for the hostile server (tests/hostile.py sends what it is given)
