@@ -17,6 +17,9 @@ MODULES += ["admission", "heartbeat"]
 # http cimports both
 MODULES += ["head", "request"]
 
+# every stream's position and recent history (simplew.v2: a stream per room)
+MODULES += ["streams"]
+
 # which answers msgspec encodes as the standard library would (simplew.rest)
 MODULES += ["plainjson"]
 

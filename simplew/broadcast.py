@@ -31,15 +31,17 @@ class Broadcast:
         self.context = context
         self.backplane: Any = None  # simplew.backplane.RedisBackplane or simplew.stream.RedisStream
 
-    def publish(self, opcode: int, payload: bytes, room: str | None) -> None:
-        """Multicast ``payload`` (opcode 1 TEXT, 2 BINARY) to everyone or to ``room``."""
+    def publish(self, opcode: int, payload: bytes, room: str | None) -> Any:
+        """Multicast ``payload`` (opcode 1 TEXT, 2 BINARY) to everyone or to ``room``.
+        With recovery, returns what :meth:`simplew.recovery.Recovery.publish` does
+        (its position, or a future of it with Redis); None otherwise."""
         recovery = self.context.recovery
         if recovery is not None:
-            recovery.publish(opcode, payload, room)  # a publication of the stream
-            return
+            return recovery.publish(opcode, payload, room)  # a publication of a stream
         self.fan_out(opcode, payload, room)
         if self.backplane is not None:
             self.backplane.publish(opcode, payload, room)
+        return None
 
     def fan_out(self, opcode: int, payload: bytes, room: str | None) -> None:
         """Send to this process's clients only (also a multicast from another process)."""

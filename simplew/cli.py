@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recovery",
         action="store_true",
         default=_env_flag("recovery"),
-        help="simplew.v1 clients recover what they missed while away (env SIMPLEW_RECOVERY=1)",
+        help="simplew.v2 clients recover what they missed while away (env SIMPLEW_RECOVERY=1)",
     )
     serve.add_argument(
         "--recovery-window",
@@ -202,7 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int),
         default=_env("history_size", "10000"),
         metavar="N",
-        help="publications kept for recovery (env SIMPLEW_HISTORY_SIZE)",
+        help="publications kept for recovery, per stream (env SIMPLEW_HISTORY_SIZE)",
+    )
+    serve.add_argument(
+        "--history-ttl",
+        type=_number(float),
+        default=_env("history_ttl", "300"),
+        metavar="S",
+        help="seconds a publication stays recoverable (env SIMPLEW_HISTORY_TTL)",
+    )
+    serve.add_argument(
+        "--max-rooms-per-session",
+        type=_number(int),
+        default=_env("max_rooms_per_session", "128"),
+        metavar="N",
+        help="rooms a session may be in at once, 0: no limit (env SIMPLEW_MAX_ROOMS_PER_SESSION)",
     )
     serve.add_argument(
         "--certfile", default=_env("certfile"), help="TLS certificate (env SIMPLEW_CERTFILE)"
@@ -394,7 +408,12 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")
         server.redis_url = args.redis
     settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
-    recovery = {"recovery_window": args.recovery_window, "history_size": args.history_size}
+    settings["max_rooms_per_session"] = args.max_rooms_per_session
+    recovery = {
+        "recovery_window": args.recovery_window,
+        "history_size": args.history_size,
+        "history_ttl": args.history_ttl,
+    }
     if args.recovery:
         settings.update(recovery=True, **recovery)
     if args.workers < 1:

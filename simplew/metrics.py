@@ -78,19 +78,50 @@ _METRICS = (
         "counter",
         "WebSocket clients closed (1011) for not answering a ping within ping_timeout.",
     ),
-    ("simplew_stream_offset", "gauge", "The last offset of the publication stream (recovery)."),
-    ("simplew_history_publications", "gauge", "Publications held for recovery."),
-    ("simplew_history_bytes", "gauge", "Bytes of the publications held for recovery."),
-    ("simplew_sessions_recovered_total", "counter", "simplew.v1 sessions resumed."),
+    ("simplew_streams", "gauge", "Streams (rooms, and the broadcast stream) this process knows."),
+    ("simplew_history_publications", "gauge", "Publications held for recovery, all streams."),
+    ("simplew_history_bytes", "gauge", "Bytes of the publications held for recovery, all streams."),
+    (
+        "simplew_rooms_refused_total",
+        "counter",
+        "Room joins refused: the session was in max_rooms_per_session rooms already.",
+    ),
+    (
+        "simplew_streams_followed",
+        "gauge",
+        "Streams this process receives from Redis now (rooms with a local session, and the "
+        "broadcast stream).",
+    ),
+    (
+        "simplew_stream_received_total",
+        "counter",
+        "Publications this process received from Redis (rate() of it: per second).",
+    ),
+    (
+        "simplew_streams_recovered_total",
+        "counter",
+        "Streams of resumed sessions continued with what they missed.",
+    ),
+    (
+        "simplew_streams_lost_total",
+        "counter",
+        "Streams of resumed sessions that could not be continued (the client reloads that room).",
+    ),
+    (
+        "simplew_stream_resets_total",
+        "counter",
+        "Streams moved to a new epoch while clients were in them (a reset sent to each).",
+    ),
+    ("simplew_sessions_recovered_total", "counter", "simplew.v2 sessions resumed."),
     (
         "simplew_sessions_reset_total",
         "counter",
-        "simplew.v1 clients that asked to resume and got a fresh session.",
+        "simplew.v2 clients that asked to resume and got a fresh session.",
     ),
     (
         "simplew_sessions_expired_total",
         "counter",
-        "simplew.v1 sessions ended for good (the recovery window passed; without Redis).",
+        "simplew.v2 sessions ended for good (the recovery window passed; without Redis).",
     ),
     (
         "simplew_resumes_refused_total",
@@ -105,7 +136,7 @@ _METRICS = (
     (
         "simplew_token_refreshes_total",
         "counter",
-        "Valid token refreshes of simplew.v1 connections.",
+        "Valid token refreshes of simplew.v2 connections.",
     ),
     (
         "simplew_token_refreshes_refused_total",
@@ -134,6 +165,7 @@ def collect(server: Any) -> dict[str, Any]:
     hub = server.hub
     admission = server.admission
     recovery = getattr(server, "recovery", None)
+    store = None if recovery is None else recovery.store
     return {
         "simplew_connections": len(hub),
         "simplew_http_connections": len(context.http_connections),
@@ -152,9 +184,15 @@ def collect(server: Any) -> dict[str, Any]:
         "simplew_rejected_connections_per_ip_total": admission.rejected_per_ip,
         "simplew_rejected_origins_total": admission.rejected_origins,
         "simplew_ping_timeouts_total": getattr(server.heartbeat, "dropped", 0),
-        "simplew_stream_offset": 0 if recovery is None else recovery.history.top,
-        "simplew_history_publications": 0 if recovery is None else recovery.history.count,
-        "simplew_history_bytes": 0 if recovery is None else recovery.history.bytes,
+        "simplew_streams": 0 if recovery is None else len(recovery.streams),
+        "simplew_history_publications": 0 if recovery is None else recovery.streams.entries,
+        "simplew_history_bytes": 0 if recovery is None else recovery.streams.bytes,
+        "simplew_rooms_refused_total": hub.rooms_refused,
+        "simplew_streams_followed": 0 if store is None else store.followed,
+        "simplew_stream_received_total": 0 if store is None else store.received,
+        "simplew_streams_recovered_total": 0 if recovery is None else recovery.streams_recovered,
+        "simplew_streams_lost_total": 0 if recovery is None else recovery.streams_lost,
+        "simplew_stream_resets_total": 0 if recovery is None else recovery.stream_resets,
         "simplew_sessions_recovered_total": 0 if recovery is None else recovery.sessions_recovered,
         "simplew_sessions_reset_total": 0 if recovery is None else recovery.sessions_reset,
         "simplew_sessions_expired_total": 0 if recovery is None else recovery.sessions_expired,

@@ -87,14 +87,20 @@ class ServerOptions:
     the Sentinels name, followed through failovers): multicasts reach the clients
     of every process sharing it (needs ``simplew[redis]``)."""
     recovery: bool = False
-    """``simplew.v1`` sessions survive disconnects and get back what they missed
+    """``simplew.v2`` sessions survive disconnects and get back what they missed
     (docs/protocol.md)."""
     recovery_window: float = 120.0
-    """Seconds a ``simplew.v1`` session can be resumed after its connection is gone."""
+    """Seconds a ``simplew.v2`` session can be resumed after its connection is gone."""
     history_size: int = 10_000
-    """Publications kept for recovery."""
+    """Publications kept for recovery, per stream (each room has one, and the
+    multicasts to everyone form one more)."""
     history_bytes: int = 64 << 20
-    """Bytes of encoded publications kept for recovery, at most."""
+    """Bytes of encoded publications kept for recovery in memory, all streams
+    together; the least recently published streams lose their oldest first."""
+    history_ttl: float = 300.0
+    """Seconds a publication stays recoverable (in memory and in Redis)."""
+    max_rooms_per_session: int = 128
+    """Rooms a session may be in at once; a join past it is refused (0: no limit)."""
 
     # -- operations --------------------------------------------------------------
     healthz: bool = True
@@ -113,7 +119,7 @@ class ServerOptions:
     max_connections_per_ip: int | None = None
     """The same limit per client address; None: no limit."""
     token_grace: float = 30.0
-    """Seconds a connection whose JWT expired keeps its access: a ``simplew.v1`` client is
+    """Seconds a connection whose JWT expired keeps its access: a ``simplew.v2`` client is
     asked to refresh its token in that time, then closed with 4001 (:mod:`simplew.tokens`)."""
 
     def __post_init__(self) -> None:
@@ -126,11 +132,18 @@ class ServerOptions:
         _int("port", self.port, 0, 65535)
         for name in ("max_message_size", "max_body_size", "max_header_size", "read_buffer_size"):
             _int(name, getattr(self, name), 1)
-        for name in ("backlog", "max_write_buffer", "history_size", "history_bytes"):
+        for name in (
+            "backlog",
+            "max_write_buffer",
+            "history_size",
+            "history_bytes",
+            "max_rooms_per_session",
+        ):
             _int(name, getattr(self, name), 0)
         for name in ("idle_timeout", "header_timeout"):
             if getattr(self, name) is not None:
                 _seconds(name, getattr(self, name), 0.0)
+        _seconds("history_ttl", self.history_ttl, 0.0, positive=True)
         if self.ping_interval is not None:
             _seconds("ping_interval", self.ping_interval, 0.0, positive=True)
         _seconds("ping_timeout", self.ping_timeout, 0.0, positive=True)

@@ -28,7 +28,7 @@ from typing import Any
 from simplew import browser as _browser
 from simplew import metrics as _metrics
 from simplew._fast.admission import Admission, OriginPolicy
-from simplew._fast.connection import Endpoint, Flusher, WebSocketConnection
+from simplew._fast.connection import Endpoint, Flusher, WebSocketConnection, check_room
 from simplew._fast.context import HttpLimits, HttpStats, ServerContext
 from simplew._fast.heartbeat import Heartbeat
 from simplew._fast.http import HttpProtocol
@@ -40,7 +40,7 @@ from simplew.controller import Controller
 from simplew.endpoints import SLOW_CLIENT_POLICIES, WebSocketSpec, controllers_and_path
 from simplew.endpoints import json_default as _json_default
 from simplew.options import ServerOptions
-from simplew.recovery import Recovery
+from simplew.recovery import Position, Recovery
 from simplew.rest import Cors, DynamicSpec, compile_router
 from simplew.sessions import Sessions
 from simplew.sessions import access_log as _access_log
@@ -115,6 +115,8 @@ class SimpleWServer:
     recovery_window = _Option()
     history_size = _Option()
     history_bytes = _Option()
+    history_ttl = _Option()
+    max_rooms_per_session = _Option()
 
     def __init__(
         self,
@@ -144,6 +146,8 @@ class SimpleWServer:
         recovery_window: float = 120.0,
         history_size: int = 10_000,
         history_bytes: int = 64 << 20,
+        history_ttl: float = 300.0,
+        max_rooms_per_session: int = 128,
         healthz: bool = True,
         metrics: bool = False,
         access_log: bool = True,
@@ -167,7 +171,7 @@ class SimpleWServer:
             header_timeout=header_timeout,
             admission=self.admission,
         )
-        self.hub = Hub()
+        self.hub = Hub(options.max_rooms_per_session)
         # pings every client each ping_interval, drops those silent for ping_timeout (None: off)
         self.heartbeat = (
             None if ping_interval is None else Heartbeat(self.hub, ping_interval, ping_timeout)
@@ -221,7 +225,7 @@ class SimpleWServer:
 
     @property
     def recovery(self) -> Recovery | None:
-        """The simplew.v1 sessions of this process (:mod:`simplew.recovery`) once
+        """The simplew.v2 sessions of this process (:mod:`simplew.recovery`) once
         started with ``recovery=True``, else None."""
         recovery: Recovery | None = self.context.recovery
         return recovery
@@ -305,7 +309,7 @@ class SimpleWServer:
         return callback
 
     def on_session_end(self, callback: Callable[[str], Any]) -> Callable[[str], Any]:
-        """With recovery: call ``callback(session_id)`` when a simplew.v1 session
+        """With recovery: call ``callback(session_id)`` when a simplew.v2 session
         ends for good, ``recovery_window`` seconds after its last connection
         closed without a reconnect (in the process it last closed in)."""
         self._sessions.on_session_end.append(callback)
@@ -443,6 +447,31 @@ class SimpleWServer:
         else:
             self._loop.call_soon_threadsafe(self._broadcast.publish, opcode, payload, room)
 
+    async def publish(self, data: str | bytes, room: str | None = None) -> Position | None:
+        """Multicast ``data`` (``str``: TEXT, bytes: BINARY) to everyone or to
+        ``room``, and return once it is stored where recovery reads it: its
+        :class:`~simplew.recovery.Position` (with Redis, once Redis stored it).
+        None without recovery (the multicast is sent, and not stored).
+        Raises :class:`~simplew.stream.Unavailable` when Redis cannot store it
+        now. Call it in the server's loop."""
+        if room is not None:
+            if not isinstance(room, str):
+                raise TypeError(f"room must be a str, not {type(room).__name__}")
+            check_room(room)
+        if self._loop is None:
+            raise RuntimeError("the server is not started")
+        if isinstance(data, str):
+            opcode, payload = 1, data.encode("utf-8")
+        else:
+            opcode, payload = 2, bytes(data)
+        placed = self._broadcast.publish(opcode, payload, room)
+        if placed is None:
+            return None
+        if isinstance(placed, tuple):
+            return Position(room, placed[0], placed[1])
+        epoch, offset = await placed
+        return Position(room, epoch, offset)
+
     @property
     def sessions(self) -> list[Session]:
         """The connected WebSocket sessions."""
@@ -514,7 +543,11 @@ class SimpleWServer:
         recovery = None
         if self.recovery_enabled:
             recovery = Recovery(
-                context, self.recovery_window, self.history_size, self.history_bytes
+                context,
+                self.recovery_window,
+                self.history_size,
+                self.history_bytes,
+                self.history_ttl,
             )
             recovery.on_session_end = self._sessions.on_session_end
             recovery.on_resume_room = self._resume_room_hooks
@@ -562,10 +595,12 @@ class SimpleWServer:
         self._stopped = asyncio.Event()
         if self.port == 0:
             self.port = server.sockets[0].getsockname()[1]
+        if self.recovery is not None:
+            self.recovery.start()
         if self.redis_url and self.recovery is not None:
             from simplew.stream import RedisStream
 
-            stream = RedisStream(self.redis_url, self.recovery)
+            stream = RedisStream(self.redis_url, self.recovery, history_ttl=self.history_ttl)
             self._broadcast.backplane = self.recovery.store = stream
             stream.start()  # one stream for every process sharing Redis
         elif self.redis_url:

@@ -1,6 +1,6 @@
 """WebSocket sessions as the application sees them: connect and disconnect
 hooks, the access log of sessions, presence (which shows users and public ids,
-never a session id: a ``simplew.v1`` session id is a resume secret).
+never a session id: a ``simplew.v2`` session id is a resume secret).
 
 The endpoints (:mod:`simplew._fast.connection`) and the recovery code call
 :meth:`Sessions.opened` / :meth:`Sessions.closed` through the server context
@@ -99,8 +99,8 @@ def _call_hook(callback: Callable[[Session], Any], session: Session) -> None:
 
 
 def _log_id(session: Session) -> str:
-    """A simplew.v1 session id is a bearer secret: the log shows a digest of it."""
-    return log_id(session.id) if session.v1 else session.id
+    """A simplew.v2 session id is a bearer secret: the log shows a digest of it."""
+    return log_id(session.id) if session.v2 else session.id
 
 
 def _peer(session: Session) -> str:

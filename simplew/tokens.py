@@ -1,13 +1,13 @@
 """Who a WebSocket connection is, for as long as its JWT says so.
 
-As a connection opens (before it is admitted, before a ``simplew.v1`` resume is
+As a connection opens (before it is admitted, before a ``simplew.v2`` resume is
 decided), :meth:`Credentials.identify` sets ``session.user`` from the token of
 its upgrade request (``Authorization: Bearer``, or the ``bearer`` subprotocol):
 the token's ``sub`` when it is valid and a string, else None. ``session.user``
 never comes from anywhere else: not from the session a connection resumes.
 
 A token with ``exp`` bounds the connection's access. When it expires (``exp``
-plus the key's leeway), a ``simplew.v1`` connection is sent
+plus the key's leeway), a ``simplew.v2`` connection is sent
 ``{"type":"refresh"}`` and has ``token_grace`` seconds to answer
 ``{"type":"refresh","token":"<jwt>"}`` with a valid token of the same ``sub``;
 a plain WebSocket connection cannot refresh. Without a valid refresh in time
@@ -63,7 +63,7 @@ class Credentials:
         self._watch(session, jwt_auth.expiry(claims))
 
     def protocol_message(self, session: WebSocketConnection, text: str) -> None:
-        """A ``simplew.v1`` client message for the protocol (see the module docstring)."""
+        """A ``simplew.v2`` client message for the protocol (see the module docstring)."""
         if len(text) > MAX_PROTOCOL_MESSAGE:
             session.close(1009, "protocol message too big")
             return
@@ -118,12 +118,12 @@ class Credentials:
         session.token_timer = loop.call_later(delay, self._expired, session)
 
     def _expired(self, session: WebSocketConnection) -> None:
-        """The token just expired: ask a simplew.v1 client for a new one; close at the
+        """The token just expired: ask a simplew.v2 client for a new one; close at the
         end of the grace period."""
         if session.closed:
             session.token_timer = None
             return
-        if session.v1:
+        if session.v2:
             session.send_protocol(REFRESH_REQUEST)
         loop = asyncio.get_running_loop()
         session.token_timer = loop.call_later(self.grace, self._end, session)

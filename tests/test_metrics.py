@@ -114,12 +114,18 @@ EXPECTED = {
     "simplew_rejected_connections_per_ip_total",
     "simplew_rejected_origins_total",
     "simplew_ping_timeouts_total",
-    "simplew_stream_offset",
+    "simplew_streams",
     "simplew_history_publications",
     "simplew_history_bytes",
     "simplew_sessions_recovered_total",
     "simplew_sessions_reset_total",
     "simplew_sessions_expired_total",
+    "simplew_rooms_refused_total",
+    "simplew_streams_followed",
+    "simplew_stream_received_total",
+    "simplew_streams_recovered_total",
+    "simplew_streams_lost_total",
+    "simplew_stream_resets_total",
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from helpers import wait_until
-from simplew import Session
+from simplew import Session, SimpleWServer
 from simplew._fast.connection import Endpoint, WebSocketConnection
 from simplew._fast.context import ServerContext
 from simplew._fast.hub import Hub
@@ -185,9 +185,38 @@ def test_room_argument_types(server, clients):
         server.multicast_text("x", room=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         server.sessions[0].join(None)  # type: ignore[arg-type]
-    command(a, "join ")  # "" is a room like any other
-    server.multicast_text("empty", room="")
-    assert a.recv(timeout=TIMEOUT) == "empty"
+    session = server.sessions[0]
+    with pytest.raises(ValueError, match="empty"):
+        session.join("")
+    with pytest.raises(ValueError, match="255 bytes"):
+        session.join("é" * 128)  # 256 bytes of UTF-8
+    command(a, "join " + "é" * 127 + "x")  # 255 bytes: the longest name
+    wait_until(lambda: server.rooms.get("é" * 127 + "x") == 1)
+    server.multicast_text("longest", room="é" * 127 + "x")
+    assert a.recv(timeout=TIMEOUT) == "longest"
+
+
+def test_rooms_per_session_are_capped():
+    """A session joins at most max_rooms_per_session rooms (128 by default); the
+    next joins are refused, counted, and cost nothing."""
+    server = SimpleWServer("127.0.0.1", 0, max_rooms_per_session=3, metrics=True)
+    joined: list[bool] = []
+
+    def on_message(session: Any, data: Any) -> None:
+        for i in range(5):
+            joined.append(session.join(f"r{i}"))
+
+    server.add_websocket_content("/ws", on_message=on_message)
+    server.start()
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            ws.send("go")
+            wait_until(lambda: len(joined) == 5)
+            assert joined == [True, True, True, False, False]
+            assert server.sessions[0].rooms == {"r0", "r1", "r2"}
+            assert server.hub.rooms_refused == 2
+    finally:
+        server.stop()
 
 
 def test_room_index_against_a_model():

@@ -9,111 +9,26 @@ never names two publications.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from multiproc import (
     Clients,
     ServerProcess,
-    _stop_group,
-    free_port,
-    port_open,
     redis_server_path,
     wait_backplane,
     wait_until,
 )
 from simplew import SimpleWServer
 from simplew.backplane import parse_sentinel_url, redact
+from topology import SentinelSetup
 from v1client import HttpPublisher, V1Client
 
 needs_redis = pytest.mark.skipif(
     redis_server_path() is None,
     reason="redis-server is not installed (apt-get install redis-server)",
 )
-
-SERVICE = "simplew-test"
-
-
-def start_redis(tmp: Path, port: int, *args: str) -> subprocess.Popen:
-    path = redis_server_path()
-    assert path is not None
-    proc = subprocess.Popen(
-        [path, *args]
-        + ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--protected-mode", "no", "--loglevel", "warning", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_until(lambda: port_open(port) or proc.poll() is not None, 10, f"redis on {port}")
-    assert proc.poll() is None, f"redis-server {args} exited with {proc.returncode}"
-    return proc
-
-
-class SentinelSetup:
-    """A master, a replica (``--replicaof``) and three Sentinels."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen] = []
-        self.master_port = free_port()
-        self.replica_port = free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
-
-    def start(self) -> SentinelSetup:
-        self.master = start_redis(self.tmp, self.master_port)
-        self.procs.append(self.master)
-        self.procs.append(
-            start_redis(
-                self.tmp, self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port)
-            )
-        )
-        for i, port in enumerate(self.sentinel_ports):
-            conf = self.tmp / f"sentinel-{i}.conf"
-            conf.write_text(
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 3000\n"
-            )
-            self.procs.append(start_redis(self.tmp, port, str(conf), "--sentinel"))
-        import redis
-
-        def synced() -> bool:
-            replica = redis.Redis(port=self.replica_port)
-            try:
-                return replica.info("replication").get("master_link_status") == "up"
-            finally:
-                replica.close()
-
-        wait_until(synced, 10, "the replica in sync")
-        return self
-
-    @property
-    def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}"
-
-    def master_address(self) -> int:
-        import redis
-
-        sentinel = redis.Redis(port=self.sentinel_ports[0])
-        try:
-            return int(sentinel.sentinel_get_master_addr_by_name(SERVICE)[1])
-        finally:
-            sentinel.close()
-
-    def kill_master(self) -> None:
-        os.killpg(self.master.pid, signal.SIGKILL)
-        self.master.wait(5)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            _stop_group(proc)
 
 
 @pytest.fixture

@@ -43,16 +43,16 @@ CLOSE_TIMEOUT = 5.0
 MAX_WRITE_BUFFER = 1 << 20
 SLOW_CLOSE = 0          # slow_client_policy "close": CLOSE 1008, then drop
 SLOW_SKIP = 1           # slow_client_policy "skip": drop its messages until it drains
-PROTOCOL_V1 = "simplew.v1"
-# a simplew.v1 client message that starts so is for the protocol, not the endpoint
+PROTOCOL_V2 = "simplew.v2"
+# a simplew.v2 client message that starts so is for the protocol, not the endpoint
 PROTOCOL_MESSAGE = '{"type":'
 
 cdef object _json_dumps = json.dumps
 cdef object _b64encode = base64.b64encode
 
 
-cpdef bytes v1_payload(str kind, int opcode, bytes payload, str head=""):
-    """A ``simplew.v1`` message carrying ``payload``: ``{"type": kind, <head>
+cpdef bytes v2_payload(str kind, int opcode, bytes payload, str head=""):
+    """A ``simplew.v2`` message carrying ``payload``: ``{"type": kind, <head>
     "text": ...}`` for opcode 1 (TEXT, ``payload`` is UTF-8), ``"binary":
     <base64>`` for opcode 2. ``head`` is inserted as is (``"offset":1,...,``)."""
     cdef str body
@@ -63,9 +63,20 @@ cpdef bytes v1_payload(str kind, int opcode, bytes payload, str head=""):
     return f'{{"type":"{kind}",{head}"binary":"{body}"}}'.encode("utf-8")
 
 
-cdef bint _offers_v1(str offer):
+MAX_ROOM_NAME = 255  # bytes of UTF-8
+
+
+cpdef check_room(str room):
+    """Raise ValueError unless ``room`` is a room name: 1 to 255 bytes of UTF-8."""
+    if not room:
+        raise ValueError("a room name must not be empty")
+    if len(room) > MAX_ROOM_NAME // 4 and len(room.encode("utf-8", "surrogatepass")) > MAX_ROOM_NAME:
+        raise ValueError(f"a room name is at most {MAX_ROOM_NAME} bytes of UTF-8")
+
+
+cdef bint _offers_v2(str offer):
     for item in offer.split(","):
-        if item.strip() == PROTOCOL_V1:
+        if item.strip() == PROTOCOL_V2:
             return True
     return False
 
@@ -157,9 +168,9 @@ cdef class Endpoint:
         cdef ServerContext context = self.context
         extra = None
         protocols = request.headers.get("sec-websocket-protocol")
-        if protocols and context.recovery is not None and _offers_v1(protocols):
-            conn.v1 = True
-            extra = {"Sec-WebSocket-Protocol": PROTOCOL_V1}
+        if protocols and context.recovery is not None and _offers_v2(protocols):
+            conn.v2 = True
+            extra = {"Sec-WebSocket-Protocol": PROTOCOL_V2}
         elif protocols and context.jwt_auth is not None:
             selected = context.jwt_auth.select_subprotocol(protocols)
             if selected is not None:
@@ -184,7 +195,7 @@ cdef class Endpoint:
         cdef ServerContext context = self.context
         if context.identify is not None:
             context.identify(conn)          # who it is (its JWT), before any admission
-        if conn.v1:
+        if conn.v2:
             context.recovery.opened(conn)   # admits it now, or once Redis answered
             return
         if context.hub is not None:
@@ -194,7 +205,7 @@ cdef class Endpoint:
 
     def on_disconnect(self, WebSocketConnection conn):
         cdef ServerContext context = self.context
-        if conn.v1:
+        if conn.v2:
             context.recovery.closed(conn)
             return
         if context.hub is not None:
@@ -210,8 +221,9 @@ cdef class WebSocketConnection(WSListener):
         self.endpoint = endpoint
         self.request = request
         self.id = str(uuid.uuid4())
-        self.v1 = False
+        self.v2 = False
         self.recovered = False
+        self.awaiting_resume = None
         self.user = None
         self.superseded = False
         self.token_timer = None
@@ -376,8 +388,12 @@ cdef class WebSocketConnection(WSListener):
 
     cdef int _deliver(self, bint is_text, object data) except -1:
         self.endpoint.messages_in += 1
-        if self.v1 and is_text and (<str>data).startswith(PROTOCOL_MESSAGE):
-            # a simplew.v1 protocol message (a token refresh), not an envelope
+        if self.awaiting_resume is not None:
+            # simplew.v2 with ?resume=1: the first message must be the resume
+            self.endpoint.context.recovery.first_message(self, is_text, data)
+            return 0
+        if self.v2 and is_text and (<str>data).startswith(PROTOCOL_MESSAGE):
+            # a simplew.v2 protocol message (a token refresh), not an envelope
             handler = self.endpoint.context.protocol_message
             if handler is not None:
                 handler(self, data)
@@ -490,9 +506,9 @@ cdef class WebSocketConnection(WSListener):
         return 0
 
     cdef int queue_message(self, int opcode, bytes payload) except -1:
-        """Queue one direct message (a ``msg`` on a simplew.v1 connection)."""
-        if self.v1:
-            return self.queue_payload(1, v1_payload("msg", opcode, payload))
+        """Queue one direct message (a ``msg`` on a simplew.v2 connection)."""
+        if self.v2:
+            return self.queue_payload(1, v2_payload("msg", opcode, payload))
         return self.queue_payload(opcode, payload)
 
     cdef int queue_payload(self, int opcode, bytes payload) except -1:
@@ -552,12 +568,12 @@ cdef class WebSocketConnection(WSListener):
             self._loop.call_soon_threadsafe(self.send_message, opcode, payload)
 
     def send_protocol(self, bytes message):
-        """Queue one simplew.v1 protocol message (encoded JSON) as a TEXT frame,
+        """Queue one simplew.v2 protocol message (encoded JSON) as a TEXT frame,
         unwrapped. Loop thread only (simplew.recovery uses it)."""
         self.queue_payload(1, message)
 
     def adopt(self, str session_id):
-        """Take the id of the session this simplew.v1 connection starts or
+        """Take the id of the session this simplew.v2 connection starts or
         resumes. Before it is admitted to the hub only (simplew.recovery)."""
         if self.hub_index >= 0:
             raise RuntimeError("a connection in the hub keeps its id")
@@ -624,23 +640,36 @@ cdef class WebSocketConnection(WSListener):
 
     def join(self, str room not None):
         """Add this session to ``room``: ``server.multicast_text(..., room=room)``
-        reaches it. Safe from any thread (applied on the loop thread); a session
-        that is gone joins nothing. It leaves every room when it disconnects."""
+        reaches it, and a ``simplew.v2`` client is told the room's position. Safe
+        from any thread (applied on the loop thread, where it returns whether the
+        session joined: not when it already is in the room, is gone, or is in
+        ``max_rooms_per_session`` rooms already). It leaves every room when it
+        disconnects. A name of more than 255 bytes of UTF-8, or empty, raises
+        ValueError."""
+        check_room(room)
         if PyThread_get_thread_ident() != self._thread_id:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self.join, room)
-            return
-        if self.endpoint.context.hub is not None:
-            self.endpoint.context.hub.join(self, room)
+            return None
+        cdef ServerContext context = self.endpoint.context
+        if context.recovery is not None:
+            return context.recovery.join(self, room)
+        if context.hub is not None:
+            return context.hub.join(self, room)
+        return False
 
     def leave(self, str room not None):
         """Remove this session from ``room`` (nothing if it is not in it); any thread."""
         if PyThread_get_thread_ident() != self._thread_id:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self.leave, room)
-            return
-        if self.endpoint.context.hub is not None:
-            self.endpoint.context.hub.leave(self, room)
+            return None
+        cdef ServerContext context = self.endpoint.context
+        if context.recovery is not None:
+            return context.recovery.leave(self, room)
+        if context.hub is not None:
+            return context.hub.leave(self, room)
+        return False
 
     @property
     def rooms(self):

@@ -26,7 +26,7 @@ cdef class ServerContext:
     cdef public object session_opened     # callable(session): admitted to the hub
     cdef public object session_closed     # callable(session): gone from the hub
     cdef public object identify           # callable(session): its user, from its credentials
-    cdef public object protocol_message   # callable(session, text): a simplew.v1 client message
+    cdef public object protocol_message   # callable(session, text): a simplew.v2 client message
     cdef public object recovery           # simplew.recovery.Recovery, or None
     cdef public object jwt_auth           # simplew.auth.JwtAuth, or None
     cdef public HttpLimits limits

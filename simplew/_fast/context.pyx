@@ -30,10 +30,10 @@ cdef class ServerContext:
       WebSocket session is admitted to the hub / once it has left it;
     - ``identify(session)``: sets ``session.user`` from the upgrade's
       credentials as the connection opens, before any admission or resume;
-    - ``protocol_message(session, text)``: a ``simplew.v1`` client message that
+    - ``protocol_message(session, text)``: a ``simplew.v2`` client message that
       is for the protocol (it starts with ``{"type":``), such as a token refresh;
     - ``recovery``: the :class:`simplew.recovery.Recovery` that admits
-      ``simplew.v1`` sessions, or None;
+      ``simplew.v2`` sessions, or None;
     - ``jwt_auth``: the :class:`simplew.auth.JwtAuth` of ``set_token``, or None
       (read at each use: ``set_token`` may change it while serving);
     - ``limits`` (:class:`HttpLimits`), ``http_stats`` (:class:`HttpStats`);

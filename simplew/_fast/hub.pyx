@@ -10,7 +10,7 @@ so the fan-out loop is a plain C loop. Rooms are more such lists (room name
 to members, each member keeping its slot per room in ``room_slots``): a room
 multicast runs the same loop over the room's list.
 
-A ``simplew.v1`` client gets the publication's ``pub`` message (``v1``,
+A ``simplew.v2`` client gets the publication's ``pub`` message (``v2``,
 encoded once by simplew.recovery) instead of the raw payload: a second
 shared frame, built on the first such client of the loop.
 
@@ -23,7 +23,12 @@ from simplew._fast.deflate cimport deflate_standalone
 
 
 cdef class Hub:
-    def __init__(self):
+    def __init__(self, Py_ssize_t max_rooms=128):
+        if max_rooms < 0:
+            raise ValueError("max_rooms must be >= 0")
+        self.max_rooms = max_rooms
+        self.on_room_open = None
+        self.on_room_close = None
         self._connections = []
         self._by_id = {}
         self._rooms = {}
@@ -54,8 +59,9 @@ cdef class Hub:
     # -- rooms ----------------------------------------------------------------
 
     cpdef bint join(self, WebSocketConnection conn, str room) except -1:
-        """Put ``conn`` in ``room``; False if it already is, or is not in the hub
-        (gone). Loop thread only."""
+        """Put ``conn`` in ``room``; False if it already is, is not in the hub
+        (gone), or is in ``max_rooms`` rooms already (counted in
+        ``rooms_refused``). Loop thread only."""
         cdef list members
         if conn.hub_index < 0:
             return False
@@ -63,13 +69,22 @@ cdef class Hub:
             conn.room_slots = {}
         elif room in conn.room_slots:
             return False
+        if self.max_rooms and len(conn.room_slots) >= self.max_rooms:
+            self.rooms_refused += 1
+            return False
         members = self._rooms.get(room)
         if members is None:
             members = []
             self._rooms[room] = members
+            if self.on_room_open is not None:
+                self.on_room_open(room)
         conn.room_slots[room] = len(members)
         members.append(conn)
         return True
+
+    def in_room(self, WebSocketConnection conn, str room):
+        """Whether ``conn`` is in ``room``."""
+        return conn.room_slots is not None and room in conn.room_slots
 
     cpdef bint leave(self, WebSocketConnection conn, str room) except -1:
         """Take ``conn`` out of ``room`` in O(1) (the room's last member takes its
@@ -90,15 +105,17 @@ cdef class Hub:
             last.room_slots[room] = i
         if not members:
             del self._rooms[room]
+            if self.on_room_close is not None:
+                self.on_room_close(room)
         return True
 
     cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload,
-                                    bytes v1=None) except -1:
+                                    bytes v2=None) except -1:
         """``multicast`` to the members of ``room`` only; returns how many."""
         cdef list members = self._rooms.get(room)
         if members is None:
             return 0
-        return self._fanout(members, opcode, payload, v1)
+        return self._fanout(members, opcode, payload, v2)
 
     def room_sessions(self, str room):
         """The connections in ``room`` (a new list)."""
@@ -112,18 +129,18 @@ cdef class Hub:
         """{room name: member count} of the rooms with members."""
         return {name: len(<list>members) for name, members in self._rooms.items()}
 
-    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v1=None) except -1:
+    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v2=None) except -1:
         """Send one message to every client: one frame built once, plus one
         compressed frame per window size in use; returns how many clients.
-        ``v1``: the ``pub`` message simplew.v1 clients get instead."""
-        return self._fanout(self._connections, opcode, payload, v1)
+        ``v2``: the ``pub`` message simplew.v2 clients get instead."""
+        return self._fanout(self._connections, opcode, payload, v2)
 
-    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v1) except -1:
+    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v2) except -1:
         """The multicast loop over ``conns`` (every client, or a room)."""
         cdef list snapshot = list(conns)
         cdef Py_ssize_t i, n = len(snapshot)
         cdef bytes frame = build_frame(opcode, payload, len(payload))
-        cdef bytes v1_frame = None
+        cdef bytes v2_frame = None
         cdef dict compressed = None
         cdef int key
         self.multicasts += 1
@@ -131,13 +148,13 @@ cdef class Hub:
         cdef bytes shared, body, source
         for i in range(n):
             conn = <WebSocketConnection>snapshot[i]
-            if conn.v1:
-                if v1 is None:
+            if conn.v2:
+                if v2 is None:
                     continue        # no offset for it: not a publication of the stream
                 if conn.deflate_wbits == 0:
-                    if v1_frame is None:
-                        v1_frame = build_frame(1, v1, len(v1))
-                    conn.write_frame(v1_frame)
+                    if v2_frame is None:
+                        v2_frame = build_frame(1, v2, len(v2))
+                    conn.write_frame(v2_frame)
                     continue
                 key = -conn.deflate_wbits
             elif conn.deflate_wbits == 0:
@@ -149,7 +166,7 @@ cdef class Hub:
                 compressed = {}
             shared = compressed.get(key)
             if shared is None:
-                source = v1 if key < 0 else payload
+                source = v2 if key < 0 else payload
                 body = deflate_standalone(source, conn.deflate_wbits,
                                           conn.endpoint.compression_level)
                 shared = build_frame(1 if key < 0 else opcode, body, len(body), True)

@@ -64,7 +64,7 @@ cpdef str error_message(str code, object url, str message):
 
 
 cdef inline int _send_error(WebSocketConnection conn, str code, object url, str message) except -1:
-    if conn.v1:
+    if conn.v2:
         return conn.queue_message(1, error_message(code, url, message).encode("utf-8"))
     return conn.write_frame(text_frame(error_message(code, url, message)))
 
