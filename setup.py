@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
 # context: what the facade hands the lower layers (connection, router, http cimport it)
-MODULES = ["context", "frames", "deflate", "gate", "history", "connection", "router", "hub", "http"]
+MODULES = ["context", "frames", "deflate", "gate", "connection", "router", "hub", "http"]
 
 # who gets in (connection limits, origins) and the dead-peer pings; http cimports admission
 MODULES += ["admission", "heartbeat"]

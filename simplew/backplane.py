@@ -412,51 +412,56 @@ class RedisBackplane:
     async def _run(self) -> None:
         backoff = self.backoff_min
         while not self.closed:
-            client = pubsub = None
+            engine = None
             try:
-                client, pubsub = await self._connect()
+                engine, client, subscriber = await self._connect()
                 self._up()
                 backoff = self.backoff_min
-                await self._serve(client, pubsub)
+                await self._serve(engine, client, subscriber)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if not self.closed:
                     self._down(exc)
             finally:
-                await _close_quietly(pubsub, client)
+                await _close_quietly(engine)
             if self.closed:
                 break
             # Up to 25% jitter, so processes that lost Redis together spread out.
             await asyncio.sleep(backoff * (1 + random.random() / 4))
             backoff = min(backoff * 2, self.backoff_max)
 
-    async def _connect(self) -> tuple[Any, Any]:
-        client = redis_client(self.url)
-        pubsub = client.pubsub()
+    async def _connect(self) -> tuple[Any, Any, Any]:
+        """A fresh :class:`simplew.engines.Engine` (the channel lives on the shard of
+        the broadcast stream; sharded pub/sub on a Cluster), subscribed."""
+        from simplew.engines import Engine
+
+        engine = Engine.from_urls(self.url)
         try:
-            await pubsub.subscribe(self.channel)
+            shard = engine.shard_of(None)
+            client = engine.client(shard)
+            subscriber = engine.subscriber(shard)
+            await subscriber.subscribe(self.channel)
             # Up only once Redis confirmed the subscription: nothing sent after is missed.
-            while True:
-                message = await pubsub.get_message(timeout=COMMAND_TIMEOUT)
-                if message is None:
-                    raise TimeoutError("no answer to SUBSCRIBE")
-                if message["type"] == "subscribe":
-                    break
+            message = await subscriber.get_message(timeout=COMMAND_TIMEOUT, confirmations=True)
+            if message is None or message["type"] != "subscribe":
+                raise TimeoutError("no answer to SUBSCRIBE")
             await client.ping()
         except BaseException:
-            await _close_quietly(pubsub, client)
+            await _close_quietly(engine)
             raise
-        return client, pubsub
+        return engine, client, subscriber
 
-    async def _serve(self, client: Any, pubsub: Any) -> None:
-        await until_either_fails(self._read(pubsub), self._write(client))
+    async def _serve(self, engine: Any, client: Any, subscriber: Any) -> None:
+        await until_either_fails(
+            self._read(subscriber), self._write(client, engine.publish_command)
+        )
 
-    async def _read(self, pubsub: Any) -> None:
+    async def _read(self, subscriber: Any) -> None:
         on_message = self._on_message
-        get_message = pubsub.get_message
+        get_message = subscriber.get_message
         while True:
-            message = await get_message(ignore_subscribe_messages=True, timeout=None)
+            message = await get_message(timeout=1.0)
             if message is not None and message["type"] == "message":
                 on_message(message["data"])
 
@@ -478,7 +483,7 @@ class RedisBackplane:
             except Exception:
                 log.exception("Redis backplane: delivering a multicast failed")
 
-    async def _write(self, client: Any) -> None:
+    async def _write(self, client: Any, command: str = "PUBLISH") -> None:
         pending = self._pending
         wakeup = self._wakeup
         assert wakeup is not None
@@ -510,7 +515,7 @@ class RedisBackplane:
                 count = len(batch)
                 message = header + b"".join(batch)
             try:
-                await client.publish(channel, message)
+                await client.execute_command(command, channel, message)
             except BaseException:
                 self._gap(count)
                 raise

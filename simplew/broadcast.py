@@ -31,13 +31,13 @@ class Broadcast:
         self.context = context
         self.backplane: Any = None  # simplew.backplane.RedisBackplane or simplew.stream.RedisStream
 
-    def publish(self, opcode: int, payload: bytes, room: str | None) -> Any:
+    def publish(self, opcode: int, payload: bytes, room: str | None, wait: bool = False) -> Any:
         """Multicast ``payload`` (opcode 1 TEXT, 2 BINARY) to everyone or to ``room``.
         With recovery, returns what :meth:`simplew.recovery.Recovery.publish` does
         (its position, or a future of it with Redis); None otherwise."""
         recovery = self.context.recovery
         if recovery is not None:
-            return recovery.publish(opcode, payload, room)  # a publication of a stream
+            return recovery.publish(opcode, payload, room, wait)  # a publication of a stream
         self.fan_out(opcode, payload, room)
         if self.backplane is not None:
             self.backplane.publish(opcode, payload, room)

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from simplew.backplane import is_sentinel_url, parse_sentinel_url, redact
+from simplew.engines import parse_redis_urls
 from simplew.server import REDIS_EXTRA, SimpleWServer
 from simplew.workers import supervise
 
@@ -178,10 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--redis",
-        default=_env("redis"),
-        help="Redis URL for cross-process multicast: redis://, rediss://, unix://, or "
-        "redis+sentinel://host:port[,host:port...]/service_name[/db] to follow the "
-        "master a set of Sentinels names (env SIMPLEW_REDIS)",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="the Redis deployment every process shares, for cross-process multicast "
+        "and recovery: redis://, rediss:// or unix:// (one instance; repeat --redis for "
+        "client-side shards), redis+cluster://host:port[,host:port...] (a Redis "
+        "Cluster), or redis+sentinel://host:port[,host:port...]/service_name[/db] (the "
+        "master a set of Sentinels names) (env SIMPLEW_REDIS, comma-separated)",
     )
     serve.add_argument(
         "--recovery",
@@ -393,20 +397,15 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         except (ssl.SSLError, OSError) as exc:
             raise UsageError(f"cannot load the certificate/key: {exc}") from exc
         server.ssl = context
-    if args.redis:
-        if is_sentinel_url(args.redis):
-            try:
-                parse_sentinel_url(args.redis)
-            except ValueError as exc:
-                raise UsageError(f"--redis: {exc}") from None
-        elif args.redis.partition("://")[0] not in ("redis", "rediss", "unix"):
-            raise UsageError(
-                "--redis must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
-                f"got {redact(args.redis)!r}"
-            )
+    redis = args.redis if args.redis else _env("redis")
+    if redis:
+        try:
+            urls = parse_redis_urls(redis)
+        except ValueError as exc:
+            raise UsageError(f"--redis: {exc}") from None
         if importlib.util.find_spec("redis") is None:
             raise UsageError(f"--redis needs the Redis client: {REDIS_EXTRA}")
-        server.redis_url = args.redis
+        server.redis_url = urls if len(urls) > 1 else urls[0]
     settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
     settings["max_rooms_per_session"] = args.max_rooms_per_session
     recovery = {

@@ -257,6 +257,25 @@ def parse_redis_urls(value: str | Sequence[str]) -> list[str]:
 # -- subscribers --------------------------------------------------------------------
 
 
+_TYPES = {
+    "message": "message",
+    "smessage": "message",
+    "subscribe": "subscribe",
+    "ssubscribe": "subscribe",
+}
+
+
+def _typed(message: Any) -> dict[str, Any] | None:
+    """redis-py's message as a dict whose type is ``message`` (a delivery, plain or
+    sharded) or ``subscribe`` (a confirmation); None for anything else."""
+    out = dict(message)
+    kind = out["type"]
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    out["type"] = _TYPES.get(kind)
+    return out if out["type"] is not None else None
+
+
 class Subscriber:
     """Pub/sub on one shard: plain ``SUBSCRIBE`` (one instance, a shard, a Sentinel
     master). ``get_message`` returns redis-py's dicts of type ``message`` only."""
@@ -275,18 +294,25 @@ class Subscriber:
             await self._pubsub.unsubscribe(*channels)
             self.channels.difference_update(channels)
 
-    async def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        """The next message, or None after ``timeout`` seconds."""
+    async def get_message(
+        self, timeout: float = 0.0, confirmations: bool = False
+    ) -> dict[str, Any] | None:
+        """The next message, or None after ``timeout`` seconds. ``confirmations``:
+        also the confirmations of subscriptions, as type ``subscribe`` (the channel
+        is subscribed from then on: nothing published after is missed)."""
         deadline = time.monotonic() + timeout
         while True:
             if self._pubsub.connection is None:  # never subscribed: nothing can come
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 return None
             message = await self._pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=max(0.0, deadline - time.monotonic())
+                ignore_subscribe_messages=not confirmations,
+                timeout=max(0.0, deadline - time.monotonic()),
             )
             if message is not None:
-                return dict(message)
+                out = _typed(message)
+                if out is not None:
+                    return out
             # an (un)subscribe confirmation ends redis-py's wait early: wait on
             if time.monotonic() >= deadline:
                 return None
@@ -328,7 +354,9 @@ class ClusterSubscriber(Subscriber):
             await self._pubsub.sunsubscribe(*channels)
             self.channels.difference_update(channels)
 
-    async def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+    async def get_message(
+        self, timeout: float = 0.0, confirmations: bool = False
+    ) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while True:
             nodes = len(self._pubsub.node_pubsub_mapping)
@@ -338,13 +366,12 @@ class ClusterSubscriber(Subscriber):
             else:
                 wait = remaining if nodes == 1 else min(remaining, POLL_SLICE) / nodes
                 message = await self._pubsub.get_sharded_message(
-                    ignore_subscribe_messages=True, timeout=wait
+                    ignore_subscribe_messages=not confirmations, timeout=wait
                 )
                 if message is not None:
-                    out = dict(message)
-                    if out["type"] in ("smessage", b"smessage"):
-                        out["type"] = "message"
-                    return out
+                    out = _typed(message)
+                    if out is not None:
+                        return out
             if time.monotonic() >= deadline:
                 return None
 

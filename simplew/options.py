@@ -81,11 +81,14 @@ class ServerOptions:
     """zlib level of compressed frames, -1 (zlib's default) or 0 to 9."""
 
     # -- processes and recovery -------------------------------------------------
-    redis_url: str | None = None
-    """``redis://``, ``rediss://`` or ``unix://`` URL, or
-    ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` (the master
-    the Sentinels name, followed through failovers): multicasts reach the clients
-    of every process sharing it (needs ``simplew[redis]``)."""
+    redis_url: str | list[str] | None = None
+    """The Redis deployment the processes share (needs ``simplew[redis]``):
+    ``redis://``, ``rediss://`` or ``unix://`` URL (one instance); several of them
+    (a list, or one comma-separated string): client-side shards, a room's shard
+    by jump hash of the FNV-1a of its name, the same list for every process;
+    ``redis+cluster://host:port[,host:port...]``: a Redis Cluster (sharded
+    pub/sub); ``redis+sentinel://host:port[,host:port...]/service_name[/db]``: the
+    master the Sentinels name, followed through failovers."""
     recovery: bool = False
     """``simplew.v2`` sessions survive disconnects and get back what they missed
     (docs/protocol.md)."""
@@ -154,13 +157,14 @@ class ServerOptions:
         if self.slow_client_policy not in SLOW_CLIENT_POLICIES:
             raise ValueError(f"slow_client_policy must be one of {sorted(SLOW_CLIENT_POLICIES)}")
         _int("compression_level", self.compression_level, -1, 9)
-        if self.redis_url is not None and not isinstance(self.redis_url, str):
-            raise ValueError(f"redis_url must be a str, not {type(self.redis_url).__name__}")
         if self.redis_url is not None:
-            from simplew.backplane import is_sentinel_url, parse_sentinel_url
+            if not isinstance(self.redis_url, (str, list, tuple)):
+                raise ValueError(
+                    f"redis_url must be a str or a list, not {type(self.redis_url).__name__}"
+                )
+            from simplew.engines import parse_redis_urls
 
-            if is_sentinel_url(self.redis_url):
-                parse_sentinel_url(self.redis_url)  # ValueError if malformed
+            parse_redis_urls(self.redis_url)  # ValueError if malformed
         for name in ("max_connections", "max_connections_per_ip"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)

@@ -214,12 +214,13 @@ class Recovery:
 
     # -- publications ------------------------------------------------------------
 
-    def publish(self, opcode: int, payload: bytes, room: str | None) -> Any:
+    def publish(self, opcode: int, payload: bytes, room: str | None, wait: bool = False) -> Any:
         """A multicast of this process: the next offset of its stream. Without
         Redis, returns its ``(epoch, offset)``; with Redis, what
-        :meth:`simplew.stream.RedisStream.publish` returns."""
+        :meth:`simplew.stream.RedisStream.publish` returns (with ``wait``, a
+        future of the position)."""
         if self.store is not None:
-            return self.store.publish(opcode, payload, room)  # positions come from Redis
+            return self.store.publish(opcode, payload, room, wait)  # positions come from Redis
         epoch, offset = self.streams.next(room)
         self.deliver(room, epoch, offset, opcode, payload)
         return epoch, offset

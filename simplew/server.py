@@ -141,7 +141,7 @@ class SimpleWServer:
         compression: bool = False,
         compression_level: int = 1,
         use_aiofastnet: bool = False,
-        redis_url: str | None = None,
+        redis_url: str | list[str] | None = None,
         recovery: bool = False,
         recovery_window: float = 120.0,
         history_size: int = 10_000,
@@ -464,7 +464,7 @@ class SimpleWServer:
             opcode, payload = 1, data.encode("utf-8")
         else:
             opcode, payload = 2, bytes(data)
-        placed = self._broadcast.publish(opcode, payload, room)
+        placed = self._broadcast.publish(opcode, payload, room, True)
         if placed is None:
             return None
         if isinstance(placed, tuple):

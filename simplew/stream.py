@@ -64,6 +64,7 @@ from typing import Any
 from simplew.backplane import (
     BACKOFF_MAX,
     BACKOFF_MIN,
+    COMMAND_TIMEOUT,
     MAX_BATCH,
     MAX_BATCH_BYTES,
     _close_quietly,
@@ -148,7 +149,16 @@ return {epoch, redis.call('HGET', KEYS[1], 'top')}
 class Followed:
     """A stream this process follows (loop thread)."""
 
-    __slots__ = ("room", "shard", "channel", "ready", "subscribed", "buffer", "linger")
+    __slots__ = (
+        "room",
+        "shard",
+        "channel",
+        "ready",
+        "subscribed",
+        "confirming",
+        "buffer",
+        "linger",
+    )
 
     def __init__(self, room: str | None, shard: int, channel: str) -> None:
         self.room = room
@@ -156,6 +166,7 @@ class Followed:
         self.channel = channel
         self.ready = False  # the mirror continues the stream in Redis
         self.subscribed = False
+        self.confirming = False  # SUBSCRIBE sent, its confirmation not read yet
         self.buffer: list[bytes] | None = None  # channel messages that came while loading
         self.linger: asyncio.TimerHandle | None = None
 
@@ -238,6 +249,7 @@ class Shard:
         for followed in self.stream.followed_on(self.index):
             followed.ready = False
             followed.subscribed = False
+            followed.confirming = False
             followed.buffer = None
             self.to_subscribe.add(followed.room)
         self.to_unsubscribe.clear()
@@ -247,50 +259,74 @@ class Shard:
         await client.ping()
         rooms = [f.room for f in self.stream.followed_on(self.index)]
         self.to_subscribe.difference_update(rooms)
-        await self._subscribe(client, subscriber, rooms)
+        followed = await self._subscribe(subscriber, rooms)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COMMAND_TIMEOUT
+        while any(item.confirming for item in followed):
+            # nothing reads the subscriber yet: read the confirmations here
+            message = await subscriber.get_message(
+                timeout=max(0.0, deadline - loop.time()), confirmations=True
+            )
+            if message is None:
+                raise TimeoutError("no answer to SUBSCRIBE")
+            self._on_message(message)
+        self.to_load.clear()
+        await self.stream.load(client, [item for item in followed if item.buffer is not None])
         if not self.connected and self.outages:
             log.info("Redis stream: shard %d is back", self.index)
         self.connected = True
 
-    async def _subscribe(self, client: Any, subscriber: Any, rooms: list[str | None]) -> None:
-        """SUBSCRIBE the channels of ``rooms`` (buffering what comes), then load them."""
+    async def _subscribe(self, subscriber: Any, rooms: list[str | None]) -> list[Followed]:
+        """SUBSCRIBE the channels of ``rooms``; each is loaded once its confirmation
+        came (what comes meanwhile waits in its buffer)."""
         stream = self.stream
         followed = [stream.rooms[r] for r in rooms if r in stream.rooms]
-        if not followed:
-            return
         for item in followed:
             item.buffer = []
+            item.ready = False
+            item.confirming = True
         for i in range(0, len(followed), SUBSCRIBE_CHUNK):
             chunk = followed[i : i + SUBSCRIBE_CHUNK]
             await subscriber.subscribe(*(item.channel for item in chunk))
             for item in chunk:
                 item.subscribed = True
-        await stream.load(client, followed)
+        return followed
 
     # -- reading
 
     async def _read(self, subscriber: Any) -> None:
-        stream = self.stream
+        on_message = self._on_message
         while True:
-            message = await subscriber.get_message(timeout=1.0 if subscriber.channels else 0.02)
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"]
-            if isinstance(channel, bytes):
-                channel = channel.decode("utf-8", "surrogateescape")
-            followed = stream.by_channel.get(channel)
-            if followed is None:
-                continue  # a room given up meanwhile
-            data = message["data"]
-            if followed.buffer is not None:
-                followed.buffer.append(data)  # it is being loaded
-                continue
-            if not stream.apply(followed, data):
-                # a hole (or another epoch): the writer loads the stream, then this
-                followed.ready = False
-                followed.buffer = [data]
-                self.to_load.add(followed.room)
+            message = await subscriber.get_message(
+                timeout=1.0 if subscriber.channels else 0.02, confirmations=True
+            )
+            if message is not None:
+                on_message(message)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        stream = self.stream
+        channel = message["channel"]
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "surrogateescape")
+        followed = stream.by_channel.get(channel)
+        if followed is None:
+            return  # a room given up meanwhile
+        if message["type"] == "subscribe":
+            if followed.confirming:
+                followed.confirming = False
+                self.to_load.add(followed.room)  # subscribed: now load what came before
                 self.wake()
+            return
+        data = message["data"]
+        if followed.buffer is not None:
+            followed.buffer.append(data)  # it is being loaded
+            return
+        if not stream.apply(followed, data):
+            # a hole (or another epoch): the writer loads the stream, then this
+            followed.ready = False
+            followed.buffer = [data]
+            self.to_load.add(followed.room)
+            self.wake()
 
     async def _change_subscriptions(self, client: Any, subscriber: Any) -> None:
         stream = self.stream
@@ -302,11 +338,16 @@ class Shard:
         if self.to_subscribe:
             rooms = [r for r in self.to_subscribe if r in stream.rooms]
             self.to_subscribe.clear()
-            await self._subscribe(client, subscriber, rooms)
+            await self._subscribe(subscriber, rooms)
         if self.to_load:
-            followed = [stream.rooms[r] for r in self.to_load if r in stream.rooms]
+            followed = [
+                stream.rooms[r]
+                for r in self.to_load
+                if r in stream.rooms and not stream.rooms[r].confirming
+            ]
             self.to_load.clear()
-            await stream.load(client, followed)
+            if followed:
+                await stream.load(client, followed)
 
     # -- writing
 
@@ -319,6 +360,7 @@ class Shard:
         while True:
             if self.to_subscribe or self.to_unsubscribe or self.to_load:
                 await self._change_subscriptions(client, subscriber)
+                continue
             if self.session_reads:
                 await self._read_sessions(client)
             if self.pending:
@@ -337,8 +379,6 @@ class Shard:
                 await pipe.execute()
                 continue
             wakeup.clear()
-            if self.to_subscribe or self.to_unsubscribe or self.to_load:
-                continue
             timeout = max(0.01, next_sync - loop.time()) if self.index == 0 else 1.0
             try:
                 await asyncio.wait_for(wakeup.wait(), timeout)
@@ -466,8 +506,8 @@ class RedisStream:
         self.refetched = 0  # publications fetched from a Stream to fill a hole
         self.resets = 0  # streams moved to another epoch here
         self.epoch_changes = 0  # new epochs this process made: Redis lost publications
-        self.follows = 0  # times a room started being followed
-        self.unfollows = 0
+        self.started_following = 0  # times a stream started being followed
+        self.stopped_following = 0
 
     # -- the loop-thread API ------------------------------------------------------
 
@@ -554,7 +594,7 @@ class RedisStream:
         followed = Followed(room, shard, engine.key(room, "pubs"))
         self.rooms[room] = followed
         self.by_channel[followed.channel] = followed
-        self.follows += 1
+        self.started_following += 1
         self.shards[shard].to_subscribe.add(room)
         self.shards[shard].wake()
 
@@ -588,7 +628,7 @@ class RedisStream:
             return
         del self.rooms[room]
         self.by_channel.pop(followed.channel, None)
-        self.unfollows += 1
+        self.stopped_following += 1
         shard = self.shards[followed.shard]
         shard.to_subscribe.discard(room)
         if followed.subscribed:
@@ -947,8 +987,8 @@ class RedisStream:
             "outages": self.outages,
             "pending": sum(len(shard.pending) for shard in self.shards),
             "followed": self.followed,
-            "follows": self.follows,
-            "unfollows": self.unfollows,
+            "started_following": self.started_following,
+            "stopped_following": self.stopped_following,
             "shards": [
                 {"index": s.index, "connected": s.connected, "pending": len(s.pending)}
                 for s in self.shards
