@@ -1,11 +1,16 @@
-"""The browser client ``/simplew.js`` in Chromium: its API against a real
-server (token, direct messages, text and binary pubs, close), and the live
-example (``examples/live.py``, ``www/live``), whose page sees every offset
-exactly once across a dropped connection and across a restart of the server
-process (the history then lives in a real Redis). Against a hostile server
-(tests/hostile.py), every malformed message is a protocol error (a close 4002
-and a reconnection) and the backoff restarts only after a connection lasted a
-second past its welcome.
+"""The browser client ``/simplew.js`` (simplew.v2) in Chromium: its API against a
+real server (token, direct messages, text and binary pubs, close; a resume with
+missed pubs in two rooms and a roomreset of a third after the server dropped the
+page; a session in 1,100 rooms resumed), and the live example
+(``examples/live.py``, ``www/live``), whose page sees every offset of every
+stream (everyone's, and two rooms') exactly once across a dropped connection
+and across restarts of the server process (the history then lives in a real
+Redis). Against a hostile server (tests/hostile.py): every malformed message is
+a protocol error (a close 4002 and a reconnection), each resume message holds
+the positions of the last valid messages, join/leave/reset messages and a
+recovered welcome's streams and ``left`` move the positions and fire their
+events, and the backoff restarts only after a connection lasted a second past
+its welcome.
 """
 
 from __future__ import annotations
