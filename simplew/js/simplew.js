@@ -1,52 +1,79 @@
-// simplew.js: the browser client of the simplew.v1 protocol, one dependency-free
+// simplew.js: the browser client of the simplew.v2 protocol, one dependency-free
 // ES module. Every simplew server with a WebSocket endpoint serves it at /simplew.js.
 //
 //   import { SimplewClient } from "/simplew.js";
 //   const client = new SimplewClient();
-//   client.addEventListener("pub", (e) => show(e.detail.offset, e.detail.data));
+//   client.addEventListener("pub", (e) => show(e.detail.room, e.detail.offset, e.detail.data));
+//   client.addEventListener("roomreset", (e) => reload(e.detail.room));
 //   client.connect("/websocket");
 //
+// Streams: every room has its own stream of pubs, and the multicasts to every
+// client form one more, the broadcast stream (room null). The client holds a
+// position {epoch, offset} per stream it is in (client.positions: the broadcast
+// stream and every room the session is in) and sends them all back to resume.
+//
 // Events (CustomEvent, data in event.detail):
-//   open       {session, epoch, offset, recovered, missed}  after every welcome
-//   recovered  same, after "open", when a reconnection got back what it missed
-//              (detail.missed pubs follow, then live ones)
-//   reset      same, after "open", when a reconnection asked for recovery and
-//              did not get it: the session, its rooms and the offsets are new
-//   pub        {offset, room, data}  a multicast; data is a string, or a
+//   open       {session, epoch, offset, recovered, missed, left, streams}  after
+//              every welcome; epoch and offset are the broadcast stream's, streams
+//              is [{room, epoch, offset, recovered, missed}, ...] (the broadcast
+//              stream first, then the session's rooms), left the rooms the session
+//              is no longer in (a recovered welcome only)
+//   recovered  same, after "open", when a reconnection resumed its session
+//              (detail.missed pubs follow, then live ones); then a "roomreset" for
+//              each stream of detail.streams that was not recovered and a "leave"
+//              for each room of detail.left
+//   reset      same, after "open", when a reconnection asked to resume and got
+//              a fresh session: the session, its rooms and the positions are new
+//   pub        {room, epoch, offset, data}  a multicast; data is a string, or a
 //              Uint8Array for a binary one; room is null for "every client"
+//   join       {room, epoch, offset}  the session is now in room (its pubs follow)
+//   leave      {room}  the session is no longer in room
+//   roomreset  {room, epoch, offset}  what the client held of that stream is lost
+//              (the server lost pubs, or they are no longer in its history): reload
+//              the room's state; the pubs after the new position follow
 //   msg        {data}  a direct message (never recovered)
 //   close      {code, reason, reconnecting}  a connection that had its welcome ended
 //
-// Guarantees: pubs arrive at most once and in increasing offset (a pub whose
-// offset is not above the last one is dropped and counted in `duplicates`).
-// After any close but close() the client reconnects after
-// random(0, min(backoffMax, backoffMin * 2**attempt)) seconds and resumes with
-// ?session=&epoch=&offset=; attempt counts the attempts since the last
-// connection that stayed up 1 s past its welcome (a server that welcomes and
-// closes at once sees the waits double). send() while disconnected throws
-// NotConnectedError: nothing is queued. No history is kept in memory.
+// Guarantees: pubs arrive at most once and, per stream, in increasing offset (a
+// pub of a stream the client does not hold, of another epoch than the one held,
+// or whose offset is not above the one held is dropped and counted in
+// `duplicates`). After any close but close() the client reconnects after
+// random(0, min(backoffMax, backoffMin * 2**attempt)) seconds, to the URL with
+// ?resume=1, and sends {"type":"resume","session":...,"streams":[[room, epoch,
+// offset], ...]} as its first message (the session id never goes in the URL);
+// attempt counts the attempts since the last connection that stayed up 1 s past
+// its welcome (a server that welcomes and closes at once sees the waits double).
+// send() while disconnected throws NotConnectedError: nothing is queued. No
+// history is kept in memory.
 //
-// Every server message is checked against simplew.v1 (docs/protocol.md, 5.3):
-// a JSON object with a string type; a welcome's session of 16 to 64 and epoch
-// of 1 to 64 characters of A-Z a-z 0-9 _ -, offset and missed integers from 0
-// (safe integers: a JS number holds no larger one exactly), recovered a boolean
-// (true only for the session, epoch and offset asked for; missed 0 otherwise);
-// a pub's offset from 1, room null or a string; exactly one of text (a string
-// without lone surrogates) and binary (standard base64 with padding); a first
-// message that is a welcome, no second one, no binary frame. Unknown types and
-// fields are ignored. A violation closes the connection with 4002 (browsers may
-// not send 1002) and a console warning; before the welcome the attempt is
-// retried with backoff, after it the close event has code 1002 and the reason
-// "protocol error: ...", nothing of the message is applied, and the client
-// reconnects with backoff.
+// Every server message is checked against simplew.v2 (docs/protocol.md, 5.5): a
+// JSON object with a string type; session of 16 to 64 and every epoch of 1 to 64
+// characters of A-Z a-z 0-9 _ -; offsets and missed integers from 0 (safe
+// integers: a JS number holds no larger one exactly; a pub's offset from 1);
+// booleans that are booleans; a room null (pub, reset, the first streams entry:
+// the broadcast stream) or a string of 1 to 255 UTF-8 bytes; a welcome's streams
+// entries arrays of exactly [room, epoch, offset, recovered, missed], no stream
+// twice, a recovered entry with the epoch and offset the client sent for it, an
+// entry not recovered with missed 0, the welcome's missed their sum, recovered
+// true only for the session asked for (missed 0 otherwise), left a list of rooms
+// of a recovered welcome that the client sent and that are not in streams;
+// exactly one of text (a string without lone surrogates) and binary (standard
+// base64 with padding); a first message that is a welcome, no second one, no
+// binary frame. Unknown types and fields are ignored. A violation closes the
+// connection with 4002 (browsers may not send 1002) and a console warning; before
+// the welcome the attempt is retried with backoff, after it the close event has
+// code 1002 and the reason "protocol error: ...", nothing of the message is
+// applied, and the client reconnects with backoff.
 
-export const PROTOCOL = "simplew.v1";
-// the limits the server puts on the resume parameters (simplew/recovery.py)
+export const PROTOCOL = "simplew.v2";
+// the forms of docs/protocol.md, 5.2 and 5.5
 const SESSION_ID = /^[A-Za-z0-9_-]{16,64}$/;
 const EPOCH = /^[A-Za-z0-9_-]{1,64}$/;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;  // and a length that is a multiple of 4
+const ROOM_BYTES = 255;  // the longest room name, in UTF-8 bytes
 const STABLE_AFTER = 1000;  // ms a connection must stay up past its welcome to reset the backoff
 const VIOLATION = 4002;  // the close code sent for a protocol error (1002 is not allowed)
+const utf8 = new TextEncoder();
 
 export class ProtocolError extends Error {
   constructor(message) {
@@ -76,10 +103,34 @@ function string(value, name) {
   return value;
 }
 
-function integer(message, name, low) {
-  const value = message[name];
+function integer(value, name, low) {
   if (!Number.isSafeInteger(value) || value < low) {
     throw new ProtocolError(`${name} is not an integer from ${low} to 2**53 - 1`);
+  }
+  return value;
+}
+
+function boolean(value, name) {
+  if (typeof value !== "boolean") throw new ProtocolError(`${name} is not a boolean`);
+  return value;
+}
+
+function epochOf(value, name) {
+  if (typeof value !== "string" || !EPOCH.test(value)) {
+    throw new ProtocolError(`${name} is not 1 to 64 characters of A-Z a-z 0-9 _ -`);
+  }
+  return value;
+}
+
+// A room name: a string of 1 to 255 UTF-8 bytes, or null (the broadcast stream)
+// where nullable. A UTF-16 unit is 1 to 3 bytes: only names of 86 to 255 units are
+// encoded to be measured.
+function roomOf(value, name, nullable) {
+  if (value === null && nullable) return null;
+  string(value, name);
+  if (value.length === 0 || value.length > ROOM_BYTES
+      || (value.length * 3 > ROOM_BYTES && utf8.encode(value).length > ROOM_BYTES)) {
+    throw new ProtocolError(`${name} is not 1 to ${ROOM_BYTES} bytes of UTF-8`);
   }
   return value;
 }
@@ -99,6 +150,42 @@ function decode(message) {
   return bytes;
 }
 
+// The [room, epoch, offset, recovered, missed] entries of a welcome, checked: a
+// Map room -> entry. sent is the Map of the positions the resume message sent
+// (null for a connection that did not resume).
+function welcomeStreams(streams, sent) {
+  if (!Array.isArray(streams) || streams.length === 0) {
+    throw new ProtocolError("streams is not a non-empty array");
+  }
+  const entries = new Map();
+  for (let i = 0; i < streams.length; i++) {
+    const entry = streams[i];
+    const name = `streams[${i}]`;
+    if (!Array.isArray(entry) || entry.length !== 5) {
+      throw new ProtocolError(`${name} is not [room, epoch, offset, recovered, missed]`);
+    }
+    if (i === 0 && entry[0] !== null) {
+      throw new ProtocolError("streams[0] is not the broadcast stream (room null)");
+    }
+    const room = i === 0 ? null : roomOf(entry[0], `${name} room`, false);
+    const epoch = epochOf(entry[1], `${name} epoch`);
+    const offset = integer(entry[2], `${name} offset`, 0);
+    const recovered = boolean(entry[3], `${name} recovered`);
+    const missed = integer(entry[4], `${name} missed`, 0);
+    if (entries.has(room)) throw new ProtocolError(`${name} is a stream already given`);
+    if (recovered) {
+      const held = sent === null ? undefined : sent.get(room);
+      if (held === undefined || held.epoch !== epoch || held.offset !== offset) {
+        throw new ProtocolError(`${name} recovered a position the client did not send`);
+      }
+    } else if (missed !== 0) {
+      throw new ProtocolError(`${name} is not recovered and has missed pubs`);
+    }
+    entries.set(room, { room, epoch, offset, recovered, missed });
+  }
+  return entries;
+}
+
 export class SimplewClient extends EventTarget {
   // options: backoffMin / backoffMax (seconds, 0.5 / 20), openTimeout (seconds
   // from the attempt to the welcome, 10), token (a JWT, or a function returning
@@ -113,11 +200,11 @@ export class SimplewClient extends EventTarget {
     this.token = options.token ?? null;
     this.url = null;
     this.session = null;
-    this.epoch = null;
-    this.offset = null;
     this.duplicates = 0;
     this.reconnects = 0;
     this.resets = 0;
+    this._positions = new Map();  // room (null: the broadcast stream) -> {epoch, offset}
+    this._sent = null;  // the positions the current attempt's resume message sent
     this._ws = null;
     this._welcomed = false;
     this._closing = false;
@@ -130,6 +217,23 @@ export class SimplewClient extends EventTarget {
 
   get connected() {
     return this._ws !== null && this._welcomed && !this._closing;
+  }
+
+  // The broadcast stream's position (null before the first welcome).
+  get epoch() {
+    return this._positions.get(null)?.epoch ?? null;
+  }
+
+  get offset() {
+    return this._positions.get(null)?.offset ?? null;
+  }
+
+  // A copy of the positions held: Map room (null for the broadcast stream) ->
+  // {epoch, offset}, what the next resume sends.
+  get positions() {
+    const copy = new Map();
+    for (const [room, { epoch, offset }] of this._positions) copy.set(room, { epoch, offset });
+    return copy;
   }
 
   // Connect to the WebSocket endpoint at url (ws://, wss:// or a path of this
@@ -169,18 +273,6 @@ export class SimplewClient extends EventTarget {
     if (ws !== null && ws.readyState <= WebSocket.OPEN) ws.close(1000);
   }
 
-  _resumeUrl() {
-    const url = new URL(this.url);
-    const resume = this.session !== null && this.offset !== null;
-    for (const name of ["session", "epoch", "offset"]) url.searchParams.delete(name);
-    if (resume) {
-      url.searchParams.set("session", this.session);
-      url.searchParams.set("epoch", this.epoch);
-      url.searchParams.set("offset", String(this.offset));
-    }
-    return [url.href, resume];
-  }
-
   _open() {
     let token;
     try {
@@ -199,12 +291,22 @@ export class SimplewClient extends EventTarget {
   }
 
   _connect(token) {
-    const [href, askedRecovery] = this._resumeUrl();
+    // a client that has had a welcome resumes: ?resume=1, then the resume message
+    const url = new URL(this.url);
+    url.searchParams.delete("resume");
+    const sent = this.session === null ? null : this.positions;
+    let resume = null;
+    if (sent !== null) {
+      url.searchParams.set("resume", "1");
+      const streams = [];
+      for (const [room, { epoch, offset }] of sent) streams.push([room, epoch, offset]);
+      resume = JSON.stringify({ type: "resume", session: this.session, streams });
+    }
     const protocols = [PROTOCOL];
     if (typeof token === "string" && token) protocols.push("bearer", token);
     let ws;
     try {
-      ws = new WebSocket(href, protocols);
+      ws = new WebSocket(url.href, protocols);
     } catch (error) {
       this._retry();
       return;
@@ -212,7 +314,7 @@ export class SimplewClient extends EventTarget {
     this._ws = ws;
     this._welcomed = false;
     this._failure = null;
-    this._askedRecovery = askedRecovery;
+    this._sent = sent;
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       if (this._ws === ws && !this._welcomed) ws.close(4000, "no welcome");
@@ -222,9 +324,12 @@ export class SimplewClient extends EventTarget {
     };
     ws.onclose = (event) => { if (this._ws === ws) this._closed(event); };
     ws.onopen = () => {
-      if (ws.protocol === PROTOCOL) return;
-      console.warn(`simplew.js: ${href} did not select ${PROTOCOL}: a simplew server needs recovery=True`);
-      ws.close(4000, "no " + PROTOCOL + " subprotocol");
+      if (ws.protocol !== PROTOCOL) {
+        console.warn(`simplew.js: ${url.href} did not select ${PROTOCOL}: a simplew server needs recovery=True`);
+        ws.close(4000, "no " + PROTOCOL + " subprotocol");
+        return;
+      }
+      if (resume !== null) ws.send(resume);  // the first message, before anything else
     };
   }
 
@@ -250,7 +355,7 @@ export class SimplewClient extends EventTarget {
 
   _message(ws, data) {
     try {
-      if (typeof data !== "string") throw new ProtocolError("a binary frame (simplew.v1 is TEXT only)");
+      if (typeof data !== "string") throw new ProtocolError("a binary frame (simplew.v2 is TEXT only)");
       let message;
       try {
         message = JSON.parse(data);
@@ -267,6 +372,9 @@ export class SimplewClient extends EventTarget {
         this._welcome(message);
       } else if (type === "pub") this._pub(message);
       else if (type === "msg") this._emit("msg", { data: decode(message) });
+      else if (type === "join") this._join(message);
+      else if (type === "leave") this._leave(message);
+      else if (type === "reset") this._reset(message);
       else if (type === "welcome") throw new ProtocolError("a second welcome on one connection");
       else if (type === "refresh") this._refresh(ws);
       // other types: ignored (forward compatibility)
@@ -279,20 +387,19 @@ export class SimplewClient extends EventTarget {
   }
 
   _welcome(message) {
-    const { session, epoch, recovered } = message;
+    const { session } = message;
     if (typeof session !== "string" || !SESSION_ID.test(session)) {
       throw new ProtocolError("session is not 16 to 64 characters of A-Z a-z 0-9 _ -");
     }
-    if (typeof epoch !== "string" || !EPOCH.test(epoch)) {
-      throw new ProtocolError("epoch is not 1 to 64 characters of A-Z a-z 0-9 _ -");
-    }
-    const offset = integer(message, "offset", 0);
-    if (typeof recovered !== "boolean") throw new ProtocolError("recovered is not a boolean");
-    const missed = integer(message, "missed", 0);
+    const recovered = boolean(message.recovered, "recovered");
+    const missed = integer(message.missed, "missed", 0);
+    const entries = welcomeStreams(message.streams, this._sent);
+    let sum = 0;
+    for (const entry of entries.values()) sum += entry.missed;
+    if (sum !== missed) throw new ProtocolError("missed is not the sum of the streams' missed");
     if (recovered) {
-      if (!this._askedRecovery || session !== this.session || epoch !== this.epoch
-          || offset !== this.offset) {
-        throw new ProtocolError("recovered a session, epoch or offset it was not asked for");
+      if (this._sent === null || session !== this.session) {
+        throw new ProtocolError("recovered a session it was not asked for");
       }
     } else if (missed !== 0) throw new ProtocolError("missed is not 0 in a fresh session");
     let left = [];
@@ -300,12 +407,21 @@ export class SimplewClient extends EventTarget {
       if (!recovered || !Array.isArray(message.left)) {
         throw new ProtocolError("left is not a list of rooms of a recovered session");
       }
-      left = message.left.map((room) => string(room, "left"));
+      left = message.left.map((room) => roomOf(room, "left", false));
+      for (const room of left) {
+        if (!this._sent.has(room) || entries.has(room)) {
+          throw new ProtocolError("left holds a room the client did not send or is still in");
+        }
+      }
     }
-    const detail = { session, epoch, offset, recovered, missed, left };
+    const streams = [...entries.values()];
+    const broadcast = streams[0];
+    const detail = {
+      session, epoch: broadcast.epoch, offset: broadcast.offset, recovered, missed, left, streams,
+    };
     this.session = session;
-    this.epoch = epoch;
-    this.offset = offset;
+    this._positions = new Map();
+    for (const { room, epoch, offset } of streams) this._positions.set(room, { epoch, offset });
     this._welcomed = true;
     this._welcomedAt = performance.now();
     clearTimeout(this._timer);
@@ -316,13 +432,17 @@ export class SimplewClient extends EventTarget {
       this._opened = null;
       resolve(detail);
     }
-    if (this._askedRecovery) {
-      if (recovered) this._emit("recovered", detail);
-      else {
-        this.resets += 1;
-        this._emit("reset", detail);
-      }
+    if (this._sent === null) return;
+    if (!recovered) {
+      this.resets += 1;
+      this._emit("reset", detail);
+      return;
     }
+    this._emit("recovered", detail);
+    for (const { room, epoch, offset, recovered: continued } of streams) {
+      if (!continued) this._emit("roomreset", { room, epoch, offset });
+    }
+    for (const room of left) this._emit("leave", { room });
   }
 
   // The server asks for a new token: send what the token function gives now (a
@@ -339,16 +459,44 @@ export class SimplewClient extends EventTarget {
   }
 
   _pub(message) {
-    const offset = integer(message, "offset", 1);
     if (!has(message, "room")) throw new ProtocolError("pub has no room");
-    const room = message.room === null ? null : string(message.room, "room");
+    const room = roomOf(message.room, "room", true);
+    const epoch = epochOf(message.epoch, "epoch");
+    const offset = integer(message.offset, "offset", 1);
     const data = decode(message);
-    if (this.offset !== null && offset <= this.offset) {
+    const held = this._positions.get(room);
+    if (held === undefined || held.epoch !== epoch || offset <= held.offset) {
       this.duplicates += 1;
       return;
     }
-    this.offset = offset;
-    this._emit("pub", { offset, room, data });
+    held.offset = offset;
+    this._emit("pub", { room, epoch, offset, data });
+  }
+
+  _join(message) {
+    const room = roomOf(message.room, "room", false);
+    const epoch = epochOf(message.epoch, "epoch");
+    const offset = integer(message.offset, "offset", 0);
+    this._positions.set(room, { epoch, offset });
+    this._emit("join", { room, epoch, offset });
+  }
+
+  _leave(message) {
+    const room = roomOf(message.room, "room", false);
+    this._positions.delete(room);
+    this._emit("leave", { room });
+  }
+
+  // A stream that cannot be continued: hold its new position (a reset of a room
+  // the client is not in changes nothing).
+  _reset(message) {
+    if (!has(message, "room")) throw new ProtocolError("reset has no room");
+    const room = roomOf(message.room, "room", true);
+    const epoch = epochOf(message.epoch, "epoch");
+    const offset = integer(message.offset, "offset", 0);
+    if (!this._positions.has(room)) return;
+    this._positions.set(room, { epoch, offset });
+    this._emit("roomreset", { room, epoch, offset });
   }
 
   _emit(type, detail) {
