@@ -424,6 +424,20 @@ class Shard:
                 room, items = next(iter(groups.items()))
                 keys = [engine.key(room, "meta"), engine.key(room, "stream")]
                 results = [await publish(keys=keys, args=args(room, items))]
+            elif engine.kind == "cluster":
+                # redis-py refuses scripts in a Cluster pipeline: one call per room, at once
+                # (each goes to the node of its room's slot; rooms have no order between them)
+                results = list(
+                    await asyncio.gather(
+                        *(
+                            publish(
+                                keys=[engine.key(room, "meta"), engine.key(room, "stream")],
+                                args=args(room, items),
+                            )
+                            for room, items in groups.items()
+                        )
+                    )
+                )
             else:
                 pipe = client.pipeline(transaction=False)
                 for room, items in groups.items():
@@ -670,16 +684,30 @@ class RedisStream:
             item.ready = False
             if item.buffer is None:
                 item.buffer = []
-        pipe = client.pipeline(transaction=False)
-        for item in followed:
-            pipe.eval(
-                _META,
-                2,
-                engine.key(item.room, "meta"),
-                engine.key(item.room, "stream"),
-                new_epoch(),
+        if engine.kind == "cluster":  # no scripts in a Cluster pipeline (redis-py)
+            metas = await asyncio.gather(
+                *(
+                    client.eval(
+                        _META,
+                        2,
+                        engine.key(item.room, "meta"),
+                        engine.key(item.room, "stream"),
+                        new_epoch(),
+                    )
+                    for item in followed
+                )
             )
-        metas = await pipe.execute()
+        else:
+            pipe = client.pipeline(transaction=False)
+            for item in followed:
+                pipe.eval(
+                    _META,
+                    2,
+                    engine.key(item.room, "meta"),
+                    engine.key(item.room, "stream"),
+                    new_epoch(),
+                )
+            metas = await pipe.execute()
         for item, (epoch_raw, top_raw) in zip(followed, metas):
             if self.rooms.get(item.room) is not item:
                 continue  # given up meanwhile
