@@ -82,9 +82,7 @@ class App:
         return self.proc.pid
 
     def wait_ready(self, timeout: float = 20) -> App:
-        wait_until(
-            lambda: port_open(self.port) or self.proc.poll() is not None, timeout, "server"
-        )
+        wait_until(lambda: port_open(self.port) or self.proc.poll() is not None, timeout, "server")
         if self.proc.poll() is not None:
             raise RuntimeError(f"server exited:\n{self.log.read_text()}")
         return self
@@ -278,7 +276,10 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
             return f"{v:,}"
         return str(v)
 
-    align = ["---:" if rows and isinstance(rows[0][i], (int, float)) else "---" for i in range(len(headers))]
+    align = [
+        "---:" if rows and isinstance(rows[0][i], (int, float)) else "---"
+        for i in range(len(headers))
+    ]
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
