@@ -405,9 +405,9 @@ def main() -> int:
     parser.add_argument("--client-cpus", default="1", help="taskset of the client processes")
     args = parser.parse_args()
     result = run(args)
-    print(json.dumps(result))
-    print()
     print(markdown(result))
+    print()
+    print(json.dumps(result))  # last: tests/test_storm.py reads it
     ok = (
         result["sessions_recovered"] == args.clients
         and result["streams_recovered"] == result["streams_held"]
