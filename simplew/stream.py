@@ -106,15 +106,18 @@ end
 """
 
 # ARGV: fresh epoch, maxlen, ttl (s), publish command, channel, records...
+# Each entry keeps its record (r) and the Redis time it was stored (t, seconds), so that
+# a process loading a stream's tail skips what is older than history_ttl.
 _PUBLISH = (
     _EPOCH
     + """
 local n = #ARGV - 5
 local top = redis.call('HINCRBY', KEYS[1], 'top', n)
 local first = top - n + 1
+local now = redis.call('TIME')[1]
 for i = 1, n do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-1', first + i - 1),
-             'r', ARGV[i + 5])
+             'r', ARGV[i + 5], 't', now)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -493,6 +496,7 @@ class RedisStream:
         self.max_pending = max_pending
         self.sync_interval = sync_interval
         self.linger = linger
+        self.history_ttl = history_ttl
         self.ttl_seconds = max(1, int(history_ttl + 0.999))
         self.closed = False
         self.shards = [Shard(self, i) for i in range(self.engine.size)]
@@ -710,9 +714,10 @@ class RedisStream:
                     return
             else:
                 return
-        # A start, or the mirror cannot be continued: load the tail of the stream.
+        # A start, or the mirror cannot be continued: load the tail of the stream,
+        # but what is older than history_ttl (it is no longer recoverable).
         start = max(1, top - streams.history_size + 1)
-        entries = await self._fetch(client, room, start, top) if top else []
+        entries = await self._fetch(client, room, start, top, time.time() - self.history_ttl)
         base = entries[0][0] - 1 if entries else top
         if known:
             self.resets += 1
@@ -771,8 +776,10 @@ class RedisStream:
         return True
 
     async def _fetch(
-        self, client: Any, room: str | None, start: int, end: int
+        self, client: Any, room: str | None, start: int, end: int, since: float = 0.0
     ) -> list[tuple[int, Any]]:
+        """Entries ``start`` to ``end`` of ``room``'s Redis Stream; with ``since``
+        (Unix time), none stored before it (nor any before a skipped one)."""
         out: list[tuple[int, Any]] = []
         key = self.engine.key(room, "stream")
         cursor = f"{start}-0"
@@ -784,7 +791,11 @@ class RedisStream:
                 offset = int(entry_id.split(b"-")[0])
                 try:
                     record = decode_records(fields[b"r"])[0]
+                    stored = float(fields.get(b"t", b"0"))
                 except (KeyError, ValueError, UnicodeDecodeError):
+                    continue
+                if since and stored < since:
+                    out.clear()  # too old to recover: only what follows counts
                     continue
                 out.append((offset, record))
             start = out[-1][0] + 1 if out else end + 1
