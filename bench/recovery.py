@@ -1,20 +1,20 @@
 """What recovery costs: fan-out CPU, Redis throughput, history memory.
 
     python bench/recovery.py fanout [--n 1000 --rounds 300 --repeats 3]
-    python bench/recovery.py redis  [--publications 20000]
+    python bench/recovery.py redis  [--publications 100000]  (bench/streams.py throughput)
     python bench/recovery.py memory [--history-size 10000 --size 1024]
 
 ``fanout``: server CPU per delivered message of one 64-byte multicast to N
 clients, for three servers measured in the same run, interleaved: recovery
 off with plain clients (the reference), recovery on with plain clients, and
-recovery on with simplew.v1 clients (who get the ``pub`` JSON message). The
+recovery on with simplew.v2 clients (who get the ``pub`` JSON message). The
 server is pinned to CPU 0, the clients (raw sockets, epoll, two processes) to
 CPU 1. CPU is read from ``/proc/PID/task/*/schedstat``.
 
-``redis``: publications per second through one Redis with ``--workers 2``,
-recovery's stream (offsets from a Lua script) against the plain pub/sub
-backplane, each measured by a client on each worker receiving every
-publication (bursts of 100 multicasts, alternately from each worker).
+``redis``: publications per second through one Redis with two server processes
+(as ``--workers 2`` makes), each with a simplew.v2 client in the room: the
+streams per room against the plain pub/sub backplane, and redis-benchmark's
+XADD and PUBLISH on the same instance (``bench/streams.py throughput``).
 
 ``memory``: server RSS growth when the history fills (``history_size``
 publications of ``--size`` bytes).
@@ -84,7 +84,7 @@ def start_server(recovery: bool, history_size: int = 10000) -> tuple[subprocess.
 # -- clients: raw sockets counting frames ----------------------------------------
 
 
-def fanout_case(recovery: bool, v1: bool, n: int, rounds: int) -> float:
+def fanout_case(recovery: bool, v2: bool, n: int, rounds: int) -> float:
     """Server CPU µs per delivered message."""
     proc, port = start_server(recovery)
     ctx = multiprocessing.get_context("fork")
@@ -93,13 +93,13 @@ def fanout_case(recovery: bool, v1: bool, n: int, rounds: int) -> float:
     procs = []
     try:
         for i in range(2):
-            p = ctx.Process(target=_client_main, args=(port, n // 2, v1, counters[i], ready))
+            p = ctx.Process(target=_client_main, args=(port, n // 2, v2, counters[i], ready))
             p.start()
             procs.append(p)
         deadline = time.monotonic() + 60
         while ready.value < n and time.monotonic() < deadline:
             time.sleep(0.05)
-        if v1:
+        if v2:
             expected = n  # the welcome of each client
             while sum(c.value for c in counters) < expected:
                 time.sleep(0.01)
@@ -125,12 +125,12 @@ def fanout_case(recovery: bool, v1: bool, n: int, rounds: int) -> float:
         proc.wait()
 
 
-def _client_main(port, count, v1, counter, ready) -> None:
+def _client_main(port, count, v2, counter, ready) -> None:
     """A client process: ``count`` sockets; ``counter`` = frames received so far."""
     if sys.platform == "linux":
         os.sched_setaffinity(0, {1 % os.cpu_count()})
     socks = {}
-    extra = "Sec-WebSocket-Protocol: simplew.v1\r\n" if v1 else ""
+    extra = "Sec-WebSocket-Protocol: simplew.v2\r\n" if v2 else ""
     for _ in range(count):
         s = socket.create_connection(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
@@ -198,12 +198,12 @@ def fanout(args: argparse.Namespace) -> dict:
     cases = {
         "off, plain clients": (False, False),
         "on, plain clients": (True, False),
-        "on, simplew.v1 clients": (True, True),
+        "on, simplew.v2 clients": (True, True),
     }
     figures: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
-        for name, (recovery, v1) in cases.items():
-            figures[name].append(fanout_case(recovery, v1, args.n, args.rounds))
+        for name, (recovery, v2) in cases.items():
+            figures[name].append(fanout_case(recovery, v2, args.n, args.rounds))
     base = statistics.median(figures["off, plain clients"])
     return {
         name: {
@@ -218,86 +218,12 @@ def fanout(args: argparse.Namespace) -> dict:
 # -- Redis ----------------------------------------------------------------------------
 
 
-def redis_case(recovery: bool, publications: int) -> dict:
-    from websockets.sync.client import connect
-
-    from multiproc import RedisServer, ServerProcess
-
-    redis = RedisServer().start()
-    args = ["--recovery"] if recovery else []
-    app = "tests.apps.feed:server" if recovery else "tests.apps.relay:server"
-    server = ServerProcess(*args, app=app, redis_url=redis.url, workers=2).wait_ready()
-    try:
-        pids, clients = set(), []
-        deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:  # one client on each worker
-            ws = connect(
-                server.url,
-                subprotocols=["simplew.v1"] if recovery else None,
-                legacy=True,
-                compression=None,
-                max_size=None,
-                proxy=None,
-            )
-            pid = _pid_of(ws, recovery)
-            if pid in pids:
-                ws.close()
-                continue
-            pids.add(pid)
-            clients.append(ws)
-        time.sleep(1.5)  # both workers caught up with the stream
-        start = time.monotonic()
-        burst = 100
-        for i in range(publications // burst):
-            _burst(clients[i % 2], recovery, burst)
-        counts = []
-        for ws in clients:
-            got = 0
-            while got < publications:
-                message = ws.recv(timeout=30)
-                if recovery:
-                    if json.loads(message)["type"] == "pub":
-                        got += 1
-                elif message[:1].isdigit():  # the relay burst: "<i>:xxx"
-                    got += 1
-            counts.append(got)
-        elapsed = time.monotonic() - start
-        for ws in clients:
-            ws.close()
-        return {
-            "publications": publications,
-            "seconds": round(elapsed, 2),
-            "per_second": round(publications / elapsed),
-        }
-    finally:
-        server.cleanup()
-        redis.stop()
-
-
-def _pid_of(ws, recovery: bool) -> int:
-    if recovery:
-        json.loads(ws.recv(timeout=10))  # welcome
-        ws.send(json.dumps({"url": "/ws/feed/pid"}))
-        while True:
-            message = json.loads(ws.recv(timeout=10))
-            if message["type"] == "msg":
-                return json.loads(message["text"])["pid"]
-    ws.send("pid")
-    return int(ws.recv(timeout=10).split()[1])
-
-
-def _burst(ws, recovery: bool, count: int) -> None:
-    if recovery:
-        ws.send(json.dumps({"url": "/ws/feed/burst", "body": count}))
-    else:
-        ws.send(f"burst {count} 64")
-
-
 def redis(args: argparse.Namespace) -> dict:
-    return {
-        "recovery stream (Lua, Redis Stream)": redis_case(True, args.publications),
-        "pub/sub backplane (no recovery)": redis_case(False, args.publications),
-    }
+    import streams
+
+    args.burst = args.burst or 100
+    args.window = 20_000
+    return streams.throughput(args)
 
 
 # -- memory -----------------------------------------------------------------------------
@@ -331,18 +257,45 @@ def memory(args: argparse.Namespace) -> dict:
         proc.wait()
 
 
+def markdown(part: str, result: dict) -> str:
+    from v2raw import table
+
+    if part == "redis":
+        import streams
+
+        return streams.throughput_table(result)
+    if part == "fanout":
+        return table(
+            ["recovery, clients", "µs CPU per delivery", "runs", "vs recovery off"],
+            [
+                [
+                    name,
+                    f"{r['us_per_delivery']:.2f}",
+                    " ".join(f"{v:.2f}" for v in r["runs"]),
+                    f"{r['ratio_vs_off']:.2f}×",
+                ]
+                for name, r in result.items()
+            ],
+        )
+    return table(list(result), [list(result.values())])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["fanout", "redis", "memory"])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--publications", type=int, default=20000)
+    parser.add_argument("--publications", type=int, default=100_000)
+    parser.add_argument("--burst", type=int, default=None, help="redis: multicasts per request")
+    parser.add_argument("--bench-n", type=int, default=1_000_000, help="redis: redis-benchmark -n")
     parser.add_argument("--history-size", type=int, default=10000)
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args()
     result = {"fanout": fanout, "redis": redis, "memory": memory}[args.part](args)
     print(json.dumps(result, indent=2))
+    print()
+    print(markdown(args.part, result))
     return 0
 
 
