@@ -38,8 +38,8 @@ needs_redis = pytest.mark.skipif(
 ROOMS = ["a", "b", "c"]
 
 
-@route("/rooms")
-class Rooms(Controller):
+@route("/replicated")
+class ReplicatedRooms(Controller):
     @route("WEBSOCKET", "/join")
     def join(self, message: Any) -> Any:
         return {"joined": self.session.join(message.body)}
@@ -70,7 +70,7 @@ def test_no_acknowledged_publication_is_lost_in_a_failover(tmp_path: Path) -> No
             client = V2Client()
             client.connect(f"ws://127.0.0.1:{server.port}/ws")
             for room in ROOMS:
-                assert client.request("/ws/rooms/join", room) == {"joined": True}
+                assert client.request("/ws/replicated/join", room) == {"joined": True}
             wait_until(
                 lambda: (client.collect(0.05) or True) and all(r in client.streams for r in ROOMS),
                 TIMEOUT,
