@@ -83,6 +83,7 @@ MAX_PENDING = 100_000  # publications waiting for one shard; past it they are re
 SYNC_INTERVAL = 1.0  # seconds between two writes of session and presence changes
 PRESENCE_TTL = 10.0  # a presence entry not refreshed for this long is gone
 FETCH_CHUNK = 1000  # Stream entries per XRANGE
+LOAD_CONCURRENCY = 16  # streams whose tails are read at once (a resume in many rooms)
 LINGER = 5.0  # seconds a room stays followed after its last local session left
 SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command
 RETRY_AFTER = 1  # seconds, the Retry-After of an Unavailable
@@ -708,16 +709,35 @@ class RedisStream:
                     new_epoch(),
                 )
             metas = await pipe.execute()
-        for item, (epoch_raw, top_raw) in zip(followed, metas):
-            if self.rooms.get(item.room) is not item:
-                continue  # given up meanwhile
-            await self._continue(client, item, epoch_raw.decode(), int(top_raw), streams)
+        limit = asyncio.Semaphore(LOAD_CONCURRENCY)
+
+        async def load_one(item: Followed, epoch: str, top: int) -> None:
+            async with limit:
+                if self.rooms.get(item.room) is not item:
+                    return  # given up meanwhile
+                await self._continue(client, item, epoch, top, streams)
             buffered, item.buffer = item.buffer, None
             item.ready = True
             for data in buffered or ():
                 if not self.apply(item, data):
                     log.debug("Redis stream: a publication of a stale epoch dropped")
             self._ready(item)
+
+        if len(followed) == 1:
+            epoch_raw, top_raw = metas[0]
+            await load_one(followed[0], epoch_raw.decode(), int(top_raw))
+            return
+        # many rooms (a resume, a reconnection): their tails are read a few at a time
+        outcomes = await asyncio.gather(
+            *(
+                load_one(item, epoch_raw.decode(), int(top_raw))
+                for item, (epoch_raw, top_raw) in zip(followed, metas)
+            ),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _continue(
         self, client: Any, item: Followed, epoch: str, top: int, streams: Any
