@@ -443,12 +443,18 @@ def _publisher(server: SimpleWServer, token: str | None) -> Any:
 
     With a ``token``, a POST without ``Authorization: Bearer <token>`` gets 401 and
     publishes nothing; the token is compared in constant time.
+
+    The answer comes once the publication is stored (``server.publish``): with
+    recovery, ``{"published": bytes, "room": ..., "epoch": ..., "offset": ...}``, its
+    position; without, ``{"published": bytes, "room": ...}``. When Redis cannot store
+    it now (its shard is down): 503 with ``Retry-After``, and nothing is published.
     """
     from simplew.rest import HttpError, Response
+    from simplew.stream import Unavailable
 
     expected = token.encode("utf-8") if token else None
 
-    def publish(request: Any) -> Any:
+    async def publish(request: Any) -> Any:
         if expected is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -466,15 +472,28 @@ def _publisher(server: SimpleWServer, token: str | None) -> Any:
                     {"WWW-Authenticate": challenge},
                 )
         room = request.query.get("room") or None
+        data: str | bytes
         if request.headers.get("content-type", "").startswith("application/octet-stream"):
-            server.multicast_binary(request.body, room=room)
+            data = bytes(request.body)
         else:
             try:
-                text = request.body.decode("utf-8")
+                data = request.body.decode("utf-8")
             except UnicodeDecodeError:
                 raise HttpError(400, "a text message must be UTF-8") from None
-            server.multicast_text(text, room=room)
-        return {"published": len(request.body), "room": room}
+        try:
+            position = await server.publish(data, room=room)
+        except Unavailable as exc:
+            return Response(
+                503,
+                {"error": "unavailable", "message": str(exc)},
+                {"Retry-After": str(exc.retry_after)},
+            )
+        except ValueError as exc:  # a room name the server refuses
+            raise HttpError(400, str(exc)) from None
+        answer: dict[str, Any] = {"published": len(request.body), "room": room}
+        if position is not None:
+            answer.update(epoch=position.epoch, offset=position.offset)
+        return answer
 
     return publish
 

@@ -329,6 +329,11 @@ class ClusterSubscriber(Subscriber):
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster.pubsub())
         self._cluster = cluster
+        # ssubscribe adds a node's PubSub to the mapping before its connection is
+        # made; a read of it meanwhile connects the same connection a second time,
+        # and the SSUBSCRIBE (its confirmation, its messages) is lost with the
+        # socket it went on. Reads and (un)subscriptions therefore take turns.
+        self._turn = asyncio.Lock()
 
     async def subscribe(self, *channels: str) -> None:
         """``SSUBSCRIBE`` each channel on the node of its slot. The slot map is the
@@ -338,20 +343,22 @@ class ClusterSubscriber(Subscriber):
 
         if not channels:
             return
-        try:
-            await self._pubsub.ssubscribe(*channels)
-        except (ConnectionError, TimeoutError, OSError):
-            await self._cluster.nodes_manager.initialize()
-            mapping = self._pubsub.node_pubsub_mapping
-            for name, pubsub in list(mapping.items()):
-                if pubsub.connection is None and not pubsub.subscribed:
-                    del mapping[name]  # never connected: the dead node's
-            await self._pubsub.ssubscribe(*channels)
+        async with self._turn:
+            try:
+                await self._pubsub.ssubscribe(*channels)
+            except (ConnectionError, TimeoutError, OSError):
+                await self._cluster.nodes_manager.initialize()
+                mapping = self._pubsub.node_pubsub_mapping
+                for name, pubsub in list(mapping.items()):
+                    if pubsub.connection is None and not pubsub.subscribed:
+                        del mapping[name]  # never connected: the dead node's
+                await self._pubsub.ssubscribe(*channels)
         self.channels.update(channels)
 
     async def unsubscribe(self, *channels: str) -> None:
         if channels:
-            await self._pubsub.sunsubscribe(*channels)
+            async with self._turn:
+                await self._pubsub.sunsubscribe(*channels)
             self.channels.difference_update(channels)
 
     async def get_message(
@@ -364,10 +371,11 @@ class ClusterSubscriber(Subscriber):
             if nodes == 0:
                 await asyncio.sleep(min(remaining, POLL_SLICE))
             else:
-                wait = remaining if nodes == 1 else min(remaining, POLL_SLICE) / nodes
-                message = await self._pubsub.get_sharded_message(
-                    ignore_subscribe_messages=not confirmations, timeout=wait
-                )
+                wait = min(remaining, POLL_SLICE) / nodes  # short: a subscribe waits its turn
+                async with self._turn:
+                    message = await self._pubsub.get_sharded_message(
+                        ignore_subscribe_messages=not confirmations, timeout=wait
+                    )
                 if message is not None:
                     out = _typed(message)
                     if out is not None:
