@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from loadgen import cpu_ns
     from multiproc import RedisServer, ServerProcess, wait_until
-    from v1client import HttpPublisher
+    from v2client import HttpPublisher
 
     tmp = tempfile.mkdtemp(prefix="simplew-storm-")
     redis = RedisServer().start()

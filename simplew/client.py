@@ -1,29 +1,40 @@
-"""``Client``: an asyncio client of the ``simplew.v1`` protocol that reconnects by
-itself and resumes its multicast stream where it left off.
+"""``Client``: an asyncio client of the ``simplew.v2`` protocol that reconnects by
+itself and resumes each of its streams (the broadcast stream and one per room)
+where it left off.
 
 ::
 
-    client = Client("ws://localhost:2015/websocket", on_pub=lambda pub: print(pub.offset, pub.data))
+    client = Client("ws://localhost:2015/websocket", on_pub=lambda pub: print(pub.room, pub.offset, pub.data))
     await client.connect()              # returns after the server's first welcome
     client.send("/websocket/chat/join", {"room": "red"})
     ...
     await client.close()
 
-What callers may rely on:
+What callers may rely on (docs/protocol.md, section 5, is the contract):
 
-- Every multicast (``pub``) reaches the client at most once and in increasing
-  ``offset`` order: a pub whose offset is not above the last one seen is
-  dropped (counted in ``duplicates``).
+- The client holds a position ``(epoch, offset)`` per stream it is in:
+  ``None`` for the broadcast stream (multicasts to every client), the room's
+  name for a room (:attr:`Client.positions`). A welcome, a ``join`` and a
+  ``reset`` set a stream's position, a ``leave`` forgets it, and each ``pub``
+  moves it on. Every pub reaches the client at most once and, per stream, in
+  increasing ``offset`` order: a pub of a stream the client does not hold, of
+  another epoch, or whose offset is not above the one held is dropped
+  (counted in ``duplicates``).
 - After a lost connection (anything but :meth:`Client.close`) the client
   reconnects after ``uniform(0, min(backoff_max, backoff_min * 2**attempt))``
   seconds ("full jitter"; ``attempt`` counts the attempts since the last
   connection that stayed up ``STABLE_AFTER``, 1 s, past its welcome: a server
-  that welcomes and closes at once sees the waits double) and asks for the
-  pubs it missed with ``?session=&epoch=&offset=``.
-  The server answers with a welcome: ``recovered`` true (event ``recovered``;
-  the ``missed`` pubs follow, then live ones) or false (event ``reset``: the
-  missed pubs are lost and the session, its rooms and the offsets are new; the
-  application must reload its state).
+  that welcomes and closes at once sees the waits double), with ``resume=1``
+  in the URL and, as its first message, ``{"type":"resume","session":...,
+  "streams":[[room, epoch, offset], ...]}`` (the session id is never in the
+  URL). The server answers with a welcome: ``recovered`` true (event
+  ``recovered``; then a ``room_reset`` event for each stream the server could
+  not continue, whose state the application reloads; the ``missed`` pubs
+  follow, then live ones) or false (event ``reset``: the missed pubs are lost
+  and the session, its rooms and the positions are new; the application must
+  reload its state). Rooms in the welcome's ``left`` are no longer held.
+- ``join``, ``leave`` and ``reset`` messages of the server are the events
+  ``join``, ``leave`` and ``room_reset``; the connection stays open.
 - Direct messages (``msg``) are never recovered. :meth:`Client.send` while
   disconnected raises :class:`NotConnected`: nothing is queued, the caller
   decides whether to retry after the next ``open``.
@@ -34,17 +45,23 @@ What callers may rely on:
   ``max_pending`` plus one socket read (the TCP receive buffer: 6 MiB at
   most with Linux's defaults). A server that sees the client lag then drops
   it (``max_write_buffer``), and the reconnection recovers what it missed.
-- Every server message is checked against ``simplew.v1`` (protocol.md,
-  section 5.3): a JSON object (nesting too deep for the parser is a
-  violation, not an exception) with a string ``type``; a welcome's
-  ``session`` of 16 to 64 and ``epoch`` of 1 to 64 characters of
-  ``A-Z a-z 0-9 _ -``, ``offset`` and ``missed`` integers (not booleans) from
-  0 to 10**18 - 1, ``recovered`` a boolean (true only for the session, epoch
-  and offset asked for; ``missed`` 0 otherwise); a pub's ``offset`` from 1,
-  ``room`` null or a string; exactly one of ``text`` (a string without lone
-  surrogates) and ``binary`` (standard base64 with padding); a first message
-  that is a welcome, no second one, no BINARY frame. Unknown types and fields
-  are ignored. A violation is a :class:`ProtocolError`: the client closes the
+- Every server message is checked against ``simplew.v2`` (protocol.md,
+  section 5.5): a JSON object (nesting too deep for the parser is a
+  violation, not an exception) with a string ``type``; a ``session`` of 16 to
+  64 and every ``epoch`` of 1 to 64 characters of ``A-Z a-z 0-9 _ -``;
+  offsets and ``missed`` integers (not booleans) from 0 to 10**18 - 1 (a
+  pub's offset from 1); booleans are booleans; a ``room`` a string of 1 to
+  255 UTF-8 bytes, or null where the broadcast stream is meant (``pub``,
+  ``reset``, a ``streams`` entry); a welcome's ``streams`` entries arrays of
+  exactly ``[room, epoch, offset, recovered, missed]``, the first the
+  broadcast stream's, no stream twice, a recovered entry only for a stream
+  the client sent and with its epoch and offset, an entry that is not
+  recovered with ``missed`` 0, the welcome's ``missed`` the sum of the
+  entries', ``recovered`` false (and ``missed`` 0) when the client did not
+  resume; exactly one of ``text`` (a string without lone surrogates) and
+  ``binary`` (standard base64 with padding); a first message that is a
+  welcome, no second one, no BINARY frame. Unknown types and fields are
+  ignored. A violation is a :class:`ProtocolError`: the client closes the
   connection with 1002 and logs a WARNING; before the welcome,
   :meth:`Client.connect` raises it (a reconnection attempt just fails and is
   retried with backoff); after it, the ``Closed`` event has code 1002 and the
@@ -53,7 +70,7 @@ What callers may rely on:
   handled the same way with 1009.
 
 The first :meth:`Client.connect` makes one attempt and raises if it fails
-(wrong URL, server down, not a ``simplew.v1`` server, a protocol violation);
+(wrong URL, server down, not a ``simplew.v2`` server, a protocol violation);
 reconnections after that are automatic. Callbacks run on the event loop, in the order the frames
 arrive; a callback returning a coroutine has it scheduled as a task. The
 client is not thread-safe: call it from its loop.
@@ -64,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import dataclasses
 import inspect
 import json
 import logging
@@ -79,17 +97,21 @@ from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
 
 log = logging.getLogger("simplew.client")
 
-PROTOCOL = "simplew.v1"
-RESUME_PARAMS = ("session", "epoch", "offset")
-# What a welcome and a pub may hold: the limits simplew/recovery.py puts on the
-# resume parameters the client sends back (protocol.md, section 5.2).
+PROTOCOL = "simplew.v2"
+RESUME_PARAM = "resume"  # ?resume=1: the first message is a resume message
+# What a welcome and a pub may hold: the forms the server accepts back in a
+# resume message (protocol.md, sections 5.2, 5.3 and 5.5).
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
 EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 OFFSET_LIMIT = 10**18  # offsets and missed: 0 <= n < OFFSET_LIMIT (at most 18 digits)
+MAX_ROOM_BYTES = 255  # a room name: 1 to 255 bytes of UTF-8
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")  # and a length that is a multiple of 4
 # Seconds a connection must stay up past its welcome for the reconnection
 # backoff to start again from its first attempt (as workers.MIN_UPTIME).
 STABLE_AFTER = 1.0
+
+Room = str | None  # a stream's name: a room, or None for the broadcast stream
+Position = tuple[str, int]  # (epoch, offset)
 
 
 class NotConnected(ConnectionError):
@@ -98,17 +120,32 @@ class NotConnected(ConnectionError):
 
 
 class ProtocolError(ConnectionError):
-    """The server did not speak ``simplew.v1``: no subprotocol, or a message that
+    """The server did not speak ``simplew.v2``: no subprotocol, or a message that
     breaks the protocol (not a JSON object, JSON nested too deeply, a field of the
     wrong type or out of range, a BINARY frame, a first message that is not a
     valid welcome)."""
 
 
 @dataclass(frozen=True)
+class StreamPosition:
+    """One entry of a welcome's ``streams``: the stream of ``room`` (None for the
+    broadcast stream) resumes after ``(epoch, offset)``. ``recovered``: the
+    client's position was continued and ``missed`` pubs of the stream follow;
+    False: what the client had of it is lost (reload that room's state)."""
+
+    room: str | None
+    epoch: str
+    offset: int
+    recovered: bool
+    missed: int
+
+
+@dataclass(frozen=True)
 class Welcome:
     """A connection's welcome, given to ``open`` and then to ``recovered`` or ``reset``.
 
-    ``offset`` is where the stream resumes: the pubs after it follow.
+    ``epoch`` and ``offset`` are the broadcast stream's position (its pubs after
+    it follow); ``streams`` holds every stream's, the broadcast one first.
     ``missed`` pubs follow at once when ``recovered``.
     """
 
@@ -119,17 +156,52 @@ class Welcome:
     recovered: bool
     missed: int
     left: tuple[str, ...] = ()  # rooms the resumed session did not get back
+    streams: tuple[StreamPosition, ...] = ()
 
 
 @dataclass(frozen=True)
 class Pub:
-    """A multicast: ``data`` is ``str`` (TEXT) or ``bytes`` (binary); ``room`` None
-    for a multicast to every client."""
+    """A publication: ``data`` is ``str`` (TEXT) or ``bytes`` (binary); ``room``
+    None for a multicast to every client (the broadcast stream); ``(epoch,
+    offset)`` its position in its stream."""
 
-    offset: int
     room: str | None
+    offset: int
     data: str | bytes
+    epoch: str
     type: str = "pub"
+
+
+@dataclass(frozen=True)
+class Join:
+    """The session is now in ``room``: its pubs after ``(epoch, offset)`` follow."""
+
+    room: str
+    epoch: str
+    offset: int
+    type: str = "join"
+
+
+@dataclass(frozen=True)
+class Leave:
+    """The session is no longer in ``room``: no pub of it follows."""
+
+    room: str
+    type: str = "leave"
+
+
+@dataclass(frozen=True)
+class RoomReset:
+    """The stream of ``room`` (None: the broadcast stream) could not be continued:
+    what the client had of it is lost, the application reloads that room's state,
+    and the pubs after ``(epoch, offset)`` follow. Sent by the server (a ``reset``
+    message), and emitted after a ``recovered`` welcome for each stream it did not
+    recover."""
+
+    room: str | None
+    epoch: str
+    offset: int
+    type: str = "room_reset"
 
 
 @dataclass(frozen=True)
@@ -151,7 +223,7 @@ class Closed:
     type: str = "close"
 
 
-Event = Welcome | Pub | Msg | Closed
+Event = Welcome | Pub | Join | Leave | RoomReset | Msg | Closed
 Callback = Callable[[Any], Any]
 
 
@@ -191,12 +263,52 @@ def _string(value: Any, name: str) -> str:
     return value
 
 
-def _integer(message: dict[str, Any], name: str, low: int) -> int:
-    """The field ``name``: an integer (not a bool) from ``low`` to OFFSET_LIMIT - 1."""
-    value = message.get(name)
+def _room(value: Any, name: str = "room") -> str:
+    """A room name: a string of 1 to 255 bytes of UTF-8."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{name} is not a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{name} holds a lone surrogate") from None
+    if not 1 <= size <= MAX_ROOM_BYTES:
+        raise ProtocolError(f"{name} is not 1 to {MAX_ROOM_BYTES} bytes of UTF-8")
+    return value
+
+
+def _stream(value: Any, name: str = "room") -> str | None:
+    """A stream's name: a room name, or None for the broadcast stream."""
+    return None if value is None else _room(value, name)
+
+
+def _epoch(value: Any, name: str = "epoch") -> str:
+    if not isinstance(value, str) or not EPOCH.match(value):
+        raise ProtocolError(f"{name} is not 1 to 64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+def _number(value: Any, name: str, low: int) -> int:
+    """``value`` if it is an integer (not a bool) from ``low`` to OFFSET_LIMIT - 1."""
     if type(value) is not int or not low <= value < OFFSET_LIMIT:
         raise ProtocolError(f"{name} is not an integer from {low} to 10**18 - 1")
     return value
+
+
+def _integer(message: dict[str, Any], name: str, low: int) -> int:
+    """The field ``name``: an integer (not a bool) from ``low`` to OFFSET_LIMIT - 1."""
+    return _number(message.get(name), name, low)
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{name} is not a boolean")
+    return value
+
+
+def _field(message: dict[str, Any], name: str) -> Any:
+    if name not in message:
+        raise ProtocolError(f"{message['type'][:20]} has no {name}")
+    return message[name]
 
 
 def _decode(message: dict[str, Any]) -> str | bytes:
@@ -212,11 +324,49 @@ def _decode(message: dict[str, Any]) -> str | bytes:
     return base64.b64decode(binary)
 
 
+def _streams(value: Any, resumed: dict[Room, Position] | None) -> tuple[StreamPosition, ...]:
+    """A welcome's ``streams``, checked against the positions the client sent
+    (``resumed``; None when it did not resume)."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("streams is not a non-empty array")
+    entries: list[StreamPosition] = []
+    seen: set[Room] = set()
+    for index, entry in enumerate(value):
+        if not isinstance(entry, list) or len(entry) != 5:
+            raise ProtocolError("a streams entry is not [room, epoch, offset, recovered, missed]")
+        room = _stream(entry[0], "a streams entry's room")
+        if (room is None) != (index == 0):
+            raise ProtocolError("the first streams entry, and only it, is the broadcast stream")
+        if room in seen:
+            raise ProtocolError("a stream twice in streams")
+        seen.add(room)
+        epoch = _epoch(entry[1], "a streams entry's epoch")
+        offset = _number(entry[2], "a streams entry's offset", 0)
+        recovered = _boolean(entry[3], "a streams entry's recovered")
+        missed = _number(entry[4], "a streams entry's missed", 0)
+        if recovered:
+            if resumed is None or resumed.get(room) != (epoch, offset):
+                raise ProtocolError(
+                    "a recovered streams entry is not the position sent for that stream"
+                )
+        elif missed:
+            raise ProtocolError("a streams entry that is not recovered has missed pubs")
+        entries.append(StreamPosition(room, epoch, offset, recovered, missed))
+    return tuple(entries)
+
+
+def _utf8(room: str) -> bytes:
+    """The sort key of room names: their UTF-8 bytes (the server's order)."""
+    return room.encode("utf-8")
+
+
 class _Listener(WSListener):
     """One connection's frames, handed to its Client."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, resume: dict[Room, Position] | None) -> None:
         self.client = client
+        # the positions this connection's resume message sends (None: a fresh session)
+        self.resume = resume
         self.transport: WSTransport | None = None
         self.welcomed = False
         self.welcomed_at = 0.0  # time.monotonic() of the welcome
@@ -240,7 +390,7 @@ class _Listener(WSListener):
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
         elif kind == WSMsgType.BINARY:
-            self.client._refuse(self, ProtocolError("a BINARY frame (simplew.v1 is TEXT only)"))
+            self.client._refuse(self, ProtocolError("a BINARY frame (simplew.v2 is TEXT only)"))
 
     def _fragment(self, transport: WSTransport, frame: Any) -> None:
         if frame.msg_type == WSMsgType.TEXT:
@@ -265,11 +415,13 @@ class _Listener(WSListener):
 
 
 class Client:
-    """A ``simplew.v1`` client of the WebSocket endpoint at ``url`` (``ws://`` or ``wss://``).
+    """A ``simplew.v2`` client of the WebSocket endpoint at ``url`` (``ws://`` or ``wss://``).
 
     Callbacks (each optional, called with one event object): ``on_open(Welcome)``
     after every welcome, then ``on_recovered(Welcome)`` or ``on_reset(Welcome)``
-    when the connection asked for recovery; ``on_pub(Pub)``, ``on_msg(Msg)``,
+    when the connection asked for recovery; ``on_pub(Pub)``, ``on_join(Join)``,
+    ``on_leave(Leave)``, ``on_room_reset(RoomReset)`` (also after a recovered
+    welcome, for each stream the server did not recover), ``on_msg(Msg)``,
     ``on_close(Closed)``. ``token``: a JWT (or a function, plain or async,
     returning the current one) sent as ``Authorization: Bearer`` on every
     upgrade; when the server says the connection's token expired
@@ -288,6 +440,9 @@ class Client:
         on_open: Callback | None = None,
         on_recovered: Callback | None = None,
         on_reset: Callback | None = None,
+        on_join: Callback | None = None,
+        on_leave: Callback | None = None,
+        on_room_reset: Callback | None = None,
         on_close: Callback | None = None,
         token: str | Callable[[], str | Awaitable[str]] | None = None,
         backoff_min: float = 0.5,
@@ -309,6 +464,9 @@ class Client:
             "recovered": on_recovered,
             "reset": on_reset,
             "pub": on_pub,
+            "join": on_join,
+            "leave": on_leave,
+            "room_reset": on_room_reset,
             "msg": on_msg,
             "close": on_close,
         }
@@ -321,16 +479,16 @@ class Client:
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self.ssl_context = ssl_context
-        # resume state: what the last welcome and pubs said
+        # resume state: the session and each stream's position (the last welcome,
+        # join, reset and pub of that stream)
         self.session: str | None = None
-        self.epoch: str | None = None
-        self.offset: int | None = None
+        self._positions: dict[Room, Position] = {}
         # counters
-        self.duplicates = 0  # pubs dropped: offset not above the last one
+        self.duplicates = 0  # pubs dropped: not above the position held, or not held
         self.reconnects = 0  # welcomes after the first
-        self.resets = 0
+        self.resets = 0  # welcomes that did not resume the session asked for
+        self.room_resets = 0  # streams reset: reset messages, streams not recovered
         self._listener: _Listener | None = None
-        self._asked_recovery = False
         self._welcome_waiter: asyncio.Future[Welcome] | None = None
         self._gone: asyncio.Future[None] | None = None  # the current connection ended
         self._wakeup: asyncio.Event | None = None  # close() during a backoff sleep
@@ -353,6 +511,25 @@ class Client:
         return listener is not None and listener.welcomed and not self._closing
 
     @property
+    def positions(self) -> dict[str | None, tuple[str, int]]:
+        """A copy of the streams held: room (None for the broadcast stream) ->
+        ``(epoch, offset)`` of the last pub received (or the position given by the
+        welcome, a join or a reset). What a reconnection resumes from."""
+        return dict(self._positions)
+
+    @property
+    def epoch(self) -> str | None:
+        """The broadcast stream's epoch (None before the first welcome)."""
+        position = self._positions.get(None)
+        return position[0] if position is not None else None
+
+    @property
+    def offset(self) -> int | None:
+        """The broadcast stream's offset (None before the first welcome)."""
+        position = self._positions.get(None)
+        return position[1] if position is not None else None
+
+    @property
     def pending(self) -> int:
         """Events waiting in the :meth:`events` iterator (0 without one)."""
         return len(self._queue) if self._queue is not None else 0
@@ -362,19 +539,25 @@ class Client:
         """The current picows transport (diagnostics), or None."""
         return self._listener.transport if self._listener is not None else None
 
-    def _resume_url(self) -> str:
-        """``url`` with ``session``, ``epoch``, ``offset`` set when there is state to resume."""
+    def _resume_url(self, resume: bool) -> str:
+        """``url`` with ``resume=1`` when the connection resumes (other query
+        parameters are left as they are)."""
         parts = urlsplit(self.url)
-        query = [
-            (k, v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if k not in RESUME_PARAMS
-        ]
-        session, epoch, offset = self.session, self.epoch, self.offset  # a welcome sets all three
-        self._asked_recovery = session is not None and epoch is not None and offset is not None
-        if session is not None and epoch is not None and offset is not None:
-            query += [("session", session), ("epoch", epoch), ("offset", str(offset))]
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if not resume and all(k != RESUME_PARAM for k, _ in pairs):
+            return self.url
+        query = [(k, v) for k, v in pairs if k != RESUME_PARAM]
+        if resume:
+            query.append((RESUME_PARAM, "1"))
         return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def _resume_message(self, positions: dict[Room, Position]) -> bytes:
+        """The first message of a resuming connection: the session and a position
+        per stream held (the broadcast stream first, then the rooms)."""
+        rooms = sorted((room for room in positions if room is not None), key=_utf8)
+        streams = [[room, *positions[room]] for room in [None, *rooms] if room in positions]
+        message = {"type": "resume", "session": self.session, "streams": streams}
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     # -- public API ---------------------------------------------------------
 
@@ -486,9 +669,11 @@ class Client:
         token = await self._token()
         if token:
             headers.append(("Authorization", f"Bearer {token}"))
+        # a welcome sets the session and the broadcast stream's position together
+        resume = dict(self._positions) if self.session is not None else None
         transport, _ = await ws_connect(
-            lambda: _Listener(self),
-            self._resume_url(),
+            lambda: _Listener(self, resume),
+            self._resume_url(resume is not None),
             extra_headers=headers,
             ssl_context=self.ssl_context,
             websocket_handshake_timeout=self.open_timeout,
@@ -549,6 +734,8 @@ class Client:
             transport.disconnect(False)
             return
         self._listener = listener
+        if listener.resume is not None:
+            transport.send(WSMsgType.TEXT, self._resume_message(listener.resume))
         if self._reading_paused:
             transport.underlying_transport.pause_reading()
 
@@ -597,6 +784,12 @@ class Client:
                 self._welcome(listener, message)
             elif kind == "pub":
                 self._pub(message)
+            elif kind == "join":
+                self._join(message)
+            elif kind == "leave":
+                self._leave(message)
+            elif kind == "reset":
+                self._reset(message)
             elif kind == "msg":
                 self._emit(Msg(_decode(message)))
             elif kind == "welcome":
@@ -659,62 +852,83 @@ class Client:
         return token if isinstance(token, str) else None
 
     def _pub(self, message: dict[str, Any]) -> None:
+        room = _stream(_field(message, "room"))
+        epoch = _epoch(message.get("epoch"))
         offset = _integer(message, "offset", 1)
-        if "room" not in message:
-            raise ProtocolError("pub has no room")
-        room = message["room"]
-        if room is not None:
-            room = _string(room, "room")
         data = _decode(message)
-        if self.offset is not None and offset <= self.offset:
-            self.duplicates += 1
+        held = self._positions.get(room)
+        if held is None or held[0] != epoch or offset <= held[1]:
+            self.duplicates += 1  # not held, another epoch, or already seen
             return
-        self.offset = offset
-        self._emit(Pub(offset, room, data))
+        self._positions[room] = (epoch, offset)
+        self._emit(Pub(room, offset, data, epoch))
+
+    def _join(self, message: dict[str, Any]) -> None:
+        room = _room(_field(message, "room"))
+        epoch = _epoch(message.get("epoch"))
+        offset = _integer(message, "offset", 0)
+        self._positions[room] = (epoch, offset)
+        self._emit(Join(room, epoch, offset))
+
+    def _leave(self, message: dict[str, Any]) -> None:
+        room = _room(_field(message, "room"))
+        self._positions.pop(room, None)
+        self._emit(Leave(room))
+
+    def _reset(self, message: dict[str, Any]) -> None:
+        room = _stream(_field(message, "room"))
+        epoch = _epoch(message.get("epoch"))
+        offset = _integer(message, "offset", 0)
+        if room not in self._positions:
+            return  # a stream the client does not hold: nothing to reset
+        self._positions[room] = (epoch, offset)
+        self.room_resets += 1
+        self._emit(RoomReset(room, epoch, offset))
 
     def _welcome(self, listener: _Listener, message: dict[str, Any]) -> None:
-        session, epoch = message.get("session"), message.get("epoch")
+        session = message.get("session")
         if not isinstance(session, str) or not SESSION_ID.match(session):
             raise ProtocolError("session is not 16 to 64 characters of A-Z a-z 0-9 _ -")
-        if not isinstance(epoch, str) or not EPOCH.match(epoch):
-            raise ProtocolError("epoch is not 1 to 64 characters of A-Z a-z 0-9 _ -")
-        offset = _integer(message, "offset", 0)
-        recovered = message.get("recovered")
-        if not isinstance(recovered, bool):
-            raise ProtocolError("recovered is not a boolean")
+        recovered = _boolean(message.get("recovered"), "recovered")
         missed = _integer(message, "missed", 0)
-        if recovered:
-            if not self._asked_recovery or (session, epoch, offset) != (
-                self.session,
-                self.epoch,
-                self.offset,
-            ):
-                raise ProtocolError("recovered a session, epoch or offset it was not asked for")
-        elif missed:
-            raise ProtocolError("missed is not 0 in a fresh session")
+        resume = listener.resume
+        if recovered and (resume is None or session != self.session):
+            raise ProtocolError("recovered a session it was not asked for")
+        streams = _streams(message.get("streams"), resume if recovered else None)
+        if missed != sum(stream.missed for stream in streams):
+            raise ProtocolError("missed is not the sum of the streams' missed")
         left: tuple[str, ...] = ()
         if "left" in message:
             rooms = message["left"]
             if not recovered or not isinstance(rooms, list):
                 raise ProtocolError("left is not a list of rooms of a recovered session")
-            left = tuple(_string(room, "left") for room in rooms)
-        self.session, self.epoch, self.offset = session, epoch, offset
+            left = tuple(_room(room, "left") for room in rooms)
+        self.session = session
+        self._positions = {stream.room: (stream.epoch, stream.offset) for stream in streams}
         listener.welcomed = True
         listener.welcomed_at = time.monotonic()
         if self._opened_once:
             self.reconnects += 1
         self._opened_once = True
-        welcome = Welcome("open", session, epoch, offset, recovered, missed, left)
+        broadcast = streams[0]
+        welcome = Welcome(
+            "open", session, broadcast.epoch, broadcast.offset, recovered, missed, left, streams
+        )
         waiter = self._welcome_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(welcome)
         self._emit(welcome)
-        if self._asked_recovery:
-            if recovered:
-                self._emit(Welcome("recovered", session, epoch, offset, True, missed, left))
-            else:
-                self.resets += 1
-                self._emit(Welcome("reset", session, epoch, offset, False, 0))
+        if resume is None:
+            return
+        if not recovered:
+            self.resets += 1
+            self._emit(dataclasses.replace(welcome, type="reset"))
+            return
+        self._emit(dataclasses.replace(welcome, type="recovered"))
+        for stream in streams:
+            if not stream.recovered:
+                self.room_resets += 1
+                self._emit(RoomReset(stream.room, stream.epoch, stream.offset))
 
     def _emit(self, event: Event) -> None:
         callback = self.callbacks[event.type]

@@ -1,9 +1,10 @@
-"""A hostile ``simplew.v1`` server for the client tests: a ``websockets`` server on
-a loopback port that selects ``simplew.v1`` and sends, on its n-th connection,
-the messages a script gives it (crafted welcomes, pubs, nested JSON...).
+"""A hostile ``simplew.v2`` server for the client tests: a ``websockets`` server on
+a loopback port that selects ``simplew.v2`` and sends, on its n-th connection,
+the messages a script gives it (crafted welcomes, pubs, joins, nested JSON...).
 
-It records each connection: its request path (the resume query), when it opened,
-when it ended and the CLOSE code and reason the client sent.
+It records each connection: its request path (``resume=1`` in the query), the
+resume message the client sent first when it resumed, when it opened, when it
+ended and the CLOSE code and reason the client sent.
 """
 
 from __future__ import annotations
@@ -23,23 +24,59 @@ EPOCH = "hostileEpoch"
 OMIT = object()  # a field value: leave the field out
 
 
+def entry(
+    room: Any = None, epoch: Any = EPOCH, offset: Any = 5, recovered: Any = False, missed: Any = 0
+) -> list[Any]:
+    """One entry of a welcome's ``streams`` (any values: the tests craft bad ones)."""
+    return [room, epoch, offset, recovered, missed]
+
+
 def welcome(**fields: Any) -> str:
-    """A valid fresh welcome (offset 5), with ``fields`` changed, added or
-    left out (``OMIT``)."""
+    """A valid fresh welcome (the broadcast stream at offset 5), with ``fields``
+    changed, added or left out (``OMIT``)."""
     message = {
         "type": "welcome",
         "session": SESSION,
-        "epoch": EPOCH,
-        "offset": 5,
         "recovered": False,
         "missed": 0,
+        "streams": [entry()],
+    }
+    return encode(message, fields)
+
+
+def recovered(*streams: list[Any], **fields: Any) -> str:
+    """A valid recovered welcome of ``streams`` (entries; by default the broadcast
+    stream recovered at offset 6), ``missed`` their sum, with ``fields`` changed."""
+    entries = list(streams) or [entry(offset=6, recovered=True)]
+    message = {
+        "type": "welcome",
+        "session": SESSION,
+        "recovered": True,
+        "missed": sum(e[4] for e in entries),
+        "streams": entries,
     }
     return encode(message, fields)
 
 
 def pub(**fields: Any) -> str:
-    """A valid text pub (offset 7), with ``fields`` changed, added or left out."""
-    return encode({"type": "pub", "offset": 7, "room": None, "text": "x"}, fields)
+    """A valid text pub of the broadcast stream (offset 7), with ``fields`` changed,
+    added or left out."""
+    message = {"type": "pub", "room": None, "epoch": EPOCH, "offset": 7, "text": "x"}
+    return encode(message, fields)
+
+
+def join(room: str = "red", **fields: Any) -> str:
+    """A valid join of ``room`` at offset 3, with ``fields`` changed."""
+    return encode({"type": "join", "room": room, "epoch": EPOCH, "offset": 3}, fields)
+
+
+def leave(room: str = "red", **fields: Any) -> str:
+    return encode({"type": "leave", "room": room}, fields)
+
+
+def reset(room: str | None = "red", **fields: Any) -> str:
+    """A valid reset of ``room`` to epoch ``newEpoch`` offset 0, with ``fields`` changed."""
+    return encode({"type": "reset", "room": room, "epoch": "newEpoch", "offset": 0}, fields)
 
 
 def encode(message: dict[str, Any], fields: dict[str, Any]) -> str:
@@ -56,6 +93,7 @@ def nested(depth: int = 100_000) -> str:
 class Connection:
     path: str
     opened: float
+    resume: Any = None  # the client's first message (parsed) when the path has resume=1
     ended: float = 0.0
     code: int | None = None  # the client's CLOSE code, None without a CLOSE
     reason: str = ""
@@ -78,8 +116,9 @@ class HostileServer:
             self._handle,
             "127.0.0.1",
             0,
-            subprotocols=["simplew.v1"],
+            subprotocols=["simplew.v2"],
             compression=None,
+            max_size=None,  # a resume message of thousands of rooms
             ping_interval=None,
             close_timeout=2,
         )
@@ -102,6 +141,8 @@ class HostileServer:
             record = Connection(path, time.monotonic())
             self.connections.append(record)
         try:
+            if "resume=1" in path:
+                record.resume = json.loads(ws.recv(timeout=5))
             messages, hold = self.script(index, path)
             for message in messages:
                 ws.send(message)

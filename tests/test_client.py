@@ -1,12 +1,15 @@
-"""The Python ``simplew.v1`` client (``simplew.client.Client``) against a real
+"""The Python ``simplew.v2`` client (``simplew.client.Client``) against a real
 server with recovery on: welcome, direct messages, pubs in order, a connection
 cut with a TCP RST during a 500 msg/s multicast and recovered without a loss or
-a duplicate, rooms kept across the reconnection, reset after the recovery
+a duplicate, rooms kept across the reconnection with the pubs missed in each, a
+session in 1,000 rooms resumed, join and leave events, reset after the recovery
 window, and ``/simplew.js`` served to browsers. Against a hostile server
 (tests/hostile.py): every malformed field, nested JSON and BINARY frame is a
 protocol error (connect() raises ProtocolError before the welcome, a close 1002
-and a reconnection after it), and the backoff restarts only after a connection
-lasted a second past its welcome.
+and a reconnection after it), a recovered welcome must continue the positions
+sent, pubs of streams not held are dropped, the resume message holds thousands
+of rooms, and the backoff restarts only after a connection lasted a second past
+its welcome.
 """
 
 from __future__ import annotations
@@ -28,10 +31,34 @@ import jwt as pyjwt
 import pytest
 
 from helpers import run
-from hostile import EPOCH, OMIT, SESSION, HostileServer, nested, pub, welcome
+from hostile import (
+    EPOCH,
+    OMIT,
+    SESSION,
+    HostileServer,
+    entry,
+    join,
+    leave,
+    nested,
+    pub,
+    recovered,
+    reset,
+    welcome,
+)
 from simplew import Controller, SimpleWServer, WebSocketMessage, recovery, require_jwt, route
 from simplew import client as client_module
-from simplew.client import Client, Event, NotConnected, ProtocolError, backoff_delay
+from simplew.client import (
+    Client,
+    Event,
+    Join,
+    Leave,
+    NotConnected,
+    ProtocolError,
+    Pub,
+    RoomReset,
+    StreamPosition,
+    backoff_delay,
+)
 
 TIMEOUT = 10.0
 RATE = 500  # multicasts per second while a connection is cut
@@ -46,8 +73,15 @@ class LiveController(Controller):
 
     @route("WEBSOCKET", "/join")
     def join(self, message: WebSocketMessage) -> str:
-        self.session.join(message.body)
-        return f"joined {message.body}"
+        rooms = message.body if isinstance(message.body, list) else [message.body]
+        for room in rooms:
+            self.session.join(room)
+        return f"joined {message.body}" if len(rooms) == 1 else f"joined {len(rooms)}"
+
+    @route("WEBSOCKET", "/leave")
+    def leave(self, message: WebSocketMessage) -> str:
+        self.session.leave(message.body)
+        return f"left {message.body}"
 
     @require_jwt
     @route("WEBSOCKET", "/me")
@@ -168,6 +202,8 @@ def test_welcome_direct_messages_and_pubs_in_order(make_server):
             welcome.epoch,
             welcome.offset,
         )
+        assert welcome.streams == (StreamPosition(None, welcome.epoch, welcome.offset, False, 0),)
+        assert client.positions == {None: (welcome.epoch, welcome.offset)}
         assert client.connected
         assert (await next_event(events, "open")) == welcome
 
@@ -184,7 +220,7 @@ def test_welcome_direct_messages_and_pubs_in_order(make_server):
         assert [p.data for p in pubs] == [f"text {n}" for n in range(20)] + [b"\x00\xffbinary"]
         offsets = [p.offset for p in pubs]
         assert offsets == sorted(set(offsets)) and offsets[0] > welcome.offset
-        assert all(p.room is None for p in pubs)
+        assert all(p.room is None and p.epoch == welcome.epoch for p in pubs)
         assert client.offset == offsets[-1]
 
         await client.close()
@@ -240,12 +276,116 @@ def test_rooms_joined_by_a_handler_are_restored_after_reconnect(make_server):
         finally:
             ticker.stop()
         await client.close()
+        assert {(s.room, s.recovered) for s in recovered.streams} == {(None, True), ("red", True)}
         for pubs in (before, missed, live):  # never "blue"
             assert {p.room for p in pubs} == {"red", None}
         pubs = before + missed + live
         assert all(p.data.endswith(f" {p.room}") for p in pubs)
-        offsets = [p.offset for p in pubs]
-        assert offsets == sorted(set(offsets))
+        for room in ("red", None):  # every offset of each stream once, in order
+            offsets = [p.offset for p in pubs if p.room == room]
+            assert offsets == list(range(offsets[0], offsets[-1] + 1))
+
+    run(main())
+
+
+def test_a_resume_gives_back_the_pubs_missed_in_each_room(make_server):
+    """Pubs of three rooms and of everyone while the client is away: the welcome
+    continues each stream from the position sent, with its own ``missed``, and the
+    missed pubs follow stream by stream (the broadcast one, then the rooms by name)."""
+    server = recovery_server(make_server)
+
+    async def main() -> None:
+        client, events, _ = await connected(server, backoff_min=1.0, jitter=False)
+        client.send("/ws/join", ["red", "blue", "green"])
+        assert (await next_event(events, "msg")).data == "joined 3"
+        assert set(client.positions) == {None, "red", "blue", "green"}
+        server.multicast_text("red before", room="red")
+        assert (await next_event(events, "pub")).data == "red before"
+        held = client.positions
+        cut_with_rst(client)
+        assert (await next_event(events, "close")).code == 1006
+        sent: dict[str | None, int] = {"red": 3, "blue": 2, "green": 0, None: 4}
+        for room, count in sent.items():
+            for n in range(count):
+                server.multicast_text(f"{room} away {n}", room=room)
+        recovered = await next_event(events, "recovered")
+        assert recovered.missed == 9
+        assert recovered.streams == tuple(
+            StreamPosition(room, *held[room], True, sent[room])
+            for room in (None, "blue", "green", "red")
+        )
+        missed = [await next_event(events, "pub") for _ in range(9)]
+        assert [p.data for p in missed] == [
+            *(f"None away {n}" for n in range(4)),
+            *(f"blue away {n}" for n in range(2)),
+            *(f"red away {n}" for n in range(3)),
+        ]
+        assert client.positions == {
+            room: (epoch, offset + sent[room]) for room, (epoch, offset) in held.items()
+        }
+        assert client.duplicates == 0 and client.room_resets == 0 and client.resets == 0
+        await client.close()
+
+    run(main())
+
+
+def test_a_session_in_1000_rooms_resumes(make_server):
+    """The resume message (not the URL) carries 1,001 positions; every stream is
+    recovered and the pubs missed in some of the rooms follow, in room order."""
+    server = recovery_server(make_server, max_rooms_per_session=2000)
+    rooms = [f"room {n}" for n in range(1000)]
+    away = rooms[::100]
+
+    async def main() -> None:
+        client, events, _ = await connected(server, backoff_min=0.5, jitter=False)
+        client.send("/ws/join", rooms)
+        assert (await next_event(events, "msg")).data == "joined 1000"
+        assert len(client.positions) == 1001
+        held = client.positions
+        cut_with_rst(client)
+        await next_event(events, "close")
+        for room in away:
+            server.multicast_text(f"away {room}", room=room)
+        recovered = await next_event(events, "recovered")
+        assert len(recovered.streams) == 1001 and recovered.missed == len(away)
+        assert all(s.recovered and (s.epoch, s.offset) == held[s.room] for s in recovered.streams)
+        missed = [await next_event(events, "pub") for _ in away]
+        assert [p.room for p in missed] == sorted(away, key=str.encode)
+        assert [p.data for p in missed] == [f"away {p.room}" for p in missed]
+        assert len(client.positions) == 1001 and client.room_resets == 0
+        await client.close()
+
+    run(main())
+
+
+def test_join_and_leave_events_from_a_controller(make_server):
+    """``session.join`` in a handler is a join event (the room's position, before
+    the reply), its pubs follow; ``session.leave`` is a leave event and the room's
+    pubs stop."""
+    server = recovery_server(make_server)
+    joins: list[Join] = []
+    leaves: list[Leave] = []
+
+    async def main() -> None:
+        client, events, _ = await connected(server, on_join=joins.append, on_leave=leaves.append)
+        client.send("/ws/join", "red")
+        join = await next_event(events, "join")
+        assert join.room == "red" and client.positions["red"] == (join.epoch, join.offset)
+        assert (await next_event(events, "msg")).data == "joined red"
+        server.multicast_text("to red", room="red")
+        assert (await next_event(events, "pub")) == Pub(
+            "red", join.offset + 1, "to red", join.epoch
+        )
+        client.send("/ws/leave", "red")
+        assert (await next_event(events, "leave")) == Leave("red")
+        assert (await next_event(events, "msg")).data == "left red"
+        assert "red" not in client.positions
+        server.multicast_text("red again", room="red")
+        server.multicast_text("everyone")
+        pub = await next_event(events, "pub")
+        assert (pub.room, pub.data) == (None, "everyone")
+        assert joins == [join] and leaves == [Leave("red")] and client.duplicates == 0
+        await client.close()
 
     run(main())
 
@@ -458,7 +598,7 @@ def test_simplew_js_is_served_by_servers_with_a_websocket_endpoint(make_server):
     error.value.close()
 
 
-# -- a hostile server (tests/hostile.py): every field of simplew.v1 is checked ----------
+# -- a hostile server (tests/hostile.py): every field of simplew.v2 is checked ----------
 
 
 def run_checked(coro: Any) -> Any:
@@ -479,6 +619,7 @@ def run_checked(coro: Any) -> Any:
     return result
 
 
+LONG_ROOM = "é" * 128  # 256 bytes of UTF-8
 BAD_FIRST_MESSAGES = {
     "nested JSON": nested(),
     "nested JSON in an unknown field": welcome()[:-1] + ',"deep":' + nested() + "}",
@@ -486,33 +627,62 @@ BAD_FIRST_MESSAGES = {
     "not an object": "[1]",
     "no type": json.dumps({"session": SESSION}),
     "a pub first": pub(),
+    "a join first": join(),
     "a msg first": json.dumps({"type": "msg", "text": "hi"}),
     "an unknown type first": json.dumps({"type": "hello"}),
     "a binary frame": b"\x00",
-    "offset true": welcome(offset=True),
-    "offset 10**4000": welcome(offset=10**4000),
-    "offset 10**18": welcome(offset=10**18),
-    "offset -1": welcome(offset=-1),
-    "offset 1.5": welcome(offset=1.5),
-    "offset a string": welcome(offset="5"),
-    "no offset": welcome(offset=OMIT),
+    "a simplew.v1 welcome": welcome(streams=OMIT, epoch=EPOCH, offset=5),
     "session of 300 KB": welcome(session="s" * 300_000),
     "session of 15 characters": welcome(session="s" * 15),
     "session of 65 characters": welcome(session="s" * 65),
     "session with a dot": welcome(session="s" * 20 + "."),
     "session null": welcome(session=None),
-    "empty epoch": welcome(epoch=""),
-    "epoch of 65 characters": welcome(epoch="e" * 65),
-    "epoch with a space": welcome(epoch="e e"),
+    "no session": welcome(session=OMIT),
     "recovered a string": welcome(recovered="yes"),
     "recovered 1": welcome(recovered=1),
     "no recovered": welcome(recovered=OMIT),
     "missed true": welcome(missed=True),
     "missed -1": welcome(missed=-1),
     "missed 10**18": welcome(missed=10**18),
+    "missed 1.0": welcome(missed=1.0),
     "no missed": welcome(missed=OMIT),
     "missed without recovery": welcome(missed=3),
-    "recovered without asking": welcome(recovered=True),
+    "recovered without asking": recovered(),
+    "recovered entry without asking": welcome(
+        recovered=True, streams=[entry(recovered=True, missed=0)]
+    ),
+    "left in a fresh session": welcome(left=["red"]),
+    "no streams": welcome(streams=OMIT),
+    "streams null": welcome(streams=None),
+    "streams an object": welcome(streams={"null": entry()}),
+    "streams empty": welcome(streams=[]),
+    "first stream a room": welcome(streams=[entry("red")]),
+    "first stream a room, then null": welcome(streams=[entry("red"), entry()]),
+    "broadcast stream twice": welcome(streams=[entry(), entry()]),
+    "a room twice": welcome(streams=[entry(), entry("red"), entry("red")]),
+    "entry an object": welcome(streams=[{"room": None, "epoch": EPOCH, "offset": 5}]),
+    "entry of 4 fields": welcome(streams=[entry()[:4]]),
+    "entry of 6 fields": welcome(streams=[[*entry(), 0]]),
+    "entry room 5": welcome(streams=[entry(), entry(5)]),
+    "entry room empty": welcome(streams=[entry(), entry("")]),
+    "entry room of 256 bytes": welcome(streams=[entry(), entry(LONG_ROOM)]),
+    "entry room with a lone surrogate": welcome(streams=[entry(), entry("\ud800")]),
+    "entry epoch empty": welcome(streams=[entry(epoch="")]),
+    "entry epoch of 65 characters": welcome(streams=[entry(epoch="e" * 65)]),
+    "entry epoch with a space": welcome(streams=[entry(epoch="e e")]),
+    "entry epoch null": welcome(streams=[entry(epoch=None)]),
+    "entry offset true": welcome(streams=[entry(offset=True)]),
+    "entry offset 10**4000": welcome(streams=[entry(offset=10**4000)]),
+    "entry offset 10**18": welcome(streams=[entry(offset=10**18)]),
+    "entry offset -1": welcome(streams=[entry(offset=-1)]),
+    "entry offset 1.5": welcome(streams=[entry(offset=1.5)]),
+    "entry offset a string": welcome(streams=[entry(offset="5")]),
+    "entry recovered 0": welcome(streams=[entry(recovered=0)]),
+    "entry recovered null": welcome(streams=[entry(recovered=None)]),
+    "entry missed true": welcome(streams=[entry(missed=True)]),
+    "entry missed -1": welcome(streams=[entry(missed=-1)]),
+    "entry missed 10**18": welcome(missed=10**18, streams=[entry(missed=10**18)]),
+    "entry missed without recovery": welcome(missed=2, streams=[entry(missed=2)]),
 }
 
 
@@ -527,10 +697,12 @@ def test_connect_raises_protocol_error_on_a_bad_first_message(message):
                 await client.connect()
             assert not client.connected
             assert (client.session, client.epoch, client.offset) == (None, None, None)
+            assert client.positions == {}
 
         run_checked(main())
         (connection,) = server.wait_connections(1)
     assert connection.code == 1002
+    assert connection.path == "/" and connection.resume is None
 
 
 BAD_MESSAGES = {
@@ -547,7 +719,16 @@ BAD_MESSAGES = {
     "pub offset 0": pub(offset=0),
     "pub offset 7.0": pub(offset=7.0),
     "pub without offset": pub(offset=OMIT),
+    "pub without epoch": pub(epoch=OMIT),
+    "pub epoch null": pub(epoch=None),
+    "pub epoch empty": pub(epoch=""),
+    "pub epoch of 65 characters": pub(epoch="e" * 65),
+    "pub epoch with a slash": pub(epoch="a/b"),
     "pub room 5": pub(room=5),
+    "pub room empty": pub(room=""),
+    "pub room of 256 bytes": pub(room=LONG_ROOM),
+    "pub room with a lone surrogate": pub(room="\udfff"),
+    "pub room a list": pub(room=["red"]),
     "pub without room": pub(room=OMIT),
     "pub text 5": pub(text=5),
     "pub neither text nor binary": pub(text=OMIT),
@@ -557,6 +738,29 @@ BAD_MESSAGES = {
     "pub binary url-safe": pub(text=OMIT, binary="-_8="),
     "pub binary not ASCII": pub(text=OMIT, binary="éééé"),
     "pub text with a lone surrogate": pub(text="\ud800"),
+    "join room null": join(room=None),
+    "join without room": join(room=OMIT),
+    "join room empty": join(room=""),
+    "join room of 256 bytes": join(room=LONG_ROOM),
+    "join room 5": join(room=5),
+    "join without epoch": join(epoch=OMIT),
+    "join epoch with a space": join(epoch="a b"),
+    "join offset -1": join(offset=-1),
+    "join offset true": join(offset=True),
+    "join offset 10**18": join(offset=10**18),
+    "join without offset": join(offset=OMIT),
+    "leave room null": leave(room=None),
+    "leave without room": leave(room=OMIT),
+    "leave room empty": leave(room=""),
+    "leave room 5": leave(room=5),
+    "reset room 5": reset(room=5),
+    "reset room empty": reset(room=""),
+    "reset without room": reset(room=OMIT),
+    "reset without epoch": reset(epoch=OMIT),
+    "reset epoch empty": reset(epoch=""),
+    "reset offset -1": reset(offset=-1),
+    "reset offset false": reset(offset=False),
+    "reset without offset": reset(offset=OMIT),
     "msg text 5": json.dumps({"type": "msg", "text": 5}),
     "msg without data": json.dumps({"type": "msg"}),
     "msg binary of one character": json.dumps({"type": "msg", "binary": "A"}),
@@ -567,12 +771,13 @@ BAD_MESSAGES = {
 def test_a_violation_after_the_welcome_closes_1002_and_reconnects(message):
     """After the welcome, a violation closes the connection with 1002 (the Closed
     event says why), changes nothing of the client's state, and the client
-    reconnects and resumes from the last valid pub."""
+    reconnects and resumes from the last valid pub: ``resume=1`` in the URL, the
+    session and positions in its first message."""
 
     def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
         if index == 0:
             return [welcome(), pub(offset=6, text="ok"), message], None
-        return [welcome(recovered=True, offset=6)], None
+        return [recovered()], None
 
     with HostileServer(script) as server:
 
@@ -582,6 +787,7 @@ def test_a_violation_after_the_welcome_closes_1002_and_reconnects(message):
             await client.connect()
             await until(lambda: client.resets + client.reconnects > 0 and client.connected)
             assert (client.session, client.epoch, client.offset) == (SESSION, EPOCH, 6)
+            assert client.positions == {None: (EPOCH, 6)}
             assert client.duplicates == 0
             await client.close()
             return [event async for event in events]
@@ -596,52 +802,213 @@ def test_a_violation_after_the_welcome_closes_1002_and_reconnects(message):
         "recovered",
         "close",
     ]
-    assert (events[1].offset, events[1].data) == (6, "ok")
+    assert events[1] == Pub(None, 6, "ok", EPOCH)
     closed = events[2]
     assert (closed.code, closed.reconnecting) == (1002, True)
     assert closed.reason.startswith("protocol error: ")
     assert first.code == 1002
-    assert f"session={SESSION}&epoch={EPOCH}&offset=6" in second.path
+    assert second.path == "/?resume=1"  # the session id is never in the URL
+    assert second.resume == {"type": "resume", "session": SESSION, "streams": [[None, EPOCH, 6]]}
     assert second.code == 1000
 
 
 def test_the_client_holds_the_server_to_its_own_limits():
     """The session and epoch forms the client accepts are the ones the server
-    accepts back in the resume query; offsets have at most 18 digits there."""
+    accepts back in the resume message; offsets have at most 18 digits there."""
     assert client_module.SESSION_ID.pattern == recovery._SESSION_ID.pattern
     assert client_module.EPOCH.pattern == recovery._EPOCH.pattern
-    assert recovery._OFFSET.pattern == r"[0-9]{1,18}\Z"
     assert client_module.OFFSET_LIMIT == 10**18
+    assert client_module.MAX_ROOM_BYTES == 255
 
 
 def test_a_recovered_welcome_must_resume_what_was_asked():
-    """A welcome that says recovered for another session, epoch or offset than the
-    ones the client sent is a violation: the client closes and tries again."""
+    """A welcome that says recovered for another session, or a recovered stream at
+    another position than the one the client sent (or one it did not send), a
+    ``missed`` that is not the streams' sum, or a malformed ``left``, is a
+    violation: the client closes and tries again, sending the same positions."""
+    red = entry("red", offset=3, recovered=True)
     wrong = [
-        welcome(recovered=True, offset=6, session="another_session_123"),
-        welcome(recovered=True, offset=6, epoch="another"),
-        welcome(recovered=True, offset=7),
+        recovered(session="another_session_123"),
+        recovered(entry(offset=6, recovered=True, epoch="another"), red),
+        recovered(entry(offset=7, recovered=True), red),
+        recovered(entry(offset=6, recovered=True), entry("red", offset=2, recovered=True)),
+        recovered(entry(offset=6, recovered=True), red, entry("blue", offset=1, recovered=True)),
+        recovered(entry(offset=6, recovered=True, missed=1), red, missed=2),
+        recovered(entry(offset=6, recovered=True, missed=1), red, missed=0),
+        recovered(entry(offset=6, recovered=True), entry("red", offset=9, missed=1)),
+        recovered(entry(offset=6, recovered=True), red, left="blue"),
+        recovered(entry(offset=6, recovered=True), red, left=[None]),
+        recovered(entry(offset=6, recovered=True), red, left=[""]),
     ]
+    sent = [[None, EPOCH, 6], ["red", EPOCH, 3]]
 
     def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
-        if index == 0:
-            return [welcome(), pub(offset=6)], 0.0  # then closed by the server
+        if index == 0:  # then closed by the server
+            return [
+                welcome(streams=[entry(), entry("red", offset=2)]),
+                pub(offset=6),
+                pub(room="red", offset=3),
+            ], 0.0
         if index <= len(wrong):
             return [wrong[index - 1]], None
-        return [welcome(recovered=True, offset=6)], None
+        return [recovered(entry(offset=6, recovered=True, missed=1), red), pub()], None
 
     with HostileServer(script) as server:
 
         async def main() -> None:
             client = Client(server.url, backoff_min=0.01, backoff_max=0.05, jitter=False)
             await client.connect()
-            await until(lambda: client.reconnects == 1 and client.connected)
-            assert (client.session, client.epoch, client.offset) == (SESSION, EPOCH, 6)
+            await until(lambda: client.reconnects == 1 and client.connected and client.offset == 7)
+            assert client.session == SESSION
+            assert client.positions == {None: (EPOCH, 7), "red": (EPOCH, 3)}
             await client.close()
 
         run_checked(main())
-        connections = server.wait_connections(5)
-    assert [c.code for c in connections] == [1000, 1002, 1002, 1002, 1000]  # 1000: the echo
+        connections = server.wait_connections(len(wrong) + 2)
+    codes = [c.code for c in connections]
+    assert codes == [1000] + [1002] * len(wrong) + [1000]  # 1000: the echo
+    for connection in connections[1:]:
+        assert connection.resume == {"type": "resume", "session": SESSION, "streams": sent}
+
+
+def test_streams_joins_leaves_resets_and_pubs_that_are_dropped():
+    """The client holds a position per stream: joins add one, leaves drop one,
+    resets move one to a new epoch, and pubs move them on. A pub of a room not
+    held, of another epoch or not above the position is dropped (a duplicate, not
+    an error). The resume message sends the positions held; a recovered welcome
+    gives a room_reset for each stream not recovered, and ``left``."""
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        if index == 0:
+            return [
+                welcome(streams=[entry(), entry("blue", offset=10)]),
+                join("red", offset=3),
+                join("pink", offset=0),
+                pub(room="red", offset=4, text="r4"),
+                pub(room="red", offset=4, text="again"),  # duplicate
+                pub(room="red", epoch="other", offset=5),  # another epoch
+                pub(room="green", offset=1),  # a room not held
+                pub(offset=5),  # not above the welcome's
+                pub(offset=6, text="b6", extra={"unknown": "field"}),
+                json.dumps({"type": "future", "room": 5}),  # an unknown type
+                pub(room="blue", offset=11, text=OMIT, binary="AAE="),
+                leave("blue"),
+                pub(room="blue", offset=12),  # no longer held
+                reset("red"),
+                reset("green"),  # a stream not held: ignored
+                pub(room="red", offset=5),  # the old epoch
+                pub(room="red", epoch="newEpoch", offset=1, text="r1"),
+            ], 0.2  # then closed by the server
+        return [
+            recovered(
+                entry(offset=6, recovered=True, missed=1),
+                entry("red", epoch="newEpoch", offset=1, recovered=True),
+                entry("yellow", epoch="yEpoch", offset=4),
+                left=["pink"],
+            ),
+            pub(offset=7, text="b7"),
+        ], None
+
+    callbacks: list[Any] = []
+    with HostileServer(script) as server:
+
+        async def main() -> list[Event]:
+            client = Client(
+                server.url,
+                backoff_min=0.01,
+                jitter=False,
+                on_join=callbacks.append,
+                on_leave=callbacks.append,
+                on_room_reset=callbacks.append,
+            )
+            events = client.events()
+            opened = await client.connect()
+            assert opened.streams == (
+                StreamPosition(None, EPOCH, 5, False, 0),
+                StreamPosition("blue", EPOCH, 10, False, 0),
+            )
+            await until(lambda: client.reconnects == 1 and client.offset == 7)
+            assert client.positions == {
+                None: (EPOCH, 7),
+                "red": ("newEpoch", 1),
+                "yellow": ("yEpoch", 4),
+            }
+            positions = client.positions
+            positions.clear()  # a copy
+            assert client.positions
+            assert client.duplicates == 6 and client.room_resets == 2 and client.resets == 0
+            await client.close()
+            return [event async for event in events]
+
+        events = run_checked(main())
+        first, second = server.wait_connections(2)
+    assert [e for e in events if e.type not in ("open", "recovered", "close")] == [
+        Join("red", EPOCH, 3),
+        Join("pink", EPOCH, 0),
+        Pub("red", 4, "r4", EPOCH),
+        Pub(None, 6, "b6", EPOCH),
+        Pub("blue", 11, b"\x00\x01", EPOCH),
+        Leave("blue"),
+        RoomReset("red", "newEpoch", 0),
+        Pub("red", 1, "r1", "newEpoch"),
+        RoomReset("yellow", "yEpoch", 4),
+        Pub(None, 7, "b7", EPOCH),
+    ]
+    assert [e.type for e in events if e.type in ("open", "recovered", "close")] == [
+        "open",
+        "close",
+        "open",
+        "recovered",
+        "close",
+    ]
+    assert callbacks == [e for e in events if e.type in ("join", "leave", "room_reset")]
+    welcome_ = next(e for e in events if e.type == "recovered")
+    assert (welcome_.epoch, welcome_.offset, welcome_.missed, welcome_.left) == (
+        EPOCH,
+        6,
+        1,
+        ("pink",),
+    )
+    assert [s.room for s in welcome_.streams] == [None, "red", "yellow"]
+    assert second.resume == {
+        "type": "resume",
+        "session": SESSION,
+        "streams": [[None, EPOCH, 6], ["pink", EPOCH, 0], ["red", "newEpoch", 1]],
+    }
+
+
+def test_a_resume_of_thousands_of_rooms_goes_in_the_message_not_the_url():
+    """1,500 rooms (names up to 255 bytes): the URL only gains resume=1 (its other
+    parameters are kept, a resume parameter of the caller's is replaced), the
+    resume message holds every position, the broadcast stream first and the rooms
+    sorted by their UTF-8 bytes."""
+    rooms = [f"{'é' * 120}{i:05d}" if i % 2 else f"room {i}" for i in range(1500)]
+    streams = [entry()] + [entry(room, offset=i) for i, room in enumerate(rooms)]
+
+    def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
+        if index == 0:
+            return [welcome(streams=streams)], 0.0
+        return [recovered(*[[*e[:3], True, 0] for e in streams])], None
+
+    with HostileServer(script) as server:
+
+        async def main() -> None:
+            client = Client(server.url + "?app=1&resume=7", backoff_min=0.01, jitter=False)
+            await client.connect()
+            assert len(client.positions) == 1501
+            await until(lambda: client.reconnects == 1 and client.connected)
+            assert len(client.positions) == 1501
+            await client.close()
+
+        run_checked(main())
+        first, second = server.wait_connections(2)
+    assert first.path == "/?app=1"
+    assert second.path == "/?app=1&resume=1"
+    sent = second.resume["streams"]
+    assert sent[0] == [None, EPOCH, 5]
+    assert sent[1:] == sorted(
+        ([r, EPOCH, i] for i, r in enumerate(rooms)), key=lambda s: s[0].encode()
+    )
 
 
 def test_backoff_grows_until_a_connection_lasts_a_second_past_its_welcome():
@@ -651,8 +1018,8 @@ def test_backoff_grows_until_a_connection_lasts_a_second_past_its_welcome():
     held = 5  # the index of the connection the server keeps for 1.2 s
 
     def script(index: int, path: str) -> tuple[list[str | bytes], float | None]:
-        fields = {} if index == 0 else {"recovered": True}
-        return [welcome(**fields)], 1.2 if index == held else 0.0
+        message = welcome() if index == 0 else recovered(entry(recovered=True))
+        return [message], 1.2 if index == held else 0.0
 
     with HostileServer(script) as server:
 

@@ -116,11 +116,11 @@ def test_a_client_moves_between_hosts_sharing_redis(hosts):
     for host in (h1, h2):
         wait_until(lambda host=host: _answers(host), 15, f"server on {host}")
     state = tmp / "client.json"
-    client = [sys.executable, "tests/v1client.py", f"ws://127.0.0.1:{PORT}/ws", str(state)]
+    client = [sys.executable, "tests/v2client.py", f"ws://127.0.0.1:{PORT}/ws", str(state)]
     publisher = ns_exec(
         h1,
         sys.executable,
-        "tests/v1client.py",
+        "tests/v2client.py",
         "--publish",
         str(PORT),
         "200",

@@ -16,7 +16,7 @@ import pytest
 
 from multiproc import ServerProcess, redis_server_path, wait_until
 from simplew.recovery import log_id
-from v1client import HttpPublisher, V1Client
+from v2client import HttpPublisher, V2Client
 
 pytestmark = pytest.mark.skipif(
     redis_server_path() is None,
@@ -73,14 +73,14 @@ def offsets_for(redis_server, rooms: set[str], after: int) -> list[int]:
     return out
 
 
-def assert_every_offset_once(client: V1Client, first: int, last: int) -> None:
+def assert_every_offset_once(client: V2Client, first: int, last: int) -> None:
     assert client.offsets == list(range(first, last + 1)), (
         f"missing {sorted(set(range(first, last + 1)) - set(client.offsets))[:10]}, "
         f"{len(client.offsets) - len(set(client.offsets))} duplicates"
     )
 
 
-def finish(client: V1Client, publisher: HttpPublisher, redis_server, first_welcome) -> None:
+def finish(client: V2Client, publisher: HttpPublisher, redis_server, first_welcome) -> None:
     """Stop publishing, let the client catch up with the stream's last offset, and
     check that it stayed one session and got every offset after its first welcome once."""
     publisher.stop()
@@ -93,7 +93,7 @@ def finish(client: V1Client, publisher: HttpPublisher, redis_server, first_welco
 
 def test_reset_and_resume_through_redis(redis_server, processes):
     server = processes(redis_server.url)
-    client = V1Client()
+    client = V2Client()
     welcome = client.connect(server.url)
     assert welcome["recovered"] is False
     assert client.request("/ws/feed/join", "r1") == "joined r1"
@@ -114,7 +114,7 @@ def test_kill_9_of_the_worker(redis_server, processes):
     """--workers 2: the worker holding the client dies; the client comes back to
     whichever worker answers and misses nothing, rooms included."""
     server = processes(redis_server.url, workers=2)
-    client = V1Client()
+    client = V2Client()
     welcome = client.connect(server.url)
     for room in ("a", "b", "c"):
         assert client.request("/ws/feed/join", room) == "joined " + room
@@ -145,7 +145,7 @@ def test_rolling_restart_of_every_process(redis_server, processes):
     """Two servers behind a client that fails over between them; each is
     restarted in turn (SIGTERM: close 1001) while 300 publications a second go out."""
     a, b = processes(redis_server.url), processes(redis_server.url)
-    client = V1Client()
+    client = V2Client()
     welcome = client.connect(a.url)
     publisher = HttpPublisher([a.port, b.port], 300)
     publisher.start()
@@ -164,7 +164,7 @@ def test_rolling_restart_of_every_process(redis_server, processes):
 
 def test_flushed_redis_means_not_recovered(redis_server, processes):
     server = processes(redis_server.url)
-    client = V1Client()
+    client = V2Client()
     welcome = client.connect(server.url)
     client.request("/ws/feed/join", "x")
     import redis
@@ -185,7 +185,7 @@ def test_flushed_redis_means_not_recovered(redis_server, processes):
 
 def test_presence_across_processes(redis_server, processes):
     a, b = processes(redis_server.url), processes(redis_server.url)
-    one, two = V1Client(), V1Client()
+    one, two = V2Client(), V2Client()
     one.connect(a.url)
     two.connect(b.url)
     one.request("/ws/feed/join", "lobby")
@@ -233,7 +233,7 @@ def test_rolling_restart_of_the_workers(redis_server, processes):
         return sorted(found)
 
     wait_until(lambda: len(workers()) == 2, 10, "two workers")
-    client = V1Client()
+    client = V2Client()
     welcome = client.connect(server.url)
     publisher = HttpPublisher([server.port], 300)
     publisher.start()
@@ -259,7 +259,7 @@ def test_welcome_waits_for_redis_to_come_back(processes):
     redis = RedisServer().start()
     try:
         server = processes(redis.url)
-        client = V1Client()
+        client = V2Client()
         welcome = client.connect(server.url)
         redis.stop()
         client.reset()

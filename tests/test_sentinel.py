@@ -23,7 +23,7 @@ from multiproc import (
 from simplew import SimpleWServer
 from simplew.backplane import parse_sentinel_url, redact
 from topology import SentinelSetup
-from v1client import HttpPublisher, V1Client
+from v2client import HttpPublisher, V2Client
 
 needs_redis = pytest.mark.skipif(
     redis_server_path() is None,
@@ -142,11 +142,11 @@ def test_backplane_follows_a_failover(sentinels, processes):
         group.close()
 
 
-def assert_one_publication_per_offset(client: V1Client) -> None:
+def assert_one_publication_per_offset(client: V2Client) -> None:
     """Each (epoch, offset) the client saw names one publication; in each epoch,
     offsets only grow within a connection."""
     seen: dict[tuple[str | None, int], str] = {}
-    for epoch, offset, text in client.pubs:
+    for _room, epoch, offset, text in client.pubs:
         assert seen.setdefault((epoch, offset), text) == text, (epoch, offset, text)
     assert [w["epoch"] for w in client.welcomes if not w["recovered"]], client.welcomes
 
@@ -154,7 +154,7 @@ def assert_one_publication_per_offset(client: V1Client) -> None:
 @needs_redis
 def test_stream_follows_a_failover(sentinels, processes):
     server = processes("--recovery", app="tests.apps.feed:server", redis_url=sentinels.url)
-    client = V1Client()
+    client = V2Client()
     client.connect(server.url)
     publisher = HttpPublisher([server.port], 100)
     publisher.start()
@@ -185,7 +185,7 @@ def test_lost_publications_move_the_stream_to_a_new_epoch(redis_server, processe
 
     a = processes("--recovery", app="tests.apps.feed:server", redis_url=redis_server.url)
     b = processes("--recovery", app="tests.apps.feed:server", redis_url=redis_server.url)
-    one, two = V1Client(), V1Client()
+    one, two = V2Client(), V2Client()
     first = one.connect(a.url)
     two.connect(b.url)
     publisher = HttpPublisher([a.port], 200)
@@ -220,6 +220,6 @@ def test_lost_publications_move_the_stream_to_a_new_epoch(redis_server, processe
     for client in (one, two):
         client.close()
         assert_one_publication_per_offset(client)
-        assert [o for e, o, _t in client.pubs if e == epoch][0] == 1
+        assert [o for _r, e, o, _t in client.pubs if e == epoch][0] == 1
     logs = a.log() + b.log()
     assert logs.count("moving to a new epoch") >= 1, logs
