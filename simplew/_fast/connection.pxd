@@ -37,7 +37,7 @@ cdef class WebSocketConnection(WSListener):
     cdef readonly str id
     cdef readonly bint v2                 # speaks simplew.v2 (typed JSON messages, recovery)
     cdef public bint recovered            # simplew.v2: this connection resumed an earlier session
-    cdef public object awaiting_resume    # simplew.v2 with ?resume=1: the timer until its resume message
+    cdef public object awaiting_resume    # ?resume=1: the timer until its resume message
     cdef public object user               # the JWT "sub" of the upgrade request, or None
     cdef public bint superseded           # a newer connection took this session over
     cdef public object token_timer        # ends access when its JWT expires; cancelled when gone

@@ -70,7 +70,9 @@ cpdef check_room(str room):
     """Raise ValueError unless ``room`` is a room name: 1 to 255 bytes of UTF-8."""
     if not room:
         raise ValueError("a room name must not be empty")
-    if len(room) > MAX_ROOM_NAME // 4 and len(room.encode("utf-8", "surrogatepass")) > MAX_ROOM_NAME:
+    if len(room) > MAX_ROOM_NAME // 4 and (
+        len(room.encode("utf-8", "surrogatepass")) > MAX_ROOM_NAME
+    ):
         raise ValueError(f"a room name is at most {MAX_ROOM_NAME} bytes of UTF-8")
 
 
