@@ -1,4 +1,4 @@
-"""A test application for recovery: simplew.v1 clients on ``/ws``.
+"""A test application for recovery: simplew.v2 clients on ``/ws``.
 
     simplew serve tests.apps.feed:server --recovery [--redis URL] [--workers 2]
 
