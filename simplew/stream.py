@@ -304,7 +304,7 @@ class Shard:
 
     async def _read(self, subscriber: Any) -> None:
         on_message = self._on_message
-        while True:
+        while not self.stream.closed:  # as _write
             message = await subscriber.get_message(
                 timeout=1.0 if subscriber.channels else 0.02, confirmations=True
             )
@@ -365,7 +365,10 @@ class Shard:
         wakeup = self.wakeup
         loop = asyncio.get_running_loop()
         next_sync = 0.0
-        while True:
+        # until close(): it sets ``closed``, then cancels run(); on Python 3.11 a
+        # cancellation can be lost (asyncio.wait_for swallows one that comes as its
+        # event is set), and a loop that never ends kept the process from stopping
+        while not stream.closed:
             if self.to_subscribe or self.to_unsubscribe or self.to_load:
                 await self._change_subscriptions(client, subscriber)
                 continue

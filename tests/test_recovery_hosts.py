@@ -4,8 +4,8 @@ Each host is a network namespace with only its own loopback up (no veth link,
 no address: nothing can leave the machine); a third namespace runs Redis,
 reached only through its Unix socket (``--redis unix:///.../redis.sock``).
 Each host runs ``simplew serve --recovery`` and its own client processes. A
-client collects on host 1, then resumes on host 2 while host 1 keeps
-publishing: it gets every offset once, in order.
+simplew.v2 client collects on host 1, then resumes on host 2 while host 1 keeps
+publishing: it gets every offset of the broadcast stream once, in order.
 """
 
 from __future__ import annotations
@@ -138,14 +138,22 @@ def test_a_client_moves_between_hosts_sharing_redis(hosts):
     welcomes = result["welcomes"]
     assert [w["recovered"] for w in welcomes] == [False, True, True], welcomes
     assert len({w["session"] for w in welcomes}) == 1
+    # the broadcast stream (the client is in no room) is continued by each resume
+    assert all(w["streams"][0][0] is None and w["streams"][0][3] for w in welcomes[1:])
     import redis
 
+    from simplew.engines import Engine
+
     r = redis.Redis.from_url(url)
-    top = int(r.hget("simplew:meta", "top"))
+    epoch, top = r.hmget(Engine.key(None, "meta"), "epoch", "top")
     r.close()
+    epoch, top = epoch.decode(), int(top)
     assert top >= 500, output
-    first = welcomes[0]["offset"] + 1
+    assert {w["streams"][0][1] for w in welcomes} == {epoch}
+    first = welcomes[0]["streams"][0][2] + 1
     assert result["offsets"] == list(range(first, top + 1))
+    assert {(room, e) for room, e, _o, _t in result["pubs"]} == {(None, epoch)}
+    assert not result["resets"]
     for log in logs:
         log.close()
     for host in (h1, h2):
