@@ -159,8 +159,8 @@ def test_simplew_js_token_messages_pubs_and_close(browser, make_server):
         assert 0.4 * cap < sum(samples) / len(samples) < 0.6 * cap
 
 
-@route("/rooms")
-class Rooms(Controller):
+@route("/pagerooms")
+class PageRooms(Controller):
     @route("WEBSOCKET", "/join")
     def join(self, message: WebSocketMessage) -> None:
         self.session.join(message.body)
@@ -196,7 +196,7 @@ def test_simplew_js_resumes_missed_pubs_of_two_rooms(browser, make_server):
         const got = window.got = [];
         for (const type of {EVENTS}) client.addEventListener(type, (e) => got.push([type, e.detail]));
         await client.connect("/ws");
-        for (const room of ["red", "blue", "green"]) client.send("/ws/rooms/join", room);
+        for (const room of ["red", "blue", "green"]) client.send("/ws/pagerooms/join", room);
     }}"""
     )
     page.wait_for_function("window.got.filter(([t]) => t === 'join').length === 3")
@@ -218,7 +218,7 @@ def test_simplew_js_resumes_missed_pubs_of_two_rooms(browser, make_server):
     page.wait_for_function(
         "window.client.reconnects === 1 && window.got.length >= 15", timeout=10_000
     )
-    page.evaluate("window.client.send('/ws/rooms/leave', 'blue')")
+    page.evaluate("window.client.send('/ws/pagerooms/leave', 'blue')")
     page.wait_for_function("window.got.some(([t]) => t === 'leave')")
     after = dict((room, p) for room, p in positions(page))
     got = page.evaluate("window.got")
@@ -292,7 +292,7 @@ def test_simplew_js_resumes_a_thousand_rooms(browser, make_server):
         for (const type of {EVENTS}) client.addEventListener(type, (e) => got.push([type, e.detail]));
         await client.connect("/ws");
         const rooms = Array.from({{ length: count }}, (_, i) => `room ${{i}} ✓`);
-        client.send("/ws/rooms/join-all", rooms);
+        client.send("/ws/pagerooms/join-all", rooms);
     }}""",
         count,
     )
