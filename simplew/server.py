@@ -430,7 +430,8 @@ class SimpleWServer:
     def multicast_text(self, text: str, room: str | None = None) -> None:
         """Send ``text`` to every connected WebSocket client, or to the members of
         ``room`` (``session.join(room)``); safe from any thread. With a Redis
-        backplane the clients of every other process get it too."""
+        backplane the clients of every other process get it too. A room name must
+        be 1 to 255 bytes of UTF-8 (ValueError)."""
         self._multicast(1, text.encode("utf-8"), room)
 
     def multicast_binary(self, data: bytes, room: str | None = None) -> None:
@@ -440,8 +441,10 @@ class SimpleWServer:
     def _multicast(self, opcode: int, payload: bytes, room: str | None = None) -> None:
         """To the loop thread, then :meth:`simplew.broadcast.Broadcast.publish`
         (nothing before the server has started)."""
-        if room is not None and not isinstance(room, str):
-            raise TypeError(f"room must be a str, not {type(room).__name__}")
+        if room is not None:
+            if not isinstance(room, str):
+                raise TypeError(f"room must be a str, not {type(room).__name__}")
+            check_room(room)  # ValueError: not a room name
         if self._loop is None:
             return
         if threading.get_ident() == self._loop_thread_id:

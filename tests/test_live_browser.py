@@ -182,7 +182,7 @@ def test_simplew_js_resumes_missed_pubs_of_two_rooms(browser, make_server):
     the broadcast stream, blue and red (4 missed pubs, in the welcome's order) and
     resets green (a roomreset at green's position now); then a leave."""
     server = make_server(
-        lambda s: s.add_websocket_content(Rooms, "/ws"), recovery=True, history_size=3
+        lambda s: s.add_websocket_content(PageRooms, "/ws"), recovery=True, history_size=3
     )
     page = browser.new_page()
     errors: list[str] = []
@@ -275,7 +275,7 @@ def test_simplew_js_resumes_a_thousand_rooms(browser, make_server):
     two rooms got while it was away."""
     count = 1100
     server = make_server(
-        lambda s: s.add_websocket_content(Rooms, "/ws"),
+        lambda s: s.add_websocket_content(PageRooms, "/ws"),
         recovery=True,
         max_rooms_per_session=1200,
     )

@@ -315,7 +315,10 @@ class WsController(Controller):
     @route("WEBSOCKET", "/room")
     def room(self, message: WebSocketMessage) -> dict:
         name = message.map_body(str)
-        self.session.join(name)
+        try:
+            self.session.join(name)
+        except ValueError:  # not a room name (1 to 255 bytes of UTF-8)
+            return {"refused": len(name)}
         self.server.multicast_text("hi " + name, room=name)
         return {"joined": name}
 
