@@ -148,9 +148,16 @@ def _notify(hook: Callable[[Any], None] | None, conn: Any) -> None:
         hook(conn)
 
 
+def _json_string(text: str) -> str:
+    """``json.dumps(text)``, without the encoder for the usual room name."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
 def pub_message(room: str | None, epoch: str, offset: int, opcode: int, payload: bytes) -> bytes:
     """The encoded ``pub`` message of one publication."""
-    name = "null" if room is None else json.dumps(room)
+    name = "null" if room is None else _json_string(room)
     return v2_payload("pub", opcode, payload, f'"room":{name},"epoch":"{epoch}","offset":{offset},')
 
 

@@ -90,6 +90,25 @@ RETRY_AFTER = 1  # seconds, the Retry-After of an Unavailable
 WAIT_TIMEOUT_MS = 1000  # one WAIT for replicas (wait_replicas), then another
 
 
+async def gather_bounded(calls: list[Any], limit: int = LOAD_CONCURRENCY) -> list[Any]:
+    """The results of ``calls`` (coroutines), at most ``limit`` running at once (a
+    connection each: a Cluster node's pool is bounded); the first failure is raised
+    once all ended."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Any) -> Any:
+        async with gate:
+            return await call
+
+    outcomes = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            for call in calls:
+                call.close()  # those never started
+            raise outcome
+    return outcomes
+
+
 class Unavailable(Exception):
     """A publication cannot be stored now (its Redis shard is unreachable, or too
     many wait for it): an HTTP answer is 503 with ``Retry-After``."""
@@ -431,16 +450,14 @@ class Shard:
             elif engine.kind == "cluster":
                 # redis-py refuses scripts in a Cluster pipeline: one call per room, at once
                 # (each goes to the node of its room's slot; rooms have no order between them)
-                results = list(
-                    await asyncio.gather(
-                        *(
-                            publish(
-                                keys=[engine.key(room, "meta"), engine.key(room, "stream")],
-                                args=args(room, items),
-                            )
-                            for room, items in groups.items()
+                results = await gather_bounded(
+                    [
+                        publish(
+                            keys=[engine.key(room, "meta"), engine.key(room, "stream")],
+                            args=args(room, items),
                         )
-                    )
+                        for room, items in groups.items()
+                    ]
                 )
             else:
                 pipe = client.pipeline(transaction=False)
@@ -689,8 +706,8 @@ class RedisStream:
             if item.buffer is None:
                 item.buffer = []
         if engine.kind == "cluster":  # no scripts in a Cluster pipeline (redis-py)
-            metas = await asyncio.gather(
-                *(
+            metas = await gather_bounded(
+                [
                     client.eval(
                         _META,
                         2,
@@ -699,7 +716,7 @@ class RedisStream:
                         new_epoch(),
                     )
                     for item in followed
-                )
+                ]
             )
         else:
             pipe = client.pipeline(transaction=False)

@@ -51,16 +51,31 @@ cdef object _json_dumps = json.dumps
 cdef object _b64encode = base64.b64encode
 
 
+cdef bint _json_plain(bytes data) noexcept:
+    """Whether ``data`` is printable ASCII without ``"`` or ``\\``: then its JSON
+    string is the bytes between two quotes, as ``json.dumps`` writes it."""
+    cdef const unsigned char* p = <const unsigned char*>(<char*>data)
+    cdef Py_ssize_t i, n = len(data)
+    cdef unsigned char c
+    for i in range(n):
+        c = p[i]
+        if c < 0x20 or c > 0x7e or c == 0x22 or c == 0x5c:
+            return False
+    return True
+
+
 cpdef bytes v2_payload(str kind, int opcode, bytes payload, str head=""):
     """A ``simplew.v2`` message carrying ``payload``: ``{"type": kind, <head>
     "text": ...}`` for opcode 1 (TEXT, ``payload`` is UTF-8), ``"binary":
-    <base64>`` for opcode 2. ``head`` is inserted as is (``"offset":1,...,``)."""
-    cdef str body
+    <base64>`` for opcode 2. ``head`` is inserted as is (``"offset":1,...,``).
+    The same bytes as ``json.dumps`` (ASCII, escapes) would make."""
+    cdef bytes start = f'{{"type":"{kind}",{head}'.encode("utf-8")
     if opcode == 1:
-        body = _json_dumps(payload.decode("utf-8"))
-        return f'{{"type":"{kind}",{head}"text":{body}}}'.encode("utf-8")
-    body = _b64encode(payload).decode("ascii")
-    return f'{{"type":"{kind}",{head}"binary":"{body}"}}'.encode("utf-8")
+        if _json_plain(payload):
+            return start + b'"text":"' + payload + b'"}'
+        return (start + b'"text":' + (<str>_json_dumps(payload.decode("utf-8"))).encode("ascii")
+                + b"}")
+    return start + b'"binary":"' + _b64encode(payload) + b'"}'
 
 
 MAX_ROOM_NAME = 255  # bytes of UTF-8
