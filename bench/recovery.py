@@ -258,7 +258,7 @@ def memory(args: argparse.Namespace) -> dict:
 
 
 def markdown(part: str, result: dict) -> str:
-    from v2raw import table
+    from v2bench import table
 
     if part == "redis":
         import streams

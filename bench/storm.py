@@ -225,8 +225,8 @@ def tops(redis_port: int, rooms: list[str | None]) -> dict[str, list]:
 def run(args: argparse.Namespace) -> dict:
     from loadgen import cpu_ns
     from multiproc import port_open, wait_until
+    from v2bench import App, start_redis, stop_redis, taskset
     from v2client import HttpPublisher
-    from v2raw import App, start_redis, stop_redis, taskset
 
     tmp = tempfile.mkdtemp(prefix="simplew-storm-")
     redis = start_redis(Path(tmp), unix=True)
@@ -352,7 +352,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(r: dict) -> str:
-    from v2raw import table
+    from v2bench import table
 
     cpu = f"{r['server_cpu_ms_per_resume']:.3f}"
     if "server_cpu_s_from_start" in r:

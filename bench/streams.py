@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import cpu_ns  # noqa: E402  (bench/ is this script's directory)
-from v2raw import (  # noqa: E402
+from v2bench import (  # noqa: E402
     OFFSET,
     PUB,
     App,
