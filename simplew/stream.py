@@ -151,6 +151,43 @@ return {epoch, first}
 """
 )
 
+# A batch over several rooms of one instance (not a Cluster: its keys span slots), in one
+# call. KEYS: meta and stream of each room. ARGV: maxlen, ttl (s), publish command ('':
+# the caller publishes once replicas have it), then per room: a fresh epoch, its channel,
+# its count n, its n records. Returns epoch and first offset of each room, in order.
+_PUBLISH_ROOMS = """
+local maxlen, ttl, command = ARGV[1], ARGV[2], ARGV[3]
+local now = redis.call('TIME')[1]
+local out = {}
+local a = 4
+for r = 1, #KEYS / 2 do
+  local meta, stream = KEYS[2 * r - 1], KEYS[2 * r]
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = ARGV[a]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  end
+  local n = tonumber(ARGV[a + 2])
+  local top = redis.call('HINCRBY', meta, 'top', n)
+  local first = top - n + 1
+  for i = 1, n do
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-1', first + i - 1),
+               'r', ARGV[a + 2 + i], 't', now)
+  end
+  redis.call('EXPIRE', meta, ttl)
+  redis.call('EXPIRE', stream, ttl)
+  if command ~= '' then
+    redis.call(command, ARGV[a + 1], epoch .. '\\n' .. string.format('%d', first) .. '\\n'
+               .. table.concat(ARGV, '', a + 3, a + 2 + n))
+  end
+  out[#out + 1] = epoch
+  out[#out + 1] = first
+  a = a + 3 + n
+end
+return out
+"""
+
 _META = (
     _EPOCH
     + """
@@ -381,6 +418,7 @@ class Shard:
     async def _write(self, client: Any, subscriber: Any) -> None:
         stream = self.stream
         publish = client.register_script(_PUBLISH)
+        publish_rooms = client.register_script(_PUBLISH_ROOMS)
         wakeup = self.wakeup
         loop = asyncio.get_running_loop()
         next_sync = 0.0
@@ -394,7 +432,7 @@ class Shard:
             if self.session_reads:
                 await self._read_sessions(client)
             if self.pending:
-                await self._publish_batch(client, publish)
+                await self._publish_batch(client, publish, publish_rooms)
                 continue
             if self.index == 0 and loop.time() >= next_sync:
                 stream.sync_sessions()
@@ -415,7 +453,7 @@ class Shard:
             except asyncio.TimeoutError:
                 pass
 
-    async def _publish_batch(self, client: Any, publish: Any) -> None:
+    async def _publish_batch(self, client: Any, publish: Any, publish_rooms: Any) -> None:
         stream = self.stream
         pending = self.pending
         batch = [pending.popleft()]
@@ -460,15 +498,23 @@ class Shard:
                     ]
                 )
             else:
-                pipe = client.pipeline(transaction=False)
+                # one instance: the rooms of the batch in one script call
+                keys = []
+                argv: list[Any] = [maxlen, ttl, command]
                 for room, items in groups.items():
-                    keys = [engine.key(room, "meta"), engine.key(room, "stream")]
-                    await publish(keys=keys, args=args(room, items), client=pipe)
+                    keys += (engine.key(room, "meta"), engine.key(room, "stream"))
+                    argv += (new_epoch(), engine.key(room, "pubs"), len(items))
+                    argv.extend(record for record, _ in items)
                 if replicas:
+                    pipe = client.pipeline(transaction=False)
+                    await publish_rooms(keys=keys, args=argv, client=pipe)
                     pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
-                results = await pipe.execute()
+                    flat, acknowledged = await pipe.execute()
+                else:
+                    flat = await publish_rooms(keys=keys, args=argv)
+                results = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
                 if replicas:
-                    await stream.replicated(client, results.pop())
+                    await stream.replicated(client, acknowledged)
                     pipe = client.pipeline(transaction=False)
                     for (room, items), result in zip(groups.items(), results):
                         message = b"%s\n%d\n%s" % (
