@@ -135,14 +135,15 @@ def is_sentinel_url(url: str) -> bool:
     return url.partition("://")[0].lower() == SENTINEL_SCHEME
 
 
-def parse_sentinel_url(url: str) -> SentinelURL:
-    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
-    as its parts; ValueError (without the password) if it is not of that form."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != SENTINEL_SCHEME:
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {redact(url)!r}")
+def split_url(url: str, scheme: str) -> tuple[str, str, str | None, str | None]:
+    """``scheme://[[user]:password@]hosts[/path]`` as (hosts, path, username,
+    password); ValueError (without the password) for another scheme, a query or a
+    fragment."""
+    given, sep, rest = url.partition("://")
+    if not sep or given.lower() != scheme:
+        raise ValueError(f"not a {scheme}:// URL: {redact(url)!r}")
     if "?" in rest or "#" in rest:
-        raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment: {redact(url)!r}")
+        raise ValueError(f"a {scheme}:// URL takes no query or fragment: {redact(url)!r}")
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username = password = None
@@ -150,6 +151,13 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
+    return hosts, path, username, password
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
+    as its parts; ValueError (without the password) if it is not of that form."""
+    hosts, path, username, password = split_url(url, SENTINEL_SCHEME)
     sentinels = []
     for item in hosts.split(","):
         host, colon, port_text = item.strip().rpartition(":")

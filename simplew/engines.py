@@ -64,7 +64,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from simplew.backplane import (
     COMMAND_TIMEOUT,
@@ -73,6 +73,7 @@ from simplew.backplane import (
     parse_sentinel_url,
     redact,
     redis_client,
+    split_url,
 )
 
 PREFIX = "simplew"
@@ -175,23 +176,12 @@ def parse_cluster_url(
 ) -> tuple[list[tuple[str, int]], str | None, str | None]:
     """``redis+cluster://[[user]:password@]host:port[,host:port...]`` as
     (startup nodes, username, password); ValueError if it is not of that form."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != CLUSTER_SCHEME:
-        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {redact(url)!r}")
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"a {CLUSTER_SCHEME}:// URL takes no query or fragment: {redact(url)!r}")
-    netloc, _, path = rest.partition("/")
+    hosts, path, username, password = split_url(url, CLUSTER_SCHEME)
     if path:
         raise ValueError(
             f"{redact(url)!r}: a Cluster has no database: "
             f"{CLUSTER_SCHEME}://host:port[,host:port...]"
         )
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
     return _host_list(url, hosts), username, password
 
 

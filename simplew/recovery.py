@@ -304,6 +304,10 @@ class Recovery:
             )
         return True
 
+    def joining(self, room: str) -> bool:
+        """Whether some connection waits to join ``room`` (with Redis)."""
+        return room in self._joining
+
     def room_ready(self, room: str) -> None:
         """With Redis: ``room``'s mirror is loaded; the joins waiting for it complete."""
         for conn in self._joining.pop(room, ()):

@@ -715,7 +715,7 @@ class RedisStream:
         followed.linger = asyncio.get_running_loop().call_later(self.linger, self._unfollow, room)
 
     def _needed(self, room: str) -> bool:
-        if self.hub.room_size(room) or room in self.recovery._joining:
+        if self.hub.room_size(room) or self.recovery.joining(room):
             return True
         return any(room in admission.rooms for admission in self._admissions)
 
