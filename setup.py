@@ -5,6 +5,17 @@ import os
 import picows
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class ParallelBuildExt(build_ext):
+    """Compile the extensions on every core, unless ``-j N`` says otherwise."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
 
 PICOWS_INCLUDE = os.path.dirname(os.path.dirname(picows.__file__))
 # context: what the facade hands the lower layers (connection, router, http cimport it)
@@ -33,6 +44,7 @@ extensions = [
 ]
 
 setup(
+    cmdclass={"build_ext": ParallelBuildExt},
     ext_modules=cythonize(
         extensions,
         include_path=[PICOWS_INCLUDE],

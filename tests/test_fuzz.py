@@ -2,7 +2,7 @@
 
 For each harness: every committed corpus file is replayed once (crash
 regressions and seeds), then the harness fuzzes for $SIMPLEW_FUZZ_SECONDS
-(default 15) seconds from that corpus, in its own process with libFuzzer's
+(default 10) seconds from that corpus, in its own process with libFuzzer's
 RSS and per-input time limits. Two harnesses run at a time (the suite has 2
 cores). Any crash, hang, OOM or invariant failure fails the test of that
 harness; the libFuzzer log and the failing input are named in the message.
@@ -23,7 +23,7 @@ _spec = importlib.util.spec_from_file_location(
 fuzz_run = sys.modules["simplew_fuzz_run"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz_run)
 
-SECONDS = float(os.environ.get("SIMPLEW_FUZZ_SECONDS", "15"))
+SECONDS = float(os.environ.get("SIMPLEW_FUZZ_SECONDS", "10"))
 
 
 @pytest.fixture(scope="module")
