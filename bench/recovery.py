@@ -171,27 +171,11 @@ def _client_main(port, count, v2, counter, ready) -> None:
 
 
 def _count_frames(entry: list) -> int:
-    buf = entry[1]
-    pos = frames = 0
-    while len(buf) - pos >= 2:
-        length = buf[pos + 1] & 0x7F
-        start = pos + 2
-        if length == 126:
-            if len(buf) - pos < 4:
-                break
-            length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-            start = pos + 4
-        elif length == 127:
-            if len(buf) - pos < 10:
-                break
-            length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-            start = pos + 10
-        if len(buf) < start + length:
-            break
-        pos = start + length
-        frames += 1
-    entry[1] = buf[pos:]
-    return frames
+    from v2bench import frame_spans
+
+    spans, pos = frame_spans(entry[1])
+    entry[1] = entry[1][pos:]
+    return len(spans)
 
 
 def fanout(args: argparse.Namespace) -> dict:

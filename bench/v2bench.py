@@ -37,6 +37,31 @@ def taskset(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus]
 
 
+def frame_spans(buf: bytes | bytearray) -> tuple[list[tuple[int, int, int]], int]:
+    """The whole unmasked frames at the start of ``buf`` (a server's): ``(opcode,
+    payload start, payload end)`` each, and where the first incomplete one starts."""
+    spans = []
+    pos = 0
+    while len(buf) - pos >= 2:
+        length = buf[pos + 1] & 0x7F
+        start = pos + 2
+        if length == 126:
+            if len(buf) - pos < 4:
+                break
+            length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+            start = pos + 4
+        elif length == 127:
+            if len(buf) - pos < 10:
+                break
+            length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            start = pos + 10
+        if len(buf) < start + length:
+            break
+        spans.append((buf[pos] & 0x0F, start, start + length))
+        pos = start + length
+    return spans, pos
+
+
 class App:
     """``bench/v2app.py`` in its own process group (the pid is the server's own)."""
 
@@ -222,26 +247,8 @@ class Raw:
 
     def frames(self) -> list[bytes]:
         buf = self.buf
-        out = []
-        pos = 0
-        while len(buf) - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                if len(buf) - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                start = pos + 4
-            elif length == 127:
-                if len(buf) - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            if len(buf) < start + length:
-                break
-            if buf[pos] & 0x0F == 1:  # TEXT (pings are off on the benchmark server)
-                out.append(bytes(buf[start : start + length]))
-            pos = start + length
+        spans, pos = frame_spans(buf)
+        out = [bytes(buf[start:end]) for opcode, start, end in spans if opcode == 1]  # TEXT
         del buf[:pos]
         return out
 
