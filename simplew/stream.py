@@ -44,8 +44,8 @@ stream to its new position, making a new epoch in the second case (one Lua
 script, once however many processes race), and sends its clients in that
 room a ``reset``: an ``(epoch, offset)`` never names two publications.
 
-Each shard has its own connection loop: a shard that is down stops only the
-streams on it (their publications wait, up to ``max_pending`` per shard), and
+Each shard has its own connection loop (:class:`simplew.shard.Shard`): a shard
+that is down stops only the streams on it (their publications wait, up to ``max_pending`` per shard), and
 the others go on. Connections that need a stopped shard to be admitted wait
 outside the hub until it answers.
 """
@@ -55,27 +55,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from simplew.backplane import (
-    BACKOFF_MAX,
-    BACKOFF_MIN,
-    COMMAND_TIMEOUT,
-    MAX_BATCH,
-    MAX_BATCH_BYTES,
-    _close_quietly,
-    _describe,
     cancel_quietly,
     decode_records,
     encode_record,
-    until_either_fails,
 )
 from simplew.engines import Engine
 from simplew.recovery import Ended, Recovery, Resume, digest, log_id, new_epoch, pub_message
+from simplew.shard import ENSURE_EPOCH, LOAD_CONCURRENCY, WAIT_TIMEOUT_MS, Shard, gather_bounded
 
 log = logging.getLogger("simplew.stream")
 
@@ -83,30 +74,8 @@ MAX_PENDING = 100_000  # publications waiting for one shard; past it they are re
 SYNC_INTERVAL = 1.0  # seconds between two writes of session and presence changes
 PRESENCE_TTL = 10.0  # a presence entry not refreshed for this long is gone
 FETCH_CHUNK = 1000  # Stream entries per XRANGE
-LOAD_CONCURRENCY = 16  # streams whose tails are read at once (a resume in many rooms)
 LINGER = 5.0  # seconds a room stays followed after its last local session left
-SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command
 RETRY_AFTER = 1  # seconds, the Retry-After of an Unavailable
-WAIT_TIMEOUT_MS = 1000  # one WAIT for replicas (wait_replicas), then another
-
-
-async def gather_bounded(calls: list[Any], limit: int = LOAD_CONCURRENCY) -> list[Any]:
-    """The results of ``calls`` (coroutines), at most ``limit`` running at once (a
-    connection each: a Cluster node's pool is bounded); the first failure is raised
-    once all ended."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(call: Any) -> Any:
-        async with gate:
-            return await call
-
-    outcomes = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            for call in calls:
-                call.close()  # those never started
-            raise outcome
-    return outcomes
 
 
 class Unavailable(Exception):
@@ -116,80 +85,8 @@ class Unavailable(Exception):
     retry_after = RETRY_AFTER
 
 
-# The epoch of the stream; a fresh one (and no stale entries) when the meta hash is gone.
-_EPOCH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
-end
-"""
-
-# ARGV: fresh epoch, maxlen, ttl (s), publish command ('' : the caller publishes once
-# replicas have it), channel, records...
-# Each entry keeps its record (r) and the Redis time it was stored (t, seconds), so that
-# a process loading a stream's tail skips what is older than history_ttl.
-_PUBLISH = (
-    _EPOCH
-    + """
-local n = #ARGV - 5
-local top = redis.call('HINCRBY', KEYS[1], 'top', n)
-local first = top - n + 1
-local now = redis.call('TIME')[1]
-for i = 1, n do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-1', first + i - 1),
-             'r', ARGV[i + 5], 't', now)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call(ARGV[4], ARGV[5], epoch .. '\\n' .. string.format('%d', first) .. '\\n'
-             .. table.concat(ARGV, '', 6))
-end
-return {epoch, first}
-"""
-)
-
-# A batch over several rooms of one instance (not a Cluster: its keys span slots), in one
-# call. KEYS: meta and stream of each room. ARGV: maxlen, ttl (s), publish command ('':
-# the caller publishes once replicas have it), then per room: a fresh epoch, its channel,
-# its count n, its n records. Returns epoch and first offset of each room, in order.
-_PUBLISH_ROOMS = """
-local maxlen, ttl, command = ARGV[1], ARGV[2], ARGV[3]
-local now = redis.call('TIME')[1]
-local out = {}
-local a = 4
-for r = 1, #KEYS / 2 do
-  local meta, stream = KEYS[2 * r - 1], KEYS[2 * r]
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    epoch = ARGV[a]
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
-  end
-  local n = tonumber(ARGV[a + 2])
-  local top = redis.call('HINCRBY', meta, 'top', n)
-  local first = top - n + 1
-  for i = 1, n do
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-1', first + i - 1),
-               'r', ARGV[a + 2 + i], 't', now)
-  end
-  redis.call('EXPIRE', meta, ttl)
-  redis.call('EXPIRE', stream, ttl)
-  if command ~= '' then
-    redis.call(command, ARGV[a + 1], epoch .. '\\n' .. string.format('%d', first) .. '\\n'
-               .. table.concat(ARGV, '', a + 3, a + 2 + n))
-  end
-  out[#out + 1] = epoch
-  out[#out + 1] = first
-  a = a + 3 + n
-end
-return out
-"""
-
 _META = (
-    _EPOCH
+    ENSURE_EPOCH
     + """
 return {epoch, redis.call('HGET', KEYS[1], 'top')}
 """
@@ -235,7 +132,7 @@ class Followed:
         self.linger: asyncio.TimerHandle | None = None
 
 
-class _Admission:
+class PendingAdmission:
     """A connection waiting to be admitted: its ended session (read from Redis) and
     the streams it needs."""
 
@@ -251,320 +148,6 @@ class _Admission:
         self.ended: Ended | None = None
         self.read = resume is None  # the ended session was read (or none is needed)
         self.rooms: frozenset[str] = frozenset()
-
-
-class Shard:
-    """One Redis shard: its connection loop, its publications, its subscriptions."""
-
-    def __init__(self, stream: RedisStream, index: int) -> None:
-        self.stream = stream
-        self.index = index
-        self.connected = False
-        self.pending: deque[tuple[str | None, bytes, asyncio.Future[Any] | None]] = deque()
-        self.commands: deque[tuple[str, tuple[Any, ...]]] = deque()  # session/presence writes
-        self.session_reads: list[_Admission] = []  # GETDEL of ended sessions on this shard
-        self.to_subscribe: set[str | None] = set()  # rooms to (re)subscribe and load
-        self.to_unsubscribe: set[str] = set()  # channels to drop
-        self.to_load: set[str | None] = set()  # rooms to catch up from the Stream
-        self.wakeup = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.outages = 0
-        self.published = 0
-        self.batches = 0
-
-    def wake(self) -> None:
-        self.wakeup.set()
-
-    async def run(self) -> None:
-        stream = self.stream
-        backoff = BACKOFF_MIN
-        while not stream.closed:
-            subscriber = None
-            try:
-                client = stream.engine.client(self.index)
-                subscriber = stream.engine.subscriber(self.index)
-                await self._connect(client, subscriber)
-                backoff = BACKOFF_MIN
-                await until_either_fails(self._read(subscriber), self._write(client, subscriber))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not stream.closed:
-                    if self.connected or self.outages == 0:
-                        self.outages += 1
-                        log.warning(
-                            "Redis stream: %s shard %d of %s: %s; its streams wait until "
-                            "it is back",
-                            "lost" if self.connected else "cannot reach",
-                            self.index,
-                            stream.engine.describe(),
-                            _describe(exc),
-                        )
-                    self._down()
-            finally:
-                await _close_quietly(subscriber)
-            if stream.closed:
-                break
-            await asyncio.sleep(backoff * (1 + random.random() / 4))
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
-    def _down(self) -> None:
-        self.connected = False
-        for followed in self.stream.followed_on(self.index):
-            followed.ready = False
-            followed.subscribed = False
-            followed.confirming = False
-            followed.buffer = None
-            self.to_subscribe.add(followed.room)
-        self.to_unsubscribe.clear()
-
-    async def _connect(self, client: Any, subscriber: Any) -> None:
-        """Subscribe to every followed stream of this shard, then load them."""
-        await client.ping()
-        rooms = [f.room for f in self.stream.followed_on(self.index)]
-        self.to_subscribe.difference_update(rooms)
-        followed = await self._subscribe(subscriber, rooms)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + COMMAND_TIMEOUT
-        while any(item.confirming for item in followed):
-            # nothing reads the subscriber yet: read the confirmations here
-            message = await subscriber.get_message(
-                timeout=max(0.0, deadline - loop.time()), confirmations=True
-            )
-            if message is None:
-                raise TimeoutError("no answer to SUBSCRIBE")
-            self._on_message(message)
-        self.to_load.clear()
-        await self.stream.load(client, [item for item in followed if item.buffer is not None])
-        if not self.connected and self.outages:
-            log.info("Redis stream: shard %d is back", self.index)
-        self.connected = True
-
-    async def _subscribe(self, subscriber: Any, rooms: list[str | None]) -> list[Followed]:
-        """SUBSCRIBE the channels of ``rooms``; each is loaded once its confirmation
-        came (what comes meanwhile waits in its buffer)."""
-        stream = self.stream
-        followed = [stream.rooms[r] for r in rooms if r in stream.rooms]
-        for item in followed:
-            item.buffer = []
-            item.ready = False
-            item.confirming = True
-        for i in range(0, len(followed), SUBSCRIBE_CHUNK):
-            chunk = followed[i : i + SUBSCRIBE_CHUNK]
-            await subscriber.subscribe(*(item.channel for item in chunk))
-            for item in chunk:
-                item.subscribed = True
-        return followed
-
-    # -- reading
-
-    async def _read(self, subscriber: Any) -> None:
-        on_message = self._on_message
-        while not self.stream.closed:  # as _write
-            message = await subscriber.get_message(
-                timeout=1.0 if subscriber.channels else 0.02, confirmations=True
-            )
-            if message is not None:
-                on_message(message)
-
-    def _on_message(self, message: dict[str, Any]) -> None:
-        stream = self.stream
-        channel = message["channel"]
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8", "surrogateescape")
-        followed = stream.by_channel.get(channel)
-        if followed is None:
-            return  # a room given up meanwhile
-        if message["type"] == "subscribe":
-            if followed.confirming:
-                followed.confirming = False
-                self.to_load.add(followed.room)  # subscribed: now load what came before
-                self.wake()
-            return
-        data = message["data"]
-        if followed.buffer is not None:
-            followed.buffer.append(data)  # it is being loaded
-            return
-        if not stream.apply(followed, data):
-            # a hole (or another epoch): the writer loads the stream, then this
-            followed.ready = False
-            followed.buffer = [data]
-            self.to_load.add(followed.room)
-            self.wake()
-
-    async def _change_subscriptions(self, client: Any, subscriber: Any) -> None:
-        stream = self.stream
-        if self.to_unsubscribe:
-            channels = list(self.to_unsubscribe)
-            self.to_unsubscribe.clear()
-            for i in range(0, len(channels), SUBSCRIBE_CHUNK):
-                await subscriber.unsubscribe(*channels[i : i + SUBSCRIBE_CHUNK])
-        if self.to_subscribe:
-            rooms = [r for r in self.to_subscribe if r in stream.rooms]
-            self.to_subscribe.clear()
-            await self._subscribe(subscriber, rooms)
-        if self.to_load:
-            followed = [
-                stream.rooms[r]
-                for r in self.to_load
-                if r in stream.rooms and not stream.rooms[r].confirming
-            ]
-            self.to_load.clear()
-            if followed:
-                await stream.load(client, followed)
-
-    # -- writing
-
-    async def _write(self, client: Any, subscriber: Any) -> None:
-        stream = self.stream
-        publish = client.register_script(_PUBLISH)
-        publish_rooms = client.register_script(_PUBLISH_ROOMS)
-        wakeup = self.wakeup
-        loop = asyncio.get_running_loop()
-        next_sync = 0.0
-        # until close(): it sets ``closed``, then cancels run(); on Python 3.11 a
-        # cancellation can be lost (asyncio.wait_for swallows one that comes as its
-        # event is set), and a loop that never ends kept the process from stopping
-        while not stream.closed:
-            if self.to_subscribe or self.to_unsubscribe or self.to_load:
-                await self._change_subscriptions(client, subscriber)
-                continue
-            if self.session_reads:
-                await self._read_sessions(client)
-            if self.pending:
-                await self._publish_batch(client, publish, publish_rooms)
-                continue
-            if self.index == 0 and loop.time() >= next_sync:
-                stream.sync_sessions()
-                next_sync = loop.time() + stream.sync_interval
-            if self.commands:
-                pipe = client.pipeline(transaction=False)
-                count = 0
-                while self.commands and count < 1000:
-                    command, args = self.commands.popleft()
-                    pipe.execute_command(command, *args)
-                    count += 1
-                await pipe.execute()
-                continue
-            wakeup.clear()
-            timeout = max(0.01, next_sync - loop.time()) if self.index == 0 else 1.0
-            try:
-                await asyncio.wait_for(wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
-
-    async def _publish_batch(self, client: Any, publish: Any, publish_rooms: Any) -> None:
-        stream = self.stream
-        pending = self.pending
-        batch = [pending.popleft()]
-        size = len(batch[0][1])
-        while pending and len(batch) < MAX_BATCH and size + len(pending[0][1]) <= MAX_BATCH_BYTES:
-            batch.append(pending.popleft())
-            size += len(batch[-1][1])
-        groups: dict[str | None, list[tuple[bytes, asyncio.Future[Any] | None]]] = {}
-        for room, record, future in batch:
-            groups.setdefault(room, []).append((record, future))
-        engine = stream.engine
-        replicas = stream.wait_replicas
-        command = "" if replicas else engine.publish_command
-        ttl = stream.ttl_seconds
-        maxlen = stream.recovery.streams.history_size or 1
-
-        def args(room: str | None, items: list[tuple[bytes, Any]]) -> list[Any]:
-            return [
-                new_epoch(),
-                maxlen,
-                ttl,
-                command,
-                engine.key(room, "pubs"),
-                *(record for record, _ in items),
-            ]
-
-        try:
-            if len(groups) == 1 and not replicas:
-                room, items = next(iter(groups.items()))
-                keys = [engine.key(room, "meta"), engine.key(room, "stream")]
-                results = [await publish(keys=keys, args=args(room, items))]
-            elif engine.kind == "cluster":
-                # redis-py refuses scripts in a Cluster pipeline: one call per room, at once
-                # (each goes to the node of its room's slot; rooms have no order between them)
-                results = await gather_bounded(
-                    [
-                        publish(
-                            keys=[engine.key(room, "meta"), engine.key(room, "stream")],
-                            args=args(room, items),
-                        )
-                        for room, items in groups.items()
-                    ]
-                )
-            else:
-                # one instance: the rooms of the batch in one script call
-                keys = []
-                argv: list[Any] = [maxlen, ttl, command]
-                for room, items in groups.items():
-                    keys += (engine.key(room, "meta"), engine.key(room, "stream"))
-                    argv += (new_epoch(), engine.key(room, "pubs"), len(items))
-                    argv.extend(record for record, _ in items)
-                if replicas:
-                    pipe = client.pipeline(transaction=False)
-                    await publish_rooms(keys=keys, args=argv, client=pipe)
-                    pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
-                    flat, acknowledged = await pipe.execute()
-                else:
-                    flat = await publish_rooms(keys=keys, args=argv)
-                results = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-                if replicas:
-                    await stream.replicated(client, acknowledged)
-                    pipe = client.pipeline(transaction=False)
-                    for (room, items), result in zip(groups.items(), results):
-                        message = b"%s\n%d\n%s" % (
-                            result[0],
-                            int(result[1]),
-                            b"".join(record for record, _ in items),
-                        )
-                        pipe.execute_command(
-                            engine.publish_command, engine.key(room, "pubs"), message
-                        )
-                    await pipe.execute()
-        except BaseException:
-            pending.extendleft(reversed(batch))  # sent again when the shard is back
-            raise
-        for (_room, items), result in zip(groups.items(), results):
-            epoch = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
-            first = int(result[1])
-            for i, (_record, future) in enumerate(items):
-                if future is not None and not future.done():
-                    future.set_result((epoch, first + i))
-        self.published += len(batch)
-        self.batches += 1
-
-    async def _read_sessions(self, client: Any) -> None:
-        """Read (and take: GETDEL) the ended sessions waiting connections ask for."""
-        reads, self.session_reads = self.session_reads, []
-        pipe = client.pipeline(transaction=False)
-        for admission in reads:
-            assert admission.resume is not None
-            pipe.execute_command("GETDEL", self.stream.session_key(admission.resume.session))
-        try:
-            values = await pipe.execute()
-        except BaseException:
-            self.session_reads[:0] = reads  # they wait on, for the next connection
-            raise
-        for admission, value in zip(reads, values):
-            admission.read = True
-            if value is not None:
-                assert admission.resume is not None
-                try:
-                    record = json.loads(value)
-                    admission.ended = Ended(
-                        admission.resume.session,
-                        record.get("rooms") or (),
-                        record.get("user"),
-                        0.0,
-                    )
-                except (ValueError, TypeError, AttributeError):
-                    admission.ended = None
-            self.stream.admission_progress(admission)
 
 
 class RedisStream:
@@ -597,7 +180,7 @@ class RedisStream:
         self.shards = [Shard(self, i) for i in range(self.engine.size)]
         self.rooms: dict[str | None, Followed] = {}
         self.by_channel: dict[str, Followed] = {}
-        self._admissions: list[_Admission] = []
+        self._admissions: list[PendingAdmission] = []
         self._written: dict[str, tuple[frozenset[str], float]] = {}  # id -> (rooms, when)
         # counters
         self.received = 0
@@ -974,7 +557,7 @@ class RedisStream:
     ) -> None:
         """Admit ``conn`` once its ended session (if it asks for one) was read from
         Redis and every stream it needs is followed here and loaded."""
-        admission = _Admission(conn, resume, asked, admit)
+        admission = PendingAdmission(conn, resume, asked, admit)
         self._admissions.append(admission)
         if resume is not None:
             shard = self.shards[self.engine.session_shard(digest(resume.session).hex())]
@@ -983,7 +566,7 @@ class RedisStream:
         else:
             self.admission_progress(admission)
 
-    def admission_progress(self, admission: _Admission) -> None:
+    def admission_progress(self, admission: PendingAdmission) -> None:
         """The ended session was read: follow its rooms, admit when all are ready."""
         rooms: set[str] = set()
         if admission.ended is not None:
