@@ -320,13 +320,13 @@ class Shard:
                 stream.sync_sessions()
                 next_sync = loop.time() + stream.sync_interval
             if self.commands:
-                pipe = client.pipeline(transaction=False)
-                count = 0
-                while self.commands and count < 1000:
-                    command, args = self.commands.popleft()
-                    pipe.execute_command(command, *args)
-                    count += 1
-                await pipe.execute()
+                async with client.pipeline(transaction=False) as pipe:
+                    count = 0
+                    while self.commands and count < 1000:
+                        command, args = self.commands.popleft()
+                        pipe.execute_command(command, *args)
+                        count += 1
+                    await pipe.execute()
                 continue
             wakeup.clear()
             timeout = max(0.01, next_sync - loop.time()) if self.index == 0 else 1.0
@@ -388,26 +388,26 @@ class Shard:
                     argv += (new_epoch(), engine.key(room, "pubs"), len(items))
                     argv.extend(record for record, _ in items)
                 if replicas:
-                    pipe = client.pipeline(transaction=False)
-                    await publish_rooms(keys=keys, args=argv, client=pipe)
-                    pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
-                    flat, acknowledged = await pipe.execute()
+                    async with client.pipeline(transaction=False) as pipe:
+                        await publish_rooms(keys=keys, args=argv, client=pipe)
+                        pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
+                        flat, acknowledged = await pipe.execute()
                 else:
                     flat = await publish_rooms(keys=keys, args=argv)
                 results = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
                 if replicas:
                     await stream.replicated(client, acknowledged)
-                    pipe = client.pipeline(transaction=False)
-                    for (room, items), result in zip(groups.items(), results):
-                        message = b"%s\n%d\n%s" % (
-                            result[0],
-                            int(result[1]),
-                            b"".join(record for record, _ in items),
-                        )
-                        pipe.execute_command(
-                            engine.publish_command, engine.key(room, "pubs"), message
-                        )
-                    await pipe.execute()
+                    async with client.pipeline(transaction=False) as pipe:
+                        for (room, items), result in zip(groups.items(), results):
+                            message = b"%s\n%d\n%s" % (
+                                result[0],
+                                int(result[1]),
+                                b"".join(record for record, _ in items),
+                            )
+                            pipe.execute_command(
+                                engine.publish_command, engine.key(room, "pubs"), message
+                            )
+                        await pipe.execute()
         except BaseException:
             pending.extendleft(reversed(batch))  # sent again when the shard is back
             raise
@@ -423,12 +423,14 @@ class Shard:
     async def _read_sessions(self, client: Any) -> None:
         """Read (and take: GETDEL) the ended sessions waiting connections ask for."""
         reads, self.session_reads = self.session_reads, []
-        pipe = client.pipeline(transaction=False)
-        for admission in reads:
-            assert admission.resume is not None
-            pipe.execute_command("GETDEL", self.stream.session_key(admission.resume.session))
         try:
-            values = await pipe.execute()
+            async with client.pipeline(transaction=False) as pipe:
+                for admission in reads:
+                    assert admission.resume is not None
+                    pipe.execute_command(
+                        "GETDEL", self.stream.session_key(admission.resume.session)
+                    )
+                values = await pipe.execute()
         except BaseException:
             self.session_reads[:0] = reads  # they wait on, for the next connection
             raise

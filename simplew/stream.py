@@ -348,16 +348,16 @@ class RedisStream:
                 ]
             )
         else:
-            pipe = client.pipeline(transaction=False)
-            for item in followed:
-                pipe.eval(
-                    _META,
-                    2,
-                    engine.key(item.room, "meta"),
-                    engine.key(item.room, "stream"),
-                    new_epoch(),
-                )
-            metas = await pipe.execute()
+            async with client.pipeline(transaction=False) as pipe:
+                for item in followed:
+                    pipe.eval(
+                        _META,
+                        2,
+                        engine.key(item.room, "meta"),
+                        engine.key(item.room, "stream"),
+                        new_epoch(),
+                    )
+                metas = await pipe.execute()
         limit = asyncio.Semaphore(LOAD_CONCURRENCY)
 
         async def load_one(item: Followed, epoch: str, top: int) -> None:
@@ -452,11 +452,11 @@ class RedisStream:
         order, so what the read saw is on the replicas once the write is."""
         if not self.wait_replicas or not entries:
             return
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command("INCR", self.engine.key(room, "fence"))
-        pipe.execute_command("EXPIRE", self.engine.key(room, "fence"), self.ttl_seconds)
-        pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
-        results = await pipe.execute()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("INCR", self.engine.key(room, "fence"))
+            pipe.execute_command("EXPIRE", self.engine.key(room, "fence"), self.ttl_seconds)
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+            results = await pipe.execute()
         await self.replicated(client, results[-1])
 
     async def replicated(self, client: Any, acknowledged: int) -> None:
