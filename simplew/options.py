@@ -130,6 +130,15 @@ class ServerOptions:
     """Seconds a connection whose JWT expired keeps its access: a ``simplew.v2`` client is
     asked to refresh its token in that time, then closed with 4001 (:mod:`simplew.tokens`)."""
 
+    # -- the server API (simplew.api, docs/api.md) -------------------------------
+    api_path: str | None = None
+    """Serve the server API (JSON over ``POST <api_path>/<method>``: publish, broadcast,
+    presence, history, disconnect, join, leave, info) under this path; needs
+    ``api_token``. None: no API."""
+    api_token: str | None = dataclasses.field(default=None, repr=False)
+    """The bearer token every API request must carry (``Authorization: Bearer <token>``,
+    compared in constant time)."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -171,6 +180,13 @@ class ServerOptions:
             from simplew.engines import parse_redis_urls
 
             parse_redis_urls(self.redis_url)  # ValueError if malformed
+        if self.api_token is not None and (not isinstance(self.api_token, str) or not self.api_token):
+            raise ValueError("api_token must be a non-empty str")
+        if self.api_path is not None:
+            if not isinstance(self.api_path, str) or not self.api_path.startswith("/"):
+                raise ValueError(f"api_path must be a path starting with '/', not {self.api_path!r}")
+            if self.api_token is None:
+                raise ValueError("api_path needs api_token: the API is never served without one")
         for name in ("max_connections", "max_connections_per_ip"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)

@@ -34,6 +34,7 @@ from simplew._fast.heartbeat import Heartbeat
 from simplew._fast.http import HttpProtocol
 from simplew._fast.hub import Hub
 from simplew.answers import HttpAnswers
+from simplew.api import ServerApi
 from simplew.auth import JwtAuth
 from simplew.broadcast import Broadcast
 from simplew.controller import Controller
@@ -157,6 +158,8 @@ class SimpleWServer:
         max_connections: int | None = None,
         max_connections_per_ip: int | None = None,
         token_grace: float = 30.0,
+        api_path: str | None = None,
+        api_token: str | None = None,
     ) -> None:
         """Every parameter is a field of :class:`~simplew.options.ServerOptions`,
         documented there (and in docs/configuration.md); a value that cannot
@@ -195,6 +198,7 @@ class SimpleWServer:
         self._ws_specs: list[WebSocketSpec] = []
         self._dynamic: list[DynamicSpec] = []
         self._inline_routes: list[tuple[str, str, Callable[..., Any]]] = []
+        self._api: ServerApi | None = None  # the server API, made at start (api_path)
         if options.healthz:
             self.enable_healthz()
         if options.metrics:
@@ -541,6 +545,9 @@ class SimpleWServer:
         context.session_closed = self._sessions.closed
         context.identify = self.credentials.identify
         context.protocol_message = self.credentials.protocol_message
+        api_path = self.options.api_path
+        if api_path is not None and (self._api is None or self._api.path != api_path):
+            self._api = ServerApi(self, api_path, self.options.api_token or "")
         self._compile_router()
         self._flusher = Flusher()
         if self._ws_specs:
@@ -562,9 +569,10 @@ class SimpleWServer:
         }
 
     def _compile_router(self) -> None:
-        self._answers.router = compile_router(
-            self._dynamic, self._inline_routes, self.context, _json_default
-        )
+        routes = list(self._inline_routes)
+        if self._api is not None:
+            routes.append(("POST", self._api.route, self._api.handle))
+        self._answers.router = compile_router(self._dynamic, routes, self.context, _json_default)
 
     @property
     def _router(self) -> Any:
@@ -618,6 +626,8 @@ class SimpleWServer:
 
             self._broadcast.backplane = RedisBackplane(self.redis_url, self._broadcast.fan_out)
             self._broadcast.backplane.start()  # connects in the background, retrying
+        if self._api is not None:
+            self._api.start()
         log.info(
             "simplew listening on %s://%s:%d/",
             "https" if self.ssl else "http",
@@ -649,6 +659,8 @@ class SimpleWServer:
             await asyncio.sleep(0.02)  # clients answer the CLOSE, buffers drain
         for session in self.sessions:
             session.abort()
+        if self._api is not None:
+            await self._api.close()
         if self.backplane is not None:
             await self.backplane.close()  # its counters stay readable
         if self.recovery is not None:

@@ -34,6 +34,7 @@ from simplew.backplane import (
 from simplew.recovery import Ended, new_epoch
 
 if TYPE_CHECKING:
+    from simplew.engines import Engine
     from simplew.stream import Followed, PendingAdmission, RedisStream
 
 log = logging.getLogger("simplew.stream")
@@ -76,8 +77,20 @@ end
 # replicas have it), channel, records...
 # Each entry keeps its record (r) and the Redis time it was stored (t, seconds), so that
 # a process loading a stream's tail skips what is older than history_ttl.
+# KEYS[3], when given, is an idempotency key (one record): if it is set, nothing is
+# published and its position is returned with a third item, 1; else it is set to the
+# new position, for ttl seconds.
 _PUBLISH = (
-    ENSURE_EPOCH
+    """
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local space = string.find(seen, ' ', 1, true)
+    return {string.sub(seen, 1, space - 1), tonumber(string.sub(seen, space + 1)), 1}
+  end
+end
+"""
+    + ENSURE_EPOCH
     + """
 local n = #ARGV - 5
 local top = redis.call('HINCRBY', KEYS[1], 'top', n)
@@ -92,6 +105,9 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call(ARGV[4], ARGV[5], epoch .. '\\n' .. string.format('%d', first) .. '\\n'
              .. table.concat(ARGV, '', 6))
+end
+if KEYS[3] then
+  redis.call('SET', KEYS[3], epoch .. ' ' .. string.format('%d', first), 'EX', ARGV[3])
 end
 return {epoch, first}
 """
@@ -133,6 +149,48 @@ for r = 1, #KEYS / 2 do
 end
 return out
 """
+
+
+async def publish_now(
+    engine: Engine,
+    room: str | None,
+    record: bytes,
+    *,
+    maxlen: int,
+    ttl: int,
+    key: str | None = None,
+    replicas: int = 0,
+) -> tuple[str, int, bool]:
+    """Store one publication (``record``, :func:`simplew.backplane.encode_record`) of
+    ``room``'s stream at once, with the script of the batches but outside any shard
+    loop: the server API's keyed publications and :mod:`simplew.emitter`. ``key``: an
+    idempotency key, kept ``ttl`` seconds in the same script. ``replicas``: published
+    on the channel once that many replicas have it. Returns ``(epoch, offset,
+    duplicate)``; ``duplicate``: the key was already used, nothing was published and
+    the position is the first one's. Raises redis-py's errors."""
+    client = engine.client(engine.shard_of(room))
+    channel = engine.key(room, "pubs")
+    keys = [engine.key(room, "meta"), engine.key(room, "stream")]
+    if key is not None:
+        keys.append(engine.key(room, "once:" + key))
+    args = [new_epoch(), maxlen, ttl, "" if replicas else engine.publish_command, channel, record]
+    script = client.register_script(_PUBLISH)
+    if replicas:
+        async with client.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
+            result, acknowledged = await pipe.execute()
+        while int(acknowledged) < replicas:
+            acknowledged = await client.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
+    else:
+        result = await script(keys=keys, args=args)
+    epoch = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+    offset, duplicate = int(result[1]), len(result) > 2
+    if replicas and not duplicate:
+        await client.execute_command(
+            engine.publish_command, channel, b"%s\n%d\n%s" % (epoch.encode(), offset, record)
+        )
+    return epoch, offset, duplicate
 
 
 class Shard:
