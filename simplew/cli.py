@@ -171,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(env SIMPLEW_PUBLISH_TOKEN keeps it off the command line)",
     )
     serve.add_argument(
+        "--api",
+        default=_env("api"),
+        metavar="PATH",
+        help="serve the server API (POST PATH/publish, /history, /disconnect...; "
+        "docs/api.md); needs --api-token (env SIMPLEW_API)",
+    )
+    serve.add_argument(
+        "--api-token",
+        default=_env("api_token"),
+        metavar="TOKEN",
+        help="the bearer token of --api requests (env SIMPLEW_API_TOKEN keeps it off "
+        "the command line)",
+    )
+    serve.add_argument(
         "--metrics",
         action="store_true",
         default=_env_flag("metrics"),
@@ -375,6 +389,13 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         if not args.publish.startswith("/"):
             raise UsageError(f"--publish: the path must start with '/': {args.publish}")
         server.map_post(args.publish, _publisher(server, args.publish_token))
+    if args.api is not None or args.api_token is not None:
+        if args.api is None:
+            raise UsageError("--api-token goes with --api")
+        try:
+            server.options = server.options.replace(api_path=args.api, api_token=args.api_token)
+        except ValueError as exc:
+            raise UsageError(f"--api: {exc}") from None
     if args.metrics:
         server.enable_metrics()
     try:  # connection limits and WebSocket origins (per process with --workers)

@@ -419,6 +419,11 @@ ERRORS = {
         ["--ws", "/ws", "--publish", "/p", "--publish-token", ""],
         "--publish-token must not be empty",
     ),
+    "api without a token": (
+        ["--ws", "/ws", "--api", "/api"],
+        "--api: api_path needs api_token",
+    ),
+    "api token without api": (["--ws", "/ws", "--api-token", "t"], "--api-token goes with --api"),
 }
 
 

@@ -1,0 +1,280 @@
+"""The server API (simplew.api): every method against real servers, over HTTP.
+
+One server without Redis (the methods, the token, the errors, idempotency in
+memory, history from the process's streams); two servers sharing a real
+redis-server (presence, join, disconnect of a user on both, idempotency and
+history in Redis, info of both processes, 503 once Redis is gone). Clients are
+simplew.v2 WebSocket clients whose user comes from a JWT.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from websockets.sync.client import connect
+
+from helpers import TIMEOUT, wait_until
+from multiproc import RedisServer, redis_server_path
+from simplew import SimpleWServer
+from simplew.recovery import log_id
+from v2client import PROTOCOL, V2Client
+
+TOKEN = "api-s3cret"
+SECRET = "jwt-secret-for-the-api-tests-0123456789"
+BODY_LIMIT = 64 * 1024
+
+
+def call(port: int, method: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any, Any]:
+    """POST /api/<method>: (status, the JSON answer, the headers)."""
+    data = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/{method}", data=data, method="POST", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = raw
+        return error.code, answer, error.headers
+
+
+class Client(V2Client):
+    """A simplew.v2 client whose upgrade carries a JWT (its ``sub`` is the session's user)."""
+
+    def __init__(self, port: int, user: str | None = None) -> None:
+        super().__init__()
+        headers = None
+        if user is not None:
+            token = pyjwt.encode({"sub": user}, SECRET, algorithm="HS256")
+            headers = {"Authorization": f"Bearer {token}"}
+        self.ws = connect(
+            f"ws://127.0.0.1:{port}/ws",
+            subprotocols=[PROTOCOL],
+            proxy=None,
+            compression=None,
+            open_timeout=TIMEOUT,
+            close_timeout=1,
+            additional_headers=headers,
+        ).__enter__()
+        welcome = self._recv_json(TIMEOUT)
+        self.welcomes.append(welcome)
+        self.session = welcome["session"]
+        self.streams = {room: (epoch, offset) for room, epoch, offset, *_ in welcome["streams"]}
+
+    @property
+    def public(self) -> str:
+        """The id presence shows and the API's ``session`` field takes."""
+        assert self.session is not None
+        return log_id(self.session)
+
+    def joined(self, room: str) -> None:
+        """Read until the ``join`` message of ``room`` came."""
+        while not any(join["room"] == room for join in self.joins):
+            self._record(self._recv_json(TIMEOUT))
+
+    def closed_with(self) -> int | None:
+        """Read until the server closes the connection; its close code."""
+        assert not self.collect(TIMEOUT), "still open"
+        return self.ws.close_code
+
+
+def make_server(**settings: Any) -> SimpleWServer:
+    server = SimpleWServer(
+        "127.0.0.1",
+        0,
+        recovery=True,
+        api_path="/api",
+        api_token=TOKEN,
+        max_body_size=BODY_LIMIT,
+        access_log=False,
+        **settings,
+    )
+    server.add_websocket_content("/ws", on_message=lambda session, data: None)
+    server.set_token(SECRET)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def local():
+    server = make_server()
+    yield server
+    server.stop()
+
+
+def test_refused_without_the_token_and_bad_requests_get_clear_errors(local):
+    port = local.port
+    for token in (None, "wrong", ""):
+        status, answer, headers = call(port, "info", token=token)
+        assert status == 401 and answer["error"] == "unauthorized"
+        assert headers["WWW-Authenticate"].startswith('Bearer realm="simplew"')
+    assert call(port, "no_such_method", token="wrong")[0] == 401  # nothing told before the token
+    assert call(port, "info")[0] == 200
+    cases = {
+        "no_such_method": ({}, 404, "unknown_method"),
+        "publish": (b"{not json", 400, "bad_json"),
+        "presence": (b"[1, 2]", 400, "bad_json"),
+    }
+    for method, (body, status, error) in cases.items():
+        got = call(port, method, body)
+        assert (got[0], got[1]["error"]) == (status, error), got
+    for method, body, words in [
+        ("publish", {"room": "a"}, "give one of 'text'"),
+        ("publish", {"text": "x", "binary": "eA=="}, "give one of 'text'"),
+        ("publish", {"binary": "not base64!"}, "not valid base64"),
+        ("publish", {"text": "x", "room": ""}, "room"),
+        ("publish", {"text": "x", "rooom": "a"}, "unknown field 'rooom'"),
+        ("publish", {"text": "x", "key": ""}, "idempotency key"),
+        ("broadcast", {"rooms": ["a", "a"], "text": "x"}, "names a room twice"),
+        ("history", {"room": "a", "limit": 0}, "'limit' must be an integer from 1 to 1000"),
+        ("history", {"room": "a", "since": {"epoch": "e"}}, "'since' must be"),
+        ("disconnect", {"session": "s:1", "user": "u"}, "give one of 'session'"),
+        ("disconnect", {"user": "u", "code": 1000}, "'code' must be an integer from 4000"),
+    ]:
+        status, answer, _ = call(port, method, body)
+        assert status == 400 and words in answer["message"], (method, body, answer)
+    status, _, _ = call(port, "publish", {"text": "x" * BODY_LIMIT})
+    assert status == 413  # over max_body_size: the HTTP front refuses it, nothing published
+    assert call(port, "history", {})[1]["offset"] == 0  # none of the above was published
+
+
+def test_publish_once_join_history_presence_leave_disconnect(local):
+    port = local.port
+    alice = Client(port, "alice")
+    assert call(port, "join", {"room": "lobby", "session": alice.public})[1] == {
+        "count": 1,
+        "processes": 1,
+    }
+    alice.joined("lobby")  # its join message, with the room's position
+    first = call(port, "publish", {"room": "lobby", "text": "one", "key": "order-1"})[1]
+    again = call(port, "publish", {"room": "lobby", "text": "one", "key": "order-1"})[1]
+    assert again == {**first, "duplicate": True} and first["duplicate"] is False
+    binary = call(port, "publish", {"room": "lobby", "binary": base64.b64encode(b"\0\1").decode()})
+    assert binary[1]["offset"] == first["offset"] + 1
+    status, answer, _ = call(port, "broadcast", {"rooms": ["lobby", "other"], "text": "both"})
+    assert status == 200 and [p["room"] for p in answer["positions"]] == ["lobby", "other"]
+    top = answer["positions"][0]["offset"]
+    alice.collect(until_offset=top, room="lobby")
+    assert alice.room_pubs("lobby") == [
+        (first["epoch"], first["offset"], "one"),
+        (first["epoch"], first["offset"] + 1, ""),  # the binary one (recorded without text)
+        (first["epoch"], top, "both"),
+    ]  # the retried publication was delivered once
+    history = call(port, "history", {"room": "lobby", "limit": 2})[1]
+    assert history["epoch"] == first["epoch"] and history["offset"] == top
+    assert [p["offset"] for p in history["publications"]] == [top - 1, top]
+    assert history["publications"][0]["binary"] == "AAE=" and not history["reset"]
+    since = {"epoch": first["epoch"], "offset": first["offset"]}
+    history = call(port, "history", {"room": "lobby", "since": since, "limit": 1})[1]
+    assert [p["offset"] for p in history["publications"]] == [first["offset"] + 1]
+    history = call(port, "history", {"room": "lobby", "since": {"epoch": "gone", "offset": 1}})[1]
+    assert history["reset"] is True and len(history["publications"]) == 3
+    assert call(port, "presence", {"room": "lobby"})[1]["presence"] == [
+        {"client": alice.public, "user": "alice"}
+    ]
+    anonymous = Client(port)
+    call(port, "join", {"room": "lobby", "session": anonymous.public})
+    stats = call(port, "presence_stats", {"room": "lobby"})[1]
+    assert stats == {"room": "lobby", "clients": 2, "users": 1}
+    info = call(port, "info")[1]["processes"]
+    assert len(info) == 1 and info[0]["connections"] == 2 and info[0]["rooms"] == 1
+    assert call(port, "leave", {"room": "lobby", "user": "alice"})[1]["count"] == 1
+    alice.collect(0.2)
+    assert [leave["room"] for leave in alice.leaves] == ["lobby"]
+    assert call(port, "disconnect", {"user": "alice", "reason": "bye"})[1]["count"] == 1
+    assert alice.closed_with() == 4000
+    assert call(port, "disconnect", {"session": anonymous.public, "code": 4100})[1]["count"] == 1
+    assert anonymous.closed_with() == 4100
+    wait_until(lambda: len(local.hub) == 0, what="both sessions gone")
+
+
+def test_api_needs_a_token_to_start():
+    with pytest.raises(ValueError, match="api_path needs api_token"):
+        SimpleWServer("127.0.0.1", 0, api_path="/api")
+    with pytest.raises(ValueError, match="api_path must be a path"):
+        SimpleWServer("127.0.0.1", 0, api_path="api", api_token="t")
+
+
+# -- two processes sharing a Redis -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared():
+    if redis_server_path() is None:
+        pytest.skip("redis-server is not installed")
+    redis = RedisServer().start()
+    servers = [make_server(redis_url=redis.url) for _ in range(2)]
+    for server in servers:
+        wait_until(lambda s=server: s._api.commands.connected, 10, "command channel")
+    yield redis, servers
+    for server in servers:
+        server.stop()
+    redis.stop()
+
+
+def test_acts_on_every_process_sharing_redis(shared):
+    _redis, (one, two) = shared
+    bob = [Client(one.port, "bob"), Client(two.port, "bob")]
+    carol = Client(two.port, "carol")
+    status, answer, _ = call(one.port, "join", {"room": "team", "user": "bob"})
+    assert (status, answer) == (200, {"count": 2, "processes": 2})
+    call(two.port, "join", {"room": "team", "session": carol.public})
+    for client in [*bob, carol]:
+        client.joined("team")
+
+    def stats() -> Any:
+        answer = call(two.port, "presence_stats", {"room": "team"})[1]
+        return answer if answer["clients"] == 3 else None
+
+    assert wait_until(stats, 5, "presence synced") == {"room": "team", "clients": 3, "users": 2}
+    users = [entry["user"] for entry in call(one.port, "presence", {"room": "team"})[1]["presence"]]
+    assert sorted(users) == ["bob", "bob", "carol"]
+    info = call(two.port, "info")[1]["processes"]
+    assert sorted(p["connections"] for p in info) == [1, 2] and len({p["id"] for p in info}) == 2
+    # idempotency in Redis: a retry, even through the other process, is the first publication
+    first = call(one.port, "publish", {"room": "team", "text": "hello", "key": "k-1"})[1]
+    again = call(two.port, "publish", {"room": "team", "text": "hello", "key": "k-1"})[1]
+    assert again == {**first, "duplicate": True}
+    for n in range(3):
+        call(two.port, "publish", {"room": "team", "text": f"m{n}"})
+    top = first["offset"] + 3
+    for client in [*bob, carol]:
+        client.collect(until_offset=top, room="team")
+        assert [text for _e, _o, text in client.room_pubs("team")] == ["hello", "m0", "m1", "m2"]
+    since = {"epoch": first["epoch"], "offset": first["offset"]}
+    history = call(one.port, "history", {"room": "team", "since": since, "limit": 2})[1]
+    assert [p["text"] for p in history["publications"]] == ["m0", "m1"]
+    assert (history["epoch"], history["offset"], history["reset"]) == (first["epoch"], top, False)
+    latest = call(two.port, "history", {"room": "team", "limit": 1})[1]["publications"]
+    assert latest == [{"offset": top, "text": "m2"}]
+    # disconnect every session of a user, on both processes
+    assert call(two.port, "disconnect", {"user": "bob"})[1] == {"count": 2, "processes": 2}
+    assert [client.closed_with() for client in bob] == [4000, 4000]
+    carol.collect(0.1)
+    assert carol.ws.close_code is None  # another user: untouched
+
+
+def test_publish_is_refused_with_retry_after_while_redis_is_down(shared):
+    redis, (one, _two) = shared
+    redis.stop()
+    for body in ({"room": "team", "text": "x"}, {"room": "team", "text": "x", "key": "k-2"}):
+        status, answer, headers = wait_until(
+            lambda b=body: (got := call(one.port, "publish", b))[0] == 503 and got,
+            10,
+            "503 from the API",
+        )
+        assert answer["error"] == "unavailable" and headers["Retry-After"] == "1"
+    assert call(one.port, "disconnect", {"user": "bob"})[0] == 503
