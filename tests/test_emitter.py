@@ -1,0 +1,64 @@
+"""simplew.emitter: a backend without a server publishes into a running
+deployment through Redis; a simplew.v2 client of the server receives every
+publication once, in order, at the position the emitter returned."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from helpers import wait_until
+from multiproc import RedisServer, redis_server_path
+from simplew import SimpleWServer
+from simplew.emitter import AsyncEmitter, Emitter
+from v2client import V2Client
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    redis = RedisServer().start()
+    server = SimpleWServer("127.0.0.1", 0, recovery=True, redis_url=redis.url, access_log=False)
+    server.add_websocket_content("/ws", on_message=lambda session, data: None)
+    server.on_connect(lambda session: session.join("news"))
+    server.start()
+    wait_until(lambda: server.backplane.ready, 10, "the server follows the streams")
+    yield redis, server
+    server.stop()
+    redis.stop()
+
+
+def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
+    redis, server = deployment
+    client = V2Client()
+    client.connect(f"ws://127.0.0.1:{server.port}/ws")
+    wait_until(lambda: server.room_sessions("news"), what="the client in the room")
+    with Emitter(redis.url) as emitter:
+        positions = [emitter.publish(f"sync {n}", room="news") for n in range(3)]
+        retried = emitter.publish("sync 2", room="news", key="k")
+        assert emitter.publish("sync 2", room="news", key="k") == retried  # once
+        everyone = emitter.publish(b"\x00binary")
+        with pytest.raises(ValueError):
+            emitter.publish("x", room="")  # refused before anything is stored
+
+    async def from_asyncio() -> list:
+        async with AsyncEmitter(redis.url) as emitter:
+            mine = [await emitter.publish(f"async {n}", room="news") for n in range(2)]
+            return mine + await emitter.broadcast("to both", ["news", "other"])
+
+    async_positions = asyncio.run(from_asyncio())
+    positions += [retried, *async_positions[:3]]
+    assert async_positions[3].room == "other" and async_positions[3].offset == 1
+    epoch = positions[0].epoch
+    assert [p.offset for p in positions] == list(range(1, 8))
+    assert {p.epoch for p in positions} == {epoch}
+    client.collect(until_offset=7, room="news")
+    client.collect(until_offset=everyone.offset, room=None)
+    texts = ["sync 0", "sync 1", "sync 2", "sync 2", "async 0", "async 1", "to both"]
+    assert client.room_pubs("news") == [(epoch, p.offset, t) for p, t in zip(positions, texts)]
+    assert [(e, o) for r, e, o, _t in client.pubs if r is None] == [
+        (everyone.epoch, everyone.offset)
+    ]
+    client.close()
