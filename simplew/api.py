@@ -163,7 +163,7 @@ def _since(body: dict[str, Any]) -> tuple[str, int] | None:
         or type(since["offset"]) is not int
         or since["offset"] < 0
     ):
-        raise ApiError(400, "bad_field", "'since' must be {\"epoch\": string, \"offset\": int >= 0}")
+        raise ApiError(400, "bad_field", '\'since\' must be {"epoch": string, "offset": int >= 0}')
     return since["epoch"], since["offset"]
 
 
@@ -182,8 +182,9 @@ class ServerApi:
         self.route = path.rstrip("/") + "/{method}"
         self._token = token.encode("utf-8")
         self.keys = Keys(server.options.history_ttl)
-        self.process = {
-            "id": os.urandom(6).hex(),
+        self.process_id = os.urandom(6).hex()
+        self.process: dict[str, Any] = {
+            "id": self.process_id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
@@ -205,7 +206,7 @@ class ServerApi:
     def start(self) -> None:
         """With Redis: listen to the command channel."""
         if self.server.redis_url:
-            self.commands = Commands(self.server.redis_url, self.process["id"], self.act)
+            self.commands = Commands(self.server.redis_url, self.process_id, self.act)
             self.commands.start()
 
     async def close(self) -> None:
@@ -230,9 +231,7 @@ class ServerApi:
                 raise ApiError(400, "bad_json", "the body must be a JSON object")
             return Response(200, await handler(body))
         except ApiError as exc:
-            return Response(
-                exc.status, {"error": exc.error, "message": exc.message}, exc.headers
-            )
+            return Response(exc.status, {"error": exc.error, "message": exc.message}, exc.headers)
 
     def _authenticate(self, request: Any) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -256,7 +255,9 @@ class ServerApi:
         recovery = self.server.recovery
         return None if recovery is None else recovery.store
 
-    async def _publish(self, data: str | bytes, room: str | None, key: str | None) -> dict[str, Any]:
+    async def _publish(
+        self, data: str | bytes, room: str | None, key: str | None
+    ) -> dict[str, Any]:
         """One publication; with ``key``, once. Raises ApiError 503."""
         store = self._store()
         if key is not None and store is not None:  # the key lives in Redis, beside the stream
@@ -427,7 +428,9 @@ class ServerApi:
         code = _int_field(body, "code", 4000, 4000, 4999)
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason.encode("utf-8")) > MAX_REASON:
-            raise ApiError(400, "bad_field", f"'reason' must be a string of {MAX_REASON} bytes at most")
+            raise ApiError(
+                400, "bad_field", f"'reason' must be a string of {MAX_REASON} bytes at most"
+            )
         return await self._everywhere("disconnect", {kind: who, "code": code, "reason": reason})
 
     async def join(self, body: dict[str, Any]) -> Any:

@@ -117,9 +117,7 @@ class Emitter:
         history_ttl: float = 300.0,
         timeout: float = 10.0,
     ) -> None:
-        self._emitter = AsyncEmitter(
-            redis_url, history_size=history_size, history_ttl=history_ttl
-        )
+        self._emitter = AsyncEmitter(redis_url, history_size=history_size, history_ttl=history_ttl)
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -133,7 +131,9 @@ class Emitter:
             raise RuntimeError("the emitter is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)
 
-    def publish(self, data: str | bytes, room: str | None = None, key: str | None = None) -> Position:
+    def publish(
+        self, data: str | bytes, room: str | None = None, key: str | None = None
+    ) -> Position:
         """:meth:`AsyncEmitter.publish`, blocking."""
         publication(data, room, key)  # a bad argument raises here, in the caller's thread
         return self._call(self._emitter.publish(data, room, key))

@@ -180,11 +180,15 @@ class ServerOptions:
             from simplew.engines import parse_redis_urls
 
             parse_redis_urls(self.redis_url)  # ValueError if malformed
-        if self.api_token is not None and (not isinstance(self.api_token, str) or not self.api_token):
+        if self.api_token is not None and (
+            not isinstance(self.api_token, str) or not self.api_token
+        ):
             raise ValueError("api_token must be a non-empty str")
         if self.api_path is not None:
             if not isinstance(self.api_path, str) or not self.api_path.startswith("/"):
-                raise ValueError(f"api_path must be a path starting with '/', not {self.api_path!r}")
+                raise ValueError(
+                    f"api_path must be a path starting with '/', not {self.api_path!r}"
+                )
             if self.api_token is None:
                 raise ValueError("api_path needs api_token: the API is never served without one")
         for name in ("max_connections", "max_connections_per_ip"):

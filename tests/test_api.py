@@ -30,7 +30,9 @@ SECRET = "jwt-secret-for-the-api-tests-0123456789"
 BODY_LIMIT = 64 * 1024
 
 
-def call(port: int, method: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any, Any]:
+def call(
+    port: int, method: str, body: Any = None, token: str | None = TOKEN
+) -> tuple[int, Any, Any]:
     """POST /api/<method>: (status, the JSON answer, the headers)."""
     data = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
     headers = {"Content-Type": "application/json"}
