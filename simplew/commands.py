@@ -74,6 +74,7 @@ class Commands:
         while not self.closed:
             subscriber = None
             try:
+                await self.engine.client(0).ping()  # a Cluster client learns its slots here
                 subscriber = self.engine.subscriber(0)
                 await subscriber.subscribe(CHANNEL, self.replies)
                 confirmed = 0

@@ -3,7 +3,7 @@ waiting for a condition, free ports.
 
 Test modules import these from here, never from one another nor from conftest.py
 (which holds the fixtures). multiproc.py (processes, Redis), rawclient.py, httpclient.py,
-staticclient.py, v2client.py and hostile.py are the other shared modules.
+staticclient.py, v2client.py, apiclient.py and hostile.py are the other shared modules.
 """
 
 from __future__ import annotations

@@ -8,10 +8,12 @@ import asyncio
 
 import pytest
 
+from apiclient import Client, call, make_server
 from helpers import wait_until
 from multiproc import RedisServer, redis_server_path
 from simplew import SimpleWServer
 from simplew.emitter import AsyncEmitter, Emitter
+from topology import Cluster
 from v2client import V2Client
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
@@ -62,3 +64,25 @@ def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
         (everyone.epoch, everyone.offset)
     ]
     client.close()
+
+
+def test_emitter_and_api_on_a_redis_cluster(tmp_path):
+    """A Cluster: the emitter's and the API's keyed publications go through the
+    script on the room's node; the API's command channel is sharded pub/sub."""
+    with Cluster(tmp_path, masters=3, replicas=0) as cluster:
+        server = make_server(redis_url=cluster.url)
+        try:
+            wait_until(lambda: server._api.commands.connected, 10, "command channel")
+            client = Client(server.port, "dave")
+            assert call(server.port, "join", {"room": "c", "user": "dave"})[1]["count"] == 1
+            client.joined("c")
+            keyed = {"room": "c", "text": "api", "key": "once"}
+            first = call(server.port, "publish", keyed)[1]
+            assert call(server.port, "publish", keyed)[1] == {**first, "duplicate": True}
+            with Emitter(cluster.url) as emitter:
+                second = emitter.publish("emitted", room="c")
+            assert (second.epoch, second.offset) == (first["epoch"], first["offset"] + 1)
+            client.collect(until_offset=second.offset, room="c")
+            assert [t for _e, _o, t in client.room_pubs("c")] == ["api", "emitted"]
+        finally:
+            server.stop()
