@@ -501,7 +501,7 @@ class ServerApi:
         conn.superseded = True
         store = self._store()
         if store is not None:
-            store.forget_session(conn.id)
+            store.forget_session(conn)
 
 
 def _rows(rows: list[Any], oldest: float) -> list[dict[str, Any]]:

@@ -630,10 +630,12 @@ class RedisStream:
         for room in rooms:
             self._command(self._room_shard(room), "HDEL", self._presence_key(room), public)
 
-    def forget_session(self, session_id: str) -> None:
-        """Drop a connected session's record: it will not be resumed (the server
-        API's ``disconnect``); its presence goes at the next sync."""
-        self._command(self._session_shard(session_id), "DEL", self.session_key(session_id))
+    def forget_session(self, session: Any) -> None:
+        """Drop the record of a session being closed: it will not be resumed (the
+        server API's ``disconnect``); its presence goes at the first sync after it
+        is gone, and no sync writes its record again meanwhile."""
+        self._command(self._session_shard(session.id), "DEL", self.session_key(session.id))
+        self._written[session.id] = (frozenset(session.rooms), time.monotonic())
 
     def _command(self, shard: Shard, *command: Any) -> None:
         shard.commands.append((command[0], command[1:]))

@@ -48,14 +48,15 @@ def call(
 class Client(V2Client):
     """A simplew.v2 client whose upgrade carries a JWT (its ``sub`` is the session's user)."""
 
-    def __init__(self, port: int, user: str | None = None) -> None:
+    def __init__(self, port: int, user: str | None = None, resume: V2Client | None = None) -> None:
+        """Connect; with ``resume``, as a resume of that client's session."""
         super().__init__()
         headers = None
         if user is not None:
             token = pyjwt.encode({"sub": user}, SECRET, algorithm="HS256")
             headers = {"Authorization": f"Bearer {token}"}
         self.ws = connect(
-            f"ws://127.0.0.1:{port}/ws",
+            f"ws://127.0.0.1:{port}/ws" + ("?resume=1" if resume else ""),
             subprotocols=[PROTOCOL],
             proxy=None,
             compression=None,
@@ -63,6 +64,8 @@ class Client(V2Client):
             close_timeout=1,
             additional_headers=headers,
         ).__enter__()
+        if resume is not None:
+            self.ws.send(json.dumps(resume.resume_message()))
         welcome = self._recv_json(TIMEOUT)
         self.welcomes.append(welcome)
         self.session = welcome["session"]

@@ -108,6 +108,9 @@ def test_publish_once_join_history_presence_leave_disconnect(local):
     assert [leave["room"] for leave in alice.leaves] == ["lobby"]
     assert call(port, "disconnect", {"user": "alice", "reason": "bye"})[1]["count"] == 1
     assert alice.closed_with() == 4000
+    back = Client(port, "alice", resume=alice)
+    assert back.welcomes[0]["recovered"] is False  # the API ended the session: not resumable
+    back.close()
     assert call(port, "disconnect", {"session": anonymous.public, "code": 4100})[1]["count"] == 1
     assert anonymous.closed_with() == 4100
     wait_until(lambda: len(local.hub) == 0, what="both sessions gone")
@@ -175,6 +178,9 @@ def test_acts_on_every_process_sharing_redis(shared):
     # disconnect every session of a user, on both processes
     assert call(two.port, "disconnect", {"user": "bob"})[1] == {"count": 2, "processes": 2}
     assert [client.closed_with() for client in bob] == [4000, 4000]
+    back = Client(two.port, "bob", resume=bob[0])  # on the other process: from Redis
+    assert back.welcomes[0]["recovered"] is False
+    back.close()
     carol.collect(0.1)
     assert carol.ws.close_code is None  # another user: untouched
 
