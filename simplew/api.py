@@ -108,18 +108,23 @@ def _check(room: str, key: str | None = None) -> None:
         raise ApiError(400, "bad_field", str(exc)) from None
 
 
+def _one_of(body: dict[str, Any], first: str, second: str, hint: str) -> tuple[str, str]:
+    """``(name, value)`` of the one field of ``first`` and ``second`` given, a string."""
+    given = [name for name in (first, second) if body.get(name) is not None]
+    if len(given) != 1:
+        raise ApiError(400, "bad_field", f"give one of '{first}' or '{second}' ({hint})")
+    name = given[0]
+    if not isinstance(body[name], str):
+        raise ApiError(400, "bad_field", f"'{name}' must be a string")
+    return name, body[name]
+
+
 def _data(body: dict[str, Any]) -> str | bytes:
-    text, binary = body.get("text"), body.get("binary")
-    if (text is None) == (binary is None):
-        raise ApiError(400, "bad_field", "give one of 'text' (a string) or 'binary' (base64)")
-    if text is not None:
-        if not isinstance(text, str):
-            raise ApiError(400, "bad_field", "'text' must be a string")
-        return text
-    if not isinstance(binary, str):
-        raise ApiError(400, "bad_field", "'binary' must be a base64 string")
+    name, value = _one_of(body, "text", "binary", "a string, or base64")
+    if name == "text":
+        return value
     try:
-        return base64.b64decode(binary, validate=True)
+        return base64.b64decode(value, validate=True)
     except ValueError:
         raise ApiError(400, "bad_field", "'binary' is not valid base64") from None
 
@@ -133,16 +138,7 @@ def _key(body: dict[str, Any]) -> str | None:
 
 def _target(body: dict[str, Any]) -> tuple[str, str]:
     """``("session", public id)`` or ``("user", user)``: exactly one must be given."""
-    session, user = body.get("session"), body.get("user")
-    if (session is None) == (user is None):
-        raise ApiError(400, "bad_field", "give one of 'session' (a public id) or 'user'")
-    if session is not None:
-        if not isinstance(session, str):
-            raise ApiError(400, "bad_field", "'session' must be a string")
-        return "session", session
-    if not isinstance(user, str):
-        raise ApiError(400, "bad_field", "'user' must be a string")
-    return "user", user
+    return _one_of(body, "session", "user", "a public id as presence lists, or a JWT sub")
 
 
 def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -370,7 +366,7 @@ class ServerApi:
         streams = recovery.streams
         streams.expire()
         if room not in streams:
-            return {"room": room, "epoch": None, "offset": 0, "publications": [], "reset": False}
+            return _history(room, None, 0, [], False)
         epoch, top = streams.position(room)
         held = None if since is None else streams.since(room, since[0], since[1])
         reset = since is not None and held is None
@@ -383,13 +379,7 @@ class ServerApi:
             pub = json.loads(message)
             pub.pop("type"), pub.pop("room"), pub.pop("epoch")
             publications.append(pub)
-        return {
-            "room": room,
-            "epoch": epoch,
-            "offset": top,
-            "publications": publications,
-            "reset": reset,
-        }
+        return _history(room, epoch, top, publications, reset)
 
     async def _redis_history(
         self, store: Any, room: str | None, since: tuple[str, int] | None, limit: int
@@ -399,7 +389,7 @@ class ServerApi:
         key = engine.key(room, "stream")
         epoch_raw, top_raw = await client.hmget(engine.key(room, "meta"), "epoch", "top")
         if epoch_raw is None:
-            return {"room": room, "epoch": None, "offset": 0, "publications": [], "reset": False}
+            return _history(room, None, 0, [], False)
         epoch, top = epoch_raw.decode(), int(top_raw or 0)
         oldest = time.time() - store.history_ttl
         publications: list[dict[str, Any]] | None = None
@@ -412,13 +402,7 @@ class ServerApi:
         if publications is None:
             rows = await client.xrevrange(key, f"{top}-1", "-", count=limit)
             publications = _rows(rows[::-1], oldest)
-        return {
-            "room": room,
-            "epoch": epoch,
-            "offset": top,
-            "publications": publications,
-            "reset": reset,
-        }
+        return _history(room, epoch, top, publications, reset)
 
     # -- acts on connections ---------------------------------------------------------------
 
@@ -502,6 +486,19 @@ class ServerApi:
         store = self._store()
         if store is not None:
             store.forget_session(conn)
+
+
+def _history(
+    room: str | None, epoch: str | None, top: int, publications: list[Any], reset: bool
+) -> dict[str, Any]:
+    """The answer of ``history``."""
+    return {
+        "room": room,
+        "epoch": epoch,
+        "offset": top,
+        "publications": publications,
+        "reset": reset,
+    }
 
 
 def _rows(rows: list[Any], oldest: float) -> list[dict[str, Any]]:

@@ -10,12 +10,11 @@ import urllib.request
 from typing import Any
 
 import jwt as pyjwt
-from websockets.sync.client import connect
 
 from helpers import TIMEOUT
 from simplew import SimpleWServer
 from simplew.recovery import log_id
-from v2client import PROTOCOL, V2Client
+from v2client import V2Client
 
 TOKEN = "api-s3cret"
 SECRET = "jwt-secret-for-the-api-tests-0123456789"
@@ -55,21 +54,9 @@ class Client(V2Client):
         if user is not None:
             token = pyjwt.encode({"sub": user}, SECRET, algorithm="HS256")
             headers = {"Authorization": f"Bearer {token}"}
-        self.ws = connect(
-            f"ws://127.0.0.1:{port}/ws" + ("?resume=1" if resume else ""),
-            subprotocols=[PROTOCOL],
-            proxy=None,
-            compression=None,
-            open_timeout=TIMEOUT,
-            close_timeout=1,
-            additional_headers=headers,
-        ).__enter__()
         if resume is not None:
-            self.ws.send(json.dumps(resume.resume_message()))
-        welcome = self._recv_json(TIMEOUT)
-        self.welcomes.append(welcome)
-        self.session = welcome["session"]
-        self.streams = {room: (epoch, offset) for room, epoch, offset, *_ in welcome["streams"]}
+            self.session, self.streams = resume.session, dict(resume.streams)
+        self.connect(f"ws://127.0.0.1:{port}/ws", headers=headers)
 
     @property
     def public(self) -> str:

@@ -71,7 +71,9 @@ class V2Client:
         """(epoch, offset, text) of the pubs of one stream, in arrival order."""
         return [(e, o, t) for r, e, o, t in self.pubs if r == room]
 
-    def connect(self, url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    def connect(
+        self, url: str, timeout: float = TIMEOUT, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         resume = self.session is not None
         if resume:
             url += ("&" if "?" in url else "?") + "resume=1"
@@ -83,6 +85,7 @@ class V2Client:
             open_timeout=timeout,
             close_timeout=1,
             max_size=None,
+            additional_headers=headers,
         ).__enter__()
         if resume:
             self.ws.send(json.dumps(self.resume_message(), separators=(",", ":")))
