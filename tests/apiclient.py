@@ -11,13 +11,13 @@ from typing import Any
 
 import jwt as pyjwt
 
+from apps.api_app import JWT_SECRET as SECRET
 from helpers import TIMEOUT
 from simplew import SimpleWServer
 from simplew.recovery import log_id
 from v2client import V2Client
 
 TOKEN = "api-s3cret"
-SECRET = "jwt-secret-for-the-api-tests-0123456789"
 BODY_LIMIT = 64 * 1024
 
 

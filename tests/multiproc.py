@@ -126,8 +126,8 @@ class RedisServer:
 
 
 class ServerProcess:
-    """``python -m simplew serve tests.apps.relay:server ...`` in its own process group;
-    its output goes to a file (``log()``)."""
+    """``python -m simplew serve tests.apps.relay:server ...`` in its own process group
+    (``env``: variables added to this one's); its output goes to a file (``log()``)."""
 
     def __init__(
         self,
@@ -136,6 +136,7 @@ class ServerProcess:
         app: str = "tests.apps.relay:server",
         redis_url: str | None = None,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self._log = tempfile.NamedTemporaryFile(prefix="simplew-", suffix=".log", delete=False)
@@ -159,7 +160,7 @@ class ServerProcess:
         if workers != 1:
             argv += ["--workers", str(workers)]
         argv += list(args)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             argv,
             cwd=ROOT,

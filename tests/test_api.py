@@ -1,10 +1,10 @@
 """The server API (simplew.api): every method against real servers, over HTTP.
 
 One server without Redis (the methods, the token, the errors, idempotency in
-memory, history from the process's streams); two servers sharing a real
-redis-server (presence, join, disconnect of a user on both, idempotency and
-history in Redis, info of both processes, 503 once Redis is gone). Clients are
-simplew.v2 WebSocket clients whose user comes from a JWT.
+memory, history from the process's streams); two ``simplew serve --api``
+processes sharing a real redis-server (presence, join, disconnect of a user on
+both, idempotency and history in Redis, info of both processes, 503 once Redis is
+gone). Clients are simplew.v2 WebSocket clients whose user comes from a JWT.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from apiclient import BODY_LIMIT, Client, call, make_server
+from apiclient import BODY_LIMIT, TOKEN, Client, call, make_server
 from helpers import wait_until
-from multiproc import RedisServer, redis_server_path
+from multiproc import RedisServer, ServerProcess, redis_server_path
 from simplew import SimpleWServer
+
+APP = "tests.apps.api_app:server"
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +130,30 @@ def test_api_needs_a_token_to_start():
 
 @pytest.fixture(scope="module")
 def shared():
+    """Two ``simplew serve --api`` processes sharing a redis-server: the token on
+    the command line of one, in ``SIMPLEW_API_TOKEN`` for the other."""
     if redis_server_path() is None:
         pytest.skip("redis-server is not installed")
     redis = RedisServer().start()
-    servers = [make_server(redis_url=redis.url) for _ in range(2)]
-    for server in servers:
-        wait_until(lambda s=server: s._api.commands.connected, 10, "command channel")
-    yield redis, servers
-    for server in servers:
-        server.stop()
-    redis.stop()
+    common = ("--recovery", "--api", "/api")
+    servers = [
+        ServerProcess(*common, "--api-token", TOKEN, app=APP, redis_url=redis.url),
+        ServerProcess(*common, app=APP, redis_url=redis.url, env={"SIMPLEW_API_TOKEN": TOKEN}),
+    ]
+    try:
+        for server in servers:
+            server.wait_ready()
+        wait_until(
+            lambda: len(call(servers[0].port, "info")[1].get("processes", ())) == 2,
+            15,
+            "both processes on the command channel",
+            interval=0.05,
+        )
+        yield redis, servers
+    finally:
+        for server in servers:
+            server.cleanup()
+        redis.stop()
 
 
 def test_acts_on_every_process_sharing_redis(shared):
