@@ -25,12 +25,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from simplew._fast.plainjson import decode_json
-from simplew.backplane import decode_records, encode_record
+from simplew.backplane import decode_records
 from simplew.commands import Commands
 from simplew.emitter import publication
+from simplew.emitter import store as store_publication
 from simplew.recovery import log_id
 from simplew.rest import Response
-from simplew.shard import LOAD_CONCURRENCY, publish_now
+from simplew.shard import LOAD_CONCURRENCY
 from simplew.stream import Unavailable
 
 MAX_ROOMS = 1000  # rooms of one broadcast
@@ -257,21 +258,18 @@ class ServerApi:
         """One publication; with ``key``, once. Raises ApiError 503."""
         store = self._store()
         if key is not None and store is not None:  # the key lives in Redis, beside the stream
-            opcode, payload = publication(data, room)
             try:
-                epoch, offset, duplicate = await publish_now(
+                epoch, offset, duplicate = await store_publication(
                     store.engine,
                     room,
-                    encode_record(opcode, room, payload),
+                    data,
                     maxlen=store.recovery.streams.history_size or 1,
                     ttl=store.ttl_seconds,
                     key=key,
                     replicas=store.wait_replicas,
                 )
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _unavailable(f"Redis cannot store it now: {exc}") from None
-            except Exception as exc:  # redis-py's RedisError
-                raise _unavailable(f"Redis cannot store it now: {exc}") from None
+            except Unavailable as exc:
+                raise _unavailable(str(exc)) from None
             return {"room": room, "epoch": epoch, "offset": offset, "duplicate": duplicate}
         if key is not None:
             first = self.keys.get(room, key)

@@ -22,6 +22,7 @@ from simplew.engines import Engine
 from simplew.options import ServerOptions
 from simplew.recovery import Position
 from simplew.shard import LOAD_CONCURRENCY, publish_now
+from simplew.stream import Unavailable
 
 MAX_KEY = 256  # characters of an idempotency key
 T = TypeVar("T")
@@ -41,6 +42,37 @@ def publication(data: str | bytes, room: str | None, key: str | None = None) -> 
     if isinstance(data, (bytes, bytearray, memoryview)):
         return 2, bytes(data)
     raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+
+
+async def store(
+    engine: Engine,
+    room: str | None,
+    data: str | bytes,
+    *,
+    maxlen: int,
+    ttl: int,
+    key: str | None = None,
+    replicas: int = 0,
+) -> tuple[str, int, bool]:
+    """:func:`simplew.shard.publish_now` of ``data``: ``(epoch, offset, duplicate)``;
+    :class:`~simplew.stream.Unavailable` when Redis cannot store it now."""
+    opcode, payload = publication(data, room, key)
+    try:
+        return await publish_now(
+            engine,
+            room,
+            encode_record(opcode, room, payload),
+            maxlen=maxlen,
+            ttl=ttl,
+            key=key,
+            replicas=replicas,
+        )
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise Unavailable(f"Redis cannot store it now: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis."):  # redis-py's errors (an optional extra)
+            raise Unavailable(f"Redis cannot store it now: {exc}") from exc
+        raise
 
 
 class AsyncEmitter:
@@ -68,15 +100,9 @@ class AsyncEmitter:
         stream of everyone) and return its position. ``key``: an idempotency key;
         a publication of the same room with a key used within ``history_ttl`` is
         not stored again, and the first one's position is returned. Raises
-        redis-py's errors when its shard cannot store it."""
-        opcode, payload = publication(data, room, key)
-        epoch, offset, _ = await publish_now(
-            self.engine,
-            room,
-            encode_record(opcode, room, payload),
-            maxlen=self.maxlen,
-            ttl=self.ttl,
-            key=key,
+        :class:`~simplew.stream.Unavailable` when its shard cannot store it now."""
+        epoch, offset, _ = await store(
+            self.engine, room, data, maxlen=self.maxlen, ttl=self.ttl, key=key
         )
         return Position(room, epoch, offset)
 

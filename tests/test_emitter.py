@@ -13,6 +13,7 @@ from helpers import wait_until
 from multiproc import RedisServer, redis_server_path
 from simplew import SimpleWServer
 from simplew.emitter import AsyncEmitter, Emitter
+from simplew.stream import Unavailable
 from topology import Cluster
 from v2client import V2Client
 
@@ -64,6 +65,9 @@ def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
         (everyone.epoch, everyone.offset)
     ]
     client.close()
+    redis.stop()
+    with Emitter(redis.url) as emitter, pytest.raises(Unavailable):
+        emitter.publish("lost", room="news")  # refused: Redis is gone, nothing stored
 
 
 def test_emitter_and_api_on_a_redis_cluster(tmp_path):
