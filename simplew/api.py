@@ -22,12 +22,12 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from simplew._fast.plainjson import decode_json
 from simplew.backplane import decode_records
 from simplew.commands import Commands
-from simplew.emitter import publication
+from simplew.emitter import publication, redis_failed
 from simplew.emitter import store as store_publication
 from simplew.recovery import log_id
 from simplew.rest import Response
@@ -40,23 +40,45 @@ DEFAULT_LIMIT = 100
 MAX_KEYS = 100_000  # idempotency keys kept in memory (without Redis), oldest forgotten first
 MAX_REASON = 123  # bytes of a close reason
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+T = TypeVar("T")
 
 
 class ApiError(Exception):
     """An answer other than 200: ``{"error": error, "message": message}``."""
 
     def __init__(
-        self, status: int, error: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        error: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
         self.headers = headers or {}
+        self.extra = extra  # more fields of the answer
+
+    def answer(self) -> Response:
+        body = {"error": self.error, "message": self.message, **self.extra}
+        return Response(self.status, body, self.headers)
 
 
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, {"Retry-After": str(Unavailable.retry_after)})
+async def _from_redis(call: Awaitable[T]) -> T:
+    """The result of ``call``; ApiError 503 when Redis could not be reached or answer."""
+    try:
+        return await call
+    except Exception as exc:
+        if not redis_failed(exc):
+            raise
+        raise _unavailable(f"Redis cannot answer now: {exc}") from None
+
+
+def _unavailable(message: str, **extra: Any) -> ApiError:
+    headers = {"Retry-After": str(Unavailable.retry_after)}
+    return ApiError(503, "unavailable", message, headers, **extra)
 
 
 class Keys:
@@ -228,7 +250,7 @@ class ServerApi:
                 raise ApiError(400, "bad_json", "the body must be a JSON object")
             return Response(200, await handler(body))
         except ApiError as exc:
-            return Response(exc.status, {"error": exc.error, "message": exc.message}, exc.headers)
+            return exc.answer()
 
     def _authenticate(self, request: Any) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -313,21 +335,14 @@ class ServerApi:
 
         positions = await asyncio.gather(*(one(room) for room in rooms))
         if any("error" in item for item in positions):
-            raise_partial = _unavailable("some rooms could not be published; retry with a key")
-            return Response(
-                503,
-                {"error": "unavailable", "message": raise_partial.message, "positions": positions},
-                raise_partial.headers,
-            )
+            message = "some rooms could not be published (see positions); retry with a key"
+            raise _unavailable(message, positions=positions)
         return {"positions": positions}
 
     # -- presence ------------------------------------------------------------------------
 
     async def _entries(self, room: str) -> list[dict[str, Any]]:
-        try:
-            entries: list[dict[str, Any]] = await self.server.presence_async(room)
-        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-            raise _unavailable(f"Redis cannot answer now: {exc}") from None
+        entries: list[dict[str, Any]] = await _from_redis(self.server.presence_async(room))
         return entries
 
     async def presence(self, body: dict[str, Any]) -> Any:
@@ -355,12 +370,7 @@ class ServerApi:
         if recovery is None:
             raise ApiError(400, "no_history", "history needs recovery=True (--recovery)")
         if recovery.store is not None:
-            try:
-                return await self._redis_history(recovery.store, room, since, limit)
-            except ApiError:
-                raise
-            except Exception as exc:  # redis-py's errors
-                raise _unavailable(f"Redis cannot answer now: {exc}") from None
+            return await _from_redis(self._redis_history(recovery.store, room, since, limit))
         streams = recovery.streams
         streams.expire()
         if room not in streams:
@@ -431,20 +441,14 @@ class ServerApi:
         _fields(body, ())
         if self.commands is None:
             return {"processes": [self.act("info", {})]}
-        try:
-            answers = await self.commands.ask("info", {})
-        except Exception as exc:
-            raise _unavailable(f"Redis cannot answer now: {exc}") from None
+        answers = await _from_redis(self.commands.ask("info", {}))
         return {"processes": sorted(answers, key=lambda p: (p["host"], p["pid"], p["id"]))}
 
     async def _everywhere(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """``act`` here, or with Redis on every process; the sum of their counts."""
         if self.commands is None:
             return {"count": self.act(op, args), "processes": 1}
-        try:
-            answers = await self.commands.ask(op, args)
-        except Exception as exc:
-            raise _unavailable(f"Redis cannot answer now: {exc}") from None
+        answers = await _from_redis(self.commands.ask(op, args))
         return {"count": sum(answers), "processes": len(answers)}
 
     def act(self, op: str, args: dict[str, Any]) -> Any:

@@ -67,12 +67,18 @@ async def store(
             key=key,
             replicas=replicas,
         )
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise Unavailable(f"Redis cannot store it now: {exc}") from exc
     except Exception as exc:
-        if type(exc).__module__.startswith("redis."):  # redis-py's errors (an optional extra)
+        if redis_failed(exc):
             raise Unavailable(f"Redis cannot store it now: {exc}") from exc
         raise
+
+
+def redis_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis could not be reached or answer (redis-py's errors,
+    a socket's, a timeout)."""
+    return isinstance(exc, (OSError, asyncio.TimeoutError)) or type(exc).__module__.startswith(
+        "redis."
+    )
 
 
 class AsyncEmitter:

@@ -211,4 +211,12 @@ def test_publish_is_refused_with_retry_after_while_redis_is_down(shared):
             "503 from the API",
         )
         assert answer["error"] == "unavailable" and headers["Retry-After"] == "1"
-    assert call(one.port, "disconnect", {"user": "bob"})[0] == 503
+    for method, body in [
+        ("disconnect", {"user": "bob"}),
+        ("presence", {"room": "team"}),
+        ("history", {"room": "team"}),
+        ("broadcast", {"rooms": ["team", "x"], "text": "x"}),
+    ]:
+        status, answer, headers = call(one.port, method, body)
+        assert (status, headers["Retry-After"]) == (503, "1"), (method, answer)
+    assert [p["error"] for p in answer["positions"]] == ["unavailable", "unavailable"]
