@@ -2,8 +2,8 @@
 
 Every process with the API (:mod:`simplew.api`) and Redis subscribes to
 ``simplew:{api}:commands`` and to its own reply channel
-``simplew:{api}:replies:<process id>`` (one hash tag: one slot and node of a
-Cluster, where they are shard channels). :meth:`Commands.ask` publishes a
+``simplew:{api}:replies:<process id>``, on the shard of the broadcast stream (one
+hash tag: one slot and node of a Cluster, where they are shard channels). :meth:`Commands.ask` publishes a
 command; Redis answers the publish with the number of subscribers that got it;
 each of them acts on its own sessions and publishes its answer on the asking
 process's reply channel; ``ask`` returns the answers once that many came, or
@@ -57,6 +57,7 @@ class Commands:
         act: Callable[[str, dict[str, Any]], Any],
     ) -> None:
         self.engine = Engine.from_urls(redis_url)
+        self.shard = self.engine.shard_of(None)  # the broadcast stream's, as every process agrees
         self.process_id = process_id
         self.replies = reply_channel(process_id)
         self.act = act
@@ -74,8 +75,10 @@ class Commands:
         while not self.closed:
             subscriber = None
             try:
-                await self.engine.client(0).ping()  # a Cluster client learns its slots here
-                subscriber = self.engine.subscriber(0)
+                await self.engine.client(
+                    self.shard
+                ).ping()  # a Cluster client learns its slots here
+                subscriber = self.engine.subscriber(self.shard)
                 await subscriber.subscribe(CHANNEL, self.replies)
                 confirmed = 0
                 while not self.closed:
@@ -125,7 +128,7 @@ class Commands:
             log.exception("API command %r failed", message.get("op"))
             result = None
         answer = json.dumps({"id": ident, "result": result}, separators=(",", ":"))
-        client = self.engine.client(0)
+        client = self.engine.client(self.shard)
         await client.execute_command(
             self.engine.publish_command, reply_channel(str(message.get("from"))), answer
         )
@@ -139,7 +142,7 @@ class Commands:
         asked = self.asked[ident] = _Asked()
         try:
             command = {"id": ident, "from": self.process_id, "op": op, "args": args}
-            receivers = await self.engine.client(0).execute_command(
+            receivers = await self.engine.client(self.shard).execute_command(
                 self.engine.publish_command, CHANNEL, json.dumps(command, separators=(",", ":"))
             )
             asked.expected = int(receivers)
