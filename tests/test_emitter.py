@@ -14,7 +14,7 @@ from multiproc import RedisServer, redis_server_path
 from simplew import SimpleWServer
 from simplew.emitter import AsyncEmitter, Emitter
 from simplew.stream import Unavailable
-from topology import Cluster
+from topology import Cluster, PlainShards
 from v2client import V2Client
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
@@ -70,23 +70,31 @@ def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
         emitter.publish("lost", room="news")  # refused: Redis is gone, nothing stored
 
 
-def test_emitter_and_api_on_a_redis_cluster(tmp_path):
-    """A Cluster: the emitter's and the API's keyed publications go through the
-    script on the room's node; the API's command channel is sharded pub/sub."""
-    with Cluster(tmp_path, masters=3, replicas=0) as cluster:
-        server = make_server(redis_url=cluster.url)
+@pytest.mark.parametrize("topology", ["shards", "cluster"])
+def test_emitter_and_api_on_shards_and_on_a_cluster(tmp_path, topology):
+    """Two client-side shards, then a Cluster: the emitter's and the API's keyed
+    publications go through the script on each room's shard (node); the API's
+    command channel is on the broadcast stream's shard (sharded pub/sub on a
+    Cluster)."""
+    made = PlainShards(tmp_path, 2) if topology == "shards" else Cluster(tmp_path, 3, 0)
+    with made as deployment:
+        url = deployment.urls if topology == "shards" else deployment.url
+        server = make_server(redis_url=url)
         try:
             wait_until(lambda: server._api.commands.connected, 10, "command channel")
             client = Client(server.port, "dave")
-            assert call(server.port, "join", {"room": "c", "user": "dave"})[1]["count"] == 1
-            client.joined("c")
-            keyed = {"room": "c", "text": "api", "key": "once"}
-            first = call(server.port, "publish", keyed)[1]
-            assert call(server.port, "publish", keyed)[1] == {**first, "duplicate": True}
-            with Emitter(cluster.url) as emitter:
-                second = emitter.publish("emitted", room="c")
-            assert (second.epoch, second.offset) == (first["epoch"], first["offset"] + 1)
-            client.collect(until_offset=second.offset, room="c")
-            assert [t for _e, _o, t in client.room_pubs("c")] == ["api", "emitted"]
+            rooms = ["c", "d", "e", "f"]  # on both shards
+            for room in rooms:
+                call(server.port, "join", {"room": room, "user": "dave"})
+                client.joined(room)
+            with Emitter(url) as emitter:
+                for room in rooms:
+                    keyed = {"room": room, "text": "api", "key": "once"}
+                    first = call(server.port, "publish", keyed)[1]
+                    assert call(server.port, "publish", keyed)[1] == {**first, "duplicate": True}
+                    second = emitter.publish("emitted", room=room)
+                    assert (second.epoch, second.offset) == (first["epoch"], first["offset"] + 1)
+                    client.collect(until_offset=second.offset, room=room)
+                    assert [t for _e, _o, t in client.room_pubs(room)] == ["api", "emitted"]
         finally:
             server.stop()
