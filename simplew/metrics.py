@@ -158,7 +158,7 @@ def collect(server: Any) -> dict[str, Any]:
         "handler_errors": 0,
     }
     context = server.context
-    for endpoint in list(context.endpoints.values()):
+    for endpoint in [*context.endpoints.values(), *server.sse_endpoints]:
         for key in ws:
             ws[key] += getattr(endpoint, key, 0)
     http = server.http_stats
