@@ -54,6 +54,7 @@ class EventReader:
         }
         self.ended = False
         self.last_id = ""
+        self.received = 0  # events with data read by events()
         self.text = b""
         self._cr = b""
         if self.status == 200:
@@ -113,7 +114,7 @@ class EventReader:
             try:
                 chunk = self.sock.recv(65536)
             except TimeoutError:
-                raise AssertionError(f"only {len(blocks)} of {count} blocks: {blocks}") from None
+                raise AssertionError(f"only {len(blocks)} of {count} blocks") from None
             except ConnectionError:
                 chunk = b""
             if not chunk:
@@ -129,9 +130,10 @@ class EventReader:
         while len(found) < count:
             blocks = self.read(1, max(0.01, deadline - time.monotonic()))
             if not blocks:
-                raise AssertionError(f"the stream ended after {found}")
+                raise AssertionError(f"the stream ended after {len(found)} events")
             if blocks[0]["data"] is not None:
                 found.append(blocks[0])
+                self.received += 1
         return found
 
     def close(self) -> None:

@@ -68,8 +68,8 @@ cdef bytes _json(value):
 
 cdef bytes _entry(object room, str epoch, long long offset):
     """One stream of an id: ``[room, "epoch", offset]``."""
-    return b'[%s,"%s",%d]' % (b"null" if room is None else _json(room),
-                                epoch.encode("ascii"), offset)
+    cdef bytes name = b"null" if room is None else _json(room)
+    return b'[%s,"%s",%d]' % (name, epoch.encode("ascii"), offset)
 
 
 cdef bytes _pub_body(dict pub):
