@@ -324,13 +324,7 @@ class SimpleWServer:
             raise ValueError(f"an SSE endpoint is already at {path}")
         if allowed_origins is not None:
             self.admission.endpoint_origins[path] = OriginPolicy(allowed_origins)
-        content = SseContent(
-            path,
-            self.context,
-            rooms,
-            heartbeat=self.sse_heartbeat,
-            max_rooms=self.max_sse_rooms,
-        )
+        content = SseContent(path, self.context, rooms)  # settings applied at start
         self._answers.streams[path] = content
         return content
 
@@ -601,6 +595,8 @@ class SimpleWServer:
         }
         for stream in self._answers.streams.values():
             stream.max_write_buffer = self.max_write_buffer
+            stream.heartbeat = self.sse_heartbeat
+            stream.max_rooms = self.max_sse_rooms
             stream.flusher = self._flusher
 
     def _compile_router(self) -> None:
