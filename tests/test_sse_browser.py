@@ -24,9 +24,7 @@ import pytest
 
 from multiproc import RedisServer, ServerProcess, redis_server_path, wait_until
 
-pytestmark = pytest.mark.skipif(
-    redis_server_path() is None, reason="redis-server is not installed"
-)
+pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>events</title>
 <script>
@@ -90,8 +88,7 @@ def workers_serving(server: ServerProcess) -> list[int]:
     for child in psutil.Process(server.proc.pid).children():
         connections = child.net_connections(kind="tcp")
         if any(
-            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port
-            for c in connections
+            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port for c in connections
         ):
             found.append(child.pid)
     return found
