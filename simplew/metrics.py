@@ -21,7 +21,7 @@ HEALTHY = (
 
 # name, type, help
 _METRICS = (
-    ("simplew_connections", "gauge", "Connected WebSocket sessions."),
+    ("simplew_connections", "gauge", "Connected sessions: WebSocket and event streams."),
     ("simplew_http_connections", "gauge", "Open HTTP/1.1 connections (not yet upgraded)."),
     ("simplew_http_requests_total", "counter", "HTTP requests answered (upgrades included)."),
     ("simplew_messages_in_total", "counter", "WebSocket messages received."),

@@ -687,12 +687,12 @@ class SimpleWServer:
             await asyncio.sleep(0.02)  # clients answer the CLOSE, buffers drain
         for session in self.sessions:
             session.abort()
+        for stream in self._answers.streams.values():
+            stream.stop()
         if self.backplane is not None:
             await self.backplane.close()  # its counters stay readable
         if self.recovery is not None:
             self.recovery.close()
-        for stream in self._answers.streams.values():
-            stream.stop()
         self._loop = None
         self._loop_thread_id = None
 

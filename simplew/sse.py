@@ -9,7 +9,8 @@ same streams on every process). This module decides, per request: the origin
 255 bytes of UTF-8, 400 otherwise; at most ``max_sse_rooms``, the others are
 left out), the rooms the hook allows (``hook(request, claims)``, sync or async;
 ``claims``: of the JWT in ``Authorization: Bearer`` or ``?token=`` when
-``set_token`` is configured, else None), and the positions to resume from
+``set_token`` is configured, else None; a stream is closed when that JWT
+expires), and the positions to resume from
 (``Last-Event-ID``, or ``?lastEventId=`` for the first load; a malformed one
 starts afresh). The connection itself, its events and its output are
 :mod:`simplew._fast.sse`; docs/protocol.md section 6 is the wire format.
@@ -17,10 +18,12 @@ starts afresh). The connection itself, its events and its output are
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,6 +38,7 @@ log = logging.getLogger("simplew.sse")
 
 RoomsHook = Callable[[Any, "dict[str, Any] | None"], Any]
 MAX_LAST_EVENT_ID = 16384  # characters of a Last-Event-ID read at most
+EXPIRES = "simplew.sse.expires"  # conn.state key: when its JWT expires (Unix time)
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]
 HEADERS = [
     ("Content-Type", "text/event-stream"),
@@ -144,11 +148,18 @@ class SseContent(SseEndpoint):
         user = sub if isinstance(sub, str) else None
         held = {room: held[room] for room in [None, *wanted] if room in held}
         conn = SseConnection(self, request, wanted, left, held, user)
+        jwt_auth = self.context.jwt_auth
+        if claims is not None and jwt_auth is not None:
+            conn.state[EXPIRES] = jwt_auth.expiry(claims)
         return 200, list(HEADERS), conn
 
     # -- the connection (SseConnection.attach, connection_lost) ------------------------
 
     def on_connect(self, conn: Any) -> None:
+        expires = conn.state.pop(EXPIRES, None)
+        if expires is not None:  # what the token granted ends with it
+            delay = max(0.0, expires - time.time())
+            conn.token_timer = asyncio.get_running_loop().call_later(delay, conn.close)
         recovery = self.context.recovery
         if recovery is None:
             self._admit(conn, None, None, False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -147,6 +148,14 @@ def test_rooms_hook_cap_and_token(server: SimpleWServer) -> None:
     assert [e["data"] for e in later.events(1)] == ["for b"]
     for each in (reader, alice, bearer, later):
         each.close()
+    # a stream ends when its token expires
+    brief = pyjwt.encode({"sub": "alice", "exp": int(time.time()) + 1}, SECRET, "HS256")
+    ending = opened(server, f"/events?room=secret&token={brief}")
+    deadline = time.monotonic() + 5
+    while not ending.ended:  # pings until the end
+        assert time.monotonic() < deadline, "the stream outlived its token"
+        ending.read(1)
+    ending.close()
 
 
 def test_resume_from_last_event_id(server: SimpleWServer) -> None:

@@ -127,10 +127,13 @@ cdef class SseEndpoint(Endpoint):
         self._ticker = asyncio.get_running_loop().call_later(self.heartbeat, self._tick)
 
     def stop(self):
-        """Stop the heartbeat (the server is shutting down)."""
+        """The server is shutting down: no more heartbeat, and the streams not
+        admitted yet (waiting for Redis) are dropped."""
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        for conn in list(self._open):
+            conn.abort()
 
 
 cdef class SseConnection(WebSocketConnection):
