@@ -115,8 +115,10 @@ def test_event_source_loses_nothing_across_restart_and_kill(browser, tmp_path: P
 
         # (b) kill -9 the worker the page reads from; the other one or its successor resumes
         victims = wait_until(lambda: workers_serving(server), 5, "a worker serving the page")
+        processes = [psutil.Process(pid) for pid in victims]
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
+        psutil.wait_procs(processes, timeout=5)  # its sockets are closed: no POST lands there
         expected += publish_batch(port, "d", 5)
         page.wait_for_function("window.opens >= 3", timeout=15_000)
         expected += publish_batch(port, "e", 3)

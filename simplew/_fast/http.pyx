@@ -850,15 +850,7 @@ cdef class HttpProtocol:
         protocol.admission = self._admission        # the slot goes with the socket
         protocol.host = self._peer_host
         self._admission = None
-        transport = self.transport
-        self.transport = None
-        self._state = CLOSING
-        self.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.flow.resume_reading()      # whatever the pauses: picows reads from here on
-        self.flow.transport = None
+        transport = self._let_go()      # picows reads from here on
         loop = asyncio.get_running_loop()
         _start_websocket(protocol, transport, loop, head + rest, opts)
         # The transport may keep a bound method of this protocol after the
@@ -872,6 +864,13 @@ cdef class HttpProtocol:
         if self._access is not None and start >= 0:
             self._log_access(request.method, request.url, 200, 0, start)
         admission, self._admission = self._admission, None
+        transport = self._let_go()
+        stream.attach(transport, admission, self._peer_host, http_date(), list(result[1]))
+        asyncio.get_running_loop().call_soon(self._release)
+
+    cdef object _let_go(self):
+        """The socket goes to another protocol: this one lets go of it (reading
+        resumed, whatever the pauses) and is done; returns the transport."""
         transport = self.transport
         self.transport = None
         self._state = CLOSING
@@ -881,8 +880,7 @@ cdef class HttpProtocol:
             self._timer = None
         self.flow.resume_reading()
         self.flow.transport = None
-        stream.attach(transport, admission, self._peer_host, http_date(), list(result[1]))
-        asyncio.get_running_loop().call_soon(self._release)
+        return transport
 
     def _release(self):
         self.parser = None

@@ -322,19 +322,7 @@ cdef class SseConnection(WebSocketConnection):
     cdef int _queue(self, bytes data) except -1:
         if self.closed or self._socket is None:
             return 0
-        if self._out_first is None:
-            self._out_first = data
-            self._out_size = len(data)
-            self._flusher.add(self, self._loop)
-            return 0
-        if self._out_more is None:
-            self._out_more = [data]
-        else:
-            self._out_more.append(data)
-        self._out_size += len(data)
-        if self._out_size > self.endpoint.max_write_buffer > 0:
-            self.flush_output()
-        return 0
+        return self._enqueue(data)
 
     cdef int _slow(self, bytes frame) except -1:
         log.info("dropping event stream %s: over max_write_buffer %d (client too slow)",
@@ -348,20 +336,10 @@ cdef class SseConnection(WebSocketConnection):
         return 0
 
     cdef int flush_output(self) except -1:
-        cdef bytes first = self._out_first
-        cdef list more = self._out_more
-        if first is None:
+        cdef bytes data = self._take_output()
+        if data is None or self._socket is None or self._socket.is_closing():
             return 0
-        self._out_first = None
-        self._out_more = None
-        self._out_size = 0
-        if self._socket is None or self._socket.is_closing():
-            return 0
-        if more is None:
-            self._write_now(first)
-        else:
-            more.insert(0, first)
-            self._write_now(b"".join(more))
+        self._write_now(data)
         return 0
 
     cdef int queue_message(self, int opcode, bytes payload) except -1:
