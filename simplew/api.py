@@ -277,9 +277,13 @@ class ServerApi:
     async def _publish(
         self, data: str | bytes, room: str | None, key: str | None
     ) -> dict[str, Any]:
-        """One publication; with ``key``, once. Raises ApiError 503."""
+        """One publication; with ``key``, once. Raises ApiError 503.
+
+        With Redis it is stored by one script call of its own (with its key, if
+        any), not queued behind the shard's batches: a shard that cannot be
+        reached answers at once, and nothing waits to be published later."""
         store = self._store()
-        if key is not None and store is not None:  # the key lives in Redis, beside the stream
+        if store is not None:  # the key lives in Redis, beside the stream
             try:
                 epoch, offset, duplicate = await store_publication(
                     store.engine,

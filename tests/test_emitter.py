@@ -14,6 +14,7 @@ from multiproc import RedisServer, redis_server_path
 from simplew import SimpleWServer
 from simplew.emitter import AsyncEmitter, Emitter
 from simplew.stream import Unavailable
+from sseclient import EventReader, positions
 from topology import Cluster, PlainShards
 from v2client import V2Client
 
@@ -26,6 +27,7 @@ def deployment():
     server = SimpleWServer("127.0.0.1", 0, recovery=True, redis_url=redis.url, access_log=False)
     server.add_websocket_content("/ws", on_message=lambda session, data: None)
     server.on_connect(lambda session: session.join("news"))
+    server.add_sse_content("/events")
     server.start()
     wait_until(lambda: server.backplane.ready, 10, "the server follows the streams")
     yield redis, server
@@ -38,8 +40,11 @@ def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
     client = V2Client()
     client.connect(f"ws://127.0.0.1:{server.port}/ws")
     wait_until(lambda: server.room_sessions("news"), what="the client in the room")
+    reader = EventReader(server.port, "/events?room=news")
+    while not reader.last_id or "news" not in positions(reader.last_id):
+        reader.read(1)  # the id-only block once the stream is in the room
     with Emitter(redis.url) as emitter:
-        positions = [emitter.publish(f"sync {n}", room="news") for n in range(3)]
+        published = [emitter.publish(f"sync {n}", room="news") for n in range(3)]
         retried = emitter.publish("sync 2", room="news", key="k")
         assert emitter.publish("sync 2", room="news", key="k") == retried  # once
         everyone = emitter.publish(b"\x00binary")
@@ -52,18 +57,24 @@ def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
             return mine + await emitter.broadcast("to both", ["news", "other"])
 
     async_positions = asyncio.run(from_asyncio())
-    positions += [retried, *async_positions[:3]]
+    published += [retried, *async_positions[:3]]
     assert async_positions[3].room == "other" and async_positions[3].offset == 1
-    epoch = positions[0].epoch
-    assert [p.offset for p in positions] == list(range(1, 8))
-    assert {p.epoch for p in positions} == {epoch}
+    epoch = published[0].epoch
+    assert [p.offset for p in published] == list(range(1, 8))
+    assert {p.epoch for p in published} == {epoch}
     client.collect(until_offset=7, room="news")
     client.collect(until_offset=everyone.offset, room=None)
     texts = ["sync 0", "sync 1", "sync 2", "sync 2", "async 0", "async 1", "to both"]
-    assert client.room_pubs("news") == [(epoch, p.offset, t) for p, t in zip(positions, texts)]
+    assert client.room_pubs("news") == [(epoch, p.offset, t) for p, t in zip(published, texts)]
     assert [(e, o) for r, e, o, _t in client.pubs if r is None] == [
         (everyone.epoch, everyone.offset)
     ]
+    events = reader.events(8)  # the same publications, at the same positions, over SSE
+    news = [(positions(e["id"])["news"], e["data"]) for e in events if e["event"] == "text"]
+    assert news == [((epoch, p.offset), t) for p, t in zip(published, texts)]
+    [binary] = [e for e in events if e["event"] == "binary"]
+    assert positions(binary["id"])[None] == (everyone.epoch, everyone.offset)
+    reader.close()
     client.close()
     redis.stop()
     with Emitter(redis.url) as emitter, pytest.raises(Unavailable):
