@@ -10,6 +10,7 @@ is the balancer.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import shutil
@@ -23,6 +24,7 @@ import pytest
 from websockets.sync.client import connect
 
 from helpers import TIMEOUT, free_port, wait_until
+from httpclient import Conn, get
 from simplew import SimpleWServer
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -51,46 +53,33 @@ def v2(source: str | None, port: int = 0, tlvs: bytes = b"") -> bytes:
 
 
 def get_request(path: str = "/pp-who", close: bool = True) -> bytes:
-    connection = "Connection: close\r\n" if close else ""
-    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{connection}\r\n".encode()
+    return get(path, "Connection: close\r\n" if close else "")
 
 
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """Status and body of one response with Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return int(head.split()[1]), body
-
-
-def ask(port: int, *pieces: bytes, close: bool = True) -> tuple[int, bytes, socket.socket]:
+def ask(port: int, *pieces: bytes, close: bool = True) -> tuple[int, bytes, Conn]:
     """Send ``pieces`` one by one (each its own segment), then read one answer."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = Conn(port)
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for i, piece in enumerate(pieces):
         if i:
             time.sleep(0.01)  # the header must arrive in pieces: nothing to wait for
-        sock.sendall(piece)
-    status, body = read_response(sock)
+        conn.send(piece)
+    response = conn.read_response()
     if close:
-        sock.close()
-    return status, body, sock
+        conn.close()
+    return response.status, response.body, conn
 
 
 def refused(port: int, data: bytes) -> bool:
     """True when the server closes the connection without answering ``data``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(data)
-        try:
-            return sock.recv(65536) == b""
-        except ConnectionResetError:
-            return True
+    conn = Conn(port)
+    try:
+        conn.send(data)
+        return conn.sock.recv(65536) == b""
+    except (ConnectionResetError, BrokenPipeError):  # closed before it read everything
+        return True
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +140,9 @@ def test_the_header_names_the_client(server, caplog, case):
         pieces.append(b"\n" + get_request())  # the header's last byte with the request
     else:
         pieces.append(get_request())
-    status, body, sock = ask(server.port, *pieces, close=False)
-    local_port = sock.getsockname()[1]
-    sock.close()
+    status, body, conn = ask(server.port, *pieces, close=False)
+    local_port = conn.sock.getsockname()[1]
+    conn.close()
     assert status == 200
     host, port = json.loads(body)["remote"]
     if client is None:  # UNKNOWN, LOCAL: the balancer's own connection
@@ -184,8 +173,8 @@ def test_the_per_ip_limit_counts_the_client_not_the_balancer(server):
         assert status == 200 and json.loads(body)["remote"] == ["192.0.2.51", 42001]
         assert server.admission.open_by_host().get("192.0.2.50") == 2
     finally:
-        for sock in held:
-            sock.close()
+        for conn in held:
+            conn.close()
     wait_until(lambda: "192.0.2.50" not in server.admission.open_by_host())
 
 
@@ -270,12 +259,17 @@ def test_behind_nginx_as_a_proxy_protocol_balancer(server, tmp_path, caplog):
                 time.sleep(0.05)
         assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else ""
         # the client connects to nginx from 127.0.0.3; nginx connects from 127.0.0.1
-        with socket.create_connection(("127.0.0.2", port), timeout=TIMEOUT,
-                                      source_address=("127.0.0.3", 0)) as sock:
-            client_port = sock.getsockname()[1]
-            sock.sendall(get_request())
-            status, body = read_response(sock)
-        assert status == 200 and json.loads(body)["remote"] == ["127.0.0.3", client_port]
+        client = http.client.HTTPConnection(
+            "127.0.0.2", port, timeout=TIMEOUT, source_address=("127.0.0.3", 0)
+        )
+        try:
+            client.request("GET", "/pp-who")
+            client_port = client.sock.getsockname()[1]
+            response = client.getresponse()
+            assert response.status == 200
+            assert json.loads(response.read())["remote"] == ["127.0.0.3", client_port]
+        finally:
+            client.close()
         logged(caplog, f'127.0.0.3:{client_port} "GET /pp-who"')
     finally:
         nginx.terminate()

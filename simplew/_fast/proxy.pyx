@@ -252,22 +252,17 @@ cdef object _parse_address(str text):
     return None if host is None else (host, port)
 
 
-cdef list _forwarded_for(str value):
-    """The ``for=`` of each element of a ``Forwarded`` value (None when one has
-    none, or an ``unknown`` or obfuscated one), left to right, as addresses."""
-    found = []
-    for element in value.split(","):
-        address = None
-        for pair in element.split(";"):
-            name, eq, node = pair.partition("=")
-            if eq and name.strip(" \t").lower() == "for":
-                node = node.strip(" \t")
-                if len(node) >= 2 and node[0] == '"' and node[len(node) - 1] == '"':
-                    node = node[1:len(node) - 1]
-                address = _parse_address(node)
-                break
-        found.append(address)
-    return found
+cdef object _forwarded_for(str element):
+    """The ``for=`` address of one element of a ``Forwarded`` value; None when it
+    has none, or an ``unknown`` or obfuscated one."""
+    for pair in element.split(";"):
+        name, eq, node = pair.partition("=")
+        if eq and name.strip(" \t").lower() == "for":
+            node = node.strip(" \t")
+            if len(node) >= 2 and node[0] == '"' and node[len(node) - 1] == '"':
+                node = node[1:len(node) - 1]
+            return _parse_address(node)
+    return None
 
 
 cdef class ProxyPolicy:
@@ -328,17 +323,16 @@ cdef class ProxyPolicy:
         the left-most when all are; None when the headers name no address, or
         the right-most one is not one."""
         value = headers.get("forwarded")
-        if value is not None:
-            hops = _forwarded_for(value)
-        else:
+        cdef bint forwarded = value is not None
+        if not forwarded:
             value = headers.get("x-forwarded-for")
             if value is None:
                 return None
-            hops = [_parse_address(item) for item in value.split(",")]
+        cdef list items = value.split(",")
         cdef Py_ssize_t i
         client = None
-        for i in range(len(hops) - 1, -1, -1):
-            hop = hops[i]
+        for i in range(len(items) - 1, -1, -1):     # parsed from the right, as far as needed
+            hop = _forwarded_for(items[i]) if forwarded else _parse_address(items[i])
             if hop is None:
                 break           # unknown or garbage: nothing further left can be believed
             client = hop
