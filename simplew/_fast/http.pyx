@@ -233,7 +233,8 @@ cdef class HttpProtocol:
         self._head = limits._header_timeout or self._idle
         self._now = self.loop.time()
         peer = transport.get_extra_info("peername")
-        self._remote = (str(peer[0]), peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._remote = (str(peer[0]), peer[1])
         if self.context.proxies is not None and not self._trust_peer(self.context.proxies):
             return
         if limits.admission is not None and self._proxy is None and not self._admit_pending:

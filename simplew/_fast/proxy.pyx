@@ -104,7 +104,8 @@ cdef ProxyHeader _parse_v1(const unsigned char *p, Py_ssize_t n):
     cdef Py_ssize_t i
     for i in range(6, length - 2):
         if p[i] < 0x20 or p[i] > 0x7e:
-            raise ProxyHeaderError("a PROXY protocol v1 line has a byte that is not printable ASCII")
+            raise ProxyHeaderError("a PROXY protocol v1 line has a byte that is not "
+                                   "printable ASCII")
     fields = (<bytes>p[6:length - 2]).decode("ascii").split(" ")
     if fields[0] == "UNKNOWN":
         return _header(1, None, None, length)

@@ -176,7 +176,11 @@ def seeds() -> dict[str, bytes]:
         "v1-tcp6": b"PROXY TCP6 2001:db8::7 ::ffff:1.2.3.4 40002 443\r\n",
         "v1-unknown": b"PROXY UNKNOWN ffff::1 ::1 1 2\r\n",
         "v2-tcp4": SIGNATURE + b"\x21\x11" + struct.pack("!H", len(v4)) + v4,
-        "v2-tcp6-tlv": SIGNATURE + b"\x21\x21" + struct.pack("!H", len(v6) + 6) + v6 + b"\x04\x00\x03abc",
+        "v2-tcp6-tlv": SIGNATURE
+        + b"\x21\x21"
+        + struct.pack("!H", len(v6) + 6)
+        + v6
+        + b"\x04\x00\x03abc",
         "v2-local": SIGNATURE + b"\x20\x00\x00\x00GET",
         "v2-unix": SIGNATURE + b"\x21\x31\x00\xd8" + bytes(216),
         "forwarded": b"198.51.100.1, [2001:db8::2]:8080, 10.0.0.3:1",
