@@ -281,3 +281,20 @@ def test_behind_nginx_as_a_proxy_protocol_balancer(server, tmp_path, caplog):
     finally:
         nginx.terminate()
         nginx.wait(10)
+
+
+def test_the_serve_options(monkeypatch):
+    from simplew.cli import UsageError, configure, parse_args
+
+    args = ["serve", "--ws", "/ws", "--forwarded-allow-ips", "10.0.0.0/8, ::1", "--proxy-protocol"]
+    options = configure(parse_args(args)).options
+    assert options.forwarded_allow_ips == ["10.0.0.0/8", "::1"] and options.proxy_protocol
+    monkeypatch.setenv("SIMPLEW_FORWARDED_ALLOW_IPS", "*")
+    monkeypatch.setenv("SIMPLEW_PROXY_PROTOCOL", "yes")
+    options = configure(parse_args(["serve", "--ws", "/ws"])).options
+    assert options.forwarded_allow_ips == ["*"] and options.proxy_protocol
+    monkeypatch.delenv("SIMPLEW_FORWARDED_ALLOW_IPS")
+    with pytest.raises(UsageError, match="proxy_protocol needs forwarded_allow_ips"):
+        configure(parse_args(["serve", "--ws", "/ws"]))
+    with pytest.raises(UsageError, match="a trusted proxy is an address"):
+        configure(parse_args(["serve", "--ws", "/ws", "--forwarded-allow-ips", "10.0.0.300"]))
