@@ -669,7 +669,8 @@ cdef class HttpProtocol:
                         self.transport.write(content.wire)
                         self.transport.write(content)
                     if start >= 0:
-                        self._log_access(request.method, request.url, 200, len(content), start)
+                        self._log_access(request.remote, request.method, request.url, 200,
+                                         len(content), start)
                     return                          # keep-alive: nothing more to do
                 else:
                     if content.wire_date is not date:
