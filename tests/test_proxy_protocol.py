@@ -167,7 +167,7 @@ def test_a_websocket_session_has_the_client_address(server, caplog):
     with connect(f"ws://127.0.0.1:{server.port}/pp-ws", sock=sock, open_timeout=TIMEOUT):
         session = wait_until(lambda: server.sessions_seen and server.sessions_seen[-1])
         assert session.remote_address == ("2001:db8::42", 41000)
-    logged(caplog, "2001:db8::42:41000 WebSocket connect /pp-ws")
+    logged(caplog, "[2001:db8::42]:41000 WebSocket connect /pp-ws")
     logged(caplog, '[2001:db8::42]:41000 "GET /pp-ws"')
 
 
