@@ -37,7 +37,7 @@ def trusted():
 
 @pytest.fixture(scope="module")
 def untrusted():
-    server = start(forwarded_allow_ips="10.0.0.0/8")
+    server = start(forwarded_allow_ips="10.0.0.0/8, 192.168.0.0/16")
     yield server
     server.stop()
 

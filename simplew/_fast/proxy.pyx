@@ -270,7 +270,7 @@ cdef class ProxyPolicy:
     """Which peers are trusted proxies, and whether a PROXY header is required.
 
     ``forwarded_allow_ips``: addresses and CIDR networks (``"10.0.0.0/8"``), or
-    ``"*"`` for every peer. ``proxy_protocol``: every connection must start with
+    ``"*"`` for every peer; a list, or one comma-separated str. ``proxy_protocol``: every connection must start with
     a PROXY protocol header, from a trusted peer; otherwise the ``Forwarded`` and
     ``X-Forwarded-For`` headers of the requests of a trusted peer give the
     client. ``refused`` counts the connections closed for a PROXY header that
@@ -279,7 +279,7 @@ cdef class ProxyPolicy:
 
     def __init__(self, forwarded_allow_ips, bint proxy_protocol=False):
         if isinstance(forwarded_allow_ips, str):
-            forwarded_allow_ips = [forwarded_allow_ips]
+            forwarded_allow_ips = [s for s in forwarded_allow_ips.split(",") if s.strip()]
         networks = []
         self.any = False
         for entry in forwarded_allow_ips:
