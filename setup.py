@@ -37,6 +37,9 @@ MODULES += ["plainjson"]
 # the client's address behind a proxy: the PROXY protocol, forwarded headers; http cimports it
 MODULES += ["proxy"]
 
+# Server-Sent Events on the streams (hub cimports it)
+MODULES += ["sse"]
+
 extensions = [
     Extension(
         f"simplew._fast.{name}",

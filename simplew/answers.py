@@ -7,6 +7,7 @@ wins:
 
 1. a CORS preflight, when ``add_cors`` was called;
 2. an operations endpoint (``/healthz``, ``/metrics``, ``/simplew.js``) for GET and HEAD;
+   an event stream's path (:mod:`simplew.sse`);
 3. a REST route (:mod:`simplew.rest`);
 4. a static file (:mod:`simplew.static`), longest prefix first;
 5. a WebSocket endpoint's path: 426, it needs an upgrade;
@@ -47,6 +48,7 @@ class HttpAnswers:
         self.statics: list[StaticFiles] = []  # longest prefix first
         self.router: Router | None = None
         self.cors: Cors | None = None
+        self.streams: dict[str, Any] = {}  # path -> simplew.sse.SseContent
 
     def add_static(self, static: StaticFiles) -> None:
         self.statics.append(static)
@@ -73,6 +75,9 @@ class HttpAnswers:
         op = self.ops.get(request.path)
         if op is not None and (request.method == "GET" or request.method == "HEAD"):
             return op()
+        stream = self.streams.get(request.path)
+        if stream is not None:
+            return stream.answer(request)
         router = self.router
         if router is not None:
             response = router.dispatch(request)
