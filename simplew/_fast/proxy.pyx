@@ -270,11 +270,11 @@ cdef class ProxyPolicy:
     """Which peers are trusted proxies, and whether a PROXY header is required.
 
     ``forwarded_allow_ips``: addresses and CIDR networks (``"10.0.0.0/8"``), or
-    ``"*"`` for every peer; a list, or one comma-separated str. ``proxy_protocol``: every connection must start with
-    a PROXY protocol header, from a trusted peer; otherwise the ``Forwarded`` and
-    ``X-Forwarded-For`` headers of the requests of a trusted peer give the
-    client. ``refused`` counts the connections closed for a PROXY header that
-    was missing, malformed or sent by an untrusted peer.
+    ``"*"`` for every peer; a list, or one comma-separated str. ``proxy_protocol``:
+    every connection must start with a PROXY protocol header, from a trusted peer;
+    otherwise the ``Forwarded`` and ``X-Forwarded-For`` headers of the requests of
+    a trusted peer give the client. ``refused`` counts the connections closed for
+    a PROXY header that was missing, malformed or sent by an untrusted peer.
     """
 
     def __init__(self, forwarded_allow_ips, bint proxy_protocol=False):
