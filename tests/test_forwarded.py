@@ -23,6 +23,7 @@ def start(**options) -> SimpleWServer:
     server.map_get("/fw-who", lambda request: {"remote": list(request.remote)})
     sessions = server.sessions_seen = []
     server.add_websocket_content("/fw-ws", on_message=lambda session, data: None)
+    server.add_sse_content("/fw-events")
     server.on_connect(sessions.append)
     server.start()
     return server
@@ -148,6 +149,21 @@ def test_the_access_log_and_a_session_show_the_client(trusted, caplog):
 
     wait_until(lambda: any(line.startswith('203.0.113.5:0 "GET /fw-ws"') for line in lines()))
     wait_until(lambda: any(line.startswith("203.0.113.5:0 WebSocket connect") for line in lines()))
+
+
+def test_an_event_stream_has_the_client_address(trusted):
+    conn = Conn(trusted.port)
+    try:
+        conn.send(get("/fw-events", "X-Forwarded-For: 203.0.113.6\r\n"))
+        while b"\r\n\r\n" not in conn.buf:
+            conn._fill()
+        assert conn.buf.startswith(b"HTTP/1.1 200"), conn.buf
+        wait_until(
+            lambda: any(s.remote_address == ("203.0.113.6", 0) for s in trusted.sessions),
+            what="an event stream from 203.0.113.6",
+        )
+    finally:
+        conn.close()
 
 
 def test_the_per_ip_limit_counts_the_first_requests_client(trusted):
