@@ -34,6 +34,9 @@ MODULES += ["streams"]
 # which answers msgspec encodes as the standard library would (simplew.rest)
 MODULES += ["plainjson"]
 
+# the client's address behind a proxy: the PROXY protocol, forwarded headers; http cimports it
+MODULES += ["proxy"]
+
 # Server-Sent Events on the streams (hub cimports it)
 MODULES += ["sse"]
 

@@ -302,6 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same limit for each client address "
         "(default: no limit; env SIMPLEW_MAX_CONNECTIONS_PER_IP)",
     )
+    # the client's address behind a proxy (simplew._fast.proxy)
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=_env("forwarded_allow_ips"),
+        metavar="IPS",
+        help="trusted proxies, comma-separated addresses, CIDRs or '*': only their "
+        "Forwarded/X-Forwarded-For headers and PROXY headers are believed "
+        "(default: none; env SIMPLEW_FORWARDED_ALLOW_IPS)",
+    )
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=_env_flag("proxy_protocol"),
+        help="every connection starts with a PROXY protocol v1/v2 header from a peer of "
+        "--forwarded-allow-ips (plain TCP only) (env SIMPLEW_PROXY_PROTOCOL=1)",
+    )
     return parser
 
 
@@ -443,6 +459,12 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         server.redis_url = urls if len(urls) > 1 else urls[0]
     settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
     settings["max_rooms_per_session"] = args.max_rooms_per_session
+    if args.forwarded_allow_ips is not None:
+        settings["forwarded_allow_ips"] = [
+            s.strip() for s in args.forwarded_allow_ips.split(",") if s.strip()
+        ]
+    if args.proxy_protocol:
+        settings["proxy_protocol"] = True
     settings["max_sse_rooms"] = args.max_sse_rooms
     settings["sse_heartbeat"] = args.sse_heartbeat
     recovery = {

@@ -131,6 +131,14 @@ class ServerOptions:
     """Open connections, HTTP and WebSocket, beyond which new ones get 503; None: no limit."""
     max_connections_per_ip: int | None = None
     """The same limit per client address; None: no limit."""
+    forwarded_allow_ips: list[str] | None = None
+    """Trusted proxies: addresses, CIDR networks or ``"*"``. From these peers only, a
+    request's client is the right-most untrusted address of ``Forwarded`` (``for=``) or
+    ``X-Forwarded-For``; None: those headers are never read (docs/operations.md)."""
+    proxy_protocol: bool = False
+    """Every connection starts with a PROXY protocol header (v1 or v2) from a peer in
+    ``forwarded_allow_ips``, which names the client; else it is closed. Plain TCP only:
+    terminate TLS at the balancer."""
     token_grace: float = 30.0
     """Seconds a connection whose JWT expired keeps its access: a ``simplew.v2`` client is
     asked to refresh its token in that time, then closed with 4001 (:mod:`simplew.tokens`)."""
@@ -181,6 +189,24 @@ class ServerOptions:
         for name in ("max_connections", "max_connections_per_ip"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)
+        self.proxy_policy()  # ValueError if forwarded_allow_ips or proxy_protocol cannot work
+
+    def proxy_policy(self) -> Any:
+        """The :class:`~simplew._fast.proxy.ProxyPolicy` of ``forwarded_allow_ips`` and
+        ``proxy_protocol``, or None when no proxy is trusted."""
+        from simplew._fast.proxy import ProxyPolicy
+
+        if not isinstance(self.proxy_protocol, bool):
+            raise ValueError(f"proxy_protocol must be a bool, not {self.proxy_protocol!r}")
+        if self.forwarded_allow_ips is None:
+            if self.proxy_protocol:
+                raise ValueError(
+                    "proxy_protocol needs forwarded_allow_ips: the balancer's addresses, or '*'"
+                )
+            return None
+        if self.proxy_protocol and self.ssl is not None:
+            raise ValueError("proxy_protocol is for plain TCP: terminate TLS at the balancer")
+        return ProxyPolicy(self.forwarded_allow_ips, self.proxy_protocol)
 
     def replace(self, **changes: Any) -> ServerOptions:
         """A validated copy with ``changes`` applied."""

@@ -161,6 +161,8 @@ class SimpleWServer:
         allowed_origins: list[str] | None = None,
         max_connections: int | None = None,
         max_connections_per_ip: int | None = None,
+        forwarded_allow_ips: list[str] | None = None,
+        proxy_protocol: bool = False,
         token_grace: float = 30.0,
     ) -> None:
         """Every parameter is a field of :class:`~simplew.options.ServerOptions`,
@@ -617,6 +619,8 @@ class SimpleWServer:
             raise RuntimeError("server is already started")
         if self.redis_url and importlib.util.find_spec("redis") is None:  # before binding
             raise ImportError(f"redis_url needs the Redis client: {REDIS_EXTRA}")
+        # trusted proxies (simplew._fast.proxy), from the options as they are now
+        self.context.proxies = self.options.proxy_policy()
         self._compile()
         loop = asyncio.get_running_loop()
         options: dict[str, Any] = {
