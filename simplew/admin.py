@@ -153,9 +153,7 @@ class AdminPage:
         try:
             position = await self.server.publish(text, room=room)
         except Unavailable as exc:
-            return _error(
-                503, "unavailable", str(exc), ("Retry-After", str(exc.retry_after))
-            )
+            return _error(503, "unavailable", str(exc), ("Retry-After", str(exc.retry_after)))
         except ValueError as exc:  # a room name the server refuses
             return _error(400, "bad_request", str(exc))
         answer: dict[str, Any] = {"room": room, "epoch": None, "offset": None}

@@ -201,7 +201,9 @@ def _check_admin(path: Any, token: Any) -> None:
     if not isinstance(token, str) or not token.strip():
         raise ValueError("admin_path needs admin_token: the admin page's data is behind a token")
     if any(not 33 <= ord(c) <= 126 for c in token):
-        raise ValueError("admin_token must be printable ASCII without spaces (an HTTP header value)")
+        raise ValueError(
+            "admin_token must be printable ASCII without spaces (an HTTP header value)"
+        )
 
 
 def _int(name: str, value: Any, low: int, high: int | None = None) -> None:

@@ -162,7 +162,12 @@ def redis_health(link: Any) -> dict[str, Any] | None:
         mode = "streams"
     else:  # pub/sub: one channel on the broadcast stream's shard
         rows = [
-            {"index": 0, "connected": link.connected, "outages": link.outages, "pending": link.pending}
+            {
+                "index": 0,
+                "connected": link.connected,
+                "outages": link.outages,
+                "pending": link.pending,
+            }
         ]
         mode = "pubsub"
     return {"mode": mode, "connected": all(r["connected"] for r in rows), "shards": rows}
@@ -170,7 +175,9 @@ def redis_health(link: Any) -> dict[str, Any] | None:
 
 def top_rooms(rooms: dict[str, int], count: int = TOP_ROOMS) -> list[list[Any]]:
     """The ``count`` rooms with most members, as ``[room, members]``, largest first."""
-    return [[room, members] for room, members in heapq.nlargest(count, rooms.items(), itemgetter(1))]
+    return [
+        [room, members] for room, members in heapq.nlargest(count, rooms.items(), itemgetter(1))
+    ]
 
 
 def summarize(processes: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -280,9 +287,7 @@ class Registry:
         from simplew.engines import Engine
 
         self.engine = Engine.from_urls(redis_url)
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="simplew-registry"
-        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="simplew-registry")
 
     async def _run(self) -> None:
         while True:

@@ -206,4 +206,3 @@ def test_registry_lists_every_process_sharing_redis():
         assert not r.hexists("simplew:{api}:processes", mine)  # a stopped one removes itself
         assert r.zscore("simplew:{api}:processes:expiry", mine) is None
     redis.stop()
-
