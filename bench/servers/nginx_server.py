@@ -2,8 +2,9 @@
 
     python bench/servers/nginx_server.py --port 8765 --static-dir DIR
 
-One process (``master_process off``: the worker itself, so the harness pins and
-measures the process it is given), ``sendfile on``, no access log, keep-alive
+The config is ``bench/servers/nginx-static.conf``: one process (``master_process off``:
+the worker itself, so the harness pins and measures the process it is given), ``sendfile on``,
+``tcp_nopush on``, no access log, keep-alive
 without a request limit; ``DIR`` is served under ``/static/``. The config, pid
 and error log live in a temporary directory removed on exit. The READY line
 carries nginx's pid.
@@ -24,40 +25,7 @@ from _common import parse_args
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
-CONFIG = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    types {{
-        text/plain txt;
-        text/html html;
-        application/octet-stream bin;
-    }}
-    default_type application/octet-stream;
-    access_log off;
-    sendfile on;
-    open_file_cache max=1000 inactive=60s;     # no open/fstat/close per request, like simplew's cache
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen {host}:{port} reuseport backlog=4096;
-        location /static/ {{
-            alias {static}/;
-        }}
-    }}
-}}
-"""
+CONFIG = (Path(__file__).parent / "nginx-static.conf").read_text()
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -78,7 +46,10 @@ def main() -> None:
     static = Path(args.static_dir or tempfile.mkdtemp(prefix="nginx-empty-")).resolve()
     tmp = tempfile.mkdtemp(prefix="simplew-bench-nginx-")
     conf = Path(tmp) / "nginx.conf"
-    conf.write_text(CONFIG.format(tmp=tmp, host=args.host, port=args.port, static=static))
+    config = CONFIG
+    for name, value in (("tmp", tmp), ("host", args.host), ("port", args.port), ("static", static)):
+        config = config.replace("{" + name + "}", str(value))
+    conf.write_text(config)
     proc = subprocess.Popen(
         [NGINX, "-p", tmp, "-c", str(conf), "-e", f"{tmp}/error.log"], stdin=subprocess.DEVNULL
     )

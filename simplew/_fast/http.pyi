@@ -50,4 +50,6 @@ class PreparedBody(bytes):
     nheaders: int
     wire_date: bytes | None
     wire: bytes | None
+    file: FileBody | None
     def __new__(cls, headers: list[tuple[str, str]], body: bytes) -> PreparedBody: ...
+    def keep_in(self, file: FileBody) -> None: ...

@@ -182,6 +182,7 @@ cdef class HttpProtocol:
     cdef HttpStats stats
     cdef object _access           # the simplew.access logger, or None when off
     cdef str _client              # "host:port" of the peer, for the access log
+    cdef int _sock_fd             # the socket for sendfile (-1: not a plain socket, -2: unknown)
     # admission
     cdef Admission _admission     # holds a slot of it until the connection closes, or None
     cdef object _peer_host        # the host the slot is counted for (None: not per host)
@@ -211,6 +212,7 @@ cdef class HttpProtocol:
     def connection_made(self, transport):
         self.transport = transport
         self.flow.transport = transport
+        self._sock_fd = -2
         self.loop = asyncio.get_running_loop()
         self.connections.add(self)
         limits = self.limits
@@ -576,10 +578,22 @@ cdef class HttpProtocol:
                     and status == 200 and headers is content.headers
                     and len(<list>headers) == content.nheaders):
                 date = http_date()
-                if content.wire_date is not date:
-                    content.wire = _encode(200, headers, content, True, False, False)
-                    content.wire_date = date
-                out = content.wire
+                if content.file is not None:        # the head here, the body by sendfile
+                    if content.wire_date is not date:
+                        content.wire = _encode(200, headers, content, True, True, False)
+                        content.wire_date = date
+                    if not self._prepared_sent(content):
+                        self.stats.bytes_out += PyBytes_GET_SIZE(content.wire) + len(content)
+                        self.transport.write(content.wire)
+                        self.transport.write(content)
+                    if start >= 0:
+                        self._log_access(request.method, request.url, 200, len(content), start)
+                    return                          # keep-alive: nothing more to do
+                else:
+                    if content.wire_date is not date:
+                        content.wire = _encode(200, headers, content, True, False, False)
+                        content.wire_date = date
+                    out = content.wire
             else:
                 out = _encode(status, headers, content, keep_alive, head, echo)
         except Exception:
@@ -607,6 +621,22 @@ cdef class HttpProtocol:
                 return                              # the end of the stream closes if needed
         if not keep_alive:
             self._close(False)
+
+    cdef bint _prepared_sent(self, content):
+        """Send a prepared answer whose body has a file with sendfile, when the
+        connection is a plain socket with nothing waiting in its transport."""
+        if self._sock_fd == -2:
+            self._sock_fd = -1
+            if SIMPLEW_SENDFILE and self.transport.get_extra_info("sslcontext") is None:
+                sock = self.transport.get_extra_info("socket")
+                if sock is not None:
+                    self._sock_fd = sock.fileno()
+        if self._sock_fd < 0 or self.transport.get_write_buffer_size() > 0:
+            return False
+        if not sendfile_prepared(self._sock_fd, content.wire, content, self.transport):
+            return False
+        self.stats.bytes_out += PyBytes_GET_SIZE(content.wire) + len(content)
+        return True
 
     def _stream_done(self, bint keep_alive, bint ok):
         if self._pending is self._stream:

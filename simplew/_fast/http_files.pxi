@@ -6,6 +6,40 @@
 # once per Date second.
 import os
 
+cdef extern from *:
+    """
+    #include <errno.h>
+    #if defined(__linux__)
+    #include <sys/sendfile.h>
+    #include <sys/socket.h>
+    #define SIMPLEW_SENDFILE 1
+    /* bytes of buf sent without blocking, the kernel told more follows; -1 and errno */
+    static Py_ssize_t simplew_send_more(int fd, const char *buf, Py_ssize_t size) {
+        return send(fd, buf, (size_t)size, MSG_MORE | MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    /* bytes of in_fd from offset sent to the socket out_fd; -1 and errno */
+    static Py_ssize_t simplew_sendfile(int out_fd, int in_fd, Py_ssize_t offset,
+                                       Py_ssize_t count) {
+        off_t at = (off_t)offset;
+        return sendfile(out_fd, in_fd, &at, (size_t)count);
+    }
+    #else
+    #define SIMPLEW_SENDFILE 0
+    static Py_ssize_t simplew_send_more(int fd, const char *buf, Py_ssize_t size) {
+        errno = ENOSYS;
+        return -1;
+    }
+    static Py_ssize_t simplew_sendfile(int out_fd, int in_fd, Py_ssize_t offset,
+                                       Py_ssize_t count) {
+        errno = ENOSYS;
+        return -1;
+    }
+    #endif
+    """
+    const int SIMPLEW_SENDFILE
+    Py_ssize_t simplew_send_more(int fd, const char *buf, Py_ssize_t size)
+    Py_ssize_t simplew_sendfile(int out_fd, int in_fd, Py_ssize_t offset, Py_ssize_t count)
+
 cdef object _sendfile = os.sendfile
 cdef object _pread = os.pread
 cdef long long SENDFILE_CHUNK = 1 << 20     # bytes per sendfile call
@@ -72,7 +106,40 @@ class PreparedBody(bytes):
         self.nheaders = len(headers)
         self.wire_date = None
         self.wire = None
+        self.file = None
         return self
+
+    def keep_in(self, FileBody file):
+        """Send the body with sendfile from ``file`` (a sealed copy of these
+        bytes, e.g. a memfd) where the connection is a plain socket; ``wire`` is
+        then the head alone. The body keeps ``file`` open while it lives."""
+        if file.offset != 0 or file.length != len(self):
+            raise ValueError("the file must hold exactly the body")
+        self.file = file
+        self.wire_date = None
+        self.wire = None
+
+
+cdef bint sendfile_prepared(int sock_fd, bytes head, object body, transport):
+    """Write a prepared answer on a socket whose transport holds nothing: the
+    head (with MSG_MORE) and the body by sendfile from ``body.file``, both
+    without blocking. What the socket does not take now goes through the
+    transport, in order. False when nothing could be sent this way (the caller
+    writes the answer itself)."""
+    cdef FileBody file = <FileBody>body.file
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(head), n
+    n = simplew_send_more(sock_fd, PyBytes_AS_STRING(head), size)
+    if n <= 0:
+        return False                # EAGAIN, or an error the transport will meet
+    if n < size:
+        transport.write(head[n:])
+        transport.write(body)
+        return True
+    size = file.length
+    n = simplew_sendfile(sock_fd, file.fd, 0, size)
+    if n < size:                    # the socket is full (or failing): the rest from memory
+        transport.write(memoryview(body)[n if n > 0 else 0:])
+    return True
 
 
 cdef class _FileStream:
