@@ -44,10 +44,11 @@ def snapshot(port: int, path: str = PATH) -> dict[str, Any]:
     return json.loads(body)
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_admin_server(path: str, token: str, ws_path: str) -> SimpleWServer:
+    """A started server with recovery, the admin page at ``path`` and a WebSocket
+    endpoint at ``ws_path`` where ``join ROOM`` joins ROOM (answered ``joined``)."""
     server = SimpleWServer(
-        "127.0.0.1", 0, admin_path=PATH, admin_token=TOKEN, recovery=True, access_log=False
+        "127.0.0.1", 0, admin_path=path, admin_token=token, recovery=True, access_log=False
     )
 
     def on_message(session: Any, data: str | bytes) -> None:
@@ -55,8 +56,14 @@ def server():
             session.join(data[5:])
             session.send_text("joined")
 
-    server.add_websocket_content("/admin-test-ws", on_message=on_message)
+    server.add_websocket_content(ws_path, on_message=on_message)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = start_admin_server(PATH, TOKEN, "/admin-test-ws")
     yield server
     server.stop()
 

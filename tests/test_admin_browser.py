@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
 
 from playwright.sync_api import expect
 
 from multiproc import Clients, recv
-from simplew import SimpleWServer
+from test_admin import start_admin_server
 
 TOKEN = "browser-admin-token"
 TIMEOUT_MS = 10_000
 
 
 def test_admin_page_follows_clients_and_publishes(browser):
-    server = SimpleWServer(
-        "127.0.0.1", 0, admin_path="/admin", admin_token=TOKEN, recovery=True, access_log=False
-    )
-
-    def on_message(session: Any, data: str | bytes) -> None:
-        if isinstance(data, str) and data.startswith("join "):
-            session.join(data[5:])
-            session.send_text("joined")
-
-    server.add_websocket_content("/admin-browser-ws", on_message=on_message)
-    server.start()
+    server = start_admin_server("/admin", TOKEN, "/admin-browser-ws")
     clients = Clients()
     chatting = threading.Event()
     try:
