@@ -30,6 +30,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from simplew.registry import summarize
 from simplew.request import Request
 
 log = logging.getLogger("simplew")
@@ -116,8 +117,6 @@ class AdminPage:
         return self._snapshot()
 
     async def _snapshot(self) -> Response:
-        from simplew.registry import summarize
-
         registry = self.server.registry
         source = "local" if registry.engine is None else "redis"
         try:

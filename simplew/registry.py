@@ -278,10 +278,11 @@ class Registry:
 
     # -- lifecycle (the server calls these on its loop) -------------------------------
 
-    def start(self, redis_url: Any) -> None:
+    def start(self, redis_url: Any, ttl: float = DEFAULT_TTL) -> None:
         """Count uptime from now; with ``redis_url``, begin writing this process's
-        snapshot every :attr:`interval` seconds."""
+        snapshot every :attr:`interval` seconds, each kept ``ttl`` seconds."""
         self.started = time.time()
+        self.ttl = ttl
         if not redis_url:
             return
         from simplew.engines import Engine

@@ -200,7 +200,7 @@ class SimpleWServer:
         self._broadcast = Broadcast(context)
         self._answers = HttpAnswers(context)
         # this process in the deployment's registry (the admin page, the API's info)
-        self.registry = Registry(self, options.registry_ttl)
+        self.registry = Registry(self)
         self.access_log = options.access_log
         self._ws_specs: list[WebSocketSpec] = []
         self._dynamic: list[DynamicSpec] = []
@@ -631,8 +631,7 @@ class SimpleWServer:
 
             self._broadcast.backplane = RedisBackplane(self.redis_url, self._broadcast.fan_out)
             self._broadcast.backplane.start()  # connects in the background, retrying
-        self.registry.ttl = self.registry_ttl
-        self.registry.start(self.redis_url)
+        self.registry.start(self.redis_url, self.registry_ttl)
         log.info(
             "simplew listening on %s://%s:%d/",
             "https" if self.ssl else "http",
