@@ -153,7 +153,8 @@ def test_an_admin_path_set_after_construction_without_token_refuses_to_start():
 
 def test_registry_lists_every_process_sharing_redis():
     """Two processes, one Redis: each sees both; a killed one leaves the list when its
-    entry expires (registry_ttl), a stopped one removes its own entry."""
+    entry expires (registry_ttl); without Redis the page shows this process and says
+    why; a stopped one removes its own entry."""
     redis = RedisServer().start()
     clients = Clients()
     local = SimpleWServer(
@@ -202,6 +203,20 @@ def test_registry_lists_every_process_sharing_redis():
             lambda: len(snapshot(local.port)["processes"]) == 1, 5, "the killed process gone"
         )
         assert time.monotonic() - killed > 0.5  # its entry outlived it until it expired
+
+        redis.stop()  # the page still answers: this process, its shard down, and why
+
+        def alone() -> dict[str, Any] | None:
+            snap = snapshot(local.port)
+            down = snap["registry"].startswith("unavailable") and snap["totals"]["redis_down"]
+            return snap if down else None
+
+        (mine,) = wait_until(alone, 10, "Redis seen down")["processes"]
+        assert mine["redis"]["shards"] == [
+            {"index": 0, "connected": False, "outages": 1, "pending": 0}
+        ]
+        redis.start()
+        wait_until(lambda: snapshot(local.port)["registry"] == "redis", 10, "Redis back")
     finally:
         clients.close()
         local.stop()
