@@ -88,11 +88,14 @@ return #gone
 _READ = (
     _NOW_MS
     + """
-local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
-if #live == 0 then
-  return {}
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+  local snapshot = redis.call('HGET', KEYS[1], id)
+  if snapshot then
+    out[#out + 1] = snapshot
+  end
 end
-return redis.call('HMGET', KEYS[1], unpack(live))
+return out
 """
 )
 
@@ -131,8 +134,6 @@ async def read_processes(engine: Any) -> list[dict[str, Any]]:
     )
     processes = []
     for item in raw:
-        if item is None:  # removed between the two reads of the script: cannot happen
-            continue
         try:
             processes.append(json.loads(item))
         except ValueError:
