@@ -34,6 +34,9 @@ MODULES += ["streams"]
 # which answers msgspec encodes as the standard library would (simplew.rest)
 MODULES += ["plainjson"]
 
+# Server-Sent Events on the streams (hub cimports it)
+MODULES += ["sse"]
+
 extensions = [
     Extension(
         f"simplew._fast.{name}",

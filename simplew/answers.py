@@ -7,7 +7,7 @@ wins:
 
 1. a CORS preflight, when ``add_cors`` was called;
 2. an operations endpoint (``/healthz``, ``/metrics``, ``/simplew.js``) for GET and HEAD;
-   one that reads the request (the admin page's paths), any method;
+   then the admin page's paths (any method) and an event stream's path (:mod:`simplew.sse`);
 3. a REST route (:mod:`simplew.rest`);
 4. a static file (:mod:`simplew.static`), longest prefix first;
 5. a WebSocket endpoint's path: 426, it needs an upgrade;
@@ -49,6 +49,7 @@ class HttpAnswers:
         self.statics: list[StaticFiles] = []  # longest prefix first
         self.router: Router | None = None
         self.cors: Cors | None = None
+        self.streams: dict[str, Any] = {}  # path -> simplew.sse.SseContent
 
     def add_static(self, static: StaticFiles) -> None:
         self.statics.append(static)
@@ -78,6 +79,9 @@ class HttpAnswers:
         handler = self.handlers.get(request.path)
         if handler is not None:
             return handler(request)
+        stream = self.streams.get(request.path)
+        if stream is not None:
+            return stream.answer(request)
         router = self.router
         if router is not None:
             response = router.dispatch(request)

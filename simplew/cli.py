@@ -157,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="open a WebSocket endpoint (repeatable; env SIMPLEW_WS)",
     )
     serve.add_argument(
+        "--sse",
+        action="append",
+        default=[s for s in (_env("sse") or "").split(",") if s],
+        metavar="PATH",
+        help="serve Server-Sent Events at PATH: GET PATH?room=a&room=b streams the "
+        "publications of everyone and of those rooms (repeatable; env SIMPLEW_SSE)",
+    )
+    serve.add_argument(
+        "--max-sse-rooms",
+        type=_number(int),
+        default=_env("max_sse_rooms", "16"),
+        metavar="N",
+        help="rooms one SSE request may follow (env SIMPLEW_MAX_SSE_ROOMS)",
+    )
+    serve.add_argument(
+        "--sse-heartbeat",
+        type=_number(float),
+        default=_env("sse_heartbeat", "15"),
+        metavar="SECONDS",
+        help="seconds between the ': ping' comments of an SSE stream (env SIMPLEW_SSE_HEARTBEAT)",
+    )
+    serve.add_argument(
         "--publish",
         default=_env("publish"),
         metavar="PATH",
@@ -388,6 +410,11 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
             server.add_websocket_content(path)
         except ValueError as exc:
             raise UsageError(f"--ws: {exc}") from None
+    for path in args.sse:
+        try:
+            server.add_sse_content(path)
+        except ValueError as exc:
+            raise UsageError(f"--sse: {exc}") from None
     if args.publish_token is not None and not args.publish:
         raise UsageError("--publish-token goes with --publish")
     if args.publish_token == "":
@@ -446,6 +473,8 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         settings["admin_token"] = args.admin_token or server.admin_token
     if args.registry_ttl is not None:
         settings["registry_ttl"] = args.registry_ttl
+    settings["max_sse_rooms"] = args.max_sse_rooms
+    settings["sse_heartbeat"] = args.sse_heartbeat
     recovery = {
         "recovery_window": args.recovery_window,
         "history_size": args.history_size,

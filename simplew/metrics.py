@@ -21,7 +21,7 @@ HEALTHY = (
 
 # name, type, help
 _METRICS = (
-    ("simplew_connections", "gauge", "Connected WebSocket sessions."),
+    ("simplew_connections", "gauge", "Connected sessions: WebSocket and event streams."),
     ("simplew_http_connections", "gauge", "Open HTTP/1.1 connections (not yet upgraded)."),
     ("simplew_http_requests_total", "counter", "HTTP requests answered (upgrades included)."),
     ("simplew_messages_in_total", "counter", "WebSocket messages received."),
@@ -158,7 +158,7 @@ def collect(server: Any) -> dict[str, Any]:
         "handler_errors": 0,
     }
     context = server.context
-    for endpoint in list(context.endpoints.values()):
+    for endpoint in [*context.endpoints.values(), *server.sse_endpoints]:
         for key in ws:
             ws[key] += getattr(endpoint, key, 0)
     http = server.http_stats

@@ -109,6 +109,11 @@ class ServerOptions:
     fewer replicas answer. 0: no waiting. Not with a Redis Cluster."""
     max_rooms_per_session: int = 128
     """Rooms a session may be in at once; a join past it is refused (0: no limit)."""
+    max_sse_rooms: int = 16
+    """Rooms one Server-Sent Events request may follow; those past it are left out
+    (named in its ``event: left``). Every event id carries a position per room."""
+    sse_heartbeat: float = 15.0
+    """Seconds between the ``: ping`` comments of an event stream (proxies keep it open)."""
 
     # -- operations --------------------------------------------------------------
     healthz: bool = True
@@ -162,6 +167,8 @@ class ServerOptions:
             if getattr(self, name) is not None:
                 _seconds(name, getattr(self, name), 0.0)
         _seconds("history_ttl", self.history_ttl, 0.0, positive=True)
+        _int("max_sse_rooms", self.max_sse_rooms, 1)
+        _seconds("sse_heartbeat", self.sse_heartbeat, 0.0, positive=True)
         if self.ping_interval is not None:
             _seconds("ping_interval", self.ping_interval, 0.0, positive=True)
         _seconds("ping_timeout", self.ping_timeout, 0.0, positive=True)

@@ -106,28 +106,35 @@ class Resume:
         session, entries = message.get("session"), message.get("streams")
         if type(session) is not str or not _SESSION_ID.match(session):
             return None
-        if type(entries) is not list or (max_streams and len(entries) > max_streams):
+        streams = stream_positions(entries, max_streams)
+        return None if streams is None else cls(session, streams)
+
+
+def stream_positions(entries: Any, max_streams: int) -> dict[str | None, tuple[str, int]] | None:
+    """``[[room, epoch, offset], ...]`` (a resume's ``streams``, an SSE event id) as
+    ``{room: (epoch, offset)}``, or None when anything in it is malformed."""
+    if type(entries) is not list or (max_streams and len(entries) > max_streams):
+        return None
+    streams: dict[str | None, tuple[str, int]] = {}
+    for entry in entries:
+        if type(entry) is not list or len(entry) != 3:
             return None
-        streams: dict[str | None, tuple[str, int]] = {}
-        for entry in entries:
-            if type(entry) is not list or len(entry) != 3:
+        room, epoch, offset = entry
+        if room is not None:
+            if type(room) is not str:
                 return None
-            room, epoch, offset = entry
-            if room is not None:
-                if type(room) is not str:
-                    return None
-                try:
-                    check_room(room)
-                except ValueError:
-                    return None
-            if type(epoch) is not str or not _EPOCH.match(epoch):
+            try:
+                check_room(room)
+            except ValueError:
                 return None
-            if type(offset) is not int or not 0 <= offset < MAX_OFFSET:
-                return None
-            if room in streams:
-                return None
-            streams[room] = (epoch, offset)
-        return cls(session, streams)
+        if type(epoch) is not str or not _EPOCH.match(epoch):
+            return None
+        if type(offset) is not int or not 0 <= offset < MAX_OFFSET:
+            return None
+        if room in streams:
+            return None
+        streams[room] = (epoch, offset)
+    return streams
 
 
 class Ended:
@@ -240,9 +247,9 @@ class Recovery:
         message = pub_message(room, epoch, offset, opcode, payload)
         self.streams.append(room, epoch, offset, message)
         if room is None:
-            self.hub.multicast(opcode, payload, message)
+            self.hub.multicast(opcode, payload, message, epoch, offset)
         else:
-            self.hub.multicast_room(room, opcode, payload, message)
+            self.hub.multicast_room(room, opcode, payload, message, epoch, offset)
 
     def reset_stream(self, room: str | None, epoch: str, top: int) -> None:
         """``room``'s stream cannot be continued (Redis lost publications, or its

@@ -233,7 +233,7 @@ class Registry:
 
     def snapshot(self) -> dict[str, Any]:
         """This process now: ``id``, ``host``, ``pid``, ``started`` and ``time``
-        (Unix seconds), ``uptime`` (s), ``connections`` (WebSocket sessions),
+        (Unix seconds), ``uptime`` (s), ``connections`` (sessions: WebSocket, event streams),
         ``http_connections``, ``open_connections`` (all client connections),
         ``messages_in``/``messages_out``, ``publications`` (multicasts this process
         published; with Redis, to every process), ``multicasts`` (fanned out here),

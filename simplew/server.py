@@ -46,6 +46,7 @@ from simplew.registry import Registry
 from simplew.rest import Cors, DynamicSpec, compile_router
 from simplew.sessions import Sessions
 from simplew.sessions import access_log as _access_log
+from simplew.sse import RoomsHook, SseContent
 from simplew.static import StaticFiles
 from simplew.tokens import Credentials
 
@@ -119,6 +120,8 @@ class SimpleWServer:
     history_bytes = _Option()
     history_ttl = _Option()
     max_rooms_per_session = _Option()
+    max_sse_rooms = _Option()
+    sse_heartbeat = _Option()
     wait_replicas = _Option()
     admin_path = _Option()
     admin_token = _Option()
@@ -155,6 +158,8 @@ class SimpleWServer:
         history_ttl: float = 300.0,
         wait_replicas: int = 0,
         max_rooms_per_session: int = 128,
+        max_sse_rooms: int = 16,
+        sse_heartbeat: float = 15.0,
         healthz: bool = True,
         metrics: bool = False,
         access_log: bool = True,
@@ -309,6 +314,29 @@ class SimpleWServer:
                 compression,
             )
         )
+
+    def add_sse_content(
+        self,
+        path: str = "/events",
+        rooms: RoomsHook | None = None,
+        *,
+        allowed_origins: list[str] | None = None,
+    ) -> SseContent:
+        """Serve Server-Sent Events at ``path`` (:mod:`simplew.sse`): ``GET
+        path?room=a&room=b`` streams the broadcast stream's publications and those
+        of the rooms ``rooms(request, claims)`` allows (sync or async; None: every
+        room asked for), resumable from ``Last-Event-ID`` with ``recovery=True``.
+        ``allowed_origins`` replaces the server's for this path."""
+        if not path.startswith("/"):
+            raise ValueError(f"an SSE path starts with '/': {path!r}")
+        path = path if path == "/" else path.rstrip("/")
+        if path in self._answers.streams:
+            raise ValueError(f"an SSE endpoint is already at {path}")
+        if allowed_origins is not None:
+            self.admission.endpoint_origins[path] = OriginPolicy(allowed_origins)
+        content = SseContent(path, self.context, rooms)  # settings applied at start
+        self._answers.streams[path] = content
+        return content
 
     def on_connect(self, callback: Callable[[Session], Any]) -> Callable[[Session], Any]:
         """Call ``callback(session)`` when a WebSocket client connects (usable as a decorator)."""
@@ -492,6 +520,11 @@ class SimpleWServer:
         """The connected WebSocket sessions."""
         return self.hub.sessions()
 
+    @property
+    def sse_endpoints(self) -> list[SseContent]:
+        """The Server-Sent Events paths (:meth:`add_sse_content`)."""
+        return list(self._answers.streams.values())
+
     def room_sessions(self, room: str) -> list[Session]:
         """The sessions of this process in ``room``."""
         return self.hub.room_sessions(room)
@@ -573,6 +606,11 @@ class SimpleWServer:
         context.endpoints = {
             spec.path: spec.compile(context, self.options, self._flusher) for spec in self._ws_specs
         }
+        for stream in self._answers.streams.values():
+            stream.max_write_buffer = self.max_write_buffer
+            stream.heartbeat = self.sse_heartbeat
+            stream.max_rooms = self.max_sse_rooms
+            stream.flusher = self._flusher
 
     def _compile_router(self) -> None:
         self._answers.router = compile_router(
@@ -664,6 +702,8 @@ class SimpleWServer:
         for session in self.sessions:
             session.abort()
         await self.registry.close()
+        for stream in self._answers.streams.values():
+            stream.stop()
         if self.backplane is not None:
             await self.backplane.close()  # its counters stay readable
         if self.recovery is not None:

@@ -71,6 +71,8 @@ cdef class WebSocketConnection(WSListener):
     cdef public Py_ssize_t dropped_messages
 
     cdef int write_frame(self, bytes frame) except -1
+    cdef int _enqueue(self, bytes data) except -1
+    cdef bytes _take_output(self)
     cdef int _slow(self, bytes frame) except -1
     cdef int flush_output(self) except -1
     cdef int _write_now(self, bytes data) except -1

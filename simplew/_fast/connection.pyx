@@ -487,19 +487,37 @@ cdef class WebSocketConnection(WSListener):
             return self._slow(frame)
         self.endpoint.messages_out += 1
         self.endpoint.bytes_out += len(frame)
+        return self._enqueue(frame)
+
+    cdef int _enqueue(self, bytes data) except -1:
+        """Add ``data`` to this turn's output (the Flusher writes it at the end of the turn)."""
         if self._out_first is None:
-            self._out_first = frame
-            self._out_size = len(frame)
+            self._out_first = data
+            self._out_size = len(data)
             self._flusher.add(self, self._loop)
             return 0
         if self._out_more is None:
-            self._out_more = [frame]
+            self._out_more = [data]
         else:
-            self._out_more.append(frame)
-        self._out_size += len(frame)
+            self._out_more.append(data)
+        self._out_size += len(data)
         if self._out_size > self.endpoint.max_write_buffer > 0:
             self.flush_output()         # a huge turn: let the transport's watermark see it
         return 0
+
+    cdef bytes _take_output(self):
+        """This turn's output in one ``bytes`` (None: nothing queued); the queue is emptied."""
+        cdef bytes first = self._out_first
+        cdef list more = self._out_more
+        if first is None:
+            return None
+        self._out_first = None
+        self._out_more = None
+        self._out_size = 0
+        if more is None:
+            return first
+        more.insert(0, first)
+        return b"".join(more)
 
     cdef int _slow(self, bytes frame) except -1:
         """A frame for a client above ``max_write_buffer``: apply the policy."""
@@ -522,21 +540,11 @@ cdef class WebSocketConnection(WSListener):
 
     cdef int flush_output(self) except -1:
         """Write the queued frames in one call (called by the Flusher)."""
-        cdef bytes first = self._out_first
-        cdef list more = self._out_more
+        cdef bytes data = self._take_output()
         cdef WSTransport transport = self.transport
-        if first is None:
+        if data is None or transport.is_close_frame_sent or transport.is_disconnected:
             return 0
-        self._out_first = None
-        self._out_more = None
-        self._out_size = 0
-        if transport.is_close_frame_sent or transport.is_disconnected:
-            return 0
-        if more is None:
-            self._write_now(first)
-        else:
-            more.insert(0, first)
-            self._write_now(b"".join(more))
+        self._write_now(data)
         return 0
 
     cdef int _write_now(self, bytes data) except -1:

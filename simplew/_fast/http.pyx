@@ -77,6 +77,7 @@ from simplew._fast.admission cimport Admission
 from simplew._fast.context cimport HttpLimits, HttpStats, ServerContext
 from simplew._fast.head cimport RequestScanner
 from simplew._fast.request cimport new_request
+from simplew._fast.sse cimport SseConnection
 
 log = logging.getLogger("simplew.http")
 access_log = logging.getLogger("simplew.access")
@@ -567,6 +568,9 @@ cdef class HttpProtocol:
 
     cdef _respond(self, request, bint keep_alive, tuple result, double start):
         """Write one answer (``result`` is status, headers, body)."""
+        if len(result) == 3 and type(result[2]) is SseConnection:
+            self._hand_to_stream(request, result, start)
+            return
         cdef bint head = request.method == "HEAD"
         cdef bint echo = False
         if keep_alive:          # an HTTP/1.0 client asks for keep-alive and must be told it is on
@@ -846,6 +850,27 @@ cdef class HttpProtocol:
         protocol.admission = self._admission        # the slot goes with the socket
         protocol.host = self._peer_host
         self._admission = None
+        transport = self._let_go()      # picows reads from here on
+        loop = asyncio.get_running_loop()
+        _start_websocket(protocol, transport, loop, head + rest, opts)
+        # The transport may keep a bound method of this protocol after the
+        # switch (uvloop caches data_received): keep only a small shell alive.
+        loop.call_soon(self._release)
+
+    cdef _hand_to_stream(self, request, tuple result, double start):
+        """An event stream's answer (simplew._fast.sse): the socket, and its admission
+        slot, go to the stream, which writes the head; no further request is read."""
+        cdef SseConnection stream = result[2]
+        if self._access is not None and start >= 0:
+            self._log_access(request.method, request.url, 200, 0, start)
+        admission, self._admission = self._admission, None
+        transport = self._let_go()
+        stream.attach(transport, admission, self._peer_host, http_date(), list(result[1]))
+        asyncio.get_running_loop().call_soon(self._release)
+
+    cdef object _let_go(self):
+        """The socket goes to another protocol: this one lets go of it (reading
+        resumed, whatever the pauses) and is done; returns the transport."""
         transport = self.transport
         self.transport = None
         self._state = CLOSING
@@ -853,13 +878,9 @@ cdef class HttpProtocol:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.flow.resume_reading()      # whatever the pauses: picows reads from here on
+        self.flow.resume_reading()
         self.flow.transport = None
-        loop = asyncio.get_running_loop()
-        _start_websocket(protocol, transport, loop, head + rest, opts)
-        # The transport may keep a bound method of this protocol after the
-        # switch (uvloop caches data_received): keep only a small shell alive.
-        loop.call_soon(self._release)
+        return transport
 
     def _release(self):
         self.parser = None

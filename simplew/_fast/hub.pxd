@@ -14,8 +14,11 @@ cdef class Hub:
 
     cpdef add(self, WebSocketConnection conn)
     cpdef remove(self, WebSocketConnection conn)
-    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v2=*) except -1
-    cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload, bytes v2=*) except -1
-    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v2) except -1
+    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v2=*, str epoch=*,
+                               long long offset=*) except -1
+    cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload, bytes v2=*,
+                                    str epoch=*, long long offset=*) except -1
+    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v2, object room,
+                            str epoch, long long offset) except -1
     cpdef bint join(self, WebSocketConnection conn, str room) except -1
     cpdef bint leave(self, WebSocketConnection conn, str room) except -1

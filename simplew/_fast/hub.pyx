@@ -12,7 +12,9 @@ multicast runs the same loop over the room's list.
 
 A ``simplew.v2`` client gets the publication's ``pub`` message (``v2``,
 encoded once by simplew.recovery) instead of the raw payload: a second
-shared frame, built on the first such client of the loop.
+shared frame, built on the first such client of the loop. An event-stream
+client (simplew._fast.sse) gets the publication's event, formatted on the
+first such client, with its position (``epoch``, ``offset``).
 
 The loop runs over a snapshot of the list, so a client dropped (and the
 last one swapped into its slot) while the loop writes skips nobody.
@@ -20,6 +22,7 @@ last one swapped into its slot) while the loop writes skips nobody.
 from simplew._fast.connection cimport WebSocketConnection
 from simplew._fast.frames cimport build_frame
 from simplew._fast.deflate cimport deflate_standalone
+from simplew._fast.sse cimport SseConnection, event_body
 
 
 cdef class Hub:
@@ -110,12 +113,13 @@ cdef class Hub:
         return True
 
     cpdef Py_ssize_t multicast_room(self, str room, int opcode, bytes payload,
-                                    bytes v2=None) except -1:
+                                    bytes v2=None, str epoch=None,
+                                    long long offset=0) except -1:
         """``multicast`` to the members of ``room`` only; returns how many."""
         cdef list members = self._rooms.get(room)
         if members is None:
             return 0
-        return self._fanout(members, opcode, payload, v2)
+        return self._fanout(members, opcode, payload, v2, room, epoch, offset)
 
     def room_sessions(self, str room):
         """The connections in ``room`` (a new list)."""
@@ -129,25 +133,34 @@ cdef class Hub:
         """{room name: member count} of the rooms with members."""
         return {name: len(<list>members) for name, members in self._rooms.items()}
 
-    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v2=None) except -1:
+    cpdef Py_ssize_t multicast(self, int opcode, bytes payload, bytes v2=None, str epoch=None,
+                               long long offset=0) except -1:
         """Send one message to every client: one frame built once, plus one
         compressed frame per window size in use; returns how many clients.
-        ``v2``: the ``pub`` message simplew.v2 clients get instead."""
-        return self._fanout(self._connections, opcode, payload, v2)
+        ``v2``: the ``pub`` message simplew.v2 clients get instead; ``epoch``,
+        ``offset``: its position (event-stream clients put it in their ids)."""
+        return self._fanout(self._connections, opcode, payload, v2, None, epoch, offset)
 
-    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v2) except -1:
+    cdef Py_ssize_t _fanout(self, list conns, int opcode, bytes payload, bytes v2, object room,
+                            str epoch, long long offset) except -1:
         """The multicast loop over ``conns`` (every client, or a room)."""
         cdef list snapshot = list(conns)
         cdef Py_ssize_t i, n = len(snapshot)
         cdef bytes frame = build_frame(opcode, payload, len(payload))
         cdef bytes v2_frame = None
         cdef dict compressed = None
+        cdef bytes event = None
         cdef int key
         self.multicasts += 1
         cdef WebSocketConnection conn
         cdef bytes shared, body, source
         for i in range(n):
             conn = <WebSocketConnection>snapshot[i]
+            if type(conn) is SseConnection:
+                if event is None:
+                    event = event_body(opcode, payload)
+                (<SseConnection>conn).publish(room, epoch, offset, event)
+                continue
             if conn.v2:
                 if v2 is None:
                     continue        # no offset for it: not a publication of the stream
