@@ -199,6 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)",
     )
     serve.add_argument(
+        "--admin",
+        default=_env("admin"),
+        metavar="PATH",
+        help="serve the live admin page at GET PATH; needs --admin-token (env SIMPLEW_ADMIN)",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=_env("admin_token"),
+        metavar="TOKEN",
+        help="the bearer token of the admin page's data (env SIMPLEW_ADMIN_TOKEN keeps it "
+        "off the command line)",
+    )
+    serve.add_argument(
+        "--registry-ttl",
+        type=_number(float),
+        default=_env("registry_ttl"),
+        metavar="S",
+        help="with --redis: seconds a process that stopped writing stays listed in the "
+        "deployment's registry (default 10; env SIMPLEW_REGISTRY_TTL)",
+    )
+    serve.add_argument(
         "--redis",
         action="append",
         default=None,
@@ -465,6 +486,15 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         ]
     if args.proxy_protocol:
         settings["proxy_protocol"] = True
+    if args.admin_token is not None and not args.admin:
+        raise UsageError("--admin-token goes with --admin")
+    if args.admin:
+        if not (args.admin_token or server.admin_token):
+            raise UsageError("--admin needs --admin-token (or SIMPLEW_ADMIN_TOKEN)")
+        settings["admin_path"] = args.admin
+        settings["admin_token"] = args.admin_token or server.admin_token
+    if args.registry_ttl is not None:
+        settings["registry_ttl"] = args.registry_ttl
     settings["max_sse_rooms"] = args.max_sse_rooms
     settings["sse_heartbeat"] = args.sse_heartbeat
     recovery = {

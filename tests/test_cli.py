@@ -419,6 +419,11 @@ ERRORS = {
         ["--ws", "/ws", "--publish", "/p", "--publish-token", ""],
         "--publish-token must not be empty",
     ),
+    "admin without token": (["--ws", "/ws", "--admin", "/a"], "--admin needs --admin-token"),
+    "admin token without admin": (
+        ["--ws", "/ws", "--admin-token", "t"],
+        "--admin-token goes with --admin",
+    ),
 }
 
 
@@ -458,6 +463,7 @@ NUMBERS = {
         ["--recovery-window", "nan"],
         "recovery_window must be a finite number >= 0 of seconds, not nan",
     ),
+    "zero registry ttl": (["--registry-ttl", "0"], "registry_ttl must be a finite number > 0"),
     "nan window with recovery": (
         ["--recovery", "--recovery-window", "nan"],
         "recovery_window must be a finite number >= 0 of seconds, not nan",

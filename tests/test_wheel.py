@@ -114,6 +114,7 @@ def test_wheel_contents_and_metadata(built):
         )
     assert not any(n.endswith(".c") for n in names), "generated C sources belong in the sdist only"
     assert "simplew/auth.py" in names and "simplew/_fast/connection.pxd" in names
+    assert "simplew/js/simplew.js" in names and "simplew/js/admin.html" in names
     assert "License-Expression: MIT" in metadata
     requires = [
         Requirement(line.split(":", 1)[1].strip())
