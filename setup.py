@@ -34,14 +34,21 @@ MODULES += ["streams"]
 # which answers msgspec encodes as the standard library would (simplew.rest)
 MODULES += ["plainjson"]
 
+# the client's address behind a proxy: the PROXY protocol, forwarded headers; http cimports it
+MODULES += ["proxy"]
+
 # Server-Sent Events on the streams (hub cimports it)
 MODULES += ["sse"]
+
+# the C compiler's optimization: SIMPLEW_OPTIMIZE=-O0 builds about three times faster
+# (a debug build, or a packaging test that does not measure speed)
+OPTIMIZE = os.environ.get("SIMPLEW_OPTIMIZE", "-O2")
 
 extensions = [
     Extension(
         f"simplew._fast.{name}",
         [f"simplew/_fast/{name}.pyx"],
-        extra_compile_args=["-O2"],
+        extra_compile_args=[OPTIMIZE],
     )
     for name in MODULES
 ]

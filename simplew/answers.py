@@ -7,7 +7,7 @@ wins:
 
 1. a CORS preflight, when ``add_cors`` was called;
 2. an operations endpoint (``/healthz``, ``/metrics``, ``/simplew.js``) for GET and HEAD;
-   an event stream's path (:mod:`simplew.sse`);
+   then the admin page's paths (any method) and an event stream's path (:mod:`simplew.sse`);
 3. a REST route (:mod:`simplew.rest`);
 4. a static file (:mod:`simplew.static`), longest prefix first;
 5. a WebSocket endpoint's path: 426, it needs an upgrade;
@@ -45,6 +45,7 @@ class HttpAnswers:
     def __init__(self, context: ServerContext) -> None:
         self.context = context
         self.ops: dict[str, Callable[[], Response]] = {}  # GET path -> answer
+        self.handlers: dict[str, Callable[[Request], Any]] = {}  # path -> answer(request)
         self.statics: list[StaticFiles] = []  # longest prefix first
         self.router: Router | None = None
         self.cors: Cors | None = None
@@ -75,6 +76,9 @@ class HttpAnswers:
         op = self.ops.get(request.path)
         if op is not None and (request.method == "GET" or request.method == "HEAD"):
             return op()
+        handler = self.handlers.get(request.path)
+        if handler is not None:
+            return handler(request)
         stream = self.streams.get(request.path)
         if stream is not None:
             return stream.answer(request)

@@ -7,8 +7,9 @@ with a JSON object in and out, for requests carrying ``Authorization: Bearer
 and act on connections (disconnect, join, leave); ``info`` describes the
 processes. With Redis every method acts on the whole deployment: publications,
 history and presence through the streams in Redis (:mod:`simplew.stream`), acts
-on connections and ``info`` through the command channel
-(:class:`simplew.commands.Commands`), which every process with the API listens to.
+on connections through the command channel (:class:`simplew.commands.Commands`),
+which every process with the API listens to, and ``info`` from the registry of
+processes (:mod:`simplew.registry`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import asyncio
 import base64
 import hmac
 import json
-import os
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -201,12 +200,7 @@ class ServerApi:
         self.route = path.rstrip("/") + "/{method}"
         self._token = token.encode("utf-8")
         self.keys = Keys(server.options.history_ttl)
-        self.process_id = os.urandom(6).hex()
-        self.process: dict[str, Any] = {
-            "id": self.process_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
+        self.process_id = server.registry.process_id  # one name for this process
         self.commands: Commands | None = None
         self.methods: dict[str, Handler] = {
             "publish": self.publish,
@@ -443,10 +437,9 @@ class ServerApi:
 
     async def info(self, body: dict[str, Any]) -> Any:
         _fields(body, ())
-        if self.commands is None:
-            return {"processes": [self.act("info", {})]}
-        answers = await _from_redis(self.commands.ask("info", {}))
-        return {"processes": sorted(answers, key=lambda p: (p["host"], p["pid"], p["id"]))}
+        processes = await _from_redis(self.server.registry.processes())
+        processes.sort(key=lambda p: (str(p.get("host")), p.get("pid", 0), str(p.get("id"))))
+        return {"processes": processes}
 
     async def _everywhere(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """``act`` here, or with Redis on every process; the sum of their counts."""
@@ -456,17 +449,8 @@ class ServerApi:
         return {"count": sum(answers), "processes": len(answers)}
 
     def act(self, op: str, args: dict[str, Any]) -> Any:
-        """One command on this process's sessions (loop thread): how many it acted
-        on; for ``info``, this process's description."""
+        """One command on this process's sessions (loop thread): how many it acted on."""
         server = self.server
-        if op == "info":
-            store = self._store()
-            return {
-                **self.process,
-                "connections": len(server.hub),
-                "rooms": len(server.hub.rooms()),
-                "followed": 0 if store is None else store.followed,
-            }
         session, user = args.get("session"), args.get("user")
         count = 0
         for conn in server.hub.sessions():

@@ -213,6 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at GET /metrics (env SIMPLEW_METRICS=1)",
     )
     serve.add_argument(
+        "--admin",
+        default=_env("admin"),
+        metavar="PATH",
+        help="serve the live admin page at GET PATH; needs --admin-token (env SIMPLEW_ADMIN)",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=_env("admin_token"),
+        metavar="TOKEN",
+        help="the bearer token of the admin page's data (env SIMPLEW_ADMIN_TOKEN keeps it "
+        "off the command line)",
+    )
+    serve.add_argument(
+        "--registry-ttl",
+        type=_number(float),
+        default=_env("registry_ttl"),
+        metavar="S",
+        help="with --redis: seconds a process that stopped writing stays listed in the "
+        "deployment's registry (default 10; env SIMPLEW_REGISTRY_TTL)",
+    )
+    serve.add_argument(
         "--redis",
         action="append",
         default=None,
@@ -315,6 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the same limit for each client address "
         "(default: no limit; env SIMPLEW_MAX_CONNECTIONS_PER_IP)",
+    )
+    # the client's address behind a proxy (simplew._fast.proxy)
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=_env("forwarded_allow_ips"),
+        metavar="IPS",
+        help="trusted proxies, comma-separated addresses, CIDRs or '*': only their "
+        "Forwarded/X-Forwarded-For headers and PROXY headers are believed "
+        "(default: none; env SIMPLEW_FORWARDED_ALLOW_IPS)",
+    )
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=_env_flag("proxy_protocol"),
+        help="every connection starts with a PROXY protocol v1/v2 header from a peer of "
+        "--forwarded-allow-ips (plain TCP only) (env SIMPLEW_PROXY_PROTOCOL=1)",
     )
     return parser
 
@@ -464,6 +501,21 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         server.redis_url = urls if len(urls) > 1 else urls[0]
     settings: dict[str, Any] = {"shutdown_grace": args.shutdown_grace}
     settings["max_rooms_per_session"] = args.max_rooms_per_session
+    if args.forwarded_allow_ips is not None:
+        settings["forwarded_allow_ips"] = [
+            s.strip() for s in args.forwarded_allow_ips.split(",") if s.strip()
+        ]
+    if args.proxy_protocol:
+        settings["proxy_protocol"] = True
+    if args.admin_token is not None and not args.admin:
+        raise UsageError("--admin-token goes with --admin")
+    if args.admin:
+        if not (args.admin_token or server.admin_token):
+            raise UsageError("--admin needs --admin-token (or SIMPLEW_ADMIN_TOKEN)")
+        settings["admin_path"] = args.admin
+        settings["admin_token"] = args.admin_token or server.admin_token
+    if args.registry_ttl is not None:
+        settings["registry_ttl"] = args.registry_ttl
     settings["max_sse_rooms"] = args.max_sse_rooms
     settings["sse_heartbeat"] = args.sse_heartbeat
     recovery = {

@@ -74,6 +74,12 @@ _METRICS = (
         "WebSocket upgrades refused (403) for an Origin not allowed.",
     ),
     (
+        "simplew_proxy_refused_total",
+        "counter",
+        "Connections closed for a PROXY protocol header missing, malformed or from an "
+        "untrusted peer.",
+    ),
+    (
         "simplew_ping_timeouts_total",
         "counter",
         "WebSocket clients closed (1011) for not answering a ping within ping_timeout.",
@@ -183,6 +189,7 @@ def collect(server: Any) -> dict[str, Any]:
         "simplew_rejected_connections_total": admission.rejected_total,
         "simplew_rejected_connections_per_ip_total": admission.rejected_per_ip,
         "simplew_rejected_origins_total": admission.rejected_origins,
+        "simplew_proxy_refused_total": 0 if context.proxies is None else context.proxies.refused,
         "simplew_ping_timeouts_total": getattr(server.heartbeat, "dropped", 0),
         "simplew_streams": 0 if recovery is None else len(recovery.streams),
         "simplew_history_publications": 0 if recovery is None else recovery.streams.entries,

@@ -122,6 +122,15 @@ class ServerOptions:
     """``GET /metrics`` answers Prometheus text (docs/operations.md)."""
     access_log: bool = True
     """One INFO line per HTTP request and WebSocket connect/disconnect on ``simplew.access``."""
+    admin_path: str | None = None
+    """Serve the live admin page at this path (docs/operations.md); needs ``admin_token``.
+    None: no admin page."""
+    admin_token: str | None = None
+    """The bearer token the admin page's data and publish box need (compared in
+    constant time); printable ASCII without spaces."""
+    registry_ttl: float = 10.0
+    """With ``redis_url``: seconds a process stays in the deployment's registry
+    (:mod:`simplew.registry`) after its last write; it writes every second."""
 
     # -- who gets in -------------------------------------------------------------
     allowed_origins: list[str] | None = None
@@ -131,6 +140,14 @@ class ServerOptions:
     """Open connections, HTTP and WebSocket, beyond which new ones get 503; None: no limit."""
     max_connections_per_ip: int | None = None
     """The same limit per client address; None: no limit."""
+    forwarded_allow_ips: list[str] | None = None
+    """Trusted proxies: addresses, CIDR networks or ``"*"``. From these peers only, a
+    request's client is the right-most untrusted address of ``Forwarded`` (``for=``) or
+    ``X-Forwarded-For``; None: those headers are never read (docs/operations.md)."""
+    proxy_protocol: bool = False
+    """Every connection starts with a PROXY protocol header (v1 or v2) from a peer in
+    ``forwarded_allow_ips``, which names the client; else it is closed. Plain TCP only:
+    terminate TLS at the balancer."""
     token_grace: float = 30.0
     """Seconds a connection whose JWT expired keeps its access: a ``simplew.v2`` client is
     asked to refresh its token in that time, then closed with 4001 (:mod:`simplew.tokens`)."""
@@ -176,6 +193,8 @@ class ServerOptions:
         _seconds("shutdown_grace", self.shutdown_grace, 0.0)
         _seconds("recovery_window", self.recovery_window, 0.0)
         _seconds("token_grace", self.token_grace, 0.0)
+        _seconds("registry_ttl", self.registry_ttl, 0.0, positive=True)
+        _check_admin(self.admin_path, self.admin_token)
         if self.slow_client_policy not in SLOW_CLIENT_POLICIES:
             raise ValueError(f"slow_client_policy must be one of {sorted(SLOW_CLIENT_POLICIES)}")
         _int("compression_level", self.compression_level, -1, 9)
@@ -201,10 +220,43 @@ class ServerOptions:
         for name in ("max_connections", "max_connections_per_ip"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)
+        self.proxy_policy()  # ValueError if forwarded_allow_ips or proxy_protocol cannot work
+
+    def proxy_policy(self) -> Any:
+        """The :class:`~simplew._fast.proxy.ProxyPolicy` of ``forwarded_allow_ips`` and
+        ``proxy_protocol``, or None when no proxy is trusted."""
+        from simplew._fast.proxy import ProxyPolicy
+
+        if not isinstance(self.proxy_protocol, bool):
+            raise ValueError(f"proxy_protocol must be a bool, not {self.proxy_protocol!r}")
+        if self.forwarded_allow_ips is None:
+            if self.proxy_protocol:
+                raise ValueError(
+                    "proxy_protocol needs forwarded_allow_ips: the balancer's addresses, or '*'"
+                )
+            return None
+        if self.proxy_protocol and self.ssl is not None:
+            raise ValueError("proxy_protocol is for plain TCP: terminate TLS at the balancer")
+        return ProxyPolicy(self.forwarded_allow_ips, self.proxy_protocol)
 
     def replace(self, **changes: Any) -> ServerOptions:
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+def _check_admin(path: Any, token: Any) -> None:
+    if path is None:
+        return
+    if not isinstance(path, str) or not path.startswith("/") or path.endswith("/"):
+        raise ValueError(f"admin_path must start with '/' and not end with it, not {path!r}")
+    if any(c in path for c in "?#") or any(ord(c) <= 32 or ord(c) == 127 for c in path):
+        raise ValueError(f"admin_path must be a plain path, not {path!r}")
+    if not isinstance(token, str) or not token.strip():
+        raise ValueError("admin_path needs admin_token: the admin page's data is behind a token")
+    if any(not 33 <= ord(c) <= 126 for c in token):
+        raise ValueError(
+            "admin_token must be printable ASCII without spaces (an HTTP header value)"
+        )
 
 
 def _int(name: str, value: Any, low: int, high: int | None = None) -> None:

@@ -33,6 +33,7 @@ from simplew._fast.context import HttpLimits, HttpStats, ServerContext
 from simplew._fast.heartbeat import Heartbeat
 from simplew._fast.http import HttpProtocol
 from simplew._fast.hub import Hub
+from simplew.admin import admin_routes
 from simplew.answers import HttpAnswers
 from simplew.api import ServerApi
 from simplew.auth import JwtAuth
@@ -42,6 +43,7 @@ from simplew.endpoints import SLOW_CLIENT_POLICIES, WebSocketSpec, controllers_a
 from simplew.endpoints import json_default as _json_default
 from simplew.options import ServerOptions
 from simplew.recovery import Position, Recovery
+from simplew.registry import Registry
 from simplew.rest import Cors, DynamicSpec, compile_router
 from simplew.sessions import Sessions
 from simplew.sessions import access_log as _access_log
@@ -122,6 +124,9 @@ class SimpleWServer:
     max_sse_rooms = _Option()
     sse_heartbeat = _Option()
     wait_replicas = _Option()
+    admin_path = _Option()
+    admin_token = _Option()
+    registry_ttl = _Option()
 
     def __init__(
         self,
@@ -159,9 +164,14 @@ class SimpleWServer:
         healthz: bool = True,
         metrics: bool = False,
         access_log: bool = True,
+        admin_path: str | None = None,
+        admin_token: str | None = None,
+        registry_ttl: float = 10.0,
         allowed_origins: list[str] | None = None,
         max_connections: int | None = None,
         max_connections_per_ip: int | None = None,
+        forwarded_allow_ips: list[str] | None = None,
+        proxy_protocol: bool = False,
         token_grace: float = 30.0,
         api_path: str | None = None,
         api_token: str | None = None,
@@ -199,6 +209,8 @@ class SimpleWServer:
         self._resume_room_hooks: list[Callable[[Session, str], bool]] = []
         self._broadcast = Broadcast(context)
         self._answers = HttpAnswers(context)
+        # this process in the deployment's registry (the admin page, the API's info)
+        self.registry = Registry(self)
         self.access_log = options.access_log
         self._ws_specs: list[WebSocketSpec] = []
         self._dynamic: list[DynamicSpec] = []
@@ -585,6 +597,9 @@ class SimpleWServer:
         self._flusher = Flusher()
         if self._ws_specs:
             self._answers.ops.setdefault(_browser.PATH, _browser.response)
+        if self.options.admin_path is not None:
+            self.options.validate()  # an admin_path set alone has no token: refused
+            self._answers.handlers.update(admin_routes(self, self.admin_path, self.admin_token))
         recovery = None
         if self.recovery_enabled:
             recovery = Recovery(
@@ -625,6 +640,8 @@ class SimpleWServer:
             raise RuntimeError("server is already started")
         if self.redis_url and importlib.util.find_spec("redis") is None:  # before binding
             raise ImportError(f"redis_url needs the Redis client: {REDIS_EXTRA}")
+        # trusted proxies (simplew._fast.proxy), from the options as they are now
+        self.context.proxies = self.options.proxy_policy()
         self._compile()
         loop = asyncio.get_running_loop()
         options: dict[str, Any] = {
@@ -664,6 +681,7 @@ class SimpleWServer:
 
             self._broadcast.backplane = RedisBackplane(self.redis_url, self._broadcast.fan_out)
             self._broadcast.backplane.start()  # connects in the background, retrying
+        self.registry.start(self.redis_url, self.registry_ttl)
         if self._api is not None:
             self._api.start()
         log.info(
@@ -697,6 +715,7 @@ class SimpleWServer:
             await asyncio.sleep(0.02)  # clients answer the CLOSE, buffers drain
         for session in self.sessions:
             session.abort()
+        await self.registry.close()
         for stream in self._answers.streams.values():
             stream.stop()
         if self._api is not None:

@@ -104,5 +104,9 @@ def _log_id(session: Session) -> str:
 
 
 def _peer(session: Session) -> str:
+    """``host:port`` of the client, ``[host]:port`` for IPv6 (as the HTTP access log)."""
     address = session.remote_address
-    return f"{address[0]}:{address[1]}" if address else "-"
+    if not address:
+        return "-"
+    host = str(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"

@@ -143,8 +143,9 @@ def shared():
     try:
         for server in servers:
             server.wait_ready()
+        nobody = {"room": "x", "user": "nobody"}
         wait_until(
-            lambda: len(call(servers[0].port, "info")[1].get("processes", ())) == 2,
+            lambda: call(servers[0].port, "leave", nobody)[1].get("processes") == 2,
             15,
             "both processes on the command channel",
             interval=0.05,
@@ -173,8 +174,12 @@ def test_acts_on_every_process_sharing_redis(shared):
     assert wait_until(stats, 5, "presence synced") == {"room": "team", "clients": 3, "users": 2}
     users = [entry["user"] for entry in call(one.port, "presence", {"room": "team"})[1]["presence"]]
     assert sorted(users) == ["bob", "bob", "carol"]
-    info = call(two.port, "info")[1]["processes"]
-    assert sorted(p["connections"] for p in info) == [1, 2] and len({p["id"] for p in info}) == 2
+
+    def info() -> Any:  # from the registry, written every second by each process
+        processes = call(two.port, "info")[1]["processes"]
+        return sorted(p["connections"] for p in processes) == [1, 2] and processes
+
+    assert len({p["id"] for p in wait_until(info, 5, "both processes in the registry")}) == 2
     # idempotency in Redis: a retry, even through the other process, is the first publication
     first = call(one.port, "publish", {"room": "team", "text": "hello", "key": "k-1"})[1]
     again = call(two.port, "publish", {"room": "team", "text": "hello", "key": "k-1"})[1]

@@ -424,6 +424,11 @@ ERRORS = {
         "--api: api_path needs api_token",
     ),
     "api token without api": (["--ws", "/ws", "--api-token", "t"], "--api-token goes with --api"),
+    "admin without token": (["--ws", "/ws", "--admin", "/a"], "--admin needs --admin-token"),
+    "admin token without admin": (
+        ["--ws", "/ws", "--admin-token", "t"],
+        "--admin-token goes with --admin",
+    ),
 }
 
 
@@ -463,6 +468,7 @@ NUMBERS = {
         ["--recovery-window", "nan"],
         "recovery_window must be a finite number >= 0 of seconds, not nan",
     ),
+    "zero registry ttl": (["--registry-ttl", "0"], "registry_ttl must be a finite number > 0"),
     "nan window with recovery": (
         ["--recovery", "--recovery-window", "nan"],
         "recovery_window must be a finite number >= 0 of seconds, not nan",

@@ -113,6 +113,7 @@ EXPECTED = {
     "simplew_rejected_connections_total",
     "simplew_rejected_connections_per_ip_total",
     "simplew_rejected_origins_total",
+    "simplew_proxy_refused_total",
     "simplew_ping_timeouts_total",
     "simplew_streams",
     "simplew_history_publications",

@@ -56,7 +56,7 @@ cdef class WebSocketConnection(WSListener):
     cdef Py_ssize_t _msg_size
     cdef object _decoder
     cdef object _close_timer
-    cdef object _peer                     # peername, cached: transports are loop-thread only
+    cdef object _peer                     # the client (request.remote or peername), cached
     cdef readonly bint write_paused       # the transport's buffer is above its high-water mark
     cdef object _write_buffer_size        # the transport's get_write_buffer_size
     cdef object _gate                     # the WriteGate picows writes through, or None

@@ -285,7 +285,8 @@ cdef class WebSocketConnection(WSListener):
             self._gate = underlying
             underlying = self._gate.real
         self._write = getattr(underlying, "write_nocheck", underlying.write)
-        self._peer = underlying.get_extra_info("peername")
+        # the client's address: the upgrade request's (behind a trusted proxy, the one it gave)
+        self._peer = getattr(self.request, "remote", None) or underlying.get_extra_info("peername")
         self._write_buffer_size = underlying.get_write_buffer_size
         if self.endpoint.max_write_buffer > 0:
             underlying.set_write_buffer_limits(high=self.endpoint.max_write_buffer)
@@ -686,7 +687,8 @@ cdef class WebSocketConnection(WSListener):
 
     @property
     def remote_address(self):
-        """The client's (host, port); readable from any thread."""
+        """The client's (host, port): the upgrade request's ``remote`` (behind a trusted
+        proxy, the address it gave); readable from any thread."""
         return self._peer
 
     # -- rooms --------------------------------------------------------------

@@ -1,4 +1,5 @@
 from simplew._fast.admission cimport Admission
+from simplew._fast.proxy cimport ProxyPolicy
 
 
 cdef class HttpLimits:
@@ -34,5 +35,6 @@ cdef class ServerContext:
     cdef public object access_log         # the simplew.access logger, or None: off
     cdef public dict picows_options       # keyword arguments of picows's WSProtocol
     cdef public set http_connections      # open HttpProtocol connections
+    cdef public ProxyPolicy proxies       # trusted proxies and the PROXY protocol, or None
 
     cpdef object endpoint_for(self, str path)

@@ -5,6 +5,7 @@ from typing_extensions import disjoint_base
 
 from simplew._fast.admission import Admission
 from simplew._fast.connection import Endpoint, WebSocketConnection
+from simplew._fast.proxy import ProxyPolicy
 
 @disjoint_base
 class HttpLimits:
@@ -57,6 +58,7 @@ class ServerContext:
     access_log: Any
     picows_options: dict[str, Any]
     http_connections: set[Any]
+    proxies: ProxyPolicy | None
     def __init__(
         self,
         app: Any = None,

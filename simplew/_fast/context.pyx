@@ -39,7 +39,9 @@ cdef class ServerContext:
     - ``limits`` (:class:`HttpLimits`), ``http_stats`` (:class:`HttpStats`);
     - ``access_log``: the ``simplew.access`` logger, or None when off;
     - ``picows_options``: keyword arguments of picows's ``WSProtocol``;
-    - ``http_connections``: the open HTTP connections (for shutdown).
+    - ``http_connections``: the open HTTP connections (for shutdown);
+    - ``proxies``: the :class:`~simplew._fast.proxy.ProxyPolicy` of
+      ``forwarded_allow_ips`` and ``proxy_protocol``, or None: the peer is the client.
     """
 
     def __init__(self, app=None, hub=None, HttpLimits limits=None, HttpStats http_stats=None):
@@ -58,6 +60,7 @@ cdef class ServerContext:
         self.access_log = None
         self.picows_options = {}
         self.http_connections = set()
+        self.proxies = None
 
     cpdef object endpoint_for(self, str path):
         """The WebSocket endpoint at ``path`` (a trailing ``/`` ignored), or None."""

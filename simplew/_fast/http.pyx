@@ -59,6 +59,14 @@ has ``linger_timeout`` to send that request. A WebSocket upgrade needs
 ``Sec-WebSocket-Version: 13`` (else 426 naming version 13) and, when its
 ``Origin`` header is present, an origin the endpoint allows (else 403).
 
+Client addresses (``ServerContext.proxies``, simplew._fast.proxy): with the
+PROXY protocol, a connection's first bytes are its PROXY header, read before
+any request and before admission; a missing or malformed one, or one from an
+untrusted peer, closes the connection. Without it, a trusted peer's requests
+name their client in ``Forwarded`` / ``X-Forwarded-For``; such a connection is
+admitted (per-IP limit) with the client of its first request. Each
+``Request.remote`` is the client's address.
+
 Request heads: an HTTP/1.1 request needs exactly one ``Host`` header, and a
 request of any version at most one (RFC 9112 section 3.2), else 400; an
 HTTP/1.0 request may have none.
@@ -76,7 +84,9 @@ import httptools
 from simplew._fast.admission cimport Admission
 from simplew._fast.context cimport HttpLimits, HttpStats, ServerContext
 from simplew._fast.head cimport RequestScanner
-from simplew._fast.request cimport new_request
+from simplew._fast.proxy cimport ProxyHeader, ProxyPolicy, ProxyReader
+from simplew._fast.proxy import ProxyHeaderError
+from simplew._fast.request cimport Request, new_request
 from simplew._fast.sse cimport SseConnection
 
 log = logging.getLogger("simplew.http")
@@ -182,8 +192,13 @@ cdef class HttpProtocol:
     cdef long long _stream_mark   # its bytes sent at the last timer expiry
     cdef HttpStats stats
     cdef object _access           # the simplew.access logger, or None when off
-    cdef str _client              # "host:port" of the peer, for the access log
+    cdef str _client              # "host:port" of _remote, for the access log
     cdef int _sock_fd             # the socket for sendfile (-1: not a plain socket, -2: unknown)
+    # the client's address (simplew._fast.proxy)
+    cdef object _remote           # (host, port): the peer, or the PROXY header's source
+    cdef ProxyReader _proxy       # reading the PROXY header, or None
+    cdef ProxyPolicy _forwarded   # the peer is a trusted proxy: requests name the client
+    cdef bint _admit_pending      # admission waits for the first request's client
     # admission
     cdef Admission _admission     # holds a slot of it until the connection closes, or None
     cdef object _peer_host        # the host the slot is counted for (None: not per host)
@@ -219,20 +234,75 @@ cdef class HttpProtocol:
         limits = self.limits
         self._idle = limits._idle_timeout
         self._head = limits._header_timeout or self._idle
-        if limits.admission is not None:
-            self._admit(limits.admission, transport)
+        self._now = self.loop.time()
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._remote = (str(peer[0]), peer[1])
+        if self.context.proxies is not None and not self._trust_peer(self.context.proxies):
+            return
+        if limits.admission is not None and self._proxy is None and not self._admit_pending:
+            self._admit(limits.admission)
         if self._idle > 0:
             self._period = self._idle
         if self._head > 0 and self._head < self._period:
             self._period = self._head
-        self._now = self.loop.time()
         self._set_deadline(self._after(self._idle))
 
-    cdef _admit(self, Admission admission, transport):
+    cdef bint _trust_peer(self, ProxyPolicy proxies) except -1:
+        """Set up how the client's address is read; False when the connection is refused."""
+        host = None if self._remote is None else self._remote[0]
+        if proxies.protocol:
+            if not proxies.trusts(host):
+                self._refuse_proxy(proxies, "a PROXY protocol header from an untrusted peer")
+                return False
+            self._proxy = ProxyReader()
+        elif proxies.trusts(host):
+            self._forwarded = proxies
+            self._admit_pending = self.limits.admission is not None
+        return True
+
+    cdef _refuse_proxy(self, ProxyPolicy proxies, str reason):
+        proxies.refused += 1
+        log.debug("closing %s: %s", _peer_text(self._remote), reason)
+        self._proxy = None
+        self._close(False)
+
+    cdef _read_proxy(self, data):
+        """Feed the PROXY header; the bytes after it once it is read, else None."""
+        cdef ProxyHeader header
+        try:
+            header = self._proxy.feed(data)
+        except ProxyHeaderError as exc:
+            self._refuse_proxy(self.context.proxies, str(exc))
+            return None
+        if header is None:
+            return None
+        rest = self._proxy.rest
+        self._proxy = None
+        if header.source is not None:
+            self._remote = header.source
+            self._client = None
+        if self.limits.admission is not None:
+            self._admit(self.limits.admission)
+        return rest or None
+
+    cdef _place(self, Request request):
+        """Give ``request`` its client; with a pending admission, admit it now."""
+        request.remote = self._remote
+        if self._forwarded is not None:
+            client = self._forwarded.forwarded_client(request.headers)
+            if client is not None:
+                request.remote = client
+            if self._admit_pending:
+                self._admit_pending = False
+                self._admit(self.limits.admission, request.remote)
+
+    cdef _admit(self, Admission admission, remote=None):
+        if remote is None:
+            remote = self._remote
         host = None
         if admission.tracks_hosts:
-            peer = transport.get_extra_info("peername")
-            host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            host = "-" if remote is None else remote[0]
         if admission.admit(host):
             self._admission = admission
             self._peer_host = host
@@ -297,6 +367,10 @@ cdef class HttpProtocol:
             if self._upgrade_rest is not None:      # for the queued hand-off to picows
                 self._upgrade_rest += data
             return                                  # else discarded: the connection is closing
+        if self._proxy is not None:
+            data = self._read_proxy(data)
+            if data is None or self._state != READING:
+                return
         self._now = self.loop.time()
         self._progress = False
         cdef object view = data
@@ -350,8 +424,13 @@ cdef class HttpProtocol:
             pos += used
             self._progress = True
             self._set_deadline(self._after(self._idle))
-            self._complete(new_request(scanner.method, scanner.path, scanner.query,
-                                       scanner.headers, scanner.body), scanner.keep_alive)
+            request = new_request(scanner.method, scanner.path, scanner.query,
+                                  scanner.headers, scanner.body)
+            self._place(request)
+            if self._over_limit:
+                self._fail(503, "too many connections, try again later")
+                break
+            self._complete(request, scanner.keep_alive)
             if self._state != READING:
                 break
         return pos
@@ -464,6 +543,9 @@ cdef class HttpProtocol:
         body = b"".join(self._body_parts)
         self._body_parts = None
         request = new_request(method, path, query, self._headers, body)
+        self._place(request)
+        if self._over_limit:
+            raise _Reject(503, "too many connections, try again later")
         keep_alive = self.parser.should_keep_alive()
         if self.parser.should_upgrade():
             self._upgrade_request = request        # decided in _upgrade
@@ -591,7 +673,8 @@ cdef class HttpProtocol:
                         self.transport.write(content.wire)
                         self.transport.write(content)
                     if start >= 0:
-                        self._log_access(request.method, request.url, 200, len(content), start)
+                        self._log_access(request.remote, request.method, request.url, 200,
+                                         len(content), start)
                     return                          # keep-alive: nothing more to do
                 else:
                     if content.wire_date is not date:
@@ -609,8 +692,8 @@ cdef class HttpProtocol:
         self.stats.bytes_out += len(out)
         self.transport.write(out)
         if start >= 0:
-            self._log_access(request.method, request.url, status, 0 if head else len(content),
-                             start)
+            self._log_access(request.remote, request.method, request.url, status,
+                             0 if head else len(content), start)
         if type(content) is FileBody:
             if head or (<FileBody>content).length == 0 or _bodiless(status):
                 (<FileBody>content).close()
@@ -678,14 +761,19 @@ cdef class HttpProtocol:
                 self._pending = None
             stream.cancel()
 
-    cdef _log_access(self, str method, str target, int status, Py_ssize_t size, double start):
-        """One INFO line on ``simplew.access`` for an answered request."""
+    cdef _log_access(self, remote, str method, str target, int status, Py_ssize_t size,
+                     double start):
+        """One INFO line on ``simplew.access`` for an answered request from ``remote``."""
         cdef double ms = (_perf_counter() - start) * 1000.0
-        if self._client is None:
-            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-            self._client = _peer_text(peer)
-        self._access.info('%s "%s %s" %d %d %.2fms', self._client, method, target, status, size,
-                          ms, extra={"client": self._client, "method": method, "path": target,
+        cdef str client
+        if remote is self._remote:
+            if self._client is None:
+                self._client = _peer_text(remote)
+            client = self._client
+        else:
+            client = _peer_text(remote)
+        self._access.info('%s "%s %s" %d %d %.2fms', client, method, target, status, size,
+                          ms, extra={"client": client, "method": method, "path": target,
                                      "status": status, "bytes": size, "duration_ms": ms})
 
     cdef _fail(self, int status, str message, headers=None):
@@ -706,7 +794,7 @@ cdef class HttpProtocol:
         self.stats.bytes_out += len(out)
         self.transport.write(out)
         if self._access is not None and self._access.isEnabledFor(20):
-            self._log_access("-", "-", status, len(content), _perf_counter())
+            self._log_access(self._remote, "-", "-", status, len(content), _perf_counter())
         self._close(True)
 
     cdef inline _stop_reading(self):
@@ -841,7 +929,7 @@ cdef class HttpProtocol:
             return
         self.stats.requests += 1
         if self._access is not None and self._access.isEnabledFor(20):
-            self._log_access(request.method, request.url, 101, 0, _perf_counter())
+            self._log_access(request.remote, request.method, request.url, 101, 0, _perf_counter())
         rest = bytes(self._upgrade_rest) if self._upgrade_rest is not None else b""
         self._upgrade_rest = None
         head = _request_head(request)
@@ -862,7 +950,7 @@ cdef class HttpProtocol:
         slot, go to the stream, which writes the head; no further request is read."""
         cdef SseConnection stream = result[2]
         if self._access is not None and start >= 0:
-            self._log_access(request.method, request.url, 200, 0, start)
+            self._log_access(request.remote, request.method, request.url, 200, 0, start)
         admission, self._admission = self._admission, None
         transport = self._let_go()
         stream.attach(transport, admission, self._peer_host, http_date(), list(result[1]))

@@ -5,6 +5,7 @@ cdef class Request:
     cdef public object query_string
     cdef public object headers
     cdef public object body
+    cdef public object remote     # the client's (host, port), or None when unknown
     cdef object _query
 
 

@@ -7,8 +7,15 @@ class Request:
     query_string: str
     headers: dict[str, str]
     body: bytes
+    remote: tuple[str, int] | None
     def __init__(
-        self, method: str, path: str, query_string: str, headers: dict[str, str], body: bytes = b""
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        remote: tuple[str, int] | None = None,
     ) -> None: ...
     @property
     def query(self) -> dict[str, str]: ...

@@ -8,14 +8,17 @@ from urllib.parse import parse_qs
 
 
 cdef class Request:
-    """An HTTP request: method, path, query and headers (names lower-cased)."""
+    """An HTTP request: method, path, query and headers (names lower-cased), and
+    ``remote``, the client's ``(host, port)``: the peer of the connection, or
+    the address a trusted proxy gave (simplew._fast.proxy)."""
 
-    def __init__(self, method, path, query_string, headers, body=b""):
+    def __init__(self, method, path, query_string, headers, body=b"", remote=None):
         self.method = method
         self.path = path
         self.query_string = query_string
         self.headers = headers
         self.body = body
+        self.remote = remote
 
     @property
     def query(self):

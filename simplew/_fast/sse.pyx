@@ -165,7 +165,8 @@ cdef class SseConnection(WebSocketConnection):
         self._loop = asyncio.get_running_loop()
         self._thread_id = PyThread_get_thread_ident()
         self._write = transport.write
-        self._peer = transport.get_extra_info("peername")
+        # the client: the request's (behind a trusted proxy, the one it gave)
+        self._peer = getattr(self.request, "remote", None) or transport.get_extra_info("peername")
         transport.set_protocol(self)
         if self.endpoint.max_write_buffer > 0:
             transport.set_write_buffer_limits(high=self.endpoint.max_write_buffer)

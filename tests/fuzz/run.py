@@ -41,6 +41,7 @@ HARNESSES = {  # name -> max input length
     "rest_binding": 2048,
     "request_head": 2048,
     "resume": 1024,
+    "proxy_header": 4096,
 }
 RSS_LIMIT_MB = 1024
 TIMEOUT_S = 10
