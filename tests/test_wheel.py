@@ -38,11 +38,16 @@ def copy_sources(dest: Path) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(
-        ROOT / "simplew",
-        src / "simplew",
-        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c", "*.html", "build"),
-    )
+    products = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c", "build")
+    annotations = shutil.ignore_patterns("*.html")  # cython -a pages, beside the .pyx
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        ignored = set(products(directory, names))
+        if Path(directory).name == "_fast":
+            ignored |= set(annotations(directory, names))
+        return ignored
+
+    shutil.copytree(ROOT / "simplew", src / "simplew", ignore=ignore)
     return src
 
 
