@@ -273,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a publication stays recoverable (env SIMPLEW_HISTORY_TTL)",
     )
     serve.add_argument(
+        "--publish-timeout",
+        type=_number(float),
+        default=_env("publish_timeout", "10"),
+        metavar="S",
+        help="with --recovery and --redis: seconds a publication may wait for Redis to "
+        "store it before --publish answers 503 (env SIMPLEW_PUBLISH_TIMEOUT)",
+    )
+    serve.add_argument(
         "--wait-replicas",
         type=_number(int),
         default=_env("wait_replicas", "0"),
@@ -523,6 +531,7 @@ def configure(args: argparse.Namespace) -> SimpleWServer:
         "history_size": args.history_size,
         "history_ttl": args.history_ttl,
         "wait_replicas": args.wait_replicas,
+        "publish_timeout": args.publish_timeout,
     }
     if args.recovery:
         settings.update(recovery=True, **recovery)

@@ -107,6 +107,11 @@ class ServerOptions:
     returns, only once this many replicas of its shard have it (Redis ``WAIT``), so a
     failover to one of them loses no acknowledged publication; publications wait while
     fewer replicas answer. 0: no waiting. Not with a Redis Cluster."""
+    publish_timeout: float = 10.0
+    """With recovery and Redis: seconds ``server.publish`` (and ``--publish``, the admin
+    page's box) waits for Redis to store a publication; past it the answer is
+    :class:`~simplew.stream.Unavailable` (HTTP 503 with ``Retry-After``), and the
+    publication, still queued, may yet be stored and delivered."""
     max_rooms_per_session: int = 128
     """Rooms a session may be in at once; a join past it is refused (0: no limit)."""
     max_sse_rooms: int = 16
@@ -184,6 +189,7 @@ class ServerOptions:
             if getattr(self, name) is not None:
                 _seconds(name, getattr(self, name), 0.0)
         _seconds("history_ttl", self.history_ttl, 0.0, positive=True)
+        _seconds("publish_timeout", self.publish_timeout, 0.0, positive=True)
         _int("max_sse_rooms", self.max_sse_rooms, 1)
         _seconds("sse_heartbeat", self.sse_heartbeat, 0.0, positive=True)
         if self.ping_interval is not None:

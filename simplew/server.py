@@ -49,6 +49,7 @@ from simplew.sessions import Sessions
 from simplew.sessions import access_log as _access_log
 from simplew.sse import RoomsHook, SseContent
 from simplew.static import StaticFiles
+from simplew.stream import Unavailable
 from simplew.tokens import Credentials
 
 try:
@@ -124,6 +125,7 @@ class SimpleWServer:
     max_sse_rooms = _Option()
     sse_heartbeat = _Option()
     wait_replicas = _Option()
+    publish_timeout = _Option()
     admin_path = _Option()
     admin_token = _Option()
     registry_ttl = _Option()
@@ -158,6 +160,7 @@ class SimpleWServer:
         history_bytes: int = 64 << 20,
         history_ttl: float = 300.0,
         wait_replicas: int = 0,
+        publish_timeout: float = 10.0,
         max_rooms_per_session: int = 128,
         max_sse_rooms: int = 16,
         sse_heartbeat: float = 15.0,
@@ -502,7 +505,7 @@ class SimpleWServer:
         :class:`~simplew.recovery.Position` (with Redis, once Redis stored it).
         None without recovery (the multicast is sent, and not stored).
         Raises :class:`~simplew.stream.Unavailable` when Redis cannot store it
-        now. Call it in the server's loop."""
+        now, or has not within ``publish_timeout`` seconds. Call it in the server's loop."""
         if room is not None:
             if not isinstance(room, str):
                 raise TypeError(f"room must be a str, not {type(room).__name__}")
@@ -518,7 +521,14 @@ class SimpleWServer:
             return None
         if isinstance(placed, tuple):
             return Position(room, placed[0], placed[1])
-        epoch, offset = await placed
+        timeout = self.publish_timeout
+        try:  # shielded: the publication stays queued, in order, whatever this caller does
+            epoch, offset = await asyncio.wait_for(asyncio.shield(placed), timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(
+                f"Redis did not store the publication within {timeout:g} s; "
+                "it may still be stored and delivered"
+            ) from None
         return Position(room, epoch, offset)
 
     @property

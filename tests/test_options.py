@@ -64,6 +64,7 @@ def test_server_attributes_read_and_write_the_options():
         ({"max_connections": 0}, "max_connections must be an int >= 1"),
         ({"max_sse_rooms": 0}, "max_sse_rooms must be an int >= 1"),
         ({"sse_heartbeat": 0}, "sse_heartbeat must be a finite number > 0"),
+        ({"publish_timeout": 0}, "publish_timeout must be a finite number > 0"),
     ],
 )
 def test_values_that_cannot_work_are_refused(settings, message):
@@ -90,6 +91,7 @@ def test_none_and_zero_where_they_mean_off():
         (["--shutdown-grace", "-5"], "shutdown_grace must be a finite number >= 0"),
         (["--recovery", "--recovery-window", "nan"], "recovery_window must be a finite number"),
         (["--sse", "/events", "--sse-heartbeat", "0"], "sse_heartbeat must be a finite number > 0"),
+        (["--recovery", "--publish-timeout", "-1"], "publish_timeout must be a finite number > 0"),
     ],
 )
 def test_cli_values_out_of_range_are_one_error_line(args, message):

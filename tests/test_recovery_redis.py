@@ -11,10 +11,12 @@ connection and the other streams going on.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -29,9 +31,11 @@ from multiproc import (
     stream_meta,
     wait_until,
 )
+from simplew import SimpleWServer
 from simplew.engines import Engine
 from simplew.recovery import log_id
-from v2client import HttpPublisher
+from simplew.stream import Unavailable
+from v2client import HttpPublisher, V2Client
 
 pytestmark = pytest.mark.skipif(
     redis_server_path() is None,
@@ -426,3 +430,41 @@ def test_resume_on_the_other_worker_recovers_every_stream(redis_server, processe
     client.collect(0.5)
     finish(client, publisher, redis_server.url)
     assert set(replay(client).pubs) == {None, "m1", "m2", "m3"}
+
+
+def test_publish_past_publish_timeout_is_unavailable_and_may_still_arrive(redis_server):
+    """Redis stops answering (SIGSTOP) with a publication in flight: ``server.publish``
+    raises Unavailable after ``publish_timeout`` instead of waiting for Redis; the
+    publication stays queued, and once Redis answers again it is stored and delivered
+    in order."""
+    server = SimpleWServer(
+        "127.0.0.1", 0, recovery=True, redis_url=redis_server.url, publish_timeout=0.5
+    )
+    server.add_websocket_content("/ws")
+    server.start()
+    client = V2Client()
+    try:
+        store = server.recovery.store
+        wait_until(lambda: store.ready and store.connected, WAIT, "the stream ready")
+        client.connect(f"ws://127.0.0.1:{server.port}/ws")
+        loop = server._loop
+        assert loop is not None
+
+        def publish(text: str) -> Any:
+            return asyncio.run_coroutine_threadsafe(server.publish(text), loop).result(WAIT)
+
+        publish("before")
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="within 0.5 s"):
+                publish("during")
+            assert time.monotonic() - started < 3
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        after = publish("after")
+        client.collect(until_offset=after.offset, room=None)
+        assert [t for _e, _o, t in client.room_pubs(None)] == ["before", "during", "after"]
+    finally:
+        client.close()
+        server.stop()
