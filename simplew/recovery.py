@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 from simplew._fast.connection import check_room, v2_payload
 from simplew._fast.context import ServerContext
 from simplew._fast.plainjson import decode_json
+from simplew._fast.sse import SseConnection
 from simplew._fast.streams import Streams
 
 log = logging.getLogger("simplew.recovery")
@@ -147,6 +148,13 @@ class Ended:
         self.rooms = frozenset(rooms)
         self.user = user
         self.expires = expires
+
+
+def resumable_by_id(conn: Any) -> bool:
+    """Whether a client can resume ``conn``'s session by its id: a ``simplew.v2``
+    WebSocket can; an event stream resumes from its event ids and never shows its
+    session id, so no session record is kept for it."""
+    return type(conn) is not SseConnection
 
 
 def _notify(hook: Callable[[Any], None] | None, conn: Any) -> None:

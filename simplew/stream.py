@@ -65,7 +65,16 @@ from simplew.backplane import (
     encode_record,
 )
 from simplew.engines import Engine
-from simplew.recovery import Ended, Recovery, Resume, digest, log_id, new_epoch, pub_message
+from simplew.recovery import (
+    Ended,
+    Recovery,
+    Resume,
+    digest,
+    log_id,
+    new_epoch,
+    pub_message,
+    resumable_by_id,
+)
 from simplew.shard import ENSURE_EPOCH, LOAD_CONCURRENCY, WAIT_TIMEOUT_MS, Shard, gather_bounded
 
 log = logging.getLogger("simplew.stream")
@@ -706,7 +715,7 @@ class RedisStream:
             shard = self._room_shard(room)
             self._command(shard, "HSET", self._presence_key(room), public, entry)
             self._command(shard, "EXPIRE", self._presence_key(room), int(PRESENCE_TTL * 3))
-        if session.v2 and self.recovery.window > 0:
+        if session.v2 and self.recovery.window > 0 and resumable_by_id(session):
             self._session_record(session.id, rooms, session.user)
         self._written[session.id] = (rooms, now)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis as redis_py
 
 from apiclient import Client, call, make_server
 from helpers import free_port, wait_until
 from multiproc import RedisServer, redis_server_path
 from simplew import SimpleWServer
 from simplew.emitter import AsyncEmitter, Emitter
+from simplew.recovery import log_id
 from simplew.stream import Unavailable
 from sseclient import EventReader, positions
 from topology import Cluster, PlainShards
@@ -69,6 +71,19 @@ def test_sync_and_async_emitters_publish_to_the_clients_of_a_server(deployment):
     assert [(e, o) for r, e, o, _t in client.pubs if r is None] == [
         (everyone.epoch, everyone.offset)
     ]
+    # the WebSocket session has its record in Redis (to resume by id), the event stream
+    # none: it resumes from its event ids
+    store = server.recovery.store
+    sessions = {type(s).__name__: s for s in server.room_sessions("news")}
+    with redis_py.Redis.from_url(redis.url) as direct:
+        ws_key = store.session_key(sessions["WebSocketConnection"].id)
+        wait_until(lambda: direct.exists(ws_key), what="the WebSocket session's record")
+        stream = sessions["SseConnection"]
+        wait_until(  # written by the same sync as a record would be
+            lambda: direct.hexists(store._presence_key("news"), log_id(stream.id)),
+            what="the event stream's presence",
+        )
+        assert not direct.exists(store.session_key(stream.id))
     events = reader.events(8)  # the same publications, at the same positions, over SSE
     news = [(positions(e["id"])["news"], e["data"]) for e in events if e["event"] == "text"]
     assert news == [((epoch, p.offset), t) for p, t in zip(published, texts)]
