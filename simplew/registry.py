@@ -237,7 +237,8 @@ class Registry:
         ``http_connections``, ``open_connections`` (all client connections),
         ``messages_in``/``messages_out``, ``publications`` (multicasts this process
         published; with Redis, to every process), ``multicasts`` (fanned out here),
-        ``rooms`` (with members here), ``top_rooms`` (``[room, members]``, the 10
+        ``rooms`` (with members here), ``followed`` (with recovery and Redis: the
+        streams this process follows, :mod:`simplew.stream`), ``top_rooms`` (``[room, members]``, the 10
         largest here), ``dropped_slow_clients``, ``dropped_messages``, ``redis``
         (:func:`redis_health`)."""
         server = self.server
@@ -261,6 +262,7 @@ class Registry:
             "publications": multicasts if link is None else link.published,
             "multicasts": multicasts,
             "rooms": len(rooms),
+            "followed": values["simplew_streams_followed"],
             "top_rooms": top_rooms(rooms),
             "dropped_slow_clients": values["simplew_dropped_slow_clients_total"],
             "dropped_messages": values["simplew_dropped_messages_total"],

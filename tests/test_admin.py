@@ -94,6 +94,7 @@ def test_snapshot_needs_the_token_and_shows_this_process(server):
         assert mine["pid"] == os.getpid() and mine["host"] == snap["hosts"][0]["host"]
         assert mine["top_rooms"] == [["blue", 2], ["red", 1]] == snap["top_rooms"]
         assert mine["rooms"] == 2 and mine["messages_in"] >= 3 and mine["redis"] is None
+        assert mine["followed"] == 0  # no Redis: no stream is followed
         assert snap["hosts"][0]["processes"] == 1 and snap["totals"]["hosts"] == 1
 
         # publishing: refused without the token (nothing sent), then delivered
@@ -189,6 +190,7 @@ def test_registry_lists_every_process_sharing_redis():
         assert ["green", 1] in snap["top_rooms"]
         theirs = next(p for p in snap["processes"] if p["pid"] == other.proc.pid)
         assert theirs["redis"]["mode"] == "streams" and theirs["redis"]["connected"]
+        assert theirs["followed"] >= 1  # the room of its client, followed for it
         assert theirs["redis"]["shards"] == [
             {"index": 0, "connected": True, "outages": 0, "pending": 0}
         ]
