@@ -18,7 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from multiproc import _stop_group, free_port, port_open, redis_server_path, wait_until
+from helpers import free_ports
+from multiproc import _stop_group, port_open, redis_server_path, wait_until
 
 SERVICE = "simplew-test"
 
@@ -119,7 +120,7 @@ class PlainShards(_Topology):
 
     def __init__(self, tmp: Path, count: int) -> None:
         super().__init__(tmp)
-        self.ports = [free_port() for _ in range(count)]
+        self.ports = free_ports(count)
         self.servers: list[subprocess.Popen | None] = [None] * count
 
     def start(self) -> PlainShards:
@@ -162,8 +163,10 @@ class Cluster(_Topology):
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         count = masters * (1 + replicas)
-        self.ports = [free_port() for _ in range(count)]
-        self.bus_ports = [free_port() for _ in range(count)]
+        # every node's port and cluster-bus port differ: a bus listening on a node's port
+        # would answer for it (redis-cli: "not configured as a cluster node")
+        drawn = free_ports(2 * count)
+        self.ports, self.bus_ports = drawn[:count], drawn[count:]
         self.nodes: dict[int, subprocess.Popen] = {}
 
     def start(self) -> Cluster:
@@ -290,10 +293,11 @@ class SentinelSetup(_Topology):
 
     def __init__(self, tmp: Path, replicas: int = 1) -> None:
         super().__init__(tmp)
-        self.master_port = free_port()
-        self.replica_ports = [free_port() for _ in range(replicas)]
+        ports = free_ports(1 + replicas + 3)
+        self.master_port = ports[0]
+        self.replica_ports = ports[1 : 1 + replicas]
         self.replica_port = self.replica_ports[0]
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_ports = ports[1 + replicas :]
 
     def start(self) -> SentinelSetup:
         self.tmp.mkdir(parents=True, exist_ok=True)
