@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
@@ -49,6 +52,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))  # free on every address: examples bind 0.0.0.0
         return s.getsockname()[1]
+
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts: a throwaway CA (trustme) and its certificate
+    for 127.0.0.1; the test is skipped without trustme."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
 
 
 def free_ports(count: int) -> list[int]:

@@ -14,14 +14,13 @@ import hashlib
 import os
 import random
 import socket
-import ssl
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import wait_until
+from helpers import tls_contexts, wait_until
 from simplew.static import SENDFILE_MIN
 from staticclient import Conn
 
@@ -113,14 +112,8 @@ def test_a_full_socket_gets_the_rest_through_the_transport(make_server, medium_s
 
 
 def test_tls_answers_carry_the_same_bytes(make_server, medium_site):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
+    server_ctx, client_ctx = tls_contexts()
     server = make_server(lambda s: s.add_static_content(str(medium_site), "/"), ssl=server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
         client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import random
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ROOT, free_port, wait_for_port
+from helpers import ROOT, free_port, tls_contexts, wait_for_port
 from simplew.static import WIRE_OVERHEAD
 from staticclient import Conn, fetch
 
@@ -403,15 +402,9 @@ def test_deleted_file_leaves_the_cache(make_server, tmp_path):
 
 
 def test_streamed_file_over_tls(make_server, tmp_path):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
+    server_ctx, client_ctx = tls_contexts()
     (tmp_path / "mid.bin").write_bytes(MID)
     server = make_server(lambda s: s.add_static_content(str(tmp_path), "/"), ssl=server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
         client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
