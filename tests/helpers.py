@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
 BIG_SIZE = 512 * 1024  # big.bin in the ``site`` fixture (conftest.py)
@@ -57,6 +55,8 @@ def free_port() -> int:
 def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) TLS contexts: a throwaway CA (trustme) and its certificate
     for 127.0.0.1; the test is skipped without trustme."""
+    import pytest  # only here: bench/ imports this module too
+
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
