@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from simplew.auth import bearer_matches
 from simplew.registry import summarize
 from simplew.request import Request
 
@@ -83,10 +83,7 @@ class AdminPage:
 
     def authorized(self, request: Request) -> bool:
         """The request carries ``Authorization: Bearer <token>`` (constant time)."""
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode("utf-8", "replace"), self._token
-        )
+        return bearer_matches(request.headers, self._token)
 
     def _refused(self) -> Response:
         return _error(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import time
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from simplew._fast.plainjson import decode_json
+from simplew.auth import bearer_challenge, bearer_matches
 from simplew.backplane import decode_records
 from simplew.commands import Commands
 from simplew.emitter import publication, redis_failed
@@ -247,19 +247,13 @@ class ServerApi:
             return exc.answer()
 
     def _authenticate(self, request: Any) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode("utf-8"), self._token
-        ):
+        if bearer_matches(request.headers, self._token):
             return
-        challenge = 'Bearer realm="simplew"'
-        if scheme:
-            challenge += ', error="invalid_token"'
         raise ApiError(
             401,
             "unauthorized",
             "the API needs 'Authorization: Bearer <token>'",
-            {"WWW-Authenticate": challenge},
+            {"WWW-Authenticate": bearer_challenge(request.headers, "simplew")},
         )
 
     # -- publications ------------------------------------------------------------------

@@ -22,8 +22,9 @@ PyJWT is needed only when a key is set: ``pip install 'simplew[jwt]'``.
 
 from __future__ import annotations
 
+import hmac
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from simplew._fast.router import Unauthorized  # raised here, caught by the router
@@ -94,6 +95,25 @@ def select_subprotocol(offer: str) -> str | None:
         if item[:7].lower() == "bearer." and len(item) > 7:
             return item
     return None
+
+
+def bearer_matches(headers: Mapping[str, str], expected: bytes) -> bool:
+    """``Authorization: Bearer <token>`` of ``headers`` is ``expected`` (a fixed
+    operator token: ``--publish-token``, the API's, the admin page's), compared in
+    constant time."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), expected
+    )
+
+
+def bearer_challenge(headers: Mapping[str, str], realm: str) -> str:
+    """The ``WWW-Authenticate`` of a 401 to a request ``bearer_matches`` refused:
+    ``error="invalid_token"`` when it carried credentials (RFC 6750)."""
+    challenge = f'Bearer realm="{realm}"'
+    if headers.get("authorization", "").partition(" ")[0]:
+        challenge += ', error="invalid_token"'
+    return challenge
 
 
 def token_from_headers(headers: dict[str, str]) -> str | None:

@@ -9,7 +9,6 @@ variable ``SIMPLEW_<OPTION>``.
 from __future__ import annotations
 
 import argparse
-import hmac
 import importlib
 import importlib.util
 import ipaddress
@@ -560,28 +559,22 @@ def _publisher(server: SimpleWServer, token: str | None) -> Any:
     position; without, ``{"published": bytes, "room": ...}``. When Redis cannot store
     it now (its shard is down): 503 with ``Retry-After``, and nothing is published.
     """
+    from simplew.auth import bearer_challenge, bearer_matches
     from simplew.rest import HttpError, Response
     from simplew.stream import Unavailable
 
     expected = token.encode("utf-8") if token else None
 
     async def publish(request: Any) -> Any:
-        if expected is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode("utf-8"), expected
-            ):
-                challenge = 'Bearer realm="simplew"'
-                if scheme:
-                    challenge += ', error="invalid_token"'
-                return Response(
-                    401,
-                    {
-                        "error": "unauthorized",
-                        "message": "publishing needs 'Authorization: Bearer <token>'",
-                    },
-                    {"WWW-Authenticate": challenge},
-                )
+        if expected is not None and not bearer_matches(request.headers, expected):
+            return Response(
+                401,
+                {
+                    "error": "unauthorized",
+                    "message": "publishing needs 'Authorization: Bearer <token>'",
+                },
+                {"WWW-Authenticate": bearer_challenge(request.headers, "simplew")},
+            )
         room = request.query.get("room") or None
         data: str | bytes
         if request.headers.get("content-type", "").startswith("application/octet-stream"):
